@@ -1,0 +1,191 @@
+"""The asyncio PostgreSQL backend: the async twin of `snapstore.backend`."""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import Iterable
+from contextlib import nullcontext
+from datetime import timedelta
+from types import TracebackType
+from typing import Any, Generic, Self, TypeVar
+
+from psycopg_pool import AsyncConnectionPool
+
+from snapstore import operations as ops
+from snapstore.codecs import Codec
+from snapstore.config import DEFAULT_APPLICATION_NAME, CodecBound, PoolOptions, coerce_timeout
+from snapstore.migrate import amigrate
+from snapstore.model import (
+    HistoryEntry,
+    Page,
+    StoredSnapshot,
+    TaskResult,
+    WorkflowSnapshot,
+    WorkflowStatus,
+)
+from snapstore.queries import DEFAULT_SCHEMA
+
+C = TypeVar("C", bound=Codec)
+R = TypeVar("R")
+
+
+class AsyncPostgresBackend(CodecBound, Generic[C]):
+    """The asyncio twin of `PostgresBackend`: same operations, same SQL.
+
+    ``await AsyncPostgresBackend[JsonCodec].connect(url)``; share one per event loop.
+    """
+
+    def __init__(
+        self,
+        pool: AsyncConnectionPool[Any],
+        *,
+        schema: str = DEFAULT_SCHEMA,
+        codec: Codec | None = None,
+        owns_pool: bool = False,
+    ) -> None:
+        self._init_common(schema, codec)
+        self._pool = pool
+        self._owns_pool = owns_pool
+
+    @classmethod
+    async def connect(
+        cls,
+        conninfo: str,
+        *,
+        schema: str = DEFAULT_SCHEMA,
+        min_size: int = 1,
+        max_size: int = 10,
+        statement_timeout: float | timedelta | None = None,
+        application_name: str = DEFAULT_APPLICATION_NAME,
+        prepare_threshold: int | None = 5,
+        codec: Codec | None = None,
+        run_migrations: bool = True,
+        open_timeout: float = 30.0,
+    ) -> Self:
+        """Open an owned pool to ``conninfo`` and migrate ``schema`` (unless told not to)."""
+        options = PoolOptions(
+            min_size=min_size,
+            max_size=max_size,
+            statement_timeout=coerce_timeout(statement_timeout),
+            application_name=application_name,
+            prepare_threshold=prepare_threshold,
+        )
+        backend = cls(
+            AsyncConnectionPool(
+                conninfo,
+                min_size=options.min_size,
+                max_size=options.max_size,
+                kwargs=options.connection_kwargs(),
+                open=False,
+                name=f"snapstore-{schema}",
+            ),
+            schema=schema,
+            codec=codec,
+            owns_pool=True,
+        )
+        try:
+            await backend._pool.open(wait=True, timeout=open_timeout)
+            if run_migrations:
+                await backend.migrate()
+        except BaseException:
+            await backend.close()
+            raise
+        return backend
+
+    @classmethod
+    async def from_pool(
+        cls,
+        pool: AsyncConnectionPool[Any],
+        *,
+        schema: str = DEFAULT_SCHEMA,
+        codec: Codec | None = None,
+        run_migrations: bool = True,
+    ) -> Self:
+        """Use a pool the caller owns (and closes). Its connections should be autocommit."""
+        backend = cls(pool, schema=schema, codec=codec, owns_pool=False)
+        if run_migrations:
+            await backend.migrate()
+        return backend
+
+    @property
+    def pool(self) -> AsyncConnectionPool[Any]:
+        return self._pool
+
+    async def close(self) -> None:
+        """Close the pool if this backend opened it; a borrowed pool is left alone."""
+        if self._owns_pool:
+            await self._pool.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def _run(self, program: ops.Program[R], *, transaction: bool = False) -> R:
+        async with (
+            self._pool.connection() as conn,
+            conn.transaction() if transaction else nullcontext(),
+        ):
+            try:
+                step = next(program)
+                while True:
+                    cur = await conn.execute(self.queries[step.query], step.params)
+                    if step.fetch is ops.Fetch.ONE:
+                        rows: Any = await cur.fetchone()
+                    elif step.fetch is ops.Fetch.ALL:
+                        rows = await cur.fetchall()
+                    else:
+                        rows = None
+                    step = program.send(rows)
+            except StopIteration as done:
+                result: R = done.value
+                return result
+
+    async def migrate(self) -> builtins.list[int]:
+        """Apply pending migrations; return the versions applied."""
+        async with self._pool.connection() as conn:
+            return await amigrate(conn, self.schema)
+
+    async def save(self, snapshot: WorkflowSnapshot, expected_version: int | None = None) -> int:
+        """Write a checkpoint and return its new version.
+
+        ``expected_version=None`` creates the instance (`ConflictError` if it
+        exists); otherwise the stored version must equal it. The snapshot row,
+        its history row and its task rows commit together or not at all.
+        """
+        return await self._run(ops.save(self.codec, snapshot, expected_version))
+
+    async def load(self, instance_id: str) -> StoredSnapshot | None:
+        """The latest checkpoint with task outputs hydrated, or None."""
+        return await self._run(ops.load(instance_id))
+
+    async def load_task_result(self, instance_id: str, task_id: str) -> TaskResult | None:
+        """One task's stored result (with output), or None."""
+        return await self._run(ops.load_task_result(instance_id, task_id))
+
+    async def delete(self, instance_id: str) -> bool:
+        """Remove an instance and every row that belongs to it; False if absent."""
+        return await self._run(ops.delete(instance_id))
+
+    async def list(
+        self,
+        status: Iterable[WorkflowStatus] | WorkflowStatus | None = None,
+        *,
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> Page:
+        """Instances ordered by id, without decoding blobs; follow ``next_cursor``."""
+        return await self._run(ops.list_snapshots(status, limit, cursor))
+
+    async def history(
+        self, instance_id: str, *, after_version: int = 0, limit: int | None = None
+    ) -> builtins.list[HistoryEntry]:
+        """Checkpoints in version order (task outputs are not part of history blobs)."""
+        return await self._run(ops.history(instance_id, after_version, limit))
+
+    async def truncate_all(self) -> None:
+        """Empty every table of the schema. For tests."""
+        await self._run(ops.truncate_all())

@@ -1,0 +1,190 @@
+"""The synchronous PostgreSQL backend: a thin I/O shell over `snapstore.operations`."""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import Iterable
+from contextlib import nullcontext
+from datetime import timedelta
+from types import TracebackType
+from typing import Any, Generic, Self, TypeVar
+
+from psycopg_pool import ConnectionPool
+
+from snapstore import operations as ops
+from snapstore.codecs import Codec
+from snapstore.config import DEFAULT_APPLICATION_NAME, CodecBound, PoolOptions, coerce_timeout
+from snapstore.migrate import migrate
+from snapstore.model import (
+    HistoryEntry,
+    Page,
+    StoredSnapshot,
+    TaskResult,
+    WorkflowSnapshot,
+    WorkflowStatus,
+)
+from snapstore.queries import DEFAULT_SCHEMA
+
+C = TypeVar("C", bound=Codec)
+R = TypeVar("R")
+
+
+class PostgresBackend(CodecBound, Generic[C]):
+    """A durable snapshot store on PostgreSQL.
+
+    Build one with ``PostgresBackend[JsonCodec].connect(url)`` (the codec in the
+    brackets writes every new blob; blobs from any registered codec are read),
+    or wrap a pool you own with `from_pool`. Thread-safe: share one per process.
+    """
+
+    def __init__(
+        self,
+        pool: ConnectionPool[Any],
+        *,
+        schema: str = DEFAULT_SCHEMA,
+        codec: Codec | None = None,
+        owns_pool: bool = False,
+    ) -> None:
+        self._init_common(schema, codec)
+        self._pool = pool
+        self._owns_pool = owns_pool
+
+    @classmethod
+    def connect(
+        cls,
+        conninfo: str,
+        *,
+        schema: str = DEFAULT_SCHEMA,
+        min_size: int = 1,
+        max_size: int = 10,
+        statement_timeout: float | timedelta | None = None,
+        application_name: str = DEFAULT_APPLICATION_NAME,
+        prepare_threshold: int | None = 5,
+        codec: Codec | None = None,
+        run_migrations: bool = True,
+        open_timeout: float = 30.0,
+    ) -> Self:
+        """Open an owned pool to ``conninfo`` and migrate ``schema`` (unless told not to)."""
+        options = PoolOptions(
+            min_size=min_size,
+            max_size=max_size,
+            statement_timeout=coerce_timeout(statement_timeout),
+            application_name=application_name,
+            prepare_threshold=prepare_threshold,
+        )
+        backend = cls(
+            ConnectionPool(
+                conninfo,
+                min_size=options.min_size,
+                max_size=options.max_size,
+                kwargs=options.connection_kwargs(),
+                open=False,
+                name=f"snapstore-{schema}",
+            ),
+            schema=schema,
+            codec=codec,
+            owns_pool=True,
+        )
+        try:
+            backend._pool.open(wait=True, timeout=open_timeout)
+            if run_migrations:
+                backend.migrate()
+        except BaseException:
+            backend.close()
+            raise
+        return backend
+
+    @classmethod
+    def from_pool(
+        cls,
+        pool: ConnectionPool[Any],
+        *,
+        schema: str = DEFAULT_SCHEMA,
+        codec: Codec | None = None,
+        run_migrations: bool = True,
+    ) -> Self:
+        """Use a pool the caller owns (and closes). Its connections should be autocommit."""
+        backend = cls(pool, schema=schema, codec=codec, owns_pool=False)
+        if run_migrations:
+            backend.migrate()
+        return backend
+
+    @property
+    def pool(self) -> ConnectionPool[Any]:
+        return self._pool
+
+    def close(self) -> None:
+        """Close the pool if this backend opened it; a borrowed pool is left alone."""
+        if self._owns_pool:
+            self._pool.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def _run(self, program: ops.Program[R], *, transaction: bool = False) -> R:
+        with self._pool.connection() as conn, conn.transaction() if transaction else nullcontext():
+            try:
+                step = next(program)
+                while True:
+                    cur = conn.execute(self.queries[step.query], step.params)
+                    if step.fetch is ops.Fetch.ONE:
+                        rows: Any = cur.fetchone()
+                    elif step.fetch is ops.Fetch.ALL:
+                        rows = cur.fetchall()
+                    else:
+                        rows = None
+                    step = program.send(rows)
+            except StopIteration as done:
+                result: R = done.value
+                return result
+
+    def migrate(self) -> builtins.list[int]:
+        """Apply pending migrations; return the versions applied."""
+        with self._pool.connection() as conn:
+            return migrate(conn, self.schema)
+
+    def save(self, snapshot: WorkflowSnapshot, expected_version: int | None = None) -> int:
+        """Write a checkpoint and return its new version.
+
+        ``expected_version=None`` creates the instance (`ConflictError` if it
+        exists); otherwise the stored version must equal it. The snapshot row,
+        its history row and its task rows commit together or not at all.
+        """
+        return self._run(ops.save(self.codec, snapshot, expected_version))
+
+    def load(self, instance_id: str) -> StoredSnapshot | None:
+        """The latest checkpoint with task outputs hydrated, or None."""
+        return self._run(ops.load(instance_id))
+
+    def load_task_result(self, instance_id: str, task_id: str) -> TaskResult | None:
+        """One task's stored result (with output), or None."""
+        return self._run(ops.load_task_result(instance_id, task_id))
+
+    def delete(self, instance_id: str) -> bool:
+        """Remove an instance and every row that belongs to it; False if absent."""
+        return self._run(ops.delete(instance_id))
+
+    def list(
+        self,
+        status: Iterable[WorkflowStatus] | WorkflowStatus | None = None,
+        *,
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> Page:
+        """Instances ordered by id, without decoding blobs; follow ``next_cursor``."""
+        return self._run(ops.list_snapshots(status, limit, cursor))
+
+    def history(
+        self, instance_id: str, *, after_version: int = 0, limit: int | None = None
+    ) -> builtins.list[HistoryEntry]:
+        """Checkpoints in version order (task outputs are not part of history blobs)."""
+        return self._run(ops.history(instance_id, after_version, limit))
+
+    def truncate_all(self) -> None:
+        """Empty every table of the schema. For tests."""
+        self._run(ops.truncate_all())

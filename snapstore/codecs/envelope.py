@@ -1,0 +1,95 @@
+"""The versioned envelope around every stored blob.
+
+Layout (big-endian), 10 bytes then the payload::
+
+    magic "SNP" | format version (1) | codec id (1) | flags (1) | crc32(payload) (4)
+
+The checksum turns silent bit rot into a `DecodeError`; the kind flag stops a
+task output from ever being decoded as a snapshot. See codecs/SPEC.md.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from typing import Any, Final, TypeVar
+
+import msgspec
+
+from snapstore.codecs.base import Codec
+from snapstore.codecs.registry import codec_for_id
+from snapstore.errors import DecodeError, EncodeError
+
+T = TypeVar("T")
+
+MAGIC: Final = b"SNP"
+FORMAT_VERSION: Final = 1
+FLAG_VALUE: Final = 0x01  # payload is a bare value (task output, event payload)
+KNOWN_FLAGS: Final = FLAG_VALUE
+_HEADER: Final = struct.Struct(">3sBBBI")
+HEADER_SIZE: Final = _HEADER.size
+
+
+def _seal(codec: Codec, flags: int, doc: Any) -> bytes:
+    try:
+        payload = codec.dumps(doc)
+    except EncodeError:
+        raise
+    except (TypeError, ValueError, OverflowError, msgspec.EncodeError) as exc:
+        raise EncodeError(f"{codec.name} cannot encode this value: {exc}") from exc
+    return _HEADER.pack(MAGIC, FORMAT_VERSION, codec.codec_id, flags, zlib.crc32(payload)) + payload
+
+
+def seal_document(codec: Codec, doc: Any) -> bytes:
+    """Envelope a snapshot document."""
+    return _seal(codec, 0, doc)
+
+
+def seal_value(codec: Codec, value: Any) -> bytes:
+    """Envelope an arbitrary value (lowered to builtins the codec carries)."""
+    try:
+        doc = msgspec.to_builtins(value, builtin_types=codec.builtin_types)
+    except (TypeError, msgspec.EncodeError) as exc:
+        raise EncodeError(f"{codec.name} cannot encode this value: {exc}") from exc
+    return _seal(codec, FLAG_VALUE, doc)
+
+
+def open_envelope(blob: bytes, *, expect_value: bool) -> tuple[Codec, bytes]:
+    """Check the header and checksum; return the codec named by the blob and its payload."""
+    if len(blob) < HEADER_SIZE:
+        raise DecodeError(f"blob of {len(blob)} bytes is shorter than the envelope header")
+    magic, version, codec_id, flags, crc = _HEADER.unpack_from(blob)
+    if magic != MAGIC:
+        raise DecodeError(f"not a snapstore blob (magic {bytes(magic)!r})")
+    if version != FORMAT_VERSION:
+        raise DecodeError(f"unsupported envelope format version {version}")
+    if flags & ~KNOWN_FLAGS:
+        raise DecodeError(f"unknown envelope flags {flags:#04x}")
+    if bool(flags & FLAG_VALUE) != expect_value:
+        kind = "value" if flags & FLAG_VALUE else "snapshot"
+        raise DecodeError(f"blob holds a {kind}, not what was asked for")
+    payload = bytes(blob[HEADER_SIZE:])
+    if zlib.crc32(payload) != crc:
+        raise DecodeError("checksum mismatch: blob is corrupt or truncated")
+    return codec_for_id(codec_id), payload
+
+
+def _parse(codec: Codec, payload: bytes, type_: type[T]) -> T:
+    try:
+        return codec.loads(payload, type_)
+    except DecodeError:
+        raise
+    except Exception as exc:  # third-party parsers raise assorted types on bad input
+        raise DecodeError(f"{codec.name} payload does not decode: {exc}") from exc
+
+
+def open_document(blob: bytes, type_: type[T]) -> tuple[Codec, T]:
+    """Decode a snapshot document blob written by any registered codec."""
+    codec, payload = open_envelope(blob, expect_value=False)
+    return codec, _parse(codec, payload, type_)
+
+
+def open_value(blob: bytes) -> Any:
+    """Decode a value blob written by any registered codec."""
+    codec, payload = open_envelope(blob, expect_value=True)
+    return _parse(codec, payload, object)

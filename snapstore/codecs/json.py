@@ -1,0 +1,42 @@
+"""JSON via orjson: the most portable and debuggable format."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar, TypeVar
+
+import msgspec
+import orjson
+
+from snapstore.errors import EncodeError
+
+T = TypeVar("T")
+
+
+def _reject_non_finite(doc: Any) -> None:
+    """orjson writes NaN/Infinity as null; refuse instead of losing the value."""
+    stack = [doc]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, float):
+            if not math.isfinite(value):
+                raise EncodeError(f"JSON cannot represent the float {value!r}")
+        elif isinstance(value, dict):
+            stack.extend(value.values())
+        elif isinstance(value, list | tuple):
+            stack.extend(value)
+
+
+class JsonCodec:
+    """UTF-8 JSON. Datetimes travel as RFC 3339 strings, bytes as base64."""
+
+    codec_id: ClassVar[int] = 1
+    name: ClassVar[str] = "json"
+    builtin_types: ClassVar[tuple[type, ...]] = ()
+
+    def dumps(self, doc: Any) -> bytes:
+        _reject_non_finite(doc)
+        return orjson.dumps(doc)
+
+    def loads(self, payload: bytes, type_: type[T]) -> T:
+        return msgspec.convert(orjson.loads(payload), type_)

@@ -1,0 +1,75 @@
+"""Typed errors. Every failure a caller can act on has its own class."""
+
+from __future__ import annotations
+
+
+class SnapstoreError(Exception):
+    """Base class of every error this library raises on purpose."""
+
+
+class ConfigurationError(SnapstoreError, ValueError):
+    """An option (schema name, pool size, codec...) is invalid."""
+
+
+class ValidationError(SnapstoreError, ValueError):
+    """A snapshot or argument is malformed; nothing was written."""
+
+
+class CodecError(SnapstoreError):
+    """Base class of encode/decode failures."""
+
+
+class EncodeError(CodecError, ValueError):
+    """A value cannot be represented by the chosen codec; nothing was written."""
+
+
+class DecodeError(CodecError, ValueError):
+    """A stored blob is corrupt, truncated, or written by an unknown codec.
+
+    ``instance_id`` and ``version`` name the checkpoint when the blob came from the store.
+    """
+
+    def __init__(
+        self, message: str, *, instance_id: str | None = None, version: int | None = None
+    ) -> None:
+        where = ""
+        if instance_id is not None:
+            where = f" (instance {instance_id!r}" + (
+                f", version {version})" if version is not None else ")"
+            )
+        super().__init__(message + where)
+        self.instance_id = instance_id
+        self.version = version
+
+
+class UnknownCodecError(DecodeError):
+    """The envelope names a codec id that is not registered in this process."""
+
+
+class ConflictError(SnapstoreError):
+    """A compare-and-set save lost: the stored version is not the expected one."""
+
+    def __init__(self, instance_id: str, expected: int | None, actual: int | None) -> None:
+        exp = "absent" if expected is None else f"version {expected}"
+        act = "absent" if actual is None else f"version {actual}"
+        super().__init__(f"instance {instance_id!r}: expected {exp}, found {act}")
+        self.instance_id = instance_id
+        self.expected_version = expected
+        self.actual_version = actual
+
+
+class TerminalStateError(SnapstoreError):
+    """The instance already finished (Completed/Failed/Cancelled); it is never resurrected."""
+
+    def __init__(self, instance_id: str, status: str) -> None:
+        super().__init__(f"instance {instance_id!r} is terminal ({status}) and cannot change")
+        self.instance_id = instance_id
+        self.status = status
+
+
+class NotFoundError(SnapstoreError, LookupError):
+    """The instance (or task result) does not exist."""
+
+
+class MigrationError(SnapstoreError):
+    """The schema cannot be brought to the version this library needs."""

@@ -1,0 +1,186 @@
+"""The workflow snapshot data model.
+
+Everything here is a `msgspec.Struct`: cheap to build, validated on decode, and
+convertible to builtins for the JSON and CBOR codecs. Positions form a tagged
+union (tag field ``kind``) so the envelope stays self-describing in every codec.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+from typing import Any, TypeAlias
+
+import msgspec
+
+
+class WorkflowStatus(enum.StrEnum):
+    """Lifecycle of one workflow instance."""
+
+    IN_PROGRESS = "InProgress"
+    COMPLETED = "Completed"
+    FAILED = "Failed"
+    CANCELLED = "Cancelled"
+    PAUSED = "Paused"
+
+    @property
+    def is_terminal(self) -> bool:
+        """Terminal instances are never written again (no resurrection)."""
+        return self in TERMINAL_STATUSES
+
+
+TERMINAL_STATUSES = frozenset(
+    {WorkflowStatus.COMPLETED, WorkflowStatus.FAILED, WorkflowStatus.CANCELLED}
+)
+
+
+class TaskStatus(enum.StrEnum):
+    """Outcome of one task execution recorded in a snapshot."""
+
+    RUNNING = "Running"
+    COMPLETED = "Completed"
+    FAILED = "Failed"
+
+
+class NotStarted(msgspec.Struct, frozen=True, tag_field="kind", tag="NotStarted"):
+    """The instance exists but no task has run yet."""
+
+
+class AtTask(msgspec.Struct, frozen=True, tag_field="kind", tag="AtTask"):
+    """Ready to run (or running) ``task_id``."""
+
+    task_id: str
+
+
+class AtDelay(msgspec.Struct, frozen=True, tag_field="kind", tag="AtDelay"):
+    """Sleeping until ``wake_at`` before continuing with ``task_id``."""
+
+    task_id: str
+    wake_at: datetime
+
+
+class AtSignal(msgspec.Struct, frozen=True, tag_field="kind", tag="AtSignal"):
+    """Parked until an external event named ``signal_name`` arrives."""
+
+    task_id: str
+    signal_name: str
+
+
+class AtFork(msgspec.Struct, frozen=True, tag_field="kind", tag="AtFork"):
+    """Fanning out into parallel ``branches``."""
+
+    task_id: str
+    branches: tuple[str, ...] = ()
+
+
+class AtJoin(msgspec.Struct, frozen=True, tag_field="kind", tag="AtJoin"):
+    """Waiting for the branches in ``waiting_for`` to finish."""
+
+    task_id: str
+    waiting_for: tuple[str, ...] = ()
+
+
+class InLoop(msgspec.Struct, frozen=True, tag_field="kind", tag="InLoop"):
+    """Inside a loop body at ``task_id``, on iteration ``iteration``."""
+
+    task_id: str
+    iteration: int = 0
+
+
+Position: TypeAlias = NotStarted | AtTask | AtDelay | AtSignal | AtFork | AtJoin | InLoop
+
+
+def position_task_id(position: Position) -> str | None:
+    """The task a position points at, or None before the first task."""
+    return None if isinstance(position, NotStarted) else position.task_id
+
+
+class TaskResult(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """What one task produced. ``output`` is stored once, in the tasks sidecar."""
+
+    status: TaskStatus = TaskStatus.COMPLETED
+    output: Any = None
+    error: str | None = None
+    attempts: int = 1
+    worker_id: str | None = None
+    started_at: datetime | None = None
+    completed_at: datetime | None = None
+
+
+class RetryState(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """Retry bookkeeping for one task: attempts so far and when to try next."""
+
+    attempts: int
+    next_attempt_at: datetime | None = None
+    last_error: str | None = None
+
+
+class WorkflowSnapshot(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """One durable checkpoint of a workflow instance.
+
+    Frozen so a snapshot handed to `save` cannot change under the store; derive
+    the next checkpoint with `msgspec.structs.replace`.
+    """
+
+    instance_id: str
+    definition_hash: str
+    status: WorkflowStatus = WorkflowStatus.IN_PROGRESS
+    position: Position = NotStarted()
+    task_results: dict[str, TaskResult] = msgspec.field(default_factory=dict)
+    retries: dict[str, RetryState] = msgspec.field(default_factory=dict)
+    priority: int = 3
+    tags: tuple[str, ...] = ()
+    input: Any = None
+    output: Any = None
+    error: str | None = None
+    trace_parent: str | None = None
+    created_at: datetime | None = None
+
+
+MIN_PRIORITY = 1
+MAX_PRIORITY = 5
+
+
+class StoredSnapshot(msgspec.Struct, frozen=True, kw_only=True):
+    """A snapshot as read back from a store, with its CAS version."""
+
+    snapshot: WorkflowSnapshot
+    version: int
+    codec: str
+    updated_at: datetime | None = None
+
+
+class HistoryEntry(msgspec.Struct, frozen=True, kw_only=True):
+    """One immutable checkpoint from the history table (task outputs not hydrated)."""
+
+    instance_id: str
+    version: int
+    status: WorkflowStatus
+    current_task_id: str | None
+    codec: str
+    snapshot: WorkflowSnapshot
+    created_at: datetime | None = None
+
+
+class SnapshotSummary(msgspec.Struct, frozen=True, kw_only=True):
+    """The denormalised columns of one instance: listed without decoding blobs."""
+
+    instance_id: str
+    status: WorkflowStatus
+    definition_hash: str
+    current_task_id: str | None
+    position_kind: str
+    completed_task_count: int
+    priority: int
+    tags: tuple[str, ...]
+    version: int
+    codec: str
+    error: str | None = None
+    updated_at: datetime | None = None
+
+
+class Page(msgspec.Struct, frozen=True, kw_only=True):
+    """One page of a keyset-paginated listing; pass ``next_cursor`` to continue."""
+
+    items: list[SnapshotSummary]
+    next_cursor: str | None
