@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import builtins
 from collections.abc import Iterable
-from contextlib import nullcontext
 from datetime import timedelta
 from types import TracebackType
 from typing import Any, Generic, Self, TypeVar
@@ -16,6 +15,7 @@ from snapstore.codecs import Codec
 from snapstore.config import DEFAULT_APPLICATION_NAME, CodecBound, PoolOptions, coerce_timeout
 from snapstore.migrate import amigrate
 from snapstore.model import (
+    Claim,
     HistoryEntry,
     Page,
     StoredSnapshot,
@@ -24,12 +24,12 @@ from snapstore.model import (
     WorkflowStatus,
 )
 from snapstore.queries import DEFAULT_SCHEMA
+from snapstore.runner import AsyncRunner
 
 C = TypeVar("C", bound=Codec)
-R = TypeVar("R")
 
 
-class AsyncPostgresBackend(CodecBound, Generic[C]):
+class AsyncPostgresBackend(AsyncRunner, CodecBound, Generic[C]):
     """The asyncio twin of `PostgresBackend`: same operations, same SQL.
 
     ``await AsyncPostgresBackend[JsonCodec].connect(url)``; share one per event loop.
@@ -124,39 +124,27 @@ class AsyncPostgresBackend(CodecBound, Generic[C]):
     ) -> None:
         await self.close()
 
-    async def _run(self, program: ops.Program[R], *, transaction: bool = False) -> R:
-        async with (
-            self._pool.connection() as conn,
-            conn.transaction() if transaction else nullcontext(),
-        ):
-            try:
-                step = next(program)
-                while True:
-                    cur = await conn.execute(self.queries[step.query], step.params)
-                    if step.fetch is ops.Fetch.ONE:
-                        rows: Any = await cur.fetchone()
-                    elif step.fetch is ops.Fetch.ALL:
-                        rows = await cur.fetchall()
-                    else:
-                        rows = None
-                    step = program.send(rows)
-            except StopIteration as done:
-                result: R = done.value
-                return result
-
     async def migrate(self) -> builtins.list[int]:
         """Apply pending migrations; return the versions applied."""
         async with self._pool.connection() as conn:
             return await amigrate(conn, self.schema)
 
-    async def save(self, snapshot: WorkflowSnapshot, expected_version: int | None = None) -> int:
+    async def save(
+        self,
+        snapshot: WorkflowSnapshot,
+        expected_version: int | None = None,
+        *,
+        claim: Claim | None = None,
+    ) -> int:
         """Write a checkpoint and return its new version.
 
         ``expected_version=None`` creates the instance (`ConflictError` if it
         exists); otherwise the stored version must equal it. The snapshot row,
-        its history row and its task rows commit together or not at all.
+        its history row and its task rows commit together or not at all. With
+        ``claim``, the write is fenced: it is refused (`ClaimLostError`) once the
+        lease has expired or been taken over.
         """
-        return await self._run(ops.save(self.codec, snapshot, expected_version))
+        return await self._run(ops.save(self.ctx, snapshot, expected_version, claim))
 
     async def load(self, instance_id: str) -> StoredSnapshot | None:
         """The latest checkpoint with task outputs hydrated, or None."""

@@ -13,6 +13,7 @@ from typing import Any, ClassVar, Final
 
 from snapstore.codecs import Codec, JsonCodec, codec_instance
 from snapstore.errors import ConfigurationError
+from snapstore.operations import Context
 from snapstore.queries import DEFAULT_SCHEMA, Queries, queries_for, validate_schema
 
 DEFAULT_APPLICATION_NAME: Final = "snapstore"
@@ -76,6 +77,7 @@ class CodecBound:
         self.schema = validate_schema(schema)
         self.codec: Codec = codec if codec is not None else codec_instance(self.codec_type)
         self.queries: Queries = queries_for(self.schema)
+        self.ctx = Context(self.codec, self.schema)
 
 
 _specialised: dict[tuple[type[CodecBound], type[Codec]], type[CodecBound]] = {}

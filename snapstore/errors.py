@@ -67,6 +67,14 @@ class TerminalStateError(SnapstoreError):
         self.status = status
 
 
+class ClaimLostError(SnapstoreError):
+    """The lease on an instance expired or was taken over; the fenced write was refused."""
+
+    def __init__(self, instance_id: str, detail: str = "lease expired or taken over") -> None:
+        super().__init__(f"claim on instance {instance_id!r} lost: {detail}")
+        self.instance_id = instance_id
+
+
 class NotFoundError(SnapstoreError, LookupError):
     """The instance (or task result) does not exist."""
 

@@ -8,6 +8,7 @@ union (tag field ``kind``) so the envelope stays self-describing in every codec.
 from __future__ import annotations
 
 import enum
+import uuid
 from datetime import datetime
 from typing import Any, TypeAlias
 
@@ -184,3 +185,14 @@ class Page(msgspec.Struct, frozen=True, kw_only=True):
 
     items: list[SnapshotSummary]
     next_cursor: str | None
+
+
+class Claim(msgspec.Struct, frozen=True, kw_only=True):
+    """A TTL lease on one instance. ``token`` fences writes: a save carrying a
+    claim whose lease expired or was taken over raises `ClaimLostError`."""
+
+    instance_id: str
+    worker_id: str
+    token: uuid.UUID
+    expires_at: datetime
+    task_id: str | None = None

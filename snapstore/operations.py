@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Generator, Iterable
+from dataclasses import dataclass
 from typing import Any, NamedTuple, TypeVar
 
 from snapstore import statements as st
 from snapstore.codecs import Codec
 from snapstore.model import (
+    Claim,
     HistoryEntry,
     Page,
     StoredSnapshot,
@@ -22,8 +24,21 @@ from snapstore.model import (
     WorkflowSnapshot,
     WorkflowStatus,
 )
+from snapstore.queries import wakeup_channel
 
 R = TypeVar("R")
+
+
+@dataclass(frozen=True)
+class Context:
+    """What operations need to know about the store they run against."""
+
+    codec: Codec
+    schema: str
+
+    @property
+    def channel(self) -> str:
+        return wakeup_channel(self.schema)
 
 
 class Fetch(enum.Enum):
@@ -33,7 +48,7 @@ class Fetch(enum.Enum):
 
 
 class Step(NamedTuple):
-    """One statement to run: a name from sql/queries.sql and its bound parameters."""
+    """One statement to run: a name from sql/queries/*.sql and its bound parameters."""
 
     query: str
     params: st.Params | None = None
@@ -43,13 +58,15 @@ class Step(NamedTuple):
 Program = Generator[Step, Any, R]
 
 
-def save(codec: Codec, snapshot: WorkflowSnapshot, expected_version: int | None) -> Program[int]:
+def save(
+    ctx: Context, snapshot: WorkflowSnapshot, expected_version: int | None, claim: Claim | None
+) -> Program[int]:
     """CAS save: one statement; on failure, one read to name the precise error."""
-    params = st.save_params(codec, snapshot, expected_version)
+    params = st.save_params(ctx.codec, snapshot, expected_version, claim=claim, channel=ctx.channel)
     version = st.saved_version((yield Step("save_snapshot", params)))
     if version is None:
-        current = yield Step("current_state", st.id_params(snapshot.instance_id))
-        raise st.save_failure(snapshot.instance_id, expected_version, current)
+        current = yield Step("current_state", st.state_params(snapshot.instance_id, claim))
+        raise st.save_failure(snapshot.instance_id, expected_version, claim, current)
     return version
 
 

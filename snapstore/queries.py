@@ -40,6 +40,11 @@ def bind_schema(text: str, schema: str) -> str:
     return text.replace(SCHEMA_TOKEN, quote_schema(schema))
 
 
+def wakeup_channel(schema: str) -> str:
+    """The NOTIFY channel of a schema (PostgreSQL keeps at most 63 bytes of it)."""
+    return ("snapstore_wakeup:" + validate_schema(schema))[:63]
+
+
 def sql_dir() -> Traversable:
     """The sql/ folder: inside the wheel, or at the top of a source checkout."""
     packaged = resources.files("snapstore") / "sql"
@@ -50,13 +55,22 @@ def sql_dir() -> Traversable:
 
 @functools.cache
 def _raw_queries() -> dict[str, str]:
-    text = (sql_dir() / "queries.sql").read_text(encoding="utf-8")
-    parts = _SECTION.split(text)
-    return {name: body.strip() for name, body in zip(parts[1::2], parts[2::2], strict=True)}
+    """Every named statement of sql/queries/*.sql; a name may appear only once."""
+    found: dict[str, str] = {}
+    folder = sql_dir() / "queries"
+    for entry in sorted(folder.iterdir(), key=lambda e: e.name):
+        if not entry.name.endswith(".sql"):
+            continue
+        parts = _SECTION.split(entry.read_text(encoding="utf-8"))
+        for name, body in zip(parts[1::2], parts[2::2], strict=True):
+            if name in found:
+                raise RuntimeError(f"statement {name!r} is defined twice in sql/queries/")
+            found[name] = body.strip()
+    return found
 
 
 class Queries:
-    """The named statements of sql/queries.sql bound to one schema, as bytes."""
+    """The named statements of sql/queries/*.sql bound to one schema, as bytes."""
 
     def __init__(self, schema: str) -> None:
         self.schema = validate_schema(schema)

@@ -14,6 +14,7 @@ from typing import Any, Final
 
 from snapstore.codecs import Codec, decode_snapshot, encode_output, encode_snapshot, open_value
 from snapstore.errors import (
+    ClaimLostError,
     ConflictError,
     DecodeError,
     NotFoundError,
@@ -25,6 +26,7 @@ from snapstore.model import (
     MAX_PRIORITY,
     MIN_PRIORITY,
     AtDelay,
+    Claim,
     HistoryEntry,
     Page,
     Position,
@@ -103,10 +105,21 @@ def data_hash(blob: bytes) -> bytes:
     return hashlib.blake2b(blob, digest_size=16).digest()
 
 
-def save_params(codec: Codec, snapshot: WorkflowSnapshot, expected_version: int | None) -> Params:
+def save_params(
+    codec: Codec,
+    snapshot: WorkflowSnapshot,
+    expected_version: int | None,
+    *,
+    claim: Claim | None = None,
+    channel: str = "",
+) -> Params:
     """Parameters of the ``save_snapshot`` statement."""
     validate_snapshot(snapshot)
     check_expected_version(expected_version)
+    if claim is not None and claim.instance_id != snapshot.instance_id:
+        raise ValidationError(
+            f"claim is for {claim.instance_id!r}, snapshot is {snapshot.instance_id!r}"
+        )
     blob = encode_snapshot(codec, snapshot)
     results = snapshot.task_results
     position = snapshot.position
@@ -129,6 +142,10 @@ def save_params(codec: Codec, snapshot: WorkflowSnapshot, expected_version: int 
         "data": blob,
         "data_hash": data_hash(blob),
         "terminal": snapshot.status.is_terminal,
+        "claim_token": None if claim is None else claim.token,
+        "channel": channel,
+        # A claimant keeps driving its instance; others learn of it when it is released.
+        "notify": claim is None and snapshot.status is WorkflowStatus.IN_PROGRESS,
         "task_ids": list(results),
         "task_statuses": [r.status.value for r in results.values()],
         "task_attempts": [r.attempts for r in results.values()],
@@ -145,18 +162,26 @@ def saved_version(row: Row | None) -> int | None:
     return None if row is None else int(row[0])
 
 
+def state_params(instance_id: str, claim: Claim | None) -> Params:
+    return {**id_params(instance_id), "claim_token": None if claim is None else claim.token}
+
+
 def save_failure(
-    instance_id: str, expected_version: int | None, current: Row | None
+    instance_id: str, expected_version: int | None, claim: Claim | None, current: Row | None
 ) -> SnapstoreError:
     """The error for a failed save, given the ``current_state`` row read afterwards."""
     if current is None:
         if expected_version is None:  # created and deleted between the two statements
             return ConflictError(instance_id, None, None)
         return NotFoundError(f"instance {instance_id!r} does not exist")
-    version, status = int(current[0]), WorkflowStatus(current[1])
+    version, status, claim_live = int(current[0]), WorkflowStatus(current[1]), current[2]
     if status.is_terminal:
         return TerminalStateError(instance_id, status.value)
-    return ConflictError(instance_id, expected_version, version)
+    if version != expected_version:
+        return ConflictError(instance_id, expected_version, version)
+    if claim is not None and not claim_live:
+        return ClaimLostError(instance_id)
+    return ConflictError(instance_id, expected_version, None)  # changed and changed back
 
 
 def id_params(instance_id: str) -> Params:

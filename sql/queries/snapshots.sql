@@ -2,7 +2,9 @@
 -- values are always bound parameters (%(name)s). Sections start with "-- name: <key>".
 
 -- name: save_snapshot
--- One statement = one commit: CAS update or create-if-absent, history row, task upserts.
+-- One statement = one commit: CAS update (fenced by a live claim when one is given) or
+-- create-if-absent, history row, task upserts, and a wakeup NOTIFY (delivered at commit)
+-- when the instance is dispatchable now and no claimant is driving it.
 WITH upd AS (
     UPDATE @schema@.snapshots AS s SET
         status = %(status)s,
@@ -23,6 +25,10 @@ WITH upd AS (
     WHERE s.instance_id = %(instance_id)s
       AND s.version = %(expected_version)s
       AND s.status NOT IN ('Completed', 'Failed', 'Cancelled')
+      AND (%(claim_token)s::uuid IS NULL OR EXISTS (
+          SELECT 1 FROM @schema@.claims AS c
+          WHERE c.instance_id = s.instance_id AND c.token = %(claim_token)s::uuid
+            AND c.expires_at > now()))
     RETURNING s.version
 ), ins AS (
     INSERT INTO @schema@.snapshots AS s (
@@ -64,10 +70,19 @@ WITH upd AS (
         IS DISTINCT FROM (EXCLUDED.status, EXCLUDED.attempts, EXCLUDED.worker_id,
         EXCLUDED.started_at, EXCLUDED.completed_at, EXCLUDED.error, EXCLUDED.output)
 )
-SELECT version FROM saved;
+SELECT saved.version FROM saved
+LEFT JOIN LATERAL (
+    SELECT pg_notify(%(channel)s, %(instance_id)s)
+    WHERE %(notify)s AND COALESCE(%(available_at)s, now()) <= now()
+) AS wake ON true;
 
 -- name: current_state
-SELECT version, status FROM @schema@.snapshots WHERE instance_id = %(instance_id)s;
+-- Why a save failed: the stored version and status, and whether the given claim is live.
+SELECT s.version, s.status, EXISTS (
+    SELECT 1 FROM @schema@.claims AS c
+    WHERE c.instance_id = s.instance_id AND c.token = %(claim_token)s::uuid
+      AND c.expires_at > now())
+FROM @schema@.snapshots AS s WHERE s.instance_id = %(instance_id)s;
 
 -- name: load_snapshot
 -- The blob and the task outputs are read in one statement, so they come from one commit.

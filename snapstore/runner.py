@@ -1,0 +1,71 @@
+"""The two I/O shells that drive `snapstore.operations` programs.
+
+A program yields `Step`s; the shell runs each on one pooled connection (inside
+one transaction when asked) and sends the fetched rows back. Feature mixins
+(signals, claims...) only build programs and call ``_run``.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from typing import Any, TypeVar
+
+from psycopg_pool import AsyncConnectionPool, ConnectionPool
+
+from snapstore.operations import Context, Fetch, Program
+from snapstore.queries import Queries
+
+R = TypeVar("R")
+
+
+class SyncRunner:
+    """Base of `PostgresBackend` and its feature mixins."""
+
+    _pool: ConnectionPool[Any]
+    queries: Queries
+    ctx: Context
+
+    def _run(self, program: Program[R], *, transaction: bool = False) -> R:
+        with self._pool.connection() as conn, conn.transaction() if transaction else nullcontext():
+            try:
+                step = next(program)
+                while True:
+                    cur = conn.execute(self.queries[step.query], step.params)
+                    if step.fetch is Fetch.ONE:
+                        rows: Any = cur.fetchone()
+                    elif step.fetch is Fetch.ALL:
+                        rows = cur.fetchall()
+                    else:
+                        rows = None
+                    step = program.send(rows)
+            except StopIteration as done:
+                result: R = done.value
+                return result
+
+
+class AsyncRunner:
+    """Base of `AsyncPostgresBackend` and its feature mixins."""
+
+    _pool: AsyncConnectionPool[Any]
+    queries: Queries
+    ctx: Context
+
+    async def _run(self, program: Program[R], *, transaction: bool = False) -> R:
+        async with (
+            self._pool.connection() as conn,
+            conn.transaction() if transaction else nullcontext(),
+        ):
+            try:
+                step = next(program)
+                while True:
+                    cur = await conn.execute(self.queries[step.query], step.params)
+                    if step.fetch is Fetch.ONE:
+                        rows: Any = await cur.fetchone()
+                    elif step.fetch is Fetch.ALL:
+                        rows = await cur.fetchall()
+                    else:
+                        rows = None
+                    step = program.send(rows)
+            except StopIteration as done:
+                result: R = done.value
+                return result
