@@ -11,6 +11,7 @@ from typing import Any, Generic, Self, TypeVar
 from psycopg_pool import AsyncConnectionPool
 
 from snapstore import operations as ops
+from snapstore.claims import AsyncClaimsMixin
 from snapstore.codecs import Codec
 from snapstore.config import DEFAULT_APPLICATION_NAME, CodecBound, PoolOptions, coerce_timeout
 from snapstore.migrate import amigrate
@@ -24,12 +25,15 @@ from snapstore.model import (
     WorkflowStatus,
 )
 from snapstore.queries import DEFAULT_SCHEMA
-from snapstore.runner import AsyncRunner
+from snapstore.signals import AsyncSignalsMixin
+from snapstore.wakeup import AsyncWakeupMixin
 
 C = TypeVar("C", bound=Codec)
 
 
-class AsyncPostgresBackend(AsyncRunner, CodecBound, Generic[C]):
+class AsyncPostgresBackend(
+    AsyncSignalsMixin, AsyncClaimsMixin, AsyncWakeupMixin, CodecBound, Generic[C]
+):
     """The asyncio twin of `PostgresBackend`: same operations, same SQL.
 
     ``await AsyncPostgresBackend[JsonCodec].connect(url)``; share one per event loop.

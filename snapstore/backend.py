@@ -11,6 +11,7 @@ from typing import Any, Generic, Self, TypeVar
 from psycopg_pool import ConnectionPool
 
 from snapstore import operations as ops
+from snapstore.claims import ClaimsMixin
 from snapstore.codecs import Codec
 from snapstore.config import DEFAULT_APPLICATION_NAME, CodecBound, PoolOptions, coerce_timeout
 from snapstore.migrate import migrate
@@ -24,12 +25,13 @@ from snapstore.model import (
     WorkflowStatus,
 )
 from snapstore.queries import DEFAULT_SCHEMA
-from snapstore.runner import SyncRunner
+from snapstore.signals import SignalsMixin
+from snapstore.wakeup import WakeupMixin
 
 C = TypeVar("C", bound=Codec)
 
 
-class PostgresBackend(SyncRunner, CodecBound, Generic[C]):
+class PostgresBackend(SignalsMixin, ClaimsMixin, WakeupMixin, CodecBound, Generic[C]):
     """A durable snapshot store on PostgreSQL.
 
     Build one with ``PostgresBackend[JsonCodec].connect(url)`` (the codec in the
