@@ -2,10 +2,12 @@
 
 Layout (big-endian), 10 bytes then the payload::
 
-    magic "SNP" | format version (1) | codec id (1) | flags (1) | crc32(payload) (4)
+    magic "SNP" | format version (1) | codec id (1) | flags (1) | crc32 (4)
 
-The checksum turns silent bit rot into a `DecodeError`; the kind flag stops a
-task output from ever being decoded as a snapshot. See codecs/SPEC.md.
+The CRC-32 covers the six bytes before it and the payload: a flipped codec-id
+bit would otherwise hand the payload to another registered codec. The checksum
+turns silent bit rot into a `DecodeError`; the kind flag stops a task output
+from ever being decoded as a snapshot. See codecs/SPEC.md.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ FORMAT_VERSION: Final = 1
 FLAG_VALUE: Final = 0x01  # payload is a bare value (task output, event payload)
 KNOWN_FLAGS: Final = FLAG_VALUE
 _HEADER: Final = struct.Struct(">3sBBBI")
+_PREFIX: Final = struct.Struct(">3sBBB")  # the checksummed part of the header
+_CRC: Final = struct.Struct(">I")
 HEADER_SIZE: Final = _HEADER.size
 
 
@@ -37,7 +41,8 @@ def _seal(codec: Codec, flags: int, doc: Any) -> bytes:
         raise
     except (TypeError, ValueError, OverflowError, msgspec.EncodeError) as exc:
         raise EncodeError(f"{codec.name} cannot encode this value: {exc}") from exc
-    return _HEADER.pack(MAGIC, FORMAT_VERSION, codec.codec_id, flags, zlib.crc32(payload)) + payload
+    prefix = _PREFIX.pack(MAGIC, FORMAT_VERSION, codec.codec_id, flags)
+    return prefix + _CRC.pack(zlib.crc32(payload, zlib.crc32(prefix))) + payload
 
 
 def seal_document(codec: Codec, doc: Any) -> bytes:
@@ -69,7 +74,7 @@ def open_envelope(blob: bytes, *, expect_value: bool) -> tuple[Codec, bytes]:
         kind = "value" if flags & FLAG_VALUE else "snapshot"
         raise DecodeError(f"blob holds a {kind}, not what was asked for")
     payload = bytes(blob[HEADER_SIZE:])
-    if zlib.crc32(payload) != crc:
+    if zlib.crc32(payload, zlib.crc32(blob[: _PREFIX.size])) != crc:
         raise DecodeError("checksum mismatch: blob is corrupt or truncated")
     return codec_for_id(codec_id), payload
 
