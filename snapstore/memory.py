@@ -8,17 +8,28 @@ codec and envelope code, so what it returns is what PostgreSQL would return.
 from __future__ import annotations
 
 import builtins
+import json
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from snapstore import operations as ops
 from snapstore import statements as st
 from snapstore.codecs import Codec, JsonCodec, codec_instance, decode_snapshot
-from snapstore.errors import ConflictError, NotFoundError, TerminalStateError
+from snapstore.errors import (
+    ConflictError,
+    NotFoundError,
+    SnapstoreError,
+    TerminalStateError,
+    ValidationError,
+)
 from snapstore.model import (
+    Claim,
     HistoryEntry,
     Page,
+    SaveRequest,
+    SaveResult,
     SnapshotSummary,
     StoredSnapshot,
     TaskResult,
@@ -51,40 +62,68 @@ class MemoryBackend:
         self.codec = codec if codec is not None else codec_instance(JsonCodec)
         self._lock = threading.Lock()
         self._instances: dict[str, _Instance] = {}
+        self._ctx = ops.Context(self.codec, "memory")
 
-    def save(self, snapshot: Snapshot, expected_version: int | None = None) -> int:
-        params = st.save_params(self.codec, snapshot, expected_version)
-        iid = snapshot.instance_id
-        now = datetime.now(UTC)
+    def save(
+        self,
+        snapshot: Snapshot,
+        expected_version: int | None = None,
+        *,
+        claim: Claim | None = None,
+    ) -> int:
+        """Same contract as `PostgresBackend.save` (claims are not modelled: no leases here)."""
+        if claim is not None:
+            raise ValidationError("MemoryBackend does not model claims")
+        item = st.prepare_save(self.codec, snapshot, expected_version)
         with self._lock:
-            current = self._instances.get(iid)
-            if current is None:
-                if expected_version is not None:
-                    raise NotFoundError(f"instance {iid!r} does not exist")
-                current = self._instances[iid] = _Instance(summary=_summary(params, 0, now))
+            return self._apply(item, snapshot)
+
+    def save_many(self, requests: Sequence[SaveRequest]) -> builtins.list[SaveResult]:
+        """Same contract as `PostgresBackend.save_many`: all or nothing is applied at once."""
+        prepared, rejected = ops.prepare_many(self._ctx, requests)
+        results = iter(prepared)
+        out: builtins.list[SaveResult] = []
+        with self._lock:
+            for index, req in enumerate(requests):
+                if index in rejected:
+                    out.append(rejected[index])
+                    continue
+                item = next(results)
+                try:
+                    out.append(SaveResult(item.instance_id, self._apply(item, req.snapshot)))
+                except SnapstoreError as exc:
+                    out.append(SaveResult(item.instance_id, None, exc))
+        return out
+
+    def _apply(self, item: st.PreparedSave, snapshot: Snapshot) -> int:
+        iid, expected_version = item.instance_id, item.expected_version
+        now = datetime.now(UTC)
+        current = self._instances.get(iid)
+        if current is None:
+            if expected_version is not None:
+                raise NotFoundError(f"instance {iid!r} does not exist")
+            current = self._instances[iid] = _Instance(summary=_summary(item, 0, now))
+        else:
+            old = current.summary
+            if old.status.is_terminal:
+                raise TerminalStateError(iid, old.status.value)
+            if expected_version != old.version:
+                raise ConflictError(iid, expected_version, old.version)
+        version = current.summary.version + 1
+        current.summary = _summary(item, version, now)
+        current.history.append(
+            _History(version, snapshot.status, item.current_task_id, item.data, now)
+        )
+        for task_id, result, row in zip(
+            item.task_ids, snapshot.task_results.values(), item.task_rows, strict=True
+        ):
+            current.tasks[task_id] = result
+            blob = row[-1]
+            if blob is None:
+                current.outputs.pop(task_id, None)
             else:
-                old = current.summary
-                if old.status.is_terminal:
-                    raise TerminalStateError(iid, old.status.value)
-                if expected_version != old.version:
-                    raise ConflictError(iid, expected_version, old.version)
-            version = current.summary.version + 1
-            current.summary = _summary(params, version, now)
-            current.history.append(
-                _History(version, snapshot.status, params["current_task_id"], params["data"], now)
-            )
-            for task_id, result, blob in zip(
-                params["task_ids"],
-                snapshot.task_results.values(),
-                params["task_outputs"],
-                strict=True,
-            ):
-                current.tasks[task_id] = result
-                if blob is None:
-                    current.outputs.pop(task_id, None)
-                else:
-                    current.outputs[task_id] = blob
-            return version
+                current.outputs[task_id] = blob
+        return version
 
     def load(self, instance_id: str) -> StoredSnapshot | None:
         st.id_params(instance_id)
@@ -162,19 +201,19 @@ class MemoryBackend:
             self._instances.clear()
 
 
-def _summary(params: st.Params, version: int, now: datetime) -> SnapshotSummary:
+def _summary(item: st.PreparedSave, version: int, now: datetime) -> SnapshotSummary:
     return SnapshotSummary(
-        instance_id=params["instance_id"],
-        status=WorkflowStatus(params["status"]),
-        definition_hash=params["definition_hash"],
-        current_task_id=params["current_task_id"],
-        position_kind=params["position_kind"],
-        completed_task_count=params["completed_task_count"],
-        priority=params["priority"],
-        tags=tuple(params["tags"]),
+        instance_id=item.instance_id,
+        status=WorkflowStatus(item.status),
+        definition_hash=item.definition_hash,
+        current_task_id=item.current_task_id,
+        position_kind=item.position_kind,
+        completed_task_count=item.completed_task_count,
+        priority=item.priority,
+        tags=tuple(json.loads(item.tags)),
         version=version,
-        codec=params["codec"],
-        error=params["error"],
+        codec=item.codec,
+        error=item.error,
         updated_at=now,
     )
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import uuid
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeAlias
 
@@ -196,3 +197,32 @@ class Claim(msgspec.Struct, frozen=True, kw_only=True):
     token: uuid.UUID
     expires_at: datetime
     task_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SaveRequest:
+    """One item of `save_many`: the same arguments `save` takes."""
+
+    snapshot: WorkflowSnapshot
+    expected_version: int | None = None
+    claim: Claim | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SaveResult:
+    """The outcome of one item of a grouped save: a new version or a typed error."""
+
+    instance_id: str
+    version: int | None = None
+    error: Exception | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def unwrap(self) -> int:
+        """The new version, or raise the item's error."""
+        if self.error is not None:
+            raise self.error
+        assert self.version is not None
+        return self.version

@@ -9,16 +9,19 @@ which is how psycopg itself shares logic between its two APIs.
 from __future__ import annotations
 
 import enum
-from collections.abc import Generator, Iterable
+from collections.abc import Generator, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, TypeVar
 
 from snapstore import statements as st
 from snapstore.codecs import Codec
+from snapstore.errors import EncodeError, ValidationError
 from snapstore.model import (
     Claim,
     HistoryEntry,
     Page,
+    SaveRequest,
+    SaveResult,
     StoredSnapshot,
     TaskResult,
     WorkflowSnapshot,
@@ -58,16 +61,53 @@ class Step(NamedTuple):
 Program = Generator[Step, Any, R]
 
 
+def save_batch(ctx: Context, items: Sequence[st.PreparedSave]) -> Program[list[SaveResult]]:
+    """Save prepared items; per-item outcomes. Run it in one transaction for one commit."""
+    results: list[SaveResult | None] = [None] * len(items)
+    for round_ in st.save_rounds(items):
+        batch = [items[i] for i in round_]
+        rows = yield Step("save_snapshots", st.save_batch_params(batch, ctx.channel), Fetch.ALL)
+        versions = st.saved_versions(rows, len(batch))
+        failed = [item for item, v in zip(batch, versions, strict=True) if v is None]
+        states = iter(
+            (yield Step("current_states", st.states_params(failed), Fetch.ALL)) if failed else ()
+        )
+        for index, item, version in zip(round_, batch, versions, strict=True):
+            error = None if version is not None else st.save_failure(item, next(states))
+            results[index] = SaveResult(item.instance_id, version, error)
+    return [r for r in results if r is not None]
+
+
 def save(
     ctx: Context, snapshot: WorkflowSnapshot, expected_version: int | None, claim: Claim | None
 ) -> Program[int]:
     """CAS save: one statement; on failure, one read to name the precise error."""
-    params = st.save_params(ctx.codec, snapshot, expected_version, claim=claim, channel=ctx.channel)
-    version = st.saved_version((yield Step("save_snapshot", params)))
-    if version is None:
-        current = yield Step("current_state", st.state_params(snapshot.instance_id, claim))
-        raise st.save_failure(snapshot.instance_id, expected_version, claim, current)
-    return version
+    item = st.prepare_save(ctx.codec, snapshot, expected_version, claim)
+    (result,) = yield from save_batch(ctx, [item])
+    return result.unwrap()
+
+
+def prepare_many(
+    ctx: Context, requests: Iterable[SaveRequest]
+) -> tuple[list[st.PreparedSave], dict[int, SaveResult]]:
+    """Prepare each request; bad ones become error results instead of failing the batch."""
+    prepared: list[st.PreparedSave] = []
+    rejected: dict[int, SaveResult] = {}
+    for index, req in enumerate(requests):
+        try:
+            prepared.append(
+                st.prepare_save(ctx.codec, req.snapshot, req.expected_version, req.claim)
+            )
+        except (ValidationError, EncodeError) as exc:
+            rejected[index] = SaveResult(getattr(req.snapshot, "instance_id", "?"), None, exc)
+    return prepared, rejected
+
+
+def save_many(ctx: Context, requests: Sequence[SaveRequest]) -> Program[list[SaveResult]]:
+    """`save_batch` for caller-built requests, merging back the rejected ones in order."""
+    prepared, rejected = prepare_many(ctx, requests)
+    saved = iter((yield from save_batch(ctx, prepared)) if prepared else ())
+    return [rejected[i] if i in rejected else next(saved) for i in range(len(requests))]
 
 
 def load(instance_id: str) -> Program[StoredSnapshot | None]:

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
+import uuid
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
 
@@ -105,15 +108,39 @@ def data_hash(blob: bytes) -> bytes:
     return hashlib.blake2b(blob, digest_size=16).digest()
 
 
-def save_params(
+@dataclass(frozen=True, slots=True)
+class PreparedSave:
+    """One validated, encoded save: the column values and task rows it will write."""
+
+    instance_id: str
+    expected_version: int | None
+    claim_token: uuid.UUID | None
+    status: str
+    definition_hash: str
+    current_task_id: str | None
+    position_kind: str
+    completed_task_count: int
+    error: str | None
+    priority: int
+    tags: str  # JSON array text: arrays of arrays must be rectangular in PostgreSQL
+    delay_wake_at: datetime | None
+    available_at: datetime | None
+    codec: str
+    data: bytes
+    data_hash: bytes
+    terminal: bool
+    notify: bool
+    task_ids: list[str]
+    task_rows: list[tuple[Any, ...]]
+
+
+def prepare_save(
     codec: Codec,
     snapshot: WorkflowSnapshot,
     expected_version: int | None,
-    *,
     claim: Claim | None = None,
-    channel: str = "",
-) -> Params:
-    """Parameters of the ``save_snapshot`` statement."""
+) -> PreparedSave:
+    """Validate and encode a save; raises before any I/O if the input is bad."""
     validate_snapshot(snapshot)
     check_expected_version(expected_version)
     if claim is not None and claim.instance_id != snapshot.instance_id:
@@ -123,54 +150,103 @@ def save_params(
     blob = encode_snapshot(codec, snapshot)
     results = snapshot.task_results
     position = snapshot.position
-    return {
-        "instance_id": snapshot.instance_id,
-        "expected_version": expected_version,
-        "status": snapshot.status.value,
-        "definition_hash": snapshot.definition_hash,
-        "current_task_id": position_task_id(position),
-        "position_kind": type(position).__name__,
-        "completed_task_count": sum(
-            1 for r in results.values() if r.status is TaskStatus.COMPLETED
-        ),
-        "error": snapshot.error,
-        "priority": snapshot.priority,
-        "tags": list(snapshot.tags),
-        "delay_wake_at": position.wake_at if isinstance(position, AtDelay) else None,
-        "available_at": _available_at(snapshot),
-        "codec": codec.name,
-        "data": blob,
-        "data_hash": data_hash(blob),
-        "terminal": snapshot.status.is_terminal,
-        "claim_token": None if claim is None else claim.token,
-        "channel": channel,
+    return PreparedSave(
+        instance_id=snapshot.instance_id,
+        expected_version=expected_version,
+        claim_token=None if claim is None else claim.token,
+        status=snapshot.status.value,
+        definition_hash=snapshot.definition_hash,
+        current_task_id=position_task_id(position),
+        position_kind=type(position).__name__,
+        completed_task_count=sum(1 for r in results.values() if r.status is TaskStatus.COMPLETED),
+        error=snapshot.error,
+        priority=snapshot.priority,
+        tags=json.dumps(list(snapshot.tags)),
+        delay_wake_at=position.wake_at if isinstance(position, AtDelay) else None,
+        available_at=_available_at(snapshot),
+        codec=codec.name,
+        data=blob,
+        data_hash=data_hash(blob),
+        terminal=snapshot.status.is_terminal,
         # A claimant keeps driving its instance; others learn of it when it is released.
-        "notify": claim is None and snapshot.status is WorkflowStatus.IN_PROGRESS,
-        "task_ids": list(results),
-        "task_statuses": [r.status.value for r in results.values()],
-        "task_attempts": [r.attempts for r in results.values()],
-        "task_workers": [r.worker_id for r in results.values()],
-        "task_started": [r.started_at for r in results.values()],
-        "task_completed": [r.completed_at for r in results.values()],
-        "task_errors": [r.error for r in results.values()],
-        "task_outputs": [encode_output(codec, r.output) for r in results.values()],
+        notify=claim is None and snapshot.status is WorkflowStatus.IN_PROGRESS,
+        task_ids=list(results),
+        task_rows=[
+            (
+                r.status.value,
+                r.attempts,
+                r.worker_id,
+                r.started_at,
+                r.completed_at,
+                r.error,
+                encode_output(codec, r.output),
+            )
+            for r in results.values()
+        ],
+    )
+
+
+_ITEM_COLUMNS: Final = (
+    "instance_id", "expected_version", "claim_token", "status", "definition_hash",
+    "current_task_id", "position_kind", "completed_task_count", "error", "priority", "tags",
+    "delay_wake_at", "available_at", "codec", "data", "data_hash", "terminal", "notify",
+)  # fmt: skip
+_TASK_COLUMNS: Final = ("status", "attempts", "worker", "started", "completed", "error", "output")
+
+
+def save_batch_params(items: Sequence[PreparedSave], channel: str) -> Params:
+    """Parameters of ``save_snapshots``: one array per column, tasks flattened by item."""
+    params: Params = {name: [getattr(i, name) for i in items] for name in _ITEM_COLUMNS}
+    task_items: list[int] = []
+    task_ids: list[str] = []
+    task_rows: list[tuple[Any, ...]] = []
+    for n, item in enumerate(items, start=1):
+        task_items.extend([n] * len(item.task_ids))
+        task_ids.extend(item.task_ids)
+        task_rows.extend(item.task_rows)
+    params["task_items"] = task_items
+    params["task_ids"] = task_ids
+    columns = list(zip(*task_rows, strict=True)) if task_rows else [()] * len(_TASK_COLUMNS)
+    for name, values in zip(_TASK_COLUMNS, columns, strict=True):
+        params[f"task_{name}"] = list(values)
+    params["channel"] = channel
+    return params
+
+
+def save_rounds(items: Sequence[PreparedSave]) -> list[list[int]]:
+    """Split a batch into rounds with distinct instance ids (one statement cannot
+    update a row twice), keeping each instance's saves in submission order."""
+    rounds: list[list[int]] = []
+    last_round: dict[str, int] = {}
+    for index, item in enumerate(items):
+        r = last_round.get(item.instance_id, -1) + 1
+        if r == len(rounds):
+            rounds.append([])
+        rounds[r].append(index)
+        last_round[item.instance_id] = r
+    return rounds
+
+
+def saved_versions(rows: Sequence[Row], count: int) -> list[int | None]:
+    """New version per item (1-based ordinal in the rows), None where the CAS failed."""
+    versions: list[int | None] = [None] * count
+    for n, version in rows:
+        if version is not None:
+            versions[int(n) - 1] = int(version)
+    return versions
+
+
+def states_params(items: Sequence[PreparedSave]) -> Params:
+    return {
+        "instance_ids": [i.instance_id for i in items],
+        "claim_tokens": [i.claim_token for i in items],
     }
 
 
-def saved_version(row: Row | None) -> int | None:
-    """The new version from a ``save_snapshot`` row, or None if the CAS failed."""
-    return None if row is None else int(row[0])
-
-
-def state_params(instance_id: str, claim: Claim | None) -> Params:
-    return {**id_params(instance_id), "claim_token": None if claim is None else claim.token}
-
-
-def save_failure(
-    instance_id: str, expected_version: int | None, claim: Claim | None, current: Row | None
-) -> SnapstoreError:
-    """The error for a failed save, given the ``current_state`` row read afterwards."""
-    if current is None:
+def save_failure(item: PreparedSave, current: Row | None) -> SnapstoreError:
+    """The error for a failed save, given its ``current_states`` row read afterwards."""
+    instance_id, expected_version = item.instance_id, item.expected_version
+    if current is None or current[0] is None:
         if expected_version is None:  # created and deleted between the two statements
             return ConflictError(instance_id, None, None)
         return NotFoundError(f"instance {instance_id!r} does not exist")
@@ -179,7 +255,7 @@ def save_failure(
         return TerminalStateError(instance_id, status.value)
     if version != expected_version:
         return ConflictError(instance_id, expected_version, version)
-    if claim is not None and not claim_live:
+    if item.claim_token is not None and not claim_live:
         return ClaimLostError(instance_id)
     return ConflictError(instance_id, expected_version, None)  # changed and changed back
 

@@ -1,66 +1,86 @@
 -- Named statements. "@schema@" is replaced by the validated, quoted schema name;
 -- values are always bound parameters (%(name)s). Sections start with "-- name: <key>".
 
--- name: save_snapshot
--- One statement = one commit: CAS update (fenced by a live claim when one is given) or
--- create-if-absent, history row, task upserts, and a wakeup NOTIFY (delivered at commit)
--- when the instance is dispatchable now and no claimant is driving it.
-WITH upd AS (
+-- name: save_snapshots
+-- Saves a batch (one item for a plain save) in one statement, so one commit: per item a
+-- CAS update (fenced by a live claim when a token is given) or create-if-absent, its
+-- history row, task upserts (unchanged task rows are not rewritten), and a wakeup NOTIFY
+-- (delivered at commit) when it is dispatchable now and no claimant is driving it.
+-- Instance ids within one batch are distinct. Returns (ordinal, new version or NULL).
+WITH items AS (
+    SELECT * FROM unnest(
+        %(instance_id)s::text[], %(expected_version)s::bigint[], %(claim_token)s::uuid[],
+        %(status)s::text[], %(definition_hash)s::text[], %(current_task_id)s::text[],
+        %(position_kind)s::text[], %(completed_task_count)s::integer[], %(error)s::text[],
+        %(priority)s::smallint[], %(tags)s::jsonb[], %(delay_wake_at)s::timestamptz[],
+        %(available_at)s::timestamptz[], %(codec)s::text[], %(data)s::bytea[],
+        %(data_hash)s::bytea[], %(terminal)s::boolean[], %(notify)s::boolean[]
+    ) WITH ORDINALITY AS i(
+        instance_id, expected_version, claim_token, status, definition_hash, current_task_id,
+        position_kind, completed_task_count, error, priority, tags, delay_wake_at,
+        available_at, codec, data, data_hash, terminal, notify, n)
+), upd AS (
     UPDATE @schema@.snapshots AS s SET
-        status = %(status)s,
-        definition_hash = %(definition_hash)s,
-        current_task_id = %(current_task_id)s,
-        position_kind = %(position_kind)s,
-        completed_task_count = %(completed_task_count)s,
-        error = %(error)s,
-        priority = %(priority)s,
-        tags = %(tags)s,
-        delay_wake_at = %(delay_wake_at)s,
-        available_at = COALESCE(%(available_at)s, now()),
+        status = i.status,
+        definition_hash = i.definition_hash,
+        current_task_id = i.current_task_id,
+        position_kind = i.position_kind,
+        completed_task_count = i.completed_task_count,
+        error = i.error,
+        priority = i.priority,
+        tags = ARRAY(SELECT jsonb_array_elements_text(i.tags)),
+        delay_wake_at = i.delay_wake_at,
+        available_at = COALESCE(i.available_at, now()),
         version = s.version + 1,
-        codec = %(codec)s,
-        data_hash = %(data_hash)s,
+        codec = i.codec,
+        data_hash = i.data_hash,
         updated_at = now(),
-        completed_at = CASE WHEN %(terminal)s THEN now() END
-    WHERE s.instance_id = %(instance_id)s
-      AND s.version = %(expected_version)s
+        completed_at = CASE WHEN i.terminal THEN now() END
+    FROM items AS i
+    WHERE s.instance_id = i.instance_id
+      AND s.version = i.expected_version
       AND s.status NOT IN ('Completed', 'Failed', 'Cancelled')
-      AND (%(claim_token)s::uuid IS NULL OR EXISTS (
+      AND (i.claim_token IS NULL OR EXISTS (
           SELECT 1 FROM @schema@.claims AS c
-          WHERE c.instance_id = s.instance_id AND c.token = %(claim_token)s::uuid
+          WHERE c.instance_id = s.instance_id AND c.token = i.claim_token
             AND c.expires_at > now()))
-    RETURNING s.version
+    RETURNING s.instance_id, s.version
 ), ins AS (
     INSERT INTO @schema@.snapshots AS s (
         instance_id, status, definition_hash, current_task_id, position_kind,
         completed_task_count, error, priority, tags, delay_wake_at, available_at,
         version, codec, data_hash, completed_at)
-    SELECT %(instance_id)s, %(status)s, %(definition_hash)s, %(current_task_id)s,
-        %(position_kind)s, %(completed_task_count)s, %(error)s, %(priority)s, %(tags)s,
-        %(delay_wake_at)s, COALESCE(%(available_at)s, now()), 1, %(codec)s, %(data_hash)s,
-        CASE WHEN %(terminal)s THEN now() END
-    WHERE %(expected_version)s::bigint IS NULL
+    SELECT i.instance_id, i.status, i.definition_hash, i.current_task_id, i.position_kind,
+        i.completed_task_count, i.error, i.priority,
+        ARRAY(SELECT jsonb_array_elements_text(i.tags)), i.delay_wake_at,
+        COALESCE(i.available_at, now()), 1, i.codec, i.data_hash,
+        CASE WHEN i.terminal THEN now() END
+    FROM items AS i
+    WHERE i.expected_version IS NULL
+    ORDER BY i.instance_id
     ON CONFLICT (instance_id) DO NOTHING
-    RETURNING s.version
+    RETURNING s.instance_id, s.version
 ), saved AS (
-    SELECT version FROM upd UNION ALL SELECT version FROM ins
+    SELECT i.*, v.version
+    FROM (SELECT * FROM upd UNION ALL SELECT * FROM ins) AS v
+    JOIN items AS i ON i.instance_id = v.instance_id
 ), hist AS (
     INSERT INTO @schema@.history (
         instance_id, version, status, current_task_id, codec, data, data_hash)
-    SELECT %(instance_id)s, saved.version, %(status)s, %(current_task_id)s, %(codec)s,
-        %(data)s, %(data_hash)s
+    SELECT instance_id, version, status, current_task_id, codec, data, data_hash
     FROM saved
 ), tsk AS (
     INSERT INTO @schema@.tasks AS t (
         instance_id, task_id, status, attempts, worker_id, started_at, completed_at,
         error, output)
-    SELECT %(instance_id)s, u.task_id, u.status, u.attempts, u.worker_id, u.started_at,
+    SELECT saved.instance_id, u.task_id, u.status, u.attempts, u.worker_id, u.started_at,
         u.completed_at, u.error, u.output
-    FROM saved, unnest(%(task_ids)s::text[], %(task_statuses)s::text[],
-        %(task_attempts)s::integer[], %(task_workers)s::text[],
+    FROM unnest(%(task_items)s::bigint[], %(task_ids)s::text[], %(task_status)s::text[],
+        %(task_attempts)s::integer[], %(task_worker)s::text[],
         %(task_started)s::timestamptz[], %(task_completed)s::timestamptz[],
-        %(task_errors)s::text[], %(task_outputs)s::bytea[])
-        AS u(task_id, status, attempts, worker_id, started_at, completed_at, error, output)
+        %(task_error)s::text[], %(task_output)s::bytea[])
+        AS u(n, task_id, status, attempts, worker_id, started_at, completed_at, error, output)
+    JOIN saved ON saved.n = u.n
     ON CONFLICT (instance_id, task_id) DO UPDATE SET
         status = EXCLUDED.status, attempts = EXCLUDED.attempts,
         worker_id = EXCLUDED.worker_id, started_at = EXCLUDED.started_at,
@@ -69,20 +89,28 @@ WITH upd AS (
     WHERE (t.status, t.attempts, t.worker_id, t.started_at, t.completed_at, t.error, t.output)
         IS DISTINCT FROM (EXCLUDED.status, EXCLUDED.attempts, EXCLUDED.worker_id,
         EXCLUDED.started_at, EXCLUDED.completed_at, EXCLUDED.error, EXCLUDED.output)
+), wake AS (
+    SELECT count(*) AS notified FROM (
+        SELECT pg_notify(%(channel)s, instance_id) FROM saved
+        WHERE notify AND COALESCE(available_at, now()) <= now()
+    ) AS sent
 )
-SELECT saved.version FROM saved
-LEFT JOIN LATERAL (
-    SELECT pg_notify(%(channel)s, %(instance_id)s)
-    WHERE %(notify)s AND COALESCE(%(available_at)s, now()) <= now()
-) AS wake ON true;
+SELECT i.n, saved.version
+FROM items AS i
+LEFT JOIN saved ON saved.n = i.n
+CROSS JOIN wake
+ORDER BY i.n;
 
--- name: current_state
--- Why a save failed: the stored version and status, and whether the given claim is live.
+-- name: current_states
+-- Why saves failed: stored version and status, and whether each given claim is live.
 SELECT s.version, s.status, EXISTS (
     SELECT 1 FROM @schema@.claims AS c
-    WHERE c.instance_id = s.instance_id AND c.token = %(claim_token)s::uuid
+    WHERE c.instance_id = s.instance_id AND c.token = q.claim_token
       AND c.expires_at > now())
-FROM @schema@.snapshots AS s WHERE s.instance_id = %(instance_id)s;
+FROM unnest(%(instance_ids)s::text[], %(claim_tokens)s::uuid[])
+    WITH ORDINALITY AS q(instance_id, claim_token, n)
+LEFT JOIN @schema@.snapshots AS s ON s.instance_id = q.instance_id
+ORDER BY q.n;
 
 -- name: load_snapshot
 -- The blob and the task outputs are read in one statement, so they come from one commit.
