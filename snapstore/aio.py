@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import builtins
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import timedelta
 from types import TracebackType
 from typing import Any, Generic, Self, TypeVar
@@ -11,14 +11,18 @@ from typing import Any, Generic, Self, TypeVar
 from psycopg_pool import AsyncConnectionPool
 
 from snapstore import operations as ops
+from snapstore import statements as st
 from snapstore.claims import AsyncClaimsMixin
 from snapstore.codecs import Codec
 from snapstore.config import DEFAULT_APPLICATION_NAME, CodecBound, PoolOptions, coerce_timeout
+from snapstore.group_commit import AsyncGroupCommitter, GroupCommitStats
 from snapstore.migrate import amigrate
 from snapstore.model import (
     Claim,
     HistoryEntry,
     Page,
+    SaveRequest,
+    SaveResult,
     StoredSnapshot,
     TaskResult,
     WorkflowSnapshot,
@@ -46,10 +50,12 @@ class AsyncPostgresBackend(
         schema: str = DEFAULT_SCHEMA,
         codec: Codec | None = None,
         owns_pool: bool = False,
+        group_commit: bool = False,
     ) -> None:
         self._init_common(schema, codec)
         self._pool = pool
         self._owns_pool = owns_pool
+        self._committer = AsyncGroupCommitter(self._flush) if group_commit else None
 
     @classmethod
     async def connect(
@@ -65,6 +71,7 @@ class AsyncPostgresBackend(
         codec: Codec | None = None,
         run_migrations: bool = True,
         open_timeout: float = 30.0,
+        group_commit: bool = False,
     ) -> Self:
         """Open an owned pool to ``conninfo`` and migrate ``schema`` (unless told not to)."""
         options = PoolOptions(
@@ -86,6 +93,7 @@ class AsyncPostgresBackend(
             schema=schema,
             codec=codec,
             owns_pool=True,
+            group_commit=group_commit,
         )
         try:
             await backend._pool.open(wait=True, timeout=open_timeout)
@@ -104,9 +112,10 @@ class AsyncPostgresBackend(
         schema: str = DEFAULT_SCHEMA,
         codec: Codec | None = None,
         run_migrations: bool = True,
+        group_commit: bool = False,
     ) -> Self:
         """Use a pool the caller owns (and closes). Its connections should be autocommit."""
-        backend = cls(pool, schema=schema, codec=codec, owns_pool=False)
+        backend = cls(pool, schema=schema, codec=codec, group_commit=group_commit)
         if run_migrations:
             await backend.migrate()
         return backend
@@ -146,9 +155,37 @@ class AsyncPostgresBackend(
         exists); otherwise the stored version must equal it. The snapshot row,
         its history row and its task rows commit together or not at all. With
         ``claim``, the write is fenced: it is refused (`ClaimLostError`) once the
-        lease has expired or been taken over.
+        lease has expired or been taken over. With ``group_commit`` on, concurrent
+        saves share one commit; the contract is unchanged.
         """
-        return await self._run(ops.save(self.ctx, snapshot, expected_version, claim))
+        if self._committer is None:
+            return await self._run(ops.save(self.ctx, snapshot, expected_version, claim))
+        item = st.prepare_save(self.codec, snapshot, expected_version, claim)
+        return (await self._committer.submit(item)).unwrap()
+
+    async def save_many(self, requests: Sequence[SaveRequest]) -> builtins.list[SaveResult]:
+        """Save many checkpoints in one commit; one `SaveResult` per request, in order.
+
+        A failed item (conflict, terminal, invalid...) is reported in its result and
+        does not stop the others.
+        """
+        return await self._run(ops.save_many(self.ctx, requests), transaction=True)
+
+    async def _flush(self, items: builtins.list[st.PreparedSave]) -> builtins.list[SaveResult]:
+        """One group-commit batch; a deadlock with a concurrent batch is retried."""
+        transaction = len(st.save_rounds(items)) > 1
+        for attempt in range(1, ops.MAX_BATCH_ATTEMPTS + 1):
+            try:
+                return await self._run(ops.save_batch(self.ctx, items), transaction=transaction)
+            except ops.RETRYABLE_ERRORS:
+                if attempt == ops.MAX_BATCH_ATTEMPTS:
+                    raise
+        raise AssertionError("unreachable")
+
+    @property
+    def group_commit_stats(self) -> GroupCommitStats | None:
+        """Batching figures when group commit is on."""
+        return None if self._committer is None else self._committer.stats
 
     async def load(self, instance_id: str) -> StoredSnapshot | None:
         """The latest checkpoint with task outputs hydrated, or None."""

@@ -11,7 +11,9 @@ from __future__ import annotations
 import enum
 from collections.abc import Generator, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, Final, NamedTuple, TypeVar
+
+from psycopg import errors
 
 from snapstore import statements as st
 from snapstore.codecs import Codec
@@ -30,6 +32,11 @@ from snapstore.model import (
 from snapstore.queries import wakeup_channel
 
 R = TypeVar("R")
+
+# A batch rolled back by one of these (e.g. two batches locking rows in opposite
+# orders) wrote nothing, so running it again is safe.
+RETRYABLE_ERRORS: Final = (errors.DeadlockDetected, errors.SerializationFailure)
+MAX_BATCH_ATTEMPTS: Final = 3
 
 
 @dataclass(frozen=True)
