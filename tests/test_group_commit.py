@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Callable
 
 import pytest
 from psycopg import sql
@@ -75,6 +76,14 @@ def test_save_many_is_one_transaction(backend: PostgresBackend[JsonCodec]) -> No
     assert row is not None and row[0] == 1
 
 
+def _run_threads(targets: list[Callable[[], None]]) -> None:
+    threads = [threading.Thread(target=t) for t in targets]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
 def _drive(b: PostgresBackend[MsgpackCodec], iid: str) -> None:
     version = b.save(snap(iid))
     for step in range(1, STEPS + 1):
@@ -85,15 +94,11 @@ def test_concurrent_saves_share_commits_and_lose_nothing(dsn: str, fresh_schema:
     with PostgresBackend[MsgpackCodec].connect(
         dsn, schema=fresh_schema, max_size=4, group_commit=True
     ) as b:
-        threads = [threading.Thread(target=_drive, args=(b, f"w{t}")) for t in range(THREADS)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        for t in range(THREADS):
-            stored = b.load(f"w{t}")
-            assert stored is not None and stored.snapshot == snap(f"w{t}", STEPS)
-            assert [h.version for h in b.history(f"w{t}")] == list(range(1, STEPS + 2))
+        _run_threads([lambda i=i: _drive(b, f"w{i}") for i in range(THREADS)])
+        for i in range(THREADS):
+            stored = b.load(f"w{i}")
+            assert stored is not None and stored.snapshot == snap(f"w{i}", STEPS)
+            assert [h.version for h in b.history(f"w{i}")] == list(range(1, STEPS + 2))
         stats = b.group_commit_stats
         assert stats is not None and stats.saves == THREADS * (STEPS + 1)
         assert stats.flushes <= stats.saves
@@ -115,11 +120,7 @@ def test_grouped_conflicts_are_reported_per_caller(dsn: str, fresh_schema: str) 
             with lock:
                 outcomes.append(result)
 
-        threads = [threading.Thread(target=race) for _ in range(8)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        _run_threads([race] * 8)
         assert sorted(outcomes) == ["lost"] * 7 + ["won"]
 
 
