@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 from collections.abc import Callable
 
@@ -94,7 +95,7 @@ def test_concurrent_saves_share_commits_and_lose_nothing(dsn: str, fresh_schema:
     with PostgresBackend[MsgpackCodec].connect(
         dsn, schema=fresh_schema, max_size=4, group_commit=True
     ) as b:
-        _run_threads([lambda i=i: _drive(b, f"w{i}") for i in range(THREADS)])
+        _run_threads([functools.partial(_drive, b, f"w{i}") for i in range(THREADS)])
         for i in range(THREADS):
             stored = b.load(f"w{i}")
             assert stored is not None and stored.snapshot == snap(f"w{i}", STEPS)
