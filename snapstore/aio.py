@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import builtins
 from collections.abc import Iterable, Sequence
-from datetime import timedelta
 from types import TracebackType
-from typing import Any, Generic, Self, TypeVar
+from typing import Any, Generic, Self, TypeVar, Unpack
 
 from psycopg_pool import AsyncConnectionPool
 
@@ -14,7 +13,7 @@ from snapstore import operations as ops
 from snapstore import statements as st
 from snapstore.claims import AsyncClaimsMixin
 from snapstore.codecs import Codec
-from snapstore.config import DEFAULT_APPLICATION_NAME, CodecBound, PoolOptions, coerce_timeout
+from snapstore.config import CodecBound, ConnectOptions, plan_connect
 from snapstore.group_commit import AsyncGroupCommitter, GroupCommitStats
 from snapstore.migrate import amigrate
 from snapstore.model import (
@@ -58,46 +57,19 @@ class AsyncPostgresBackend(
         self._committer = AsyncGroupCommitter(self._flush) if group_commit else None
 
     @classmethod
-    async def connect(
-        cls,
-        conninfo: str,
-        *,
-        schema: str = DEFAULT_SCHEMA,
-        min_size: int = 1,
-        max_size: int = 10,
-        statement_timeout: float | timedelta | None = None,
-        application_name: str = DEFAULT_APPLICATION_NAME,
-        prepare_threshold: int | None = 5,
-        codec: Codec | None = None,
-        run_migrations: bool = True,
-        open_timeout: float = 30.0,
-        group_commit: bool = False,
-    ) -> Self:
-        """Open an owned pool to ``conninfo`` and migrate ``schema`` (unless told not to)."""
-        options = PoolOptions(
-            min_size=min_size,
-            max_size=max_size,
-            statement_timeout=coerce_timeout(statement_timeout),
-            application_name=application_name,
-            prepare_threshold=prepare_threshold,
-        )
-        backend = cls(
-            AsyncConnectionPool(
-                conninfo,
-                min_size=options.min_size,
-                max_size=options.max_size,
-                kwargs=options.connection_kwargs(),
-                open=False,
-                name=f"snapstore-{schema}",
-            ),
-            schema=schema,
-            codec=codec,
-            owns_pool=True,
-            group_commit=group_commit,
-        )
+    async def connect(cls, conninfo: str, **options: Unpack[ConnectOptions]) -> Self:
+        """Open an owned pool to ``conninfo`` and migrate the schema (unless told not to).
+
+        Options (all keyword): ``schema`` (default "snapstore"), ``min_size``/``max_size``
+        (pool), ``statement_timeout`` (seconds or timedelta), ``application_name``,
+        ``prepare_threshold``, ``codec`` (instance overriding the bracketed class),
+        ``run_migrations``, ``open_timeout``, ``group_commit``.
+        """
+        plan = plan_connect(options)
+        backend = cls(AsyncConnectionPool(conninfo, **plan.pool_kwargs), **plan.backend_kwargs)
         try:
-            await backend._pool.open(wait=True, timeout=open_timeout)
-            if run_migrations:
+            await backend._pool.open(wait=True, timeout=plan.open_timeout)
+            if plan.run_migrations:
                 await backend.migrate()
         except BaseException:
             await backend.close()

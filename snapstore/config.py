@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, ClassVar, Final
+from typing import Any, ClassVar, Final, TypedDict
 
 from snapstore.codecs import Codec, JsonCodec, codec_instance
 from snapstore.errors import ConfigurationError
@@ -63,6 +63,63 @@ def coerce_timeout(value: float | timedelta | None) -> timedelta | None:
     return timedelta(seconds=value)
 
 
+class ConnectOptions(TypedDict, total=False):
+    """Keyword options of ``connect`` on both backends (all optional)."""
+
+    schema: str
+    min_size: int
+    max_size: int
+    statement_timeout: float | timedelta | None
+    application_name: str
+    prepare_threshold: int | None
+    codec: Codec | None
+    run_migrations: bool
+    open_timeout: float
+    group_commit: bool
+
+
+@dataclass(frozen=True)
+class ConnectPlan:
+    """``connect`` options sorted into what the pool, the backend and start-up need."""
+
+    pool_kwargs: dict[str, Any]
+    backend_kwargs: dict[str, Any]
+    run_migrations: bool
+    open_timeout: float
+
+
+def plan_connect(options: ConnectOptions) -> ConnectPlan:
+    """Validate ``connect`` options before anything is opened."""
+    unknown = set(options) - set(ConnectOptions.__annotations__)
+    if unknown:
+        raise ConfigurationError(f"unknown connect option(s): {', '.join(sorted(unknown))}")
+    schema = validate_schema(options.get("schema", DEFAULT_SCHEMA))
+    pool = PoolOptions(
+        min_size=options.get("min_size", 1),
+        max_size=options.get("max_size", 10),
+        statement_timeout=coerce_timeout(options.get("statement_timeout")),
+        application_name=options.get("application_name", DEFAULT_APPLICATION_NAME),
+        prepare_threshold=options.get("prepare_threshold", 5),
+    )
+    return ConnectPlan(
+        pool_kwargs={
+            "min_size": pool.min_size,
+            "max_size": pool.max_size,
+            "kwargs": pool.connection_kwargs(),
+            "open": False,
+            "name": f"snapstore-{schema}",
+        },
+        backend_kwargs={
+            "schema": schema,
+            "codec": options.get("codec"),
+            "group_commit": options.get("group_commit", False),
+            "owns_pool": True,
+        },
+        run_migrations=options.get("run_migrations", True),
+        open_timeout=options.get("open_timeout", 30.0),
+    )
+
+
 class CodecBound:
     """Mixin giving a backend class its codec from ``Backend[CodecClass]``."""
 
@@ -94,4 +151,11 @@ def _specialise(cls: type[CodecBound], codec_type: type[Codec]) -> type[CodecBou
     return found
 
 
-__all__ = ["DEFAULT_SCHEMA", "CodecBound", "PoolOptions", "coerce_timeout"]
+__all__ = [
+    "DEFAULT_SCHEMA",
+    "CodecBound",
+    "ConnectOptions",
+    "PoolOptions",
+    "coerce_timeout",
+    "plan_connect",
+]
