@@ -28,6 +28,7 @@ from snapstore.model import (
     WorkflowStatus,
 )
 from snapstore.queries import DEFAULT_SCHEMA
+from snapstore.retention import AsyncRetentionMixin
 from snapstore.signals import AsyncSignalsMixin
 from snapstore.wakeup import AsyncWakeupMixin
 
@@ -35,7 +36,12 @@ C = TypeVar("C", bound=Codec)
 
 
 class AsyncPostgresBackend(
-    AsyncSignalsMixin, AsyncClaimsMixin, AsyncWakeupMixin, CodecBound, Generic[C]
+    AsyncSignalsMixin,
+    AsyncClaimsMixin,
+    AsyncWakeupMixin,
+    AsyncRetentionMixin,
+    CodecBound,
+    Generic[C],
 ):
     """The asyncio twin of `PostgresBackend`: same operations, same SQL.
 

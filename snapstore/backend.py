@@ -28,13 +28,16 @@ from snapstore.model import (
     WorkflowStatus,
 )
 from snapstore.queries import DEFAULT_SCHEMA
+from snapstore.retention import RetentionMixin
 from snapstore.signals import SignalsMixin
 from snapstore.wakeup import WakeupMixin
 
 C = TypeVar("C", bound=Codec)
 
 
-class PostgresBackend(SignalsMixin, ClaimsMixin, WakeupMixin, CodecBound, Generic[C]):
+class PostgresBackend(
+    SignalsMixin, ClaimsMixin, WakeupMixin, RetentionMixin, CodecBound, Generic[C]
+):
     """A durable snapshot store on PostgreSQL.
 
     Build one with ``PostgresBackend[JsonCodec].connect(url)`` (the codec in the

@@ -55,6 +55,7 @@ class Fetch(enum.Enum):
     NONE = "none"
     ONE = "one"
     ALL = "all"
+    ROWCOUNT = "rowcount"
 
 
 class Step(NamedTuple):
@@ -128,7 +129,8 @@ def load_task_result(instance_id: str, task_id: str) -> Program[TaskResult | Non
 
 
 def delete(instance_id: str) -> Program[bool]:
-    row = yield Step("delete_instance", st.id_params(instance_id))
+    st.id_params(instance_id)
+    row = yield Step("delete_instances", {"instance_ids": [instance_id]})
     return bool(row[0])
 
 

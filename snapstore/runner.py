@@ -7,6 +7,7 @@ one transaction when asked) and sends the fetched rows back. Feature mixins
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import nullcontext
 from typing import Any, TypeVar
 
@@ -35,12 +36,23 @@ class SyncRunner:
                         rows: Any = cur.fetchone()
                     elif step.fetch is Fetch.ALL:
                         rows = cur.fetchall()
+                    elif step.fetch is Fetch.ROWCOUNT:
+                        rows = cur.rowcount
                     else:
                         rows = None
                     step = program.send(rows)
             except StopIteration as done:
                 result: R = done.value
                 return result
+
+    def _run_batches(self, batch: Callable[[], Program[int]], batch_size: int) -> int:
+        """Run one-transaction batches until one comes back short; the total."""
+        total = 0
+        while True:
+            done = self._run(batch(), transaction=True)
+            total += done
+            if done < batch_size:
+                return total
 
 
 class AsyncRunner:
@@ -63,9 +75,19 @@ class AsyncRunner:
                         rows: Any = await cur.fetchone()
                     elif step.fetch is Fetch.ALL:
                         rows = await cur.fetchall()
+                    elif step.fetch is Fetch.ROWCOUNT:
+                        rows = cur.rowcount
                     else:
                         rows = None
                     step = program.send(rows)
             except StopIteration as done:
                 result: R = done.value
                 return result
+
+    async def _run_batches(self, batch: Callable[[], Program[int]], batch_size: int) -> int:
+        total = 0
+        while True:
+            done = await self._run(batch(), transaction=True)
+            total += done
+            if done < batch_size:
+                return total

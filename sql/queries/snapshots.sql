@@ -130,19 +130,21 @@ SELECT status, attempts, worker_id, started_at, completed_at, error, output
 FROM @schema@.tasks
 WHERE instance_id = %(instance_id)s AND task_id = %(task_id)s;
 
--- name: delete_instance
+-- name: delete_instances
+-- Removes instances and every row that belongs to them; returns how many existed.
 WITH s AS (
-    DELETE FROM @schema@.snapshots WHERE instance_id = %(instance_id)s RETURNING 1
+    DELETE FROM @schema@.snapshots WHERE instance_id = ANY(%(instance_ids)s::text[])
+    RETURNING 1
 ), h AS (
-    DELETE FROM @schema@.history WHERE instance_id = %(instance_id)s
+    DELETE FROM @schema@.history WHERE instance_id = ANY(%(instance_ids)s::text[])
 ), t AS (
-    DELETE FROM @schema@.tasks WHERE instance_id = %(instance_id)s
+    DELETE FROM @schema@.tasks WHERE instance_id = ANY(%(instance_ids)s::text[])
 ), sg AS (
-    DELETE FROM @schema@.signals WHERE instance_id = %(instance_id)s
+    DELETE FROM @schema@.signals WHERE instance_id = ANY(%(instance_ids)s::text[])
 ), e AS (
-    DELETE FROM @schema@.events WHERE instance_id = %(instance_id)s
+    DELETE FROM @schema@.events WHERE instance_id = ANY(%(instance_ids)s::text[])
 ), c AS (
-    DELETE FROM @schema@.claims WHERE instance_id = %(instance_id)s
+    DELETE FROM @schema@.claims WHERE instance_id = ANY(%(instance_ids)s::text[])
 )
 SELECT count(*) FROM s;
 
