@@ -31,6 +31,7 @@ from snapstore.model import (
     AtDelay,
     Claim,
     HistoryEntry,
+    NotStarted,
     Page,
     Position,
     RetryState,
@@ -57,17 +58,42 @@ def _check_id(kind: str, value: object) -> str:
     return value
 
 
+def _check_text(kind: str, value: object, *, optional: bool = False) -> None:
+    """A value bound to a text column: a str (or None) without NUL, which text cannot hold."""
+    if value is None and optional:
+        return
+    if not isinstance(value, str):
+        raise ValidationError(f"{kind} must be a str{' or None' if optional else ''}")
+    if "\x00" in value:
+        raise ValidationError(f"{kind} must not contain NUL characters")
+
+
 def validate_snapshot(snapshot: WorkflowSnapshot) -> None:
-    """Reject a snapshot the store could not faithfully keep, before any I/O."""
+    """Reject a snapshot the store could not faithfully keep, before any I/O.
+
+    msgspec does not type-check Struct constructors, so a wrong type would otherwise
+    surface as a driver error mid-save or, for blob-only fields, as a checkpoint that
+    saves fine and then fails to decode on every load.
+    """
     if not isinstance(snapshot, WorkflowSnapshot):
         raise ValidationError(f"expected WorkflowSnapshot, got {type(snapshot).__name__}")
     _check_id("instance_id", snapshot.instance_id)
-    if not isinstance(snapshot.definition_hash, str):
-        raise ValidationError("definition_hash must be a str")
+    _check_text("definition_hash", snapshot.definition_hash)
+    _check_text("error", snapshot.error, optional=True)
+    if not isinstance(snapshot.trace_parent, str | None):
+        raise ValidationError("trace_parent must be a str or None")
+    if not isinstance(snapshot.created_at, datetime | None):
+        raise ValidationError("created_at must be a datetime or None")
     if not isinstance(snapshot.status, WorkflowStatus):
         raise ValidationError(f"status must be a WorkflowStatus, got {snapshot.status!r}")
     if not isinstance(snapshot.position, Position):
         raise ValidationError(f"position must be a Position, got {snapshot.position!r}")
+    if not isinstance(snapshot.position, NotStarted):
+        _check_text("position task_id", snapshot.position.task_id)
+    if not isinstance(snapshot.tags, tuple | list):
+        raise ValidationError("tags must be a tuple of str")
+    if not isinstance(snapshot.task_results, dict) or not isinstance(snapshot.retries, dict):
+        raise ValidationError("task_results and retries must be dicts keyed by task id")
     prio = snapshot.priority
     if (
         isinstance(prio, bool)
@@ -75,12 +101,14 @@ def validate_snapshot(snapshot: WorkflowSnapshot) -> None:
         or not MIN_PRIORITY <= prio <= MAX_PRIORITY
     ):
         raise ValidationError(f"priority must be an int in {MIN_PRIORITY}..{MAX_PRIORITY}")
-    if not all(isinstance(t, str) for t in snapshot.tags):
-        raise ValidationError("tags must be strings")
+    for tag in snapshot.tags:
+        _check_text("tag", tag)
     for task_id, result in snapshot.task_results.items():
         _check_id("task id", task_id)
         if not isinstance(result, TaskResult):
             raise ValidationError(f"task_results[{task_id!r}] must be a TaskResult")
+        _check_text(f"task_results[{task_id!r}].error", result.error, optional=True)
+        _check_text(f"task_results[{task_id!r}].worker_id", result.worker_id, optional=True)
     for task_id, retry in snapshot.retries.items():
         if not isinstance(retry, RetryState):
             raise ValidationError(f"retries[{task_id!r}] must be a RetryState")
@@ -351,6 +379,10 @@ def interpret_list(rows: Sequence[Row], limit: int) -> Page:
 
 
 def history_params(instance_id: str, after_version: int, limit: int | None) -> Params:
+    if isinstance(after_version, bool) or not isinstance(after_version, int):
+        raise ValidationError("after_version must be an int")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
+        raise ValidationError("limit must be None or an int >= 0")
     return {
         **id_params(instance_id),
         "after_version": after_version,
