@@ -35,8 +35,10 @@ class JsonCodec:
     builtin_types: ClassVar[tuple[type, ...]] = ()
 
     def dumps(self, doc: Any) -> bytes:
-        _reject_non_finite(doc)
-        return orjson.dumps(doc)
+        payload = orjson.dumps(doc)
+        if b"null" in payload:  # NaN/Infinity come out as null; only then is a walk needed
+            _reject_non_finite(doc)
+        return payload
 
     def loads(self, payload: bytes, type_: type[T]) -> T:
         return msgspec.convert(orjson.loads(payload), type_)
