@@ -191,6 +191,7 @@ CORRUPTIONS: dict[str, tuple[Corruption, type[DecodeError]]] = {
     "codec-id-0": (lambda b: reseal(b, codec_id=0), UnknownCodecError),
     "garbage-payload": (lambda b: reseal(b, payload=b"\xff\xc1{["), DecodeError),
     "empty-payload": (lambda b: reseal(b, payload=b""), DecodeError),
+    "trailing-payload-byte": (lambda b: reseal(b, payload=b[HEADER_SIZE:] + b"\x00"), DecodeError),
 }
 corruptions = pytest.mark.parametrize(
     ("corrupt", "error"), CORRUPTIONS.values(), ids=list(CORRUPTIONS)

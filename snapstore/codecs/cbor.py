@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import io
 from typing import Any, ClassVar, TypeVar
 
 import cbor2
 import msgspec
+
+from snapstore.errors import DecodeError
 
 T = TypeVar("T")
 
@@ -22,4 +25,9 @@ class CborCodec:
         return result
 
     def loads(self, payload: bytes, type_: type[T]) -> T:
-        return msgspec.convert(cbor2.loads(payload), type_)
+        # cbor2.loads ignores trailing bytes; the payload must be exactly one item.
+        stream = io.BytesIO(payload)
+        doc = cbor2.CBORDecoder(stream).decode()
+        if stream.tell() != len(payload):
+            raise DecodeError(f"{len(payload) - stream.tell()} trailing bytes after the CBOR item")
+        return msgspec.convert(doc, type_)
