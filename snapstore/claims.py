@@ -1,13 +1,515 @@
-"""Distributed task claims: TTL leases, dispatch and fencing."""
+"""Distributed task claims: TTL leases, dispatch and fencing.
+
+A *claim* is a lease on one instance held by one worker until ``expires_at``, a time
+computed by the database server's clock (``now() + ttl``), so workers with skewed clocks
+agree on who holds what. Its random ``token`` fences writes: ``save(..., claim=claim)``
+is refused with `ClaimLostError` once the lease expired or was taken over.
+
+Rules, all enforced in SQL (sql/queries/claims.sql):
+
+* a live lease is never taken over; an expired one may be (*stolen*), with a new token;
+* `claim` by the worker that already holds a live lease issues a **fresh** lease (new
+  token, new expiry) and the old token stops fencing: a restarted worker that reuses its
+  id takes its work back at once, and a zombie execution of its previous life is fenced
+  off. To keep a lease, `extend` it;
+* `extend` is absolute (server ``now() + ttl``, not added to what is left) and only
+  works while the lease is live;
+* `release` drops the lease and, when the instance is dispatchable, NOTIFYs the wakeup
+  channel in the same statement;
+* dispatch (`find_available_tasks`, `claim_notified`) picks *dispatchable* instances:
+  InProgress, due (``available_at <= now()``: due AtDelay timers and elapsed retry backoff
+  are folded into that column on save), no live lease, and tags that are a subset of the
+  worker's tags; ordered by priority (1 = most urgent) with aging, under
+  ``FOR UPDATE SKIP LOCKED``. It may return fewer than ``limit`` instances while other
+  workers are claiming at the same moment, never the same instance twice.
+
+Every operation is a generator program (see `snapstore.operations`) built from the pure
+helpers below; the mixins are one-line shells over ``_run``, so the sync and async
+backends run exactly the same logic and SQL.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Final
+
+import msgspec
+
+from snapstore import operations as ops
+from snapstore import statements as st
+from snapstore.errors import (
+    ClaimLostError,
+    NotFoundError,
+    SnapstoreError,
+    TerminalStateError,
+    ValidationError,
+)
+from snapstore.model import Claim, StoredSnapshot, WorkflowSnapshot, WorkflowStatus
+from snapstore.operations import Context, Fetch, Program, Step
 from snapstore.runner import AsyncRunner, SyncRunner
+
+DEFAULT_TTL: Final = 30.0
+"""Seconds a lease lasts unless told otherwise; renew with `extend` well before."""
+
+DEFAULT_AGING_INTERVAL: Final = 60.0
+"""Seconds of waiting that raise an instance by one priority level: a fresh priority-5
+instance overtakes fresh priority-1 work after about four minutes due."""
+
+PEEK_WORKER: Final = "(peek)"
+"""The worker id a report-only dispatch query carries; it never reaches a lease."""
+
+MAX_DISPATCH: Final = st.MAX_PAGE_SIZE
+"""Most instances one dispatch call may lease (bounds the statement and its locks)."""
+
+Seconds = float | timedelta
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedTask:
+    """One instance leased by dispatch, with the checkpoint to run it from.
+
+    The snapshot is loaded in the transaction that took the lease, while the row was
+    locked, so it is exactly the checkpoint the dispatch predicate accepted; save the
+    next one with ``expected_version=task.stored.version`` and ``claim=task.claim``.
+
+    A checkpoint that cannot be decoded does not fail the whole dispatch (which would
+    let one corrupt instance block every worker): its lease is still held and ``error``
+    says why, and reading ``stored`` raises that error. Release it or let it expire.
+    """
+
+    claim: Claim
+    error: SnapstoreError | None = None
+    _stored: StoredSnapshot | None = field(default=None, repr=False)
+
+    @property
+    def instance_id(self) -> str:
+        return self.claim.instance_id
+
+    @property
+    def stored(self) -> StoredSnapshot:
+        """The checkpoint with its version; raises ``error`` if it could not be loaded."""
+        if self.error is not None or self._stored is None:
+            raise self.error or NotFoundError(f"instance {self.instance_id!r} has no snapshot")
+        return self._stored
+
+    @property
+    def snapshot(self) -> WorkflowSnapshot:
+        return self.stored.snapshot
+
+
+# -- pure helpers: validation, parameters, row interpretation ------------------------------
+
+
+def lease_duration(ttl: Seconds, what: str = "ttl") -> timedelta:
+    """A positive, finite duration from seconds or a timedelta."""
+    if isinstance(ttl, timedelta):
+        duration = ttl
+    elif isinstance(ttl, bool) or not isinstance(ttl, int | float) or not math.isfinite(ttl):
+        raise ValidationError(f"{what} must be a finite number of seconds or a timedelta")
+    else:
+        duration = timedelta(seconds=ttl)
+    if duration <= timedelta(0):
+        raise ValidationError(f"{what} must be positive, got {duration}")
+    return duration
+
+
+def _check_limit(limit: int) -> int:
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_DISPATCH:
+        raise ValidationError(f"limit must be an int in 1..{MAX_DISPATCH}")
+    return limit
+
+
+def _check_claim(claim: Claim) -> Claim:
+    if not isinstance(claim, Claim):
+        raise ValidationError(f"expected a Claim, got {type(claim).__name__}")
+    return claim
+
+
+def worker_tags(tags: Iterable[str] | None) -> list[str] | None:
+    """The worker's tags as a list (None: accepts any instance). A bare str is refused
+    rather than read as its characters."""
+    if tags is None:
+        return None
+    if isinstance(tags, str):
+        raise ValidationError("tags must be an iterable of str, not a str")
+    found = list(tags)
+    if not all(isinstance(t, str) for t in found):
+        raise ValidationError("tags must be strings")
+    return found
+
+
+def claim_params(instance_id: str, worker_id: str, ttl: Seconds) -> st.Params:
+    return {
+        **st.id_params(instance_id),
+        "worker_id": st._check_id("worker_id", worker_id),
+        "ttl": lease_duration(ttl),
+    }
+
+
+def token_params(claim: Claim) -> st.Params:
+    return {"instance_id": _check_claim(claim).instance_id, "token": claim.token}
+
+
+@dataclass(frozen=True, slots=True)
+class DispatchQuery:
+    """The arguments of one run of the ``dispatch`` statement, validated.
+
+    ``instance_ids=None`` considers every instance; ``lease=False`` only reports ids.
+    """
+
+    worker_id: str
+    limit: int
+    ttl: timedelta
+    tags: list[str] | None
+    aging_interval: timedelta
+    instance_ids: list[str] | None = None
+    lease: bool = True
+
+    @classmethod
+    def build(
+        cls,
+        worker_id: str,
+        *,
+        limit: int | None,
+        ttl: Seconds = DEFAULT_TTL,
+        tags: Iterable[str] | None = None,
+        aging_interval: Seconds = DEFAULT_AGING_INTERVAL,
+        instance_ids: Iterable[str] | None = None,
+        lease: bool = True,
+    ) -> DispatchQuery:
+        """``limit=None`` means "as many as ``instance_ids`` names" (capped)."""
+        ids = None
+        if instance_ids is not None:
+            if isinstance(instance_ids, str):
+                raise ValidationError("instance_ids must be an iterable of str, not a str")
+            ids = list(dict.fromkeys(st.id_params(i)["instance_id"] for i in instance_ids))
+        if limit is None:
+            limit = min(len(ids), MAX_DISPATCH) if ids else MAX_DISPATCH
+        return cls(
+            worker_id=st._check_id("worker_id", worker_id),
+            limit=_check_limit(limit),
+            ttl=lease_duration(ttl),
+            tags=worker_tags(tags),
+            aging_interval=lease_duration(aging_interval, "aging_interval"),
+            instance_ids=ids,
+            lease=lease,
+        )
+
+    @property
+    def empty(self) -> bool:
+        """True when the hint names no instance at all: nothing to ask the server."""
+        return self.instance_ids is not None and not self.instance_ids
+
+    def params(self) -> st.Params:
+        return {
+            "worker_id": self.worker_id,
+            "limit": self.limit,
+            "ttl": self.ttl,
+            "worker_tags": self.tags,
+            "aging_seconds": self.aging_interval.total_seconds(),
+            "instance_ids": self.instance_ids,
+            "claim": self.lease,
+        }
+
+
+def interpret_claim(instance_id: str, worker_id: str, row: st.Row | None) -> Claim | None:
+    """The `Claim` from a ``claim_instance`` row: None if another worker holds a live
+    lease; `NotFoundError` / `TerminalStateError` when the instance cannot be claimed."""
+    if row is None:
+        raise NotFoundError(f"instance {instance_id!r} does not exist")
+    status, task_id, token, expires_at = row
+    if WorkflowStatus(status).is_terminal:
+        raise TerminalStateError(instance_id, status)
+    if token is None:
+        return None
+    return Claim(
+        instance_id=instance_id,
+        worker_id=worker_id,
+        token=token,
+        expires_at=expires_at,
+        task_id=task_id,
+    )
+
+
+def leased_claims(worker_id: str, rows: Sequence[st.Row]) -> list[Claim]:
+    """Claims from ``dispatch`` rows (instance_id, task_id, token, expires_at)."""
+    return [
+        Claim(instance_id=iid, worker_id=worker_id, token=token, expires_at=expires, task_id=task)
+        for iid, task, token, expires in rows
+    ]
+
+
+def renewed(claim: Claim, row: st.Row | None) -> Claim:
+    """The claim with its new expiry from an ``extend_claim`` row; no row: lease lost."""
+    if row is None:
+        raise ClaimLostError(claim.instance_id, "lease expired or taken over; claim it again")
+    return msgspec.structs.replace(claim, expires_at=row[0])
+
+
+# -- programs ------------------------------------------------------------------------------
+
+
+def claim_program(instance_id: str, worker_id: str, ttl: Seconds) -> Program[Claim | None]:
+    row = yield Step("claim_instance", claim_params(instance_id, worker_id, ttl))
+    return interpret_claim(instance_id, worker_id, row)
+
+
+def extend_program(claim: Claim, ttl: Seconds) -> Program[Claim]:
+    row = yield Step("extend_claim", {**token_params(claim), "ttl": lease_duration(ttl)})
+    return renewed(claim, row)
+
+
+def release_program(ctx: Context, claim: Claim) -> Program[bool]:
+    row = yield Step("release_claim", {**token_params(claim), "channel": ctx.channel})
+    return bool(row[0])
+
+
+def load_claimed(claim: Claim) -> Program[ClaimedTask]:
+    """Load a just-leased instance with the store's own `load` program; a checkpoint
+    that cannot be read becomes the task's ``error`` instead of failing the dispatch."""
+    try:
+        stored = yield from ops.load(claim.instance_id)
+    except SnapstoreError as exc:
+        return ClaimedTask(claim, error=exc)
+    if stored is None:  # cannot happen while the row is locked; say so if it does
+        missing = NotFoundError(f"instance {claim.instance_id!r} has no snapshot")
+        return ClaimedTask(claim, error=missing)
+    return ClaimedTask(claim, _stored=stored)
+
+
+def dispatch_program(query: DispatchQuery) -> Program[list[ClaimedTask]]:
+    """Lease up to ``query.limit`` dispatchable instances and load each one.
+
+    Run it in one transaction: the snapshot rows stay locked until the loads are done,
+    and a failure anywhere leaves no lease behind.
+    """
+    if query.empty:
+        return []
+    rows = yield Step("dispatch", query.params(), Fetch.ALL)
+    tasks = []
+    for leased in leased_claims(query.worker_id, rows):
+        tasks.append((yield from load_claimed(leased)))
+    return tasks
+
+
+def dispatchable_ids_program(query: DispatchQuery) -> Program[list[str]]:
+    """Ids ``dispatch`` would lease now, in the same order, without leasing them."""
+    rows = yield Step("dispatch", dataclasses.replace(query, lease=False).params(), Fetch.ALL)
+    return [row[0] for row in rows]
+
+
+def next_dispatch_at_program() -> Program[datetime | None]:
+    row = yield Step("next_dispatch_at")
+    return None if row is None else row[0]
+
+
+# -- the two shells ------------------------------------------------------------------------
 
 
 class ClaimsMixin(SyncRunner):
-    """Distributed task claims: TTL leases, dispatch and fencing. (sync)"""
+    """Distributed task claims: TTL leases, dispatch and fencing. (sync)
+
+    See the module docstring for the lease rules.
+    """
+
+    def claim(self, instance_id: str, worker_id: str, ttl: Seconds = DEFAULT_TTL) -> Claim | None:
+        """Lease ``instance_id`` for ``ttl`` (seconds or timedelta, server clock).
+
+        Returns None while another worker holds a live lease; takes over an expired one;
+        re-claiming one's own live lease issues a fresh token. Any non-terminal instance
+        can be claimed (InProgress or Paused, due or not): this is the explicit path,
+        dispatch is `find_available_tasks`. Raises `NotFoundError` for an unknown
+        instance and `TerminalStateError` for a finished one.
+        """
+        return self._run(claim_program(instance_id, worker_id, ttl))
+
+    def extend(self, claim: Claim, ttl: Seconds = DEFAULT_TTL) -> Claim:
+        """Renew a live lease to end ``ttl`` after the server's now (absolute, not added).
+
+        Returns the claim with its new ``expires_at``; raises `ClaimLostError` if the
+        lease already expired or was taken over.
+        """
+        return self._run(extend_program(claim, ttl))
+
+    def release(self, claim: Claim) -> bool:
+        """Drop the lease if this token still owns it (True), even if it had expired.
+
+        When the instance is then dispatchable, the wakeup channel is notified at commit
+        so another worker picks it up.
+        """
+        return self._run(release_program(self.ctx, claim))
+
+    def find_available_tasks(
+        self,
+        worker_id: str,
+        *,
+        limit: int = 10,
+        ttl: Seconds = DEFAULT_TTL,
+        tags: Iterable[str] | None = None,
+        aging_interval: Seconds = DEFAULT_AGING_INTERVAL,
+    ) -> list[ClaimedTask]:
+        """Atomically lease up to ``limit`` dispatchable instances, most urgent first.
+
+        ``tags``: what this worker can run; an instance is eligible only if all of its
+        tags are among them (None: any instance). ``aging_interval``: waiting that long
+        raises an instance one priority level. Each result carries its lease and the
+        checkpoint loaded under it.
+        """
+        return self._run(
+            dispatch_program(
+                DispatchQuery.build(
+                    worker_id, limit=limit, ttl=ttl, tags=tags, aging_interval=aging_interval
+                )
+            ),
+            transaction=True,
+        )
+
+    def claim_notified(
+        self,
+        instance_ids: Iterable[str],
+        worker_id: str,
+        *,
+        ttl: Seconds = DEFAULT_TTL,
+        tags: Iterable[str] | None = None,
+        limit: int | None = None,
+        aging_interval: Seconds = DEFAULT_AGING_INTERVAL,
+    ) -> list[ClaimedTask]:
+        """`find_available_tasks` restricted to ``instance_ids`` (e.g. those a wakeup
+        NOTIFY named): the ones still dispatchable for this worker are leased and loaded,
+        the rest (claimed by someone faster, not due, unknown) are skipped."""
+        return self._run(
+            dispatch_program(
+                DispatchQuery.build(
+                    worker_id,
+                    limit=limit,
+                    ttl=ttl,
+                    tags=tags,
+                    aging_interval=aging_interval,
+                    instance_ids=instance_ids,
+                )
+            ),
+            transaction=True,
+        )
+
+    def dispatchable_ids(
+        self,
+        *,
+        limit: int = 100,
+        tags: Iterable[str] | None = None,
+        aging_interval: Seconds = DEFAULT_AGING_INTERVAL,
+    ) -> list[str]:
+        """Instances dispatchable right now, in dispatch order, without leasing them.
+
+        Same predicate and order as `find_available_tasks`; rows that another worker is
+        leasing at this very moment are skipped.
+        """
+        return self._run(
+            dispatchable_ids_program(
+                DispatchQuery.build(
+                    PEEK_WORKER, limit=limit, tags=tags, aging_interval=aging_interval
+                )
+            )
+        )
+
+    def next_dispatch_at(self) -> datetime | None:
+        """When something may next become dispatchable without a NOTIFY (a timer or
+        backoff coming due, a lease running out), by the server clock; None if nothing
+        is pending. A poller sleeps until then (or until a wakeup), then dispatches."""
+        return self._run(next_dispatch_at_program())
 
 
 class AsyncClaimsMixin(AsyncRunner):
-    """Distributed task claims: TTL leases, dispatch and fencing. (async)"""
+    """Distributed task claims: TTL leases, dispatch and fencing. (async twin of
+    `ClaimsMixin`; same programs, same SQL, same documentation)"""
+
+    async def claim(
+        self, instance_id: str, worker_id: str, ttl: Seconds = DEFAULT_TTL
+    ) -> Claim | None:
+        """See `ClaimsMixin.claim`."""
+        return await self._run(claim_program(instance_id, worker_id, ttl))
+
+    async def extend(self, claim: Claim, ttl: Seconds = DEFAULT_TTL) -> Claim:
+        """See `ClaimsMixin.extend`."""
+        return await self._run(extend_program(claim, ttl))
+
+    async def release(self, claim: Claim) -> bool:
+        """See `ClaimsMixin.release`."""
+        return await self._run(release_program(self.ctx, claim))
+
+    async def find_available_tasks(
+        self,
+        worker_id: str,
+        *,
+        limit: int = 10,
+        ttl: Seconds = DEFAULT_TTL,
+        tags: Iterable[str] | None = None,
+        aging_interval: Seconds = DEFAULT_AGING_INTERVAL,
+    ) -> list[ClaimedTask]:
+        """See `ClaimsMixin.find_available_tasks`."""
+        return await self._run(
+            dispatch_program(
+                DispatchQuery.build(
+                    worker_id, limit=limit, ttl=ttl, tags=tags, aging_interval=aging_interval
+                )
+            ),
+            transaction=True,
+        )
+
+    async def claim_notified(
+        self,
+        instance_ids: Iterable[str],
+        worker_id: str,
+        *,
+        ttl: Seconds = DEFAULT_TTL,
+        tags: Iterable[str] | None = None,
+        limit: int | None = None,
+        aging_interval: Seconds = DEFAULT_AGING_INTERVAL,
+    ) -> list[ClaimedTask]:
+        """See `ClaimsMixin.claim_notified`."""
+        return await self._run(
+            dispatch_program(
+                DispatchQuery.build(
+                    worker_id,
+                    limit=limit,
+                    ttl=ttl,
+                    tags=tags,
+                    aging_interval=aging_interval,
+                    instance_ids=instance_ids,
+                )
+            ),
+            transaction=True,
+        )
+
+    async def dispatchable_ids(
+        self,
+        *,
+        limit: int = 100,
+        tags: Iterable[str] | None = None,
+        aging_interval: Seconds = DEFAULT_AGING_INTERVAL,
+    ) -> list[str]:
+        """See `ClaimsMixin.dispatchable_ids`."""
+        return await self._run(
+            dispatchable_ids_program(
+                DispatchQuery.build(
+                    PEEK_WORKER, limit=limit, tags=tags, aging_interval=aging_interval
+                )
+            )
+        )
+
+    async def next_dispatch_at(self) -> datetime | None:
+        """See `ClaimsMixin.next_dispatch_at`."""
+        return await self._run(next_dispatch_at_program())
+
+
+__all__ = [
+    "DEFAULT_AGING_INTERVAL",
+    "DEFAULT_TTL",
+    "AsyncClaimsMixin",
+    "ClaimedTask",
+    "ClaimsMixin",
+    "DispatchQuery",
+]

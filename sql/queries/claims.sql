@@ -1,0 +1,114 @@
+-- Claim statements (snapstore/claims.py). "@schema@" is replaced by the validated, quoted
+-- schema name; values are always bound parameters (%(name)s). Every time comparison uses
+-- the server clock (now()), so workers with skewed clocks still agree on who holds a lease.
+
+-- name: claim_instance
+-- An explicit lease on one non-terminal instance (InProgress or Paused; timers, tags and
+-- priority do not matter here). A fresh token is issued when there is no lease, when the
+-- lease expired (steal), or when the same worker claims again (the newest lease wins and
+-- the old token stops fencing). The snapshot row is locked first, so a claim waits for an
+-- in-flight save or dispatch of the instance instead of racing it.
+WITH target AS (
+    SELECT s.instance_id, s.status, s.current_task_id
+    FROM @schema@.snapshots AS s
+    WHERE s.instance_id = %(instance_id)s
+    FOR UPDATE
+), leased AS (
+    INSERT INTO @schema@.claims AS c (
+        instance_id, task_id, worker_id, token, claimed_at, expires_at)
+    SELECT t.instance_id, t.current_task_id, %(worker_id)s, gen_random_uuid(), now(),
+        now() + %(ttl)s::interval
+    FROM target AS t
+    WHERE t.status NOT IN ('Completed', 'Failed', 'Cancelled')
+    ON CONFLICT (instance_id) DO UPDATE SET
+        task_id = EXCLUDED.task_id, worker_id = EXCLUDED.worker_id, token = EXCLUDED.token,
+        claimed_at = EXCLUDED.claimed_at, expires_at = EXCLUDED.expires_at
+    WHERE c.expires_at <= now() OR c.worker_id = EXCLUDED.worker_id
+    RETURNING c.task_id, c.token, c.expires_at
+)
+SELECT t.status, l.task_id, l.token, l.expires_at
+FROM target AS t
+LEFT JOIN leased AS l ON true;
+
+-- name: extend_claim
+-- Absolute renewal: the lease now ends %(ttl)s after the server's now(), whatever was left
+-- of it. Only a live lease with this token can be renewed; an expired one must be claimed
+-- again (and may have been stolen meanwhile).
+UPDATE @schema@.claims
+SET expires_at = now() + %(ttl)s::interval
+WHERE instance_id = %(instance_id)s AND token = %(token)s::uuid AND expires_at > now()
+RETURNING expires_at;
+
+-- name: release_claim
+-- Drop the lease if it is still this token's, and in the same statement NOTIFY the wakeup
+-- channel (delivered at commit) when the instance is dispatchable now, so an idle worker
+-- picks it up without waiting for the fallback poll.
+WITH gone AS (
+    DELETE FROM @schema@.claims
+    WHERE instance_id = %(instance_id)s AND token = %(token)s::uuid
+    RETURNING instance_id
+), woken AS (
+    SELECT pg_notify(%(channel)s, s.instance_id)
+    FROM gone AS g
+    JOIN @schema@.snapshots AS s ON s.instance_id = g.instance_id
+    WHERE s.status = 'InProgress' AND s.available_at <= now()
+)
+SELECT (SELECT count(*) FROM gone), (SELECT count(*) FROM woken);
+
+-- name: dispatch
+-- THE dispatch predicate, shared by find_available_tasks (%(instance_ids)s NULL),
+-- claim_notified (the ids a wakeup named) and dispatchable_ids (%(claim)s false: report,
+-- do not lease). Dispatchable = InProgress, due (available_at covers AtDelay timers and
+-- retry backoff), no live lease, and the instance's tags a subset of the worker's
+-- (%(worker_tags)s NULL: the worker takes anything). Every condition is in the WHERE
+-- clause, before ORDER BY/LIMIT, so rows a worker cannot take never use up its LIMIT.
+-- Order: effective priority = priority (1 = most urgent) minus one level per
+-- %(aging_seconds)s spent due, so old low-priority work eventually overtakes fresh urgent
+-- work; then oldest due first. SKIP LOCKED: concurrent dispatchers never wait for, nor
+-- get, each other's rows. The ON CONFLICT guard is what makes a double lease impossible
+-- (a lease committed after this statement's snapshot is seen there and not overwritten).
+WITH picked AS (
+    SELECT s.instance_id, s.current_task_id, s.available_at,
+        s.priority - floor(extract(epoch FROM now() - s.available_at)::float8
+            / %(aging_seconds)s::float8) AS effective_priority
+    FROM @schema@.snapshots AS s
+    WHERE s.status = 'InProgress'
+      AND s.available_at <= now()
+      AND (%(instance_ids)s::text[] IS NULL OR s.instance_id = ANY (%(instance_ids)s::text[]))
+      AND (%(worker_tags)s::text[] IS NULL OR s.tags <@ %(worker_tags)s::text[])
+      AND NOT EXISTS (
+          SELECT 1 FROM @schema@.claims AS c
+          WHERE c.instance_id = s.instance_id AND c.expires_at > now())
+    ORDER BY effective_priority, s.available_at, s.instance_id
+    LIMIT %(limit)s
+    FOR UPDATE OF s SKIP LOCKED
+), leased AS (
+    INSERT INTO @schema@.claims AS c (
+        instance_id, task_id, worker_id, token, claimed_at, expires_at)
+    SELECT p.instance_id, p.current_task_id, %(worker_id)s, gen_random_uuid(), now(),
+        now() + %(ttl)s::interval
+    FROM picked AS p
+    WHERE %(claim)s
+    ON CONFLICT (instance_id) DO UPDATE SET
+        task_id = EXCLUDED.task_id, worker_id = EXCLUDED.worker_id, token = EXCLUDED.token,
+        claimed_at = EXCLUDED.claimed_at, expires_at = EXCLUDED.expires_at
+    WHERE c.expires_at <= now()
+    RETURNING c.instance_id, c.task_id, c.token, c.expires_at
+)
+SELECT p.instance_id, l.task_id, l.token, l.expires_at
+FROM picked AS p
+LEFT JOIN leased AS l ON l.instance_id = p.instance_id
+WHERE NOT %(claim)s OR l.token IS NOT NULL
+ORDER BY p.effective_priority, p.available_at, p.instance_id;
+
+-- name: next_dispatch_at
+-- The next moment (strictly after now()) an instance may become dispatchable without any
+-- NOTIFY: a timer or retry backoff coming due, or a lease running out. Waking up then and
+-- finding nothing (the instance was claimed or changed meanwhile) is harmless.
+SELECT LEAST(
+    (SELECT min(s.available_at) FROM @schema@.snapshots AS s
+     WHERE s.status = 'InProgress' AND s.available_at > now()),
+    (SELECT c.expires_at FROM @schema@.claims AS c
+     JOIN @schema@.snapshots AS s ON s.instance_id = c.instance_id
+     WHERE c.expires_at > now() AND s.status = 'InProgress'
+     ORDER BY c.expires_at LIMIT 1));
