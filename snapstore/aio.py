@@ -138,7 +138,7 @@ class AsyncPostgresBackend(
         """
         if self._committer is None:
             return await self._run(ops.save(self.ctx, snapshot, expected_version, claim))
-        item = st.prepare_save(self.codec, snapshot, expected_version, claim)
+        item = ops.prepare(self.ctx, snapshot, expected_version, claim)
         return (await self._committer.submit(item)).unwrap()
 
     async def save_many(self, requests: Sequence[SaveRequest]) -> builtins.list[SaveResult]:
@@ -167,7 +167,7 @@ class AsyncPostgresBackend(
 
     async def load(self, instance_id: str) -> StoredSnapshot | None:
         """The latest checkpoint with task outputs hydrated, or None."""
-        return await self._run(ops.load(instance_id))
+        return await self._run(ops.load(instance_id, self.ctx))
 
     async def load_task_result(self, instance_id: str, task_id: str) -> TaskResult | None:
         """One task's stored result (with output), or None."""
@@ -175,7 +175,7 @@ class AsyncPostgresBackend(
 
     async def delete(self, instance_id: str) -> bool:
         """Remove an instance and every row that belongs to it; False if absent."""
-        return await self._run(ops.delete(instance_id))
+        return await self._run(ops.delete(instance_id, self.ctx))
 
     async def list(
         self,

@@ -135,7 +135,7 @@ class PostgresBackend(
         """
         if self._committer is None:
             return self._run(ops.save(self.ctx, snapshot, expected_version, claim))
-        item = st.prepare_save(self.codec, snapshot, expected_version, claim)
+        item = ops.prepare(self.ctx, snapshot, expected_version, claim)
         return (self._committer.submit(item)).unwrap()
 
     def save_many(self, requests: Sequence[SaveRequest]) -> builtins.list[SaveResult]:
@@ -164,7 +164,7 @@ class PostgresBackend(
 
     def load(self, instance_id: str) -> StoredSnapshot | None:
         """The latest checkpoint with task outputs hydrated, or None."""
-        return self._run(ops.load(instance_id))
+        return self._run(ops.load(instance_id, self.ctx))
 
     def load_task_result(self, instance_id: str, task_id: str) -> TaskResult | None:
         """One task's stored result (with output), or None."""
@@ -172,7 +172,7 @@ class PostgresBackend(
 
     def delete(self, instance_id: str) -> bool:
         """Remove an instance and every row that belongs to it; False if absent."""
-        return self._run(ops.delete(instance_id))
+        return self._run(ops.delete(instance_id, self.ctx))
 
     def list(
         self,

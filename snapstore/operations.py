@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Generator, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final, NamedTuple, TypeVar
 
 from psycopg import errors
@@ -30,6 +30,7 @@ from snapstore.model import (
     WorkflowStatus,
 )
 from snapstore.queries import wakeup_channel
+from snapstore.task_cache import TaskCache
 
 R = TypeVar("R")
 
@@ -45,6 +46,7 @@ class Context:
 
     codec: Codec
     schema: str
+    tasks: TaskCache = field(default_factory=TaskCache, compare=False)
 
     @property
     def channel(self) -> str:
@@ -81,16 +83,30 @@ def save_batch(ctx: Context, items: Sequence[st.PreparedSave]) -> Program[list[S
             (yield Step("current_states", st.states_params(failed), Fetch.ALL)) if failed else ()
         )
         for index, item, version in zip(round_, batch, versions, strict=True):
-            error = None if version is not None else st.save_failure(item, next(states))
-            results[index] = SaveResult(item.instance_id, version, error)
+            if version is None:
+                ctx.tasks.forget(item.instance_id)
+                results[index] = SaveResult(
+                    item.instance_id, None, st.save_failure(item, next(states))
+                )
+            else:
+                ctx.tasks.remember(item.instance_id, version, item.task_results)
+                results[index] = SaveResult(item.instance_id, version)
     return [r for r in results if r is not None]
+
+
+def prepare(
+    ctx: Context, snapshot: WorkflowSnapshot, expected_version: int | None, claim: Claim | None
+) -> st.PreparedSave:
+    """`statements.prepare_save`, skipping task rows the store is known to hold."""
+    stored = ctx.tasks.known(getattr(snapshot, "instance_id", ""), expected_version)
+    return st.prepare_save(ctx.codec, snapshot, expected_version, claim, stored)
 
 
 def save(
     ctx: Context, snapshot: WorkflowSnapshot, expected_version: int | None, claim: Claim | None
 ) -> Program[int]:
     """CAS save: one statement; on failure, one read to name the precise error."""
-    item = st.prepare_save(ctx.codec, snapshot, expected_version, claim)
+    item = prepare(ctx, snapshot, expected_version, claim)
     (result,) = yield from save_batch(ctx, [item])
     return result.unwrap()
 
@@ -103,9 +119,7 @@ def prepare_many(
     rejected: dict[int, SaveResult] = {}
     for index, req in enumerate(requests):
         try:
-            prepared.append(
-                st.prepare_save(ctx.codec, req.snapshot, req.expected_version, req.claim)
-            )
+            prepared.append(prepare(ctx, req.snapshot, req.expected_version, req.claim))
         except (ValidationError, EncodeError) as exc:
             rejected[index] = SaveResult(getattr(req.snapshot, "instance_id", "?"), None, exc)
     return prepared, rejected
@@ -118,9 +132,13 @@ def save_many(ctx: Context, requests: Sequence[SaveRequest]) -> Program[list[Sav
     return [rejected[i] if i in rejected else next(saved) for i in range(len(requests))]
 
 
-def load(instance_id: str) -> Program[StoredSnapshot | None]:
+def load(instance_id: str, ctx: Context | None = None) -> Program[StoredSnapshot | None]:
+    """Load; with ``ctx``, remember its task rows so the next save skips them."""
     row = yield Step("load_snapshot", st.id_params(instance_id))
-    return st.interpret_load(instance_id, row)
+    stored = st.interpret_load(instance_id, row)
+    if stored is not None and ctx is not None:
+        ctx.tasks.remember(instance_id, stored.version, stored.snapshot.task_results)
+    return stored
 
 
 def load_task_result(instance_id: str, task_id: str) -> Program[TaskResult | None]:
@@ -128,8 +146,9 @@ def load_task_result(instance_id: str, task_id: str) -> Program[TaskResult | Non
     return st.interpret_task_result(instance_id, task_id, row)
 
 
-def delete(instance_id: str) -> Program[bool]:
+def delete(instance_id: str, ctx: Context) -> Program[bool]:
     st.id_params(instance_id)
+    ctx.tasks.forget(instance_id)
     row = yield Step("delete_instances", {"instance_ids": [instance_id]})
     return bool(row[0])
 

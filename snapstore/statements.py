@@ -10,7 +10,7 @@ import base64
 import hashlib
 import json
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
@@ -158,8 +158,13 @@ class PreparedSave:
     data_hash: bytes
     terminal: bool
     notify: bool
-    task_ids: list[str]
+    task_ids: list[str]  # the task rows to write: new or changed results only
     task_rows: list[tuple[Any, ...]]
+    task_results: Mapping[str, TaskResult]  # all of them, for the task cache
+
+
+def _differs(stored: TaskResult | None, result: TaskResult) -> bool:
+    return stored is None or (stored is not result and stored != result)
 
 
 def prepare_save(
@@ -167,8 +172,13 @@ def prepare_save(
     snapshot: WorkflowSnapshot,
     expected_version: int | None,
     claim: Claim | None = None,
+    stored_tasks: Mapping[str, TaskResult] | None = None,
 ) -> PreparedSave:
-    """Validate and encode a save; raises before any I/O if the input is bad."""
+    """Validate and encode a save; raises before any I/O if the input is bad.
+
+    Task results equal to ``stored_tasks`` (what the store holds at
+    ``expected_version``) are not sent again: their rows are already right.
+    """
     validate_snapshot(snapshot)
     check_expected_version(expected_version)
     if claim is not None and claim.instance_id != snapshot.instance_id:
@@ -177,6 +187,8 @@ def prepare_save(
         )
     blob = encode_snapshot(codec, snapshot)
     results = snapshot.task_results
+    stored = stored_tasks or {}
+    changed = [(t, r) for t, r in results.items() if _differs(stored.get(t), r)]
     position = snapshot.position
     return PreparedSave(
         instance_id=snapshot.instance_id,
@@ -198,7 +210,7 @@ def prepare_save(
         terminal=snapshot.status.is_terminal,
         # A claimant keeps driving its instance; others learn of it when it is released.
         notify=claim is None and snapshot.status is WorkflowStatus.IN_PROGRESS,
-        task_ids=list(results),
+        task_ids=[t for t, r in changed],
         task_rows=[
             (
                 r.status.value,
@@ -209,8 +221,9 @@ def prepare_save(
                 r.error,
                 encode_output(codec, r.output),
             )
-            for r in results.values()
+            for _, r in changed
         ],
+        task_results=results,
     )
 
 

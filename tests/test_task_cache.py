@@ -1,0 +1,77 @@
+"""Task rows are written once: unchanged results are not sent again, and never wrongly skipped."""
+
+from __future__ import annotations
+
+from psycopg import sql
+
+from snapstore import AtTask, JsonCodec, PostgresBackend, TaskResult, WorkflowSnapshot
+from snapstore import operations as ops
+from snapstore.task_cache import TaskCache
+
+
+def snap(iid: str, outputs: dict[str, object]) -> WorkflowSnapshot:
+    return WorkflowSnapshot(
+        instance_id=iid,
+        definition_hash="h",
+        position=AtTask(task_id=f"t{len(outputs)}"),
+        task_results={t: TaskResult(output=o) for t, o in outputs.items()},
+    )
+
+
+def test_each_task_row_is_written_by_the_save_that_introduced_it(
+    backend: PostgresBackend[JsonCodec],
+) -> None:
+    outputs: dict[str, object] = {}
+    version = backend.save(snap("long", outputs))
+    for step in range(30):
+        outputs[f"t{step}"] = {"step": step}
+        version = backend.save(snap("long", outputs), expected_version=version)
+    query = sql.SQL(
+        "SELECT t.task_id, t.xmin::text = h.xmin::text FROM {s}.tasks t "
+        "JOIN {s}.history h ON h.instance_id = t.instance_id "
+        "AND h.version = 2 + substr(t.task_id, 2)::int WHERE t.instance_id = 'long'"
+    ).format(s=sql.Identifier(backend.schema))
+    with backend.pool.connection() as conn:
+        rows = conn.execute(query).fetchall()
+    assert len(rows) == 30 and all(same for _, same in rows)
+    # ...because the next save would send only the new row, not all thirty again
+    outputs["t30"] = "new"
+    item = ops.prepare(backend.ctx, snap("long", outputs), version, None)
+    assert item.task_ids == ["t30"] and len(item.task_results) == 31
+    stored = backend.load("long")
+    del outputs["t30"]
+    assert stored is not None and stored.snapshot == snap("long", outputs)
+
+
+def test_changed_results_are_written_and_other_writers_are_not_masked(
+    dsn: str, backend: PostgresBackend[JsonCodec]
+) -> None:
+    with PostgresBackend[JsonCodec].connect(dsn, schema=backend.schema) as other:
+        v1 = backend.save(snap("x", {"a": 1}))
+        stored = other.load("x")
+        assert stored is not None
+        v2 = other.save(snap("x", {"a": 2}), expected_version=stored.version)
+        # backend remembers version 1 only, so it must send row "a" again
+        v3 = backend.save(snap("x", {"a": 1, "b": 0}), expected_version=v2)
+        assert (v1, v2, v3) == (1, 2, 3)
+        result = backend.load_task_result("x", "a")
+        assert result is not None and result.output == 1
+        # an equal-but-changed-back result after our own save is written too
+        v4 = backend.save(snap("x", {"a": 5, "b": 0}), expected_version=v3)
+        backend.save(snap("x", {"a": 1, "b": 0}), expected_version=v4)
+        final = other.load("x")
+        assert final is not None and final.snapshot == snap("x", {"a": 1, "b": 0})
+
+
+def test_cache_keeps_the_newest_version_and_is_bounded() -> None:
+    cache = TaskCache(max_instances=2)
+    results = {"a": TaskResult(output=1)}
+    cache.remember("i", 3, results)
+    cache.remember("i", 2, {})  # an older save finishing late must not win
+    assert cache.known("i", 3) == results and cache.known("i", 2) == {}
+    assert cache.known("i", None) == {}
+    cache.remember("j", 1, results)
+    cache.remember("k", 1, results)  # evicts "i", the least recently used
+    assert cache.known("i", 3) == {} and cache.known("k", 1) == results
+    cache.forget("k")
+    assert cache.known("k", 1) == {}
