@@ -92,8 +92,7 @@ def test_golden_value_decodes_forever(codec_type: type[Codec]) -> None:
 
 @pytest.mark.parametrize(
     ("path", "blob"),
-    sorted(golden_files().items()),
-    ids=lambda p: str(p.relative_to(GOLDEN_DIR)) if isinstance(p, Path) else "",
+    [pytest.param(p, b, id=str(p.relative_to(GOLDEN_DIR))) for p, b in golden_files().items()],
 )
 def test_encoding_reproduces_golden_bytes(path: Path, blob: bytes) -> None:
     """Format drift detector: a failure means the wire format changed (see codecs/SPEC.md)."""
