@@ -1,0 +1,116 @@
+"""Command line: ``python -m bench [options]`` runs; ``python -m bench compare`` gates."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from bench import compare, engine, report, suite
+from bench.db import CODECS
+from snapstore.testing import database_url
+
+QUICK_SECONDS = 2.0
+
+
+def _csv(allowed: tuple[str, ...]) -> Callable[[str], tuple[str, ...]]:
+    def parse(text: str) -> tuple[str, ...]:
+        items = tuple(x.strip() for x in text.split(",") if x.strip())
+        unknown = [x for x in items if x not in allowed]
+        if unknown or not items:
+            raise argparse.ArgumentTypeError(f"choose from {','.join(allowed)} (got {text!r})")
+        return items
+
+    return parse
+
+
+def run_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="Benchmark snapstore against PostgreSQL (SNAPSTORE_DSN or an embedded "
+        "server). Subcommand: 'compare RESULT.json BASELINE.json [--threshold 0.1]'.",
+    )
+    defaults = suite.Config()
+    p.add_argument(
+        "--duration",
+        type=float,
+        help=f"seconds per workload per codec "
+        f"(default {defaults.duration}, --quick {QUICK_SECONDS})",
+    )
+    p.add_argument(
+        "--ceiling-duration",
+        type=float,
+        help="seconds per ceiling run (default: same as --duration)",
+    )
+    p.add_argument(
+        "--codecs",
+        type=_csv(tuple(CODECS)),
+        default=defaults.codecs,
+        help="comma-separated: " + ",".join(CODECS),
+    )
+    p.add_argument(
+        "--workloads",
+        type=_csv(engine.ALL_WORKLOADS),
+        default=defaults.workloads,
+        help="comma-separated: " + ",".join(engine.ALL_WORKLOADS),
+    )
+    p.add_argument(
+        "--concurrency",
+        type=int,
+        default=defaults.concurrency,
+        help="worker threads (and raw-ceiling threads / pgbench clients)",
+    )
+    p.add_argument(
+        "--group-threads",
+        type=int,
+        default=defaults.group_threads,
+        help="threads calling save() in the group_commit workload",
+    )
+    p.add_argument("--batch", type=int, default=defaults.batch, help="items per save_many call")
+    p.add_argument("--no-pgbench", action="store_true", help="skip the pgbench reference")
+    p.add_argument("--quick", action="store_true", help=f"{QUICK_SECONDS:.0f}s per run (~1 min)")
+    p.add_argument("--out", type=Path, default=defaults.out, help="results directory")
+    return p
+
+
+def compare_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m bench compare")
+    p.add_argument("result", type=Path)
+    p.add_argument("baseline", type=Path)
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=0.1,
+        help="relative change counted as a regression (default 0.1 = 10%%)",
+    )
+    return p
+
+
+def config_from(args: argparse.Namespace) -> suite.Config:
+    duration = args.duration or (QUICK_SECONDS if args.quick else suite.Config.duration)
+    return suite.Config(
+        duration=duration,
+        ceiling_duration=args.ceiling_duration or duration,
+        codecs=args.codecs,
+        workloads=args.workloads,
+        concurrency=args.concurrency,
+        group_threads=args.group_threads,
+        batch=args.batch,
+        pgbench=not args.no_pgbench,
+        out=args.out,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["compare"]:
+        cargs = compare_parser().parse_args(argv[1:])
+        return compare.main(cargs.result, cargs.baseline, cargs.threshold)
+    config = config_from(run_parser().parse_args(argv))
+    with database_url() as dsn:
+        result = suite.run_suite(config, dsn)
+    stem = "run-" + result["started_at"].replace(":", "").replace("-", "")
+    paths = report.write(result, config.out, stem)
+    print(report.summary(result, paths))
+    return 0

@@ -1,0 +1,66 @@
+"""Database plumbing: one fresh schema per codec, backends, and server-side probes.
+
+WAL position and blob sizes are read on a separate connection so that probing
+never shares a transaction or a pool slot with the measured traffic.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from snapstore import CborCodec, JsonCodec, MsgpackCodec, PostgresBackend
+from snapstore.codecs import Codec
+
+CODECS: dict[str, type[Codec]] = {"json": JsonCodec, "msgpack": MsgpackCodec, "cbor": CborCodec}
+SCHEMA_PREFIX = "bench_"
+
+
+def schema_for(name: str) -> str:
+    return f"{SCHEMA_PREFIX}{name}"
+
+
+def drop_schema(dsn: str, schema: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+
+
+def open_backend(
+    dsn: str, codec: str, schema: str, *, pool_size: int, group_commit: bool = False
+) -> PostgresBackend[Any]:
+    """A migrated backend writing ``codec``; ``group_commit`` only when asked (and offered)."""
+    backend_type: Any = PostgresBackend[CODECS[codec]]  # type: ignore[valid-type]
+    options: dict[str, Any] = {"group_commit": True} if group_commit else {}
+    backend: PostgresBackend[Any] = backend_type.connect(
+        dsn, schema=schema, min_size=2, max_size=pool_size, **options
+    )
+    return backend
+
+
+def wal_lsn(dsn: str) -> str:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()
+    assert row is not None
+    return str(row[0])
+
+
+def wal_bytes(dsn: str, start: str, end: str) -> int:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT pg_wal_lsn_diff(%s::pg_lsn, %s::pg_lsn)", (end, start)
+        ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def blob_stats(dsn: str, schema: str) -> tuple[float | None, int]:
+    """Mean size of ``history.data`` (the encoded snapshot blob) and the row count."""
+    query = sql.SQL("SELECT avg(octet_length(data))::float8, count(*) FROM {}.history").format(
+        sql.Identifier(schema)
+    )
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute(query).fetchone()
+    assert row is not None
+    return (None if row[0] is None else float(row[0])), int(row[1])

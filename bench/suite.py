@@ -1,0 +1,138 @@
+"""Runs a whole benchmark: every codec x workload, then the ceilings, then the checks."""
+
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bench import acceptance, api, ceiling, db, engine, environment
+from bench.progress import Progress
+from bench.stats import Recorder
+from snapstore.testing import DSN_ENV
+
+DEFAULT_OUT = Path(__file__).resolve().parent / "results"
+CEILING_SCHEMA = "bench_ceiling"
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything that shapes a run; stored in the result so runs can be compared."""
+
+    duration: float = 7.0
+    ceiling_duration: float = 7.0
+    codecs: tuple[str, ...] = ("json", "msgpack", "cbor")
+    workloads: tuple[str, ...] = engine.ALL_WORKLOADS
+    concurrency: int = 8
+    group_threads: int = 32
+    batch: int = 10
+    pgbench: bool = True
+    out: Path = field(default=DEFAULT_OUT)
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["out"] = str(self.out)
+        d["codecs"], d["workloads"] = list(self.codecs), list(self.workloads)
+        return d
+
+
+def _status(rec: Recorder) -> str:
+    window = max(rec.window, 1e-9)
+    return f"saves {rec.saves / window:7.0f}/s  workflows {rec.workflows / window:6.1f}/s"
+
+
+def _skip_reason(workload: str, caps: api.Capabilities) -> str | None:
+    if workload == "save_many" and not caps.save_many:
+        return "backend.save_many not available"
+    if workload == "group_commit" and not caps.group_commit:
+        return "group_commit connect option not available"
+    return None
+
+
+def _codec_runs(
+    config: Config, dsn: str, codec: str, caps: api.Capabilities, progress: Progress
+) -> list[dict[str, Any]]:
+    """All workloads for one codec, in its own fresh schema (dropped afterwards)."""
+    schema = db.schema_for(codec)
+    db.drop_schema(dsn, schema)
+    pool = config.concurrency + 6
+    runs: list[dict[str, Any]] = []
+    backend = db.open_backend(dsn, codec, schema, pool_size=pool)
+    try:
+        for workload in config.workloads:
+            reason = _skip_reason(workload, caps)
+            if reason is not None:
+                runs.append({"codec": codec, "workload": workload, "skipped": reason})
+                progress.done += 1
+                continue
+            spec = engine.RunSpec(
+                workload=workload,
+                codec=codec,
+                duration=config.duration,
+                concurrency=config.concurrency,
+                batch=config.batch,
+                group_threads=config.group_threads,
+            )
+            target = backend
+            if workload == "group_commit":
+                target = db.open_backend(dsn, codec, schema, pool_size=pool, group_commit=True)
+            recorder = Recorder()
+            try:
+                with progress.phase(
+                    f"{workload}/{codec}", config.duration, functools.partial(_status, recorder)
+                ):
+                    outcome = engine.run(spec, dsn, target, caps, recorder)
+            finally:
+                if target is not backend:
+                    target.close()
+            runs.append(outcome.as_dict())
+    finally:
+        backend.close()
+        db.drop_schema(dsn, schema)
+    return runs
+
+
+def _ceilings(config: Config, dsn: str, progress: Progress) -> dict[str, Any]:
+    """The raw statement at the single-save concurrency, grouped, and pgbench."""
+    db.drop_schema(dsn, CEILING_SCHEMA)
+    db.open_backend(dsn, "json", CEILING_SCHEMA, pool_size=2).close()  # migrate only
+    seconds, n = config.ceiling_duration, config.concurrency
+    found: dict[str, Any] = {}
+    for name, shape in (("raw_single", "single"), ("raw_grouped_tx", "tx"), ("raw_batch", "batch")):
+        with progress.phase(f"ceiling {name}", seconds, lambda: ""):
+            found[name] = ceiling.raw_ceiling(dsn, CEILING_SCHEMA, n, seconds, shape)
+    db.drop_schema(dsn, CEILING_SCHEMA)
+    binary = ceiling.pgbench_path(dsn_from_env=bool(os.environ.get(DSN_ENV)))
+    for name, per in (("pgbench_single", 1), ("pgbench_grouped_tx", ceiling.GROUP)):
+        if not config.pgbench or binary is None:
+            found[name] = None if not config.pgbench else {"error": "pgbench not found"}
+            continue
+        with progress.phase(f"ceiling {name}", seconds, lambda: ""):
+            found[name] = ceiling.pgbench_ceiling(dsn, binary, n, seconds, per)
+    db.drop_schema(dsn, ceiling.PGBENCH_SCHEMA)
+    return found
+
+
+def run_suite(config: Config, dsn: str, progress: Progress | None = None) -> dict[str, Any]:
+    """Measure everything ``config`` asks for and return the result document."""
+    phases = len(config.codecs) * len(config.workloads) + 3 + (2 if config.pgbench else 0)
+    progress = progress or Progress(phases)
+    caps = api.detect()
+    started = datetime.now(UTC)
+    result: dict[str, Any] = {
+        "format": 1,
+        "started_at": started.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "config": config.as_dict(),
+        "environment": environment.capture(dsn),
+        "capabilities": caps.as_dict(),
+        "runs": [],
+    }
+    for codec in config.codecs:
+        result["runs"] += _codec_runs(config, dsn, codec, caps, progress)
+    result["ceilings"] = _ceilings(config, dsn, progress)
+    result["acceptance"] = acceptance.check(result)
+    result["elapsed_s"] = round((datetime.now(UTC) - started).total_seconds(), 1)
+    return result
