@@ -93,7 +93,7 @@ class ClaimedTask:
     def stored(self) -> StoredSnapshot:
         """The checkpoint with its version; raises ``error`` if it could not be loaded."""
         if self.error is not None or self._stored is None:
-            raise self.error or NotFoundError(f"instance {self.instance_id!r} has no snapshot")
+            raise self.error or _no_snapshot(self.instance_id)
         return self._stored
 
     @property
@@ -104,6 +104,10 @@ class ClaimedTask:
 # -- pure helpers: validation, parameters, row interpretation ------------------------------
 
 
+def _no_snapshot(instance_id: str) -> NotFoundError:
+    return NotFoundError(f"instance {instance_id!r} has no snapshot")
+
+
 def lease_duration(ttl: Seconds, what: str = "ttl") -> timedelta:
     """A positive, finite duration from seconds or a timedelta."""
     if isinstance(ttl, timedelta):
@@ -111,7 +115,10 @@ def lease_duration(ttl: Seconds, what: str = "ttl") -> timedelta:
     elif isinstance(ttl, bool) or not isinstance(ttl, int | float) or not math.isfinite(ttl):
         raise ValidationError(f"{what} must be a finite number of seconds or a timedelta")
     else:
-        duration = timedelta(seconds=ttl)
+        try:
+            duration = timedelta(seconds=ttl)
+        except OverflowError as exc:
+            raise ValidationError(f"{what} of {ttl} seconds is too large") from exc
     if duration <= timedelta(0):
         raise ValidationError(f"{what} must be positive, got {duration}")
     return duration
@@ -276,8 +283,7 @@ def load_claimed(claim: Claim) -> Program[ClaimedTask]:
     except SnapstoreError as exc:
         return ClaimedTask(claim, error=exc)
     if stored is None:  # cannot happen while the row is locked; say so if it does
-        missing = NotFoundError(f"instance {claim.instance_id!r} has no snapshot")
-        return ClaimedTask(claim, error=missing)
+        return ClaimedTask(claim, error=_no_snapshot(claim.instance_id))
     return ClaimedTask(claim, _stored=stored)
 
 

@@ -209,6 +209,7 @@ async def test_claim_refuses_unknown_and_finished_instances(claims: Claims) -> N
         ("claim", ("a", "w1", -1.0)),
         ("claim", ("a", "w1", float("nan"))),
         ("claim", ("a", "w1", True)),
+        ("claim", ("a", "w1", 1e300)),
         ("claim", ("a", "", 5)),
         ("claim", ("", "w1", 5)),
     ],
