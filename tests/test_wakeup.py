@@ -1,0 +1,548 @@
+"""Wakeups against a real PostgreSQL: NOTIFY semantics, the bounded queue, the
+fallback poll and reconnection, for the thread listener and the asyncio one.
+
+Every test runs on a schema of its own, hence on a NOTIFY channel of its own:
+counters can be asserted exactly, and another test run against the same server
+(``SNAPSTORE_DSN``) cannot send into it. Nothing is asserted about durations:
+`eventually` polls a condition until a generous deadline. "Nothing was sent"
+is shown by ordering instead of by waiting: notifications arrive in commit
+order, so once a sentinel committed later has arrived, anything that was not
+seen before it was never sent.
+
+The scenarios that matter for both shells are written once, against `Side`,
+and run for each shell; the sync backend is called through
+``asyncio.to_thread`` so its blocking ``get`` never stalls the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol, Unpack, cast
+
+import psycopg
+import pytest
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
+
+from snapstore import (
+    AsyncPostgresBackend,
+    AtDelay,
+    JsonCodec,
+    PostgresBackend,
+    WorkflowSnapshot,
+    WorkflowStatus,
+)
+from snapstore.errors import ConfigurationError
+from snapstore.model import Claim
+from snapstore.queries import wakeup_channel
+from snapstore.wakeup import (
+    Backoff,
+    Connect,
+    Disconnect,
+    Listen,
+    Poll,
+    PollCursor,
+    Sleep,
+    WakeupListener,
+    WakeupOptions,
+    WakeupQueue,
+    WakeupSettings,
+    WakeupStats,
+    supervise,
+)
+
+# The backends of the fixtures live on the session loop (see pyproject.toml).
+session_loop = pytest.mark.asyncio(loop_scope="session")
+
+DEADLINE = 30.0
+SLOW_POLL = 3600.0  # "no periodic poll during this test": only NOTIFY and (re)connect polls
+FAST_POLL = 0.1
+
+
+def snap(instance_id: str, **fields: Any) -> WorkflowSnapshot:
+    return WorkflowSnapshot(instance_id=instance_id, definition_hash="def", **fields)
+
+
+def balanced(stats: WakeupStats) -> bool:
+    """Every received id is accounted for exactly once."""
+    return stats.received == stats.delivered + stats.coalesced + stats.dropped + stats.pending
+
+
+async def eventually(condition: Callable[[], bool | Awaitable[bool]], what: str) -> None:
+    """Poll ``condition`` until it holds; fail with ``what`` after a generous deadline."""
+    end = time.monotonic() + DEADLINE
+    while True:
+        result = condition()
+        if await result if isinstance(result, Awaitable) else result:
+            return
+        if time.monotonic() > end:
+            pytest.fail(f"timed out waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+# --- one interface over both shells --------------------------------------------------------
+
+
+class ListenerView(Protocol):
+    """What the scenarios use of a listener; `AsyncWakeupListener` is one as is."""
+
+    @property
+    def backend_pid(self) -> int | None: ...
+
+    @property
+    def closed(self) -> bool: ...
+
+    def stats(self) -> WakeupStats: ...
+
+    async def get(
+        self, timeout: float | None = None, *, max_items: int | None = None
+    ) -> list[str]: ...
+
+    async def close(self) -> None: ...
+
+
+class ThreadListenerView:
+    """A `WakeupListener` seen through the async interface of the scenarios."""
+
+    def __init__(self, listener: WakeupListener) -> None:
+        self.listener = listener
+
+    @property
+    def backend_pid(self) -> int | None:
+        return self.listener.backend_pid
+
+    @property
+    def closed(self) -> bool:
+        return self.listener.closed
+
+    def stats(self) -> WakeupStats:
+        return self.listener.stats()
+
+    async def get(self, timeout: float | None = None, *, max_items: int | None = None) -> list[str]:
+        return await asyncio.to_thread(self.listener.get, timeout, max_items=max_items)
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self.listener.close)
+
+
+class Side:
+    """A backend of either shell on a fresh schema; closes its listeners afterwards."""
+
+    def __init__(
+        self, shell: str, backend: PostgresBackend[JsonCodec] | AsyncPostgresBackend[JsonCodec]
+    ) -> None:
+        self.shell = shell
+        self.backend = backend
+        self.listeners: list[ListenerView] = []
+
+    @property
+    def schema(self) -> str:
+        return self.backend.schema
+
+    async def save(self, snapshot: WorkflowSnapshot, expected_version: int | None = None) -> int:
+        if isinstance(self.backend, AsyncPostgresBackend):
+            return await self.backend.save(snapshot, expected_version)
+        return await asyncio.to_thread(self.backend.save, snapshot, expected_version)
+
+    async def listen(self, **settings: Unpack[WakeupSettings]) -> ListenerView:
+        view: ListenerView
+        if isinstance(self.backend, AsyncPostgresBackend):
+            view = await self.backend.wakeups(**settings)
+        else:
+            sync_backend = self.backend
+            view = ThreadListenerView(
+                await asyncio.to_thread(lambda: sync_backend.wakeups(**settings))
+            )
+        self.listeners.append(view)
+        return view
+
+    def backend_stats(self) -> WakeupStats:
+        return self.backend.wakeup_stats()
+
+
+async def collect(listener: ListenerView, expected: set[str]) -> list[str]:
+    """Everything ``listener`` delivers until ``expected`` has all been seen."""
+    seen: list[str] = []
+    end = time.monotonic() + DEADLINE
+    while not expected <= set(seen):
+        if time.monotonic() > end:
+            pytest.fail(f"never delivered: {sorted(expected - set(seen))}")
+        seen += await listener.get(timeout=0.2)
+    return seen
+
+
+def drop_schema(dsn: str, schema: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+
+
+@pytest.fixture(params=["thread", "asyncio"])
+async def side(request: pytest.FixtureRequest, dsn: str, fresh_schema: str) -> AsyncIterator[Side]:
+    backend: PostgresBackend[JsonCodec] | AsyncPostgresBackend[JsonCodec]
+    if request.param == "thread":
+        backend = await asyncio.to_thread(
+            PostgresBackend[JsonCodec].connect, dsn, schema=fresh_schema, max_size=4
+        )
+    else:
+        backend = await AsyncPostgresBackend[JsonCodec].connect(
+            dsn, schema=fresh_schema, max_size=4
+        )
+    result = Side(request.param, backend)
+    try:
+        yield result
+    finally:
+        for listener in result.listeners:
+            await listener.close()
+        if isinstance(backend, AsyncPostgresBackend):
+            await backend.close()
+        else:
+            backend.close()
+        drop_schema(dsn, fresh_schema)
+
+
+@pytest.fixture
+def store(dsn: str, fresh_schema: str) -> Iterator[PostgresBackend[JsonCodec]]:
+    """A sync backend on a fresh schema, for the SQL-level NOTIFY tests."""
+    with PostgresBackend[JsonCodec].connect(dsn, schema=fresh_schema, max_size=4) as backend:
+        yield backend
+    drop_schema(dsn, fresh_schema)
+
+
+@pytest.fixture
+def admin(dsn: str) -> Iterator[psycopg.Connection[Any]]:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        yield conn
+
+
+# --- NOTIFY semantics of save (SQL level, observed on a raw LISTEN connection) -------------
+
+
+class RawListener:
+    """A bare LISTEN connection: sees exactly what the server sends on a channel."""
+
+    def __init__(self, dsn: str, schema: str) -> None:
+        self.channel = wakeup_channel(schema)
+        self.conn = psycopg.connect(dsn, autocommit=True)
+        self.conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.channel)))
+
+    def until(self, sentinel: str) -> list[str]:
+        """Payloads received up to and including ``sentinel``."""
+        payloads: list[str] = []
+        end = time.monotonic() + DEADLINE
+        while sentinel not in payloads:
+            assert time.monotonic() < end, f"{sentinel!r} never arrived (got {payloads})"
+            payloads += [n.payload for n in self.conn.notifies(timeout=0.5)]
+        return payloads
+
+
+@pytest.fixture
+def raw(dsn: str, store: PostgresBackend[JsonCodec]) -> Iterator[RawListener]:
+    listener = RawListener(dsn, store.schema)
+    yield listener
+    listener.conn.close()
+
+
+def test_only_dispatchable_unclaimed_saves_notify(
+    store: PostgresBackend[JsonCodec], raw: RawListener, admin: psycopg.Connection[Any]
+) -> None:
+    store.save(snap("claimed"))  # created InProgress and due: announced
+    token = uuid.uuid4()
+    expires = admin.execute(
+        sql.SQL(
+            "INSERT INTO {}.claims (instance_id, worker_id, token, expires_at) "
+            "VALUES (%s, 'w1', %s, now() + interval '1 hour') RETURNING expires_at"
+        ).format(sql.Identifier(store.schema)),
+        ("claimed", token),
+    ).fetchone()
+    assert expires is not None
+    claim = Claim(instance_id="claimed", worker_id="w1", token=token, expires_at=expires[0])
+    store.save(snap("claimed"), 1, claim=claim)  # the claimant keeps driving it: silent
+    store.save(snap("done", status=WorkflowStatus.COMPLETED))
+    store.save(snap("failed", status=WorkflowStatus.FAILED, error="boom"))
+    store.save(snap("paused", status=WorkflowStatus.PAUSED))
+    wake_at = datetime.now(UTC) + timedelta(hours=1)
+    store.save(snap("timer", position=AtDelay(task_id="t", wake_at=wake_at)))
+    store.save(snap("sentinel"))
+    assert raw.until("sentinel") == ["claimed", "sentinel"]
+
+
+class OneConnection:
+    """Lends one connection, in whatever transaction it is in, where a pool is expected:
+    a backend built on it runs its real statements inside the caller's transaction."""
+
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        self.conn = conn
+
+    @contextlib.contextmanager
+    def connection(self) -> Iterator[psycopg.Connection[Any]]:
+        yield self.conn
+
+
+def test_notify_is_delivered_only_at_commit(
+    store: PostgresBackend[JsonCodec], raw: RawListener, dsn: str, admin: psycopg.Connection[Any]
+) -> None:
+    with psycopg.connect(dsn) as writer:  # not autocommit: what it runs stays uncommitted
+        in_tx = PostgresBackend[JsonCodec].from_pool(
+            cast(Any, OneConnection(writer)), schema=store.schema, run_migrations=False
+        )
+        in_tx.save(snap("in-tx"))
+        writer.execute("SELECT pg_notify(%s, 'raw-in-tx')", (raw.channel,))
+        admin.execute("SELECT pg_notify(%s, 'probe-1')", (raw.channel,))
+        assert raw.until("probe-1") == ["probe-1"]  # committed later, seen first
+        writer.commit()
+        in_tx.save(snap("rolled-back"))
+        writer.rollback()
+    admin.execute("SELECT pg_notify(%s, 'probe-2')", (raw.channel,))
+    assert raw.until("probe-2") == ["in-tx", "raw-in-tx", "probe-2"]
+
+
+# --- the listeners, both shells ------------------------------------------------------------
+
+
+@session_loop
+async def test_dispatchable_save_wakes_every_listener(side: Side) -> None:
+    first = await side.listen(poll_interval=SLOW_POLL)
+    second = await side.listen(poll_interval=SLOW_POLL)
+    await side.save(snap("w1"))
+    assert await collect(first, {"w1"}) == ["w1"]
+    assert await collect(second, {"w1"}) == ["w1"]
+    one = WakeupStats(received=1, notified=1, delivered=1, polls=1)  # polls: the start poll
+    assert first.stats() == one
+    assert side.backend_stats() == one + one
+    await first.close()
+    assert first.closed
+    assert side.backend_stats() == one + one  # a closed listener still counts
+
+
+@session_loop
+async def test_start_poll_queues_work_that_was_already_due(side: Side) -> None:
+    await side.save(snap("before"))
+    listener = await side.listen(poll_interval=SLOW_POLL)
+    assert listener.stats().pending == 1  # queued before wakeups() returned
+    assert await listener.get(timeout=0) == ["before"]
+
+
+@session_loop
+async def test_coalescing_and_drops_are_counted_exactly(side: Side) -> None:
+    listener = await side.listen(maxsize=2, poll_interval=SLOW_POLL)
+    for expected in (None, 1, 2):  # three saves of one instance while it is pending
+        await side.save(snap("a"), expected)
+    for i in range(10):
+        await side.save(snap(f"b{i}"))
+    await eventually(lambda: listener.stats().received == 13, "13 notifications")
+    stats = listener.stats()
+    assert stats == WakeupStats(
+        received=13, notified=13, coalesced=2, dropped=9, pending=2, polls=1
+    )
+    assert stats.drop_rate == 9 / 13
+    assert balanced(stats)
+    assert await listener.get(timeout=0, max_items=1) == ["a"]
+    assert await listener.get(timeout=0) == ["b0"]
+    assert await listener.get(timeout=0) == []
+    after = listener.stats()
+    assert (after.delivered, after.pending) == (2, 0)
+    assert balanced(after)
+
+
+@session_loop
+async def test_fallback_poll_finds_dropped_wakeups(side: Side) -> None:
+    listener = await side.listen(maxsize=2, poll_interval=FAST_POLL)
+    ids = {f"d{i}" for i in range(5)}
+    for instance_id in sorted(ids):
+        await side.save(snap(instance_id))
+    # Nobody consumes yet: two ids fit, the other three notifications are dropped.
+    await eventually(lambda: listener.stats().notified == 5, "5 notifications")
+    assert listener.stats().dropped == 3
+    assert set(await collect(listener, ids)) == ids
+    stats = listener.stats()
+    assert stats.polled >= 3  # the dropped ones came back through the poll
+    assert balanced(stats)
+
+
+@session_loop
+async def test_due_timer_is_found_by_the_poll(side: Side) -> None:
+    listener = await side.listen(poll_interval=FAST_POLL)
+    wake_at = datetime.now(UTC) + timedelta(seconds=1)
+    await side.save(snap("sleeper", position=AtDelay(task_id="t", wake_at=wake_at)))
+    assert "sleeper" in await collect(listener, {"sleeper"})
+    stats = listener.stats()
+    assert stats.notified == 0  # no NOTIFY for a timer: only the poll could see it due
+    assert stats.polled >= 1
+
+
+@session_loop
+async def test_claimed_instances_are_not_polled(side: Side, admin: psycopg.Connection[Any]) -> None:
+    await side.save(snap("busy"))
+    await side.save(snap("idle"))
+    admin.execute(
+        sql.SQL(
+            "INSERT INTO {}.claims (instance_id, worker_id, token, expires_at) "
+            "VALUES ('busy', 'w', %s, now() + interval '1 hour')"
+        ).format(sql.Identifier(side.schema)),
+        (uuid.uuid4(),),
+    )
+    listener = await side.listen(poll_interval=SLOW_POLL)
+    assert await listener.get(timeout=0) == ["idle"]
+
+
+@pytest.fixture
+def listener_role(admin: psycopg.Connection[Any], dsn: str) -> Iterator[tuple[str, str]]:
+    """A login role of its own for the listener, so a test can refuse its reconnects."""
+    role, password = f"wk_{uuid.uuid4().hex[:12]}", uuid.uuid4().hex
+    admin.execute(
+        sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
+            sql.Identifier(role), sql.Literal(password)
+        )
+    )
+    yield role, make_conninfo(dsn, user=role, password=password)
+    admin.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
+    admin.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+
+
+@session_loop
+async def test_reconnects_and_catches_up_on_work_saved_while_down(
+    listener_role: tuple[str, str], admin: psycopg.Connection[Any], side: Side
+) -> None:
+    role, conninfo = listener_role
+    schema = sql.Identifier(side.schema)
+    admin.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(schema, sql.Identifier(role)))
+    admin.execute(
+        sql.SQL("GRANT SELECT ON {}.snapshots, {}.claims TO {}").format(
+            schema, schema, sql.Identifier(role)
+        )
+    )
+    listener = await side.listen(
+        conninfo=conninfo, poll_interval=SLOW_POLL, backoff_initial=0.02, backoff_max=0.5
+    )
+    pid = listener.backend_pid
+    assert pid is not None
+    found = admin.execute(
+        "SELECT application_name FROM pg_stat_activity WHERE pid = %s", (pid,)
+    ).fetchone()
+    assert found == ("snapstore-wakeup",)
+
+    # Refuse its reconnects, then kill it (waiting until the process is gone), so
+    # these saves are committed while nobody listens: their NOTIFYs are lost.
+    admin.execute(sql.SQL("ALTER ROLE {} NOLOGIN").format(sql.Identifier(role)))
+    assert admin.execute("SELECT pg_terminate_backend(%s, 30000)", (pid,)).fetchone() == (True,)
+    down = {f"down{i}" for i in range(3)}
+    for instance_id in sorted(down):
+        await side.save(snap(instance_id))
+    await eventually(lambda: listener.backend_pid is None, "the listener to notice")
+    admin.execute(sql.SQL("ALTER ROLE {} LOGIN").format(sql.Identifier(role)))
+
+    assert set(await collect(listener, down)) == down
+    stats = listener.stats()
+    assert stats.reconnects >= 1
+    assert stats.notified == 0  # delivered by the catch-up poll after reconnecting
+    assert listener.backend_pid not in (None, pid)
+
+    await side.save(snap("after"))  # and LISTEN is active again
+    assert await collect(listener, {"after"}) == ["after"]
+    assert listener.stats().notified == 1
+    await listener.close()  # before the role is dropped
+
+
+@session_loop
+async def test_close_stops_cleanly(side: Side, admin: psycopg.Connection[Any]) -> None:
+    listener = await side.listen(poll_interval=FAST_POLL)
+    pid = listener.backend_pid
+    await listener.close()
+    await listener.close()  # idempotent
+    assert listener.closed
+    assert listener.backend_pid is None
+    assert await listener.get(timeout=None) == []  # returns at once once closed
+
+    def gone() -> bool:
+        row = admin.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = %s", (pid,))
+        return row.fetchone() == (0,)
+
+    await eventually(gone, "the LISTEN connection to end")
+    if isinstance(listener, ThreadListenerView):
+        assert not listener.listener._thread.is_alive()
+
+
+@session_loop
+async def test_bad_conninfo_fails_at_start(side: Side, dsn: str) -> None:
+    with pytest.raises(psycopg.OperationalError):
+        await side.listen(conninfo=make_conninfo(dsn, dbname=f"missing_{uuid.uuid4().hex}"))
+    assert side.backend_stats() == WakeupStats()
+
+
+# --- pure parts ----------------------------------------------------------------------------
+
+
+def test_options_are_validated() -> None:
+    bad: list[WakeupSettings] = [
+        {"maxsize": 0},
+        {"poll_interval": 0},
+        {"backoff_initial": 0},
+        {"backoff_initial": 2.0, "backoff_max": 1.0},
+    ]
+    for settings in bad:
+        with pytest.raises(ConfigurationError):
+            WakeupOptions(**settings)
+
+
+def test_queue_keeps_arrival_order_and_counts_every_outcome() -> None:
+    queue = WakeupQueue(3)
+    queue.offer(["x", "y", "x"], polled=False)
+    queue.offer(["z", "w", "y"], polled=True)
+    assert queue.take(2) == ["x", "y"]
+    assert queue.take() == ["z"]
+    stats = queue.stats()
+    assert stats == WakeupStats(
+        received=6, notified=3, polled=3, coalesced=2, dropped=1, delivered=3
+    )
+    assert balanced(stats)
+
+
+def test_backoff_doubles_to_the_cap_with_bounded_jitter() -> None:
+    backoff = Backoff(0.1, 1.0, random.Random(7))
+    nominal = [0.1, 0.2, 0.4, 0.8, 1.0, 1.0]
+    for expected in nominal:
+        assert expected / 2 <= backoff.next_delay() <= expected
+    backoff.reset()
+    assert 0.05 <= backoff.next_delay() <= 0.1
+
+
+def test_supervise_polls_after_every_connect_and_backs_off_on_errors() -> None:
+    now = [0.0]
+    program = supervise(1.0, Backoff(0.1, 1.0, random.Random(1)), clock=lambda: now[0])
+    assert next(program) == Connect(reconnect=False)
+    assert next(program) == Poll()
+    assert next(program) == Listen(1.0)
+    now[0] = 0.4
+    assert next(program) == Listen(cast(float, pytest.approx(0.6)))
+    now[0] = 1.0
+    assert next(program) == Poll()  # the interval elapsed
+    assert next(program) == Listen(1.0)
+    assert program.throw(psycopg.OperationalError("gone")) == Disconnect()
+    first = next(program)
+    assert isinstance(first, Sleep) and 0.05 <= first.delay <= 0.1
+    assert next(program) == Connect(reconnect=True)
+    assert program.throw(psycopg.OperationalError("refused")) == Disconnect()
+    second = next(program)
+    assert isinstance(second, Sleep) and 0.1 <= second.delay <= 0.2  # nominal doubled
+    assert next(program) == Connect(reconnect=True)
+    assert next(program) == Poll()  # catch-up poll right after reconnecting
+    assert next(program) == Listen(1.0)
+    assert program.throw(psycopg.OperationalError("gone again")) == Disconnect()
+    third = next(program)
+    assert isinstance(third, Sleep) and third.delay <= 0.1  # connected: schedule was reset
+
+
+def test_poll_cursor_walks_the_due_set_and_wraps_around() -> None:
+    cursor = PollCursor()
+    assert cursor.params(2) == {"limit": 2, "after_at": None, "after_id": None}
+    at = datetime(2024, 1, 1, tzinfo=UTC)
+    cursor.advance([("a", at), ("b", at)], 2)  # a full page: more may follow
+    assert cursor.params(5) == {"limit": 5, "after_at": at, "after_id": "b"}
+    cursor.advance([("c", at)], 5)  # a short page: the end, start over
+    assert cursor.params(5) == {"limit": 5, "after_at": None, "after_id": None}
