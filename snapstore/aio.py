@@ -167,7 +167,7 @@ class AsyncPostgresBackend(
 
     async def load(self, instance_id: str) -> StoredSnapshot | None:
         """The latest checkpoint with task outputs hydrated, or None."""
-        return await self._run(ops.load(instance_id, self.ctx))
+        return await self._run(ops.load(instance_id))
 
     async def load_task_result(self, instance_id: str, task_id: str) -> TaskResult | None:
         """One task's stored result (with output), or None."""

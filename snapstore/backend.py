@@ -164,7 +164,7 @@ class PostgresBackend(
 
     def load(self, instance_id: str) -> StoredSnapshot | None:
         """The latest checkpoint with task outputs hydrated, or None."""
-        return self._run(ops.load(instance_id, self.ctx))
+        return self._run(ops.load(instance_id))
 
     def load_task_result(self, instance_id: str, task_id: str) -> TaskResult | None:
         """One task's stored result (with output), or None."""

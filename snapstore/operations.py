@@ -89,7 +89,7 @@ def save_batch(ctx: Context, items: Sequence[st.PreparedSave]) -> Program[list[S
                     item.instance_id, None, st.save_failure(item, next(states))
                 )
             else:
-                ctx.tasks.remember(item.instance_id, version, item.task_results)
+                ctx.tasks.remember(item.instance_id, version, item.all_task_rows)
                 results[index] = SaveResult(item.instance_id, version)
     return [r for r in results if r is not None]
 
@@ -132,13 +132,9 @@ def save_many(ctx: Context, requests: Sequence[SaveRequest]) -> Program[list[Sav
     return [rejected[i] if i in rejected else next(saved) for i in range(len(requests))]
 
 
-def load(instance_id: str, ctx: Context | None = None) -> Program[StoredSnapshot | None]:
-    """Load; with ``ctx``, remember its task rows so the next save skips them."""
+def load(instance_id: str) -> Program[StoredSnapshot | None]:
     row = yield Step("load_snapshot", st.id_params(instance_id))
-    stored = st.interpret_load(instance_id, row)
-    if stored is not None and ctx is not None:
-        ctx.tasks.remember(instance_id, stored.version, stored.snapshot.task_results)
-    return stored
+    return st.interpret_load(instance_id, row)
 
 
 def load_task_result(instance_id: str, task_id: str) -> Program[TaskResult | None]:

@@ -158,13 +158,25 @@ class PreparedSave:
     data_hash: bytes
     terminal: bool
     notify: bool
-    task_ids: list[str]  # the task rows to write: new or changed results only
-    task_rows: list[tuple[Any, ...]]
-    task_results: Mapping[str, TaskResult]  # all of them, for the task cache
+    task_ids: list[str]  # the task rows to write: new or changed ones only
+    task_rows: list[TaskRow]
+    all_task_rows: Mapping[str, TaskRow]  # every task of the snapshot, for the task cache
 
 
-def _differs(stored: TaskResult | None, result: TaskResult) -> bool:
-    return stored is None or (stored is not result and stored != result)
+TaskRow = tuple[Any, ...]
+
+
+def task_row(codec: Codec, result: TaskResult) -> TaskRow:
+    """The tasks-table values of one result, output encoded (compared by value)."""
+    return (
+        result.status.value,
+        result.attempts,
+        result.worker_id,
+        result.started_at,
+        result.completed_at,
+        result.error,
+        encode_output(codec, result.output),
+    )
 
 
 def prepare_save(
@@ -172,12 +184,12 @@ def prepare_save(
     snapshot: WorkflowSnapshot,
     expected_version: int | None,
     claim: Claim | None = None,
-    stored_tasks: Mapping[str, TaskResult] | None = None,
+    stored_rows: Mapping[str, TaskRow] | None = None,
 ) -> PreparedSave:
     """Validate and encode a save; raises before any I/O if the input is bad.
 
-    Task results equal to ``stored_tasks`` (what the store holds at
-    ``expected_version``) are not sent again: their rows are already right.
+    Task rows equal to ``stored_rows`` (what the store holds at
+    ``expected_version``) are not sent again: they are already right.
     """
     validate_snapshot(snapshot)
     check_expected_version(expected_version)
@@ -187,8 +199,9 @@ def prepare_save(
         )
     blob = encode_snapshot(codec, snapshot)
     results = snapshot.task_results
-    stored = stored_tasks or {}
-    changed = [(t, r) for t, r in results.items() if _differs(stored.get(t), r)]
+    rows = {t: task_row(codec, r) for t, r in results.items()}
+    stored = stored_rows or {}
+    changed = [t for t, row in rows.items() if stored.get(t) != row]
     position = snapshot.position
     return PreparedSave(
         instance_id=snapshot.instance_id,
@@ -210,20 +223,9 @@ def prepare_save(
         terminal=snapshot.status.is_terminal,
         # A claimant keeps driving its instance; others learn of it when it is released.
         notify=claim is None and snapshot.status is WorkflowStatus.IN_PROGRESS,
-        task_ids=[t for t, r in changed],
-        task_rows=[
-            (
-                r.status.value,
-                r.attempts,
-                r.worker_id,
-                r.started_at,
-                r.completed_at,
-                r.error,
-                encode_output(codec, r.output),
-            )
-            for _, r in changed
-        ],
-        task_results=results,
+        task_ids=changed,
+        task_rows=[rows[t] for t in changed],
+        all_task_rows=rows,
     )
 
 

@@ -1,9 +1,10 @@
 """Remembers which task rows a store already holds, so saves send only what changed.
 
-After a save (or load) at version v, the tasks table holds exactly that
-snapshot's task results. A later save with ``expected_version == v`` can then
-skip every task result equal to the remembered one: if the CAS succeeds, the
-row is already right; if it fails, nothing is written anyway. This keeps a
+After a save at version v, the tasks table holds exactly that snapshot's task
+rows. A later save with ``expected_version == v`` can then skip every row
+equal to the remembered one (compared by value, encoded output included, so
+in-place mutation of an output is still seen): if the CAS succeeds, the row is
+already right; if it fails, nothing is written anyway. This keeps a
 long workflow's per-save cost proportional to what changed, not to its length.
 """
 
@@ -14,21 +15,21 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Final
 
-from snapstore.model import TaskResult
+from snapstore.statements import TaskRow
 
 DEFAULT_MAX_INSTANCES: Final = 10_000
 
 
 class TaskCache:
-    """A bounded, thread-safe LRU of instance id -> (version, task results)."""
+    """A bounded, thread-safe LRU of instance id -> (version, task rows)."""
 
     def __init__(self, max_instances: int = DEFAULT_MAX_INSTANCES) -> None:
         self._max = max_instances
         self._lock = threading.Lock()
-        self._data: OrderedDict[str, tuple[int, Mapping[str, TaskResult]]] = OrderedDict()
+        self._data: OrderedDict[str, tuple[int, Mapping[str, TaskRow]]] = OrderedDict()
 
-    def known(self, instance_id: str, expected_version: int | None) -> Mapping[str, TaskResult]:
-        """Task results stored at ``expected_version``, if that is the remembered version."""
+    def known(self, instance_id: str, expected_version: int | None) -> Mapping[str, TaskRow]:
+        """Task rows stored at ``expected_version``, if that is the remembered version."""
         if expected_version is None:
             return {}
         with self._lock:
@@ -38,12 +39,12 @@ class TaskCache:
             self._data.move_to_end(instance_id)
             return entry[1]
 
-    def remember(self, instance_id: str, version: int, results: Mapping[str, TaskResult]) -> None:
+    def remember(self, instance_id: str, version: int, rows: Mapping[str, TaskRow]) -> None:
         with self._lock:
             current = self._data.get(instance_id)
             if current is not None and current[0] > version:
                 return  # a newer save already landed
-            self._data[instance_id] = (version, results)
+            self._data[instance_id] = (version, rows)
             self._data.move_to_end(instance_id)
             while len(self._data) > self._max:
                 self._data.popitem(last=False)

@@ -37,7 +37,7 @@ def test_each_task_row_is_written_by_the_save_that_introduced_it(
     # ...because the next save would send only the new row, not all thirty again
     outputs["t30"] = "new"
     item = ops.prepare(backend.ctx, snap("long", outputs), version, None)
-    assert item.task_ids == ["t30"] and len(item.task_results) == 31
+    assert item.task_ids == ["t30"] and len(item.all_task_rows) == 31
     stored = backend.load("long")
     del outputs["t30"]
     assert stored is not None and stored.snapshot == snap("long", outputs)
@@ -63,9 +63,20 @@ def test_changed_results_are_written_and_other_writers_are_not_masked(
         assert final is not None and final.snapshot == snap("x", {"a": 1, "b": 0})
 
 
+def test_in_place_mutation_of_an_output_is_still_written(
+    backend: PostgresBackend[JsonCodec],
+) -> None:
+    output = {"n": 1}
+    version = backend.save(snap("m", {"a": output}))
+    output["n"] = 2  # the frozen TaskResult still holds this very dict
+    backend.save(snap("m", {"a": output}), expected_version=version)
+    result = backend.load_task_result("m", "a")
+    assert result is not None and result.output == {"n": 2}
+
+
 def test_cache_keeps_the_newest_version_and_is_bounded() -> None:
     cache = TaskCache(max_instances=2)
-    results = {"a": TaskResult(output=1)}
+    results = {"a": ("Completed", 1, None, None, None, None, b"x")}
     cache.remember("i", 3, results)
     cache.remember("i", 2, {})  # an older save finishing late must not win
     assert cache.known("i", 3) == results and cache.known("i", 2) == {}
