@@ -1,13 +1,620 @@
-"""Cancel/pause signals and buffered external events."""
+"""Cancel/pause signals and buffered external events.
+
+A signal row is a *pending* request: it exists only while no checkpoint has applied
+it yet. When nobody drives an instance (no live claim), `cancel` and `pause` apply at
+once through an ordinary checkpoint; when a worker holds a live lease, changing the
+status under its feet would only make its next fenced save fail, so the request is
+stored and the worker applies it at a safe point with `check_and_cancel` /
+`check_and_pause`.
+
+Events follow the same split: an instance parked `AtSignal` on that event name is
+resumed at once by `send_event`; otherwise the event is buffered FIFO per (instance,
+name) and the engine consumes it together with its next checkpoint (`consume_event`,
+`park`) in one transaction, so an event is never lost and never applied twice.
+
+Every write program first locks the instance's snapshot row (``lock_instance``), so
+signal and event programs on one instance are serialised with each other and with
+saves. All logic lives in the generator programs and pure functions below; the sync
+and async mixins only run them, like `snapstore.operations`.
+"""
 
 from __future__ import annotations
 
+import enum
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any, Final
+
+import msgspec
+
+from snapstore import operations as ops
+from snapstore import statements as st
+from snapstore.codecs import Codec, open_value, seal_value
+from snapstore.errors import (
+    ConflictError,
+    DecodeError,
+    NotFoundError,
+    TerminalStateError,
+    ValidationError,
+)
+from snapstore.model import (
+    AtSignal,
+    AtTask,
+    Claim,
+    TaskResult,
+    TaskStatus,
+    WorkflowSnapshot,
+    WorkflowStatus,
+)
+from snapstore.operations import Context, Fetch, Program, Step
 from snapstore.runner import AsyncRunner, SyncRunner
+
+DEFAULT_EVENT_PAGE: Final = 100
+
+
+class SignalKind(enum.StrEnum):
+    """What a signal asks of an instance."""
+
+    CANCEL = "cancel"
+    PAUSE = "pause"
+
+
+class SignalOutcome(enum.StrEnum):
+    """What `cancel`, `pause` and `unpause` did."""
+
+    APPLIED = "applied"
+    """The status changed now, through a new checkpoint."""
+    PENDING = "pending"
+    """A live claim holds the instance: the request waits for the claimant to apply it."""
+    WITHDRAWN = "withdrawn"
+    """`unpause` removed a pending pause that no worker had applied yet."""
+    UNCHANGED = "unchanged"
+    """The instance was already in the requested state; nothing was written."""
+
+
+class EventOutcome(enum.StrEnum):
+    """What `send_event` did with an event."""
+
+    RESUMED = "resumed"
+    """The instance was parked on this event name and advanced in a new checkpoint."""
+    BUFFERED = "buffered"
+    """The event waits, FIFO per name, for the engine to consume it."""
+
+
+class Signal(msgspec.Struct, frozen=True, kw_only=True):
+    """A pending cancel or pause request."""
+
+    instance_id: str
+    kind: SignalKind
+    reason: str | None = None
+    created_at: datetime | None = None
+
+
+class Event(msgspec.Struct, frozen=True, kw_only=True):
+    """A buffered external event. ``id`` orders events and names one to `consume_event`."""
+
+    id: int
+    instance_id: str
+    name: str
+    payload: Any = None
+    created_at: datetime | None = None
+
+
+class ParkResult(msgspec.Struct, frozen=True, kw_only=True):
+    """What `park` saved: the parked checkpoint (``event`` None), or, when a matching
+    event was already buffered, the checkpoint resumed with it (``event`` consumed)."""
+
+    version: int
+    snapshot: WorkflowSnapshot
+    event: Event | None = None
+
+
+class _Target(msgspec.Struct, frozen=True):
+    """The locked snapshot row of an instance a program is about to change."""
+
+    instance_id: str
+    version: int
+    status: WorkflowStatus
+    position_kind: str
+
+
+CANCEL: Final = SignalKind.CANCEL
+PAUSE: Final = SignalKind.PAUSE
+_APPLIED_STATUS: Final = {
+    SignalKind.CANCEL: WorkflowStatus.CANCELLED,
+    SignalKind.PAUSE: WorkflowStatus.PAUSED,
+}
+
+
+# --- pure functions: validation, parameters, row interpretation -------------------------
+
+
+def signal_kind(kind: object) -> SignalKind:
+    """``kind`` as a `SignalKind`; anything else is a `ValidationError` before any I/O."""
+    try:
+        return SignalKind(kind)  # type: ignore[arg-type]  # validated right here
+    except (ValueError, TypeError):
+        names = ", ".join(k.value for k in SignalKind)
+        raise ValidationError(f"unknown signal kind {kind!r} (expected one of {names})") from None
+
+
+def _reason(reason: object) -> str | None:
+    if reason is None:
+        return None
+    if not isinstance(reason, str) or "\x00" in reason:
+        raise ValidationError("reason must be None or a str without NUL characters")
+    return reason
+
+
+def signal_params(instance_id: str, kind: object, reason: object = None) -> st.Params:
+    return {
+        **st.id_params(instance_id),
+        "kind": signal_kind(kind).value,
+        "reason": _reason(reason),
+    }
+
+
+def signal_filter_params(instance_id: str, kind: object | None) -> st.Params:
+    """Parameters of the statements where a NULL kind means every kind."""
+    return {**st.id_params(instance_id), "kind": None if kind is None else signal_kind(kind).value}
+
+
+def event_params(codec: Codec, instance_id: str, name: str, payload: Any) -> st.Params:
+    """Validates and seals the payload up front, so an unencodable event writes nothing."""
+    return {
+        **st.id_params(instance_id),
+        "name": st._check_id("event name", name),
+        "payload": seal_value(codec, payload),
+    }
+
+
+def peek_params(instance_id: str, name: str | None, limit: int) -> st.Params:
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= st.MAX_PAGE_SIZE:
+        raise ValidationError(f"limit must be an int in 1..{st.MAX_PAGE_SIZE}")
+    return {
+        **st.id_params(instance_id),
+        "name": None if name is None else st._check_id("event name", name),
+        "limit": limit,
+    }
+
+
+def take_params(event_id: int, snapshot: WorkflowSnapshot) -> st.Params:
+    if isinstance(event_id, bool) or not isinstance(event_id, int):
+        raise ValidationError("event_id must be the int id of a buffered Event")
+    st.validate_snapshot(snapshot)
+    return {"event_id": event_id, "instance_id": snapshot.instance_id}
+
+
+def interpret_target(instance_id: str, row: st.Row | None) -> _Target:
+    """The locked row; signals and events need an existing, non-terminal instance."""
+    if row is None:
+        raise NotFoundError(f"instance {instance_id!r} does not exist")
+    status = WorkflowStatus(row[1])
+    if status.is_terminal:
+        raise TerminalStateError(instance_id, status.value)
+    return _Target(instance_id, int(row[0]), status, row[2])
+
+
+def _exists(instance_id: str, exists: bool) -> None:
+    if not exists:
+        raise NotFoundError(f"instance {instance_id!r} does not exist")
+
+
+def interpret_signals(instance_id: str, rows: Sequence[st.Row]) -> list[Signal]:
+    _exists(instance_id, bool(rows and rows[0][0]))
+    return [
+        Signal(instance_id=instance_id, kind=SignalKind(kind), reason=reason, created_at=at)
+        for _, kind, reason, at in rows
+        if kind is not None
+    ]
+
+
+def _open_payload(instance_id: str, event_id: int, payload: bytes | None) -> Any:
+    try:
+        return None if payload is None else open_value(payload)
+    except DecodeError as exc:
+        raise DecodeError(f"event {event_id}: {exc}", instance_id=instance_id) from exc
+
+
+def interpret_event(instance_id: str, row: st.Row) -> Event:
+    event_id, name, payload, created_at = row
+    return Event(
+        id=int(event_id),
+        instance_id=instance_id,
+        name=name,
+        payload=_open_payload(instance_id, int(event_id), payload),
+        created_at=created_at,
+    )
+
+
+def interpret_events(instance_id: str, rows: Sequence[st.Row]) -> list[Event]:
+    _exists(instance_id, bool(rows and rows[0][0]))
+    return [interpret_event(instance_id, row[1:]) for row in rows if row[1] is not None]
+
+
+def is_parked_on(snapshot: WorkflowSnapshot, name: str) -> bool:
+    """Whether event ``name`` is what the instance waits for (so it resumes it)."""
+    position = snapshot.position
+    return (
+        snapshot.status is WorkflowStatus.IN_PROGRESS
+        and isinstance(position, AtSignal)
+        and position.signal_name == name
+    )
+
+
+def resumed_by_event(snapshot: WorkflowSnapshot, payload: Any) -> WorkflowSnapshot:
+    """The checkpoint after the awaited event arrives: the parked task completes with the
+    payload as its output and becomes the current task, so the engine continues from it."""
+    position = snapshot.position
+    if not isinstance(position, AtSignal):
+        raise ValidationError("only a checkpoint positioned AtSignal can be resumed by an event")
+    result = TaskResult(status=TaskStatus.COMPLETED, output=payload)
+    return msgspec.structs.replace(
+        snapshot,
+        position=AtTask(task_id=position.task_id),
+        task_results={**snapshot.task_results, position.task_id: result},
+    )
+
+
+def parked_on(snapshot: WorkflowSnapshot) -> str:
+    """The event name a checkpoint handed to `park` waits for."""
+    st.validate_snapshot(snapshot)
+    position = snapshot.position
+    if snapshot.status is not WorkflowStatus.IN_PROGRESS or not isinstance(position, AtSignal):
+        raise ValidationError("park needs an InProgress snapshot positioned AtSignal")
+    return position.signal_name
+
+
+# --- programs -----------------------------------------------------------------------------
+
+
+def _lock(instance_id: str) -> Program[_Target]:
+    row = yield Step("lock_instance", st.id_params(instance_id))
+    return interpret_target(instance_id, row)
+
+
+def _signal_state(target: _Target) -> Program[tuple[bool, frozenset[SignalKind]]]:
+    """(a live claim holds the instance, the pending signal kinds); run after `_lock`."""
+    claimed, kinds = yield Step("signal_state", st.id_params(target.instance_id))
+    return bool(claimed), frozenset(SignalKind(k) for k in kinds)
+
+
+def _load_locked(target: _Target) -> Program[WorkflowSnapshot]:
+    """The current checkpoint of the instance `_lock` locked (task outputs hydrated)."""
+    stored = yield from ops.load(target.instance_id)
+    if stored is None or stored.version != target.version:  # impossible while we hold the lock
+        raise ConflictError(target.instance_id, target.version, stored.version if stored else None)
+    return stored.snapshot
+
+
+def _set_status(
+    ctx: Context, target: _Target, status: WorkflowStatus, claim: Claim | None
+) -> Program[int]:
+    """A checkpoint of the locked instance that changes only its status. It goes through
+    `operations.save` (CAS on the locked version, fenced by ``claim``), so the new version,
+    history row, completed_at and wakeup NOTIFY are exactly those of a normal save.
+
+    Programs here make the save their last statement: the save records what it wrote in
+    the process-wide task cache, and a later statement failing would roll the write back
+    behind the cache's back."""
+    snapshot = yield from _load_locked(target)
+    changed = msgspec.structs.replace(snapshot, status=status)
+    return (yield from ops.save(ctx, changed, target.version, claim))
+
+
+def _clear(instance_id: str, kind: SignalKind | None) -> Program[bool]:
+    exists, removed = yield Step("delete_signals", signal_filter_params(instance_id, kind))
+    _exists(instance_id, bool(exists))
+    return bool(removed)
+
+
+def _apply_signal(
+    ctx: Context, target: _Target, kind: SignalKind, claim: Claim | None
+) -> Program[None]:
+    """Checkpoint the status ``kind`` asks for and drop what it settles: a cancel ends the
+    instance, so no other request can still apply; a pause settles only the pause.
+    The save comes last (see `_set_status`)."""
+    yield from _clear(target.instance_id, None if kind is SignalKind.CANCEL else kind)
+    yield from _set_status(ctx, target, _APPLIED_STATUS[kind], claim)
+
+
+def store_signal(instance_id: str, kind: SignalKind | str, reason: str | None) -> Program[Signal]:
+    params = signal_params(instance_id, kind, reason)
+    yield from _lock(instance_id)
+    _, kind_, reason_, created_at = yield Step("put_signal", params)
+    return Signal(
+        instance_id=instance_id, kind=SignalKind(kind_), reason=reason_, created_at=created_at
+    )
+
+
+def read_signals(instance_id: str, kind: SignalKind | str | None) -> Program[list[Signal]]:
+    rows = yield Step("read_signals", signal_filter_params(instance_id, kind), Fetch.ALL)
+    return interpret_signals(instance_id, rows)
+
+
+def read_signal(instance_id: str, kind: SignalKind | str) -> Program[Signal | None]:
+    signals = yield from read_signals(instance_id, signal_kind(kind))
+    return signals[0] if signals else None
+
+
+def clear_signal(instance_id: str, kind: SignalKind | str | None) -> Program[bool]:
+    return (yield from _clear(instance_id, None if kind is None else signal_kind(kind)))
+
+
+def request(
+    ctx: Context, instance_id: str, kind: SignalKind, reason: str | None
+) -> Program[SignalOutcome]:
+    """`cancel`/`pause`: apply now when no live claim holds the instance, else leave the
+    request pending for the claimant. A Paused instance is driven by nobody even if a
+    lease on it has not run out yet, so requests against it apply at once too."""
+    params = signal_params(instance_id, kind, reason)
+    target = yield from _lock(instance_id)
+    if target.status is _APPLIED_STATUS[kind]:
+        return SignalOutcome.UNCHANGED
+    claimed, _ = yield from _signal_state(target)
+    if claimed and target.status is not WorkflowStatus.PAUSED:
+        yield Step("put_signal", params)
+        return SignalOutcome.PENDING
+    yield from _apply_signal(ctx, target, kind, None)
+    return SignalOutcome.APPLIED
+
+
+def unpause(ctx: Context, instance_id: str) -> Program[SignalOutcome]:
+    """Paused -> InProgress (the save NOTIFYs: the instance is dispatchable again), and
+    any pause signal goes, so a worker cannot re-pause the instance from a stale request."""
+    target = yield from _lock(instance_id)
+    withdrawn = yield from _clear(instance_id, SignalKind.PAUSE)
+    if target.status is WorkflowStatus.PAUSED:
+        yield from _set_status(ctx, target, WorkflowStatus.IN_PROGRESS, None)
+        return SignalOutcome.APPLIED
+    return SignalOutcome.WITHDRAWN if withdrawn else SignalOutcome.UNCHANGED
+
+
+def check_and_apply(
+    ctx: Context, instance_id: str, kind: SignalKind, claim: Claim | None
+) -> Program[Signal | None]:
+    """Worker side: apply a pending ``kind`` signal in a checkpoint fenced by ``claim`` and
+    clear it; the applied signal (with its reason), or None if none was pending. If the
+    lease is lost the save raises `ClaimLostError`, the transaction rolls back and the
+    signal stays pending for whoever holds the instance next."""
+    target = yield from _lock(instance_id)
+    signal = yield from read_signal(instance_id, kind)
+    if signal is not None:
+        yield from _apply_signal(ctx, target, kind, claim)
+    return signal
+
+
+def _take_oldest(instance_id: str, name: str) -> Program[Event | None]:
+    row = yield Step("take_oldest_event", {"instance_id": instance_id, "name": name})
+    return None if row is None else interpret_event(instance_id, row)
+
+
+def _parked(ctx: Context, target: _Target, name: str) -> Program[WorkflowSnapshot | None]:
+    """The locked instance's checkpoint if it waits for event ``name``, else None. The
+    narrow row's status and position kind spare decoding the blob in the common case."""
+    if target.status is not WorkflowStatus.IN_PROGRESS or target.position_kind != "AtSignal":
+        return None
+    snapshot = yield from _load_locked(target)
+    return snapshot if is_parked_on(snapshot, name) else None
+
+
+def send_event(ctx: Context, instance_id: str, name: str, payload: Any) -> Program[EventOutcome]:
+    """Resume an instance parked on ``name`` at once, else buffer the event.
+
+    Under the instance lock, so of concurrent senders exactly one resumes it and the
+    rest buffer. If events of that name were already buffered (the engine parked without
+    `park`), the oldest of them resumes the instance and this one queues behind: FIFO."""
+    params = event_params(ctx.codec, instance_id, name, payload)
+    target = yield from _lock(instance_id)
+    parked = yield from _parked(ctx, target, name)
+    older = None if parked is None else (yield from _take_oldest(instance_id, name))
+    if parked is None or older is not None:
+        yield Step("push_event", params, Fetch.NONE)
+    if parked is None:
+        return EventOutcome.BUFFERED
+    value = payload if older is None else older.payload
+    yield from ops.save(ctx, resumed_by_event(parked, value), target.version, None)
+    return EventOutcome.RESUMED
+
+
+def peek_events(instance_id: str, name: str | None, limit: int) -> Program[list[Event]]:
+    rows = yield Step("read_events", peek_params(instance_id, name, limit), Fetch.ALL)
+    return interpret_events(instance_id, rows)
+
+
+def consume_event(
+    ctx: Context,
+    event_id: int,
+    snapshot: WorkflowSnapshot,
+    expected_version: int,
+    claim: Claim | None,
+) -> Program[int]:
+    """Delete event ``event_id`` and save ``snapshot`` in one transaction. A failed save
+    raises its typed error and rolls the delete back, so the event stays buffered."""
+    params = take_params(event_id, snapshot)
+    if (yield Step("take_event", params)) is None:
+        if (yield Step("event_state", params)) is None:
+            raise NotFoundError(
+                f"event {event_id} of instance {snapshot.instance_id!r} is not buffered"
+                " (already consumed, or never sent to this instance)"
+            )
+        raise ValidationError(f"event {event_id} is not the oldest buffered event of its name")
+    return (yield from ops.save(ctx, snapshot, expected_version, claim))
+
+
+def park(
+    ctx: Context, snapshot: WorkflowSnapshot, expected_version: int | None, claim: Claim | None
+) -> Program[ParkResult]:
+    """Save an AtSignal checkpoint unless a matching event is already buffered; then
+    consume the oldest one and save the resumed checkpoint instead.
+
+    Checking `peek_events` and then saving the parked checkpoint separately can lose an
+    event sent in between (buffered because the instance was not yet parked); holding
+    the instance lock across the check and the save closes that window."""
+    name = parked_on(snapshot)
+    yield Step("lock_instance", st.id_params(snapshot.instance_id))
+    event = yield from _take_oldest(snapshot.instance_id, name)
+    if event is not None:
+        snapshot = resumed_by_event(snapshot, event.payload)
+    version = yield from ops.save(ctx, snapshot, expected_version, claim)
+    return ParkResult(version=version, snapshot=snapshot, event=event)
+
+
+# --- I/O shells ----------------------------------------------------------------------------
+# Each method only builds a program and runs it (in one transaction when it writes).
 
 
 class SignalsMixin(SyncRunner):
     """Cancel/pause signals and buffered external events. (sync)"""
 
+    def store_signal(
+        self, instance_id: str, kind: SignalKind | str, reason: str | None = None
+    ) -> Signal:
+        """Record a pending signal as is (no claim check; see `cancel`/`pause` for that).
+        `ValidationError` for an unknown kind, `NotFoundError`, `TerminalStateError`."""
+        return self._run(store_signal(instance_id, kind, reason), transaction=True)
+
+    def get_signals(self, instance_id: str) -> list[Signal]:
+        """The pending signals of an instance (`NotFoundError` if it does not exist)."""
+        return self._run(read_signals(instance_id, None))
+
+    def get_signal(self, instance_id: str, kind: SignalKind | str) -> Signal | None:
+        """The pending ``kind`` signal, or None."""
+        return self._run(read_signal(instance_id, kind))
+
+    def clear_signal(self, instance_id: str, kind: SignalKind | str | None = None) -> bool:
+        """Drop the pending ``kind`` signal (every kind when None); whether one existed."""
+        return self._run(clear_signal(instance_id, kind), transaction=True)
+
+    def cancel(self, instance_id: str, reason: str | None = None) -> SignalOutcome:
+        """Cancel now (APPLIED) unless a live claim holds the instance (PENDING)."""
+        return self._run(request(self.ctx, instance_id, CANCEL, reason), transaction=True)
+
+    def pause(self, instance_id: str, reason: str | None = None) -> SignalOutcome:
+        """Pause now (APPLIED) unless a live claim holds the instance (PENDING)."""
+        return self._run(request(self.ctx, instance_id, PAUSE, reason), transaction=True)
+
+    def unpause(self, instance_id: str) -> SignalOutcome:
+        """Resume a Paused instance (APPLIED) or withdraw a pending pause (WITHDRAWN)."""
+        return self._run(unpause(self.ctx, instance_id), transaction=True)
+
+    def check_and_cancel(self, instance_id: str, claim: Claim | None = None) -> Signal | None:
+        """Apply a pending cancel (fenced by ``claim``); the signal applied, or None."""
+        return self._run(check_and_apply(self.ctx, instance_id, CANCEL, claim), transaction=True)
+
+    def check_and_pause(self, instance_id: str, claim: Claim | None = None) -> Signal | None:
+        """Apply a pending pause (fenced by ``claim``); the signal applied, or None."""
+        return self._run(check_and_apply(self.ctx, instance_id, PAUSE, claim), transaction=True)
+
+    def send_event(self, instance_id: str, name: str, payload: Any = None) -> EventOutcome:
+        """Resume the instance if parked on ``name`` (RESUMED), else buffer it (BUFFERED)."""
+        return self._run(send_event(self.ctx, instance_id, name, payload), transaction=True)
+
+    def peek_events(
+        self, instance_id: str, name: str | None = None, *, limit: int = DEFAULT_EVENT_PAGE
+    ) -> list[Event]:
+        """Buffered events (of ``name``, or all), oldest first, without consuming them."""
+        return self._run(peek_events(instance_id, name, limit))
+
+    def consume_event(
+        self,
+        event_id: int,
+        snapshot: WorkflowSnapshot,
+        expected_version: int,
+        *,
+        claim: Claim | None = None,
+    ) -> int:
+        """Consume a peeked event and save the checkpoint it led to, atomically."""
+        return self._run(
+            consume_event(self.ctx, event_id, snapshot, expected_version, claim), transaction=True
+        )
+
+    def park(
+        self,
+        snapshot: WorkflowSnapshot,
+        expected_version: int | None,
+        *,
+        claim: Claim | None = None,
+    ) -> ParkResult:
+        """Save an AtSignal checkpoint, or resume at once with an already buffered event."""
+        return self._run(park(self.ctx, snapshot, expected_version, claim), transaction=True)
+
 
 class AsyncSignalsMixin(AsyncRunner):
     """Cancel/pause signals and buffered external events. (async)"""
+
+    async def store_signal(
+        self, instance_id: str, kind: SignalKind | str, reason: str | None = None
+    ) -> Signal:
+        """Record a pending signal as is (no claim check; see `cancel`/`pause` for that).
+        `ValidationError` for an unknown kind, `NotFoundError`, `TerminalStateError`."""
+        return await self._run(store_signal(instance_id, kind, reason), transaction=True)
+
+    async def get_signals(self, instance_id: str) -> list[Signal]:
+        """The pending signals of an instance (`NotFoundError` if it does not exist)."""
+        return await self._run(read_signals(instance_id, None))
+
+    async def get_signal(self, instance_id: str, kind: SignalKind | str) -> Signal | None:
+        """The pending ``kind`` signal, or None."""
+        return await self._run(read_signal(instance_id, kind))
+
+    async def clear_signal(self, instance_id: str, kind: SignalKind | str | None = None) -> bool:
+        """Drop the pending ``kind`` signal (every kind when None); whether one existed."""
+        return await self._run(clear_signal(instance_id, kind), transaction=True)
+
+    async def cancel(self, instance_id: str, reason: str | None = None) -> SignalOutcome:
+        """Cancel now (APPLIED) unless a live claim holds the instance (PENDING)."""
+        return await self._run(request(self.ctx, instance_id, CANCEL, reason), transaction=True)
+
+    async def pause(self, instance_id: str, reason: str | None = None) -> SignalOutcome:
+        """Pause now (APPLIED) unless a live claim holds the instance (PENDING)."""
+        return await self._run(request(self.ctx, instance_id, PAUSE, reason), transaction=True)
+
+    async def unpause(self, instance_id: str) -> SignalOutcome:
+        """Resume a Paused instance (APPLIED) or withdraw a pending pause (WITHDRAWN)."""
+        return await self._run(unpause(self.ctx, instance_id), transaction=True)
+
+    async def check_and_cancel(self, instance_id: str, claim: Claim | None = None) -> Signal | None:
+        """Apply a pending cancel (fenced by ``claim``); the signal applied, or None."""
+        return await self._run(
+            check_and_apply(self.ctx, instance_id, CANCEL, claim), transaction=True
+        )
+
+    async def check_and_pause(self, instance_id: str, claim: Claim | None = None) -> Signal | None:
+        """Apply a pending pause (fenced by ``claim``); the signal applied, or None."""
+        return await self._run(
+            check_and_apply(self.ctx, instance_id, PAUSE, claim), transaction=True
+        )
+
+    async def send_event(self, instance_id: str, name: str, payload: Any = None) -> EventOutcome:
+        """Resume the instance if parked on ``name`` (RESUMED), else buffer it (BUFFERED)."""
+        return await self._run(send_event(self.ctx, instance_id, name, payload), transaction=True)
+
+    async def peek_events(
+        self, instance_id: str, name: str | None = None, *, limit: int = DEFAULT_EVENT_PAGE
+    ) -> list[Event]:
+        """Buffered events (of ``name``, or all), oldest first, without consuming them."""
+        return await self._run(peek_events(instance_id, name, limit))
+
+    async def consume_event(
+        self,
+        event_id: int,
+        snapshot: WorkflowSnapshot,
+        expected_version: int,
+        *,
+        claim: Claim | None = None,
+    ) -> int:
+        """Consume a peeked event and save the checkpoint it led to, atomically."""
+        return await self._run(
+            consume_event(self.ctx, event_id, snapshot, expected_version, claim), transaction=True
+        )
+
+    async def park(
+        self,
+        snapshot: WorkflowSnapshot,
+        expected_version: int | None,
+        *,
+        claim: Claim | None = None,
+    ) -> ParkResult:
+        """Save an AtSignal checkpoint, or resume at once with an already buffered event."""
+        return await self._run(park(self.ctx, snapshot, expected_version, claim), transaction=True)

@@ -1,0 +1,91 @@
+-- Cancel/pause signals and buffered external events. "@schema@" is replaced by the
+-- validated, quoted schema name; values are always bound parameters (%(name)s).
+-- Every program that changes signals or resumes an instance first takes `lock_instance`,
+-- so those programs (and concurrent saves of the same instance) run one at a time.
+
+-- name: lock_instance
+-- Serialises signal and event programs on one instance. Only the locked row is read here:
+-- under READ COMMITTED the follow-up statements take a fresh snapshot once the lock is
+-- held, so they see everything committed by whoever held the lock before us.
+SELECT s.version, s.status, s.position_kind
+FROM @schema@.snapshots AS s
+WHERE s.instance_id = %(instance_id)s
+FOR UPDATE;
+
+-- name: signal_state
+-- Whether a live claim (a worker driving the instance) exists, and the pending signals.
+SELECT EXISTS (
+        SELECT 1 FROM @schema@.claims AS c
+        WHERE c.instance_id = %(instance_id)s AND c.expires_at > now()),
+    ARRAY(SELECT g.kind FROM @schema@.signals AS g
+          WHERE g.instance_id = %(instance_id)s ORDER BY g.kind);
+
+-- name: put_signal
+-- A repeated request keeps the first one's time and reason: the signal is still the same one.
+INSERT INTO @schema@.signals AS g (instance_id, kind, reason)
+VALUES (%(instance_id)s, %(kind)s, %(reason)s)
+ON CONFLICT (instance_id, kind) DO UPDATE SET reason = COALESCE(g.reason, EXCLUDED.reason)
+RETURNING g.instance_id, g.kind, g.reason, g.created_at;
+
+-- name: read_signals
+-- One row even when nothing is pending, so an unknown instance can be told apart.
+SELECT s.instance_id IS NOT NULL, g.kind, g.reason, g.created_at
+FROM (SELECT %(instance_id)s::text AS instance_id) AS k
+LEFT JOIN @schema@.snapshots AS s ON s.instance_id = k.instance_id
+LEFT JOIN @schema@.signals AS g ON g.instance_id = k.instance_id
+    AND (%(kind)s::text IS NULL OR g.kind = %(kind)s::text)
+ORDER BY g.kind;
+
+-- name: delete_signals
+-- Removes one kind (or all, for a NULL kind) and says whether the instance exists.
+WITH gone AS (
+    DELETE FROM @schema@.signals
+    WHERE instance_id = %(instance_id)s AND (%(kind)s::text IS NULL OR kind = %(kind)s::text)
+    RETURNING 1
+)
+SELECT EXISTS (SELECT 1 FROM @schema@.snapshots WHERE instance_id = %(instance_id)s),
+    (SELECT count(*) FROM gone);
+
+-- name: push_event
+INSERT INTO @schema@.events (instance_id, name, payload)
+VALUES (%(instance_id)s, %(name)s, %(payload)s);
+
+-- name: read_events
+-- Buffered events, oldest first; one row even when none are buffered (see read_signals).
+SELECT s.instance_id IS NOT NULL, e.id, e.name, e.payload, e.created_at
+FROM (SELECT %(instance_id)s::text AS instance_id) AS k
+LEFT JOIN @schema@.snapshots AS s ON s.instance_id = k.instance_id
+LEFT JOIN LATERAL (
+    SELECT v.id, v.name, v.payload, v.created_at
+    FROM @schema@.events AS v
+    WHERE v.instance_id = k.instance_id AND (%(name)s::text IS NULL OR v.name = %(name)s::text)
+    ORDER BY v.id
+    LIMIT %(limit)s
+) AS e ON true
+ORDER BY e.id;
+
+-- name: take_event
+-- Consumes one event by id, but only the oldest of its name: FIFO per (instance, name).
+-- A concurrent consumer of the same event blocks on its row lock and then finds it gone.
+DELETE FROM @schema@.events AS e
+WHERE e.id = %(event_id)s AND e.instance_id = %(instance_id)s
+  AND NOT EXISTS (
+      SELECT 1 FROM @schema@.events AS o
+      WHERE o.instance_id = e.instance_id AND o.name = e.name AND o.id < e.id)
+RETURNING e.id, e.name, e.payload, e.created_at;
+
+-- name: event_state
+-- Why take_event found nothing: the event is gone, or an older one of its name is waiting.
+SELECT e.name
+FROM @schema@.events AS e
+WHERE e.id = %(event_id)s AND e.instance_id = %(instance_id)s;
+
+-- name: take_oldest_event
+DELETE FROM @schema@.events
+WHERE id = (
+    SELECT v.id FROM @schema@.events AS v
+    WHERE v.instance_id = %(instance_id)s AND v.name = %(name)s
+    ORDER BY v.id
+    LIMIT 1
+    FOR UPDATE)
+RETURNING id, name, payload, created_at;

@@ -1,0 +1,553 @@
+"""Signals (cancel/pause) and external events, on both PostgreSQL backends.
+
+Each scenario is written once as a coroutine over `Twin`, which awaits the async
+backend and runs the sync one in a worker thread: concurrent scenarios then really
+overlap for both twins. Claims are inserted as plain rows (the claims API is built
+elsewhere), with expiry relative to the server clock, so nothing here depends on timing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from datetime import datetime
+from typing import Any
+
+import msgspec
+import psycopg
+import pytest
+
+from snapstore import (
+    AtSignal,
+    AtTask,
+    NotFoundError,
+    TaskResult,
+    TaskStatus,
+    TerminalStateError,
+    ValidationError,
+    WorkflowSnapshot,
+    WorkflowStatus,
+)
+from snapstore.errors import ClaimLostError, ConflictError, EncodeError
+from snapstore.model import Claim
+from snapstore.queries import bind_schema, wakeup_channel
+from snapstore.signals import (
+    Event,
+    EventOutcome,
+    ParkResult,
+    Signal,
+    SignalKind,
+    SignalOutcome,
+)
+
+IID = "wf-1"
+
+
+class Twin:
+    """One backend, either flavour, with every method awaitable.
+
+    ``await twin.cancel(...)`` calls the same-named backend method. ``sql`` runs raw
+    SQL on its own connection so assertions see exactly what the store committed.
+    """
+
+    def __init__(self, backend: Any, dsn: str) -> None:
+        self.backend = backend
+        self.dsn = dsn
+        self.schema: str = backend.schema
+
+    def __getattr__(self, name: str) -> Callable[..., Awaitable[Any]]:
+        method = getattr(self.backend, name)
+
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            if inspect.iscoroutinefunction(method):
+                return await method(*args, **kwargs)
+            return await asyncio.to_thread(method, *args, **kwargs)
+
+        return call
+
+    def sql(self, query: str, params: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            cur = conn.execute(bind_schema(query, self.schema).encode(), params)
+            return cur.fetchall() if cur.description else []
+
+    def claim(self, instance_id: str = IID, *, live: bool = True) -> Claim:
+        """Insert a claims row that is live (expires in an hour) or already expired."""
+        token = uuid.uuid4()
+        offset = "1 hour" if live else "-1 second"
+        ((expires_at,),) = self.sql(
+            "INSERT INTO @schema@.claims (instance_id, worker_id, token, expires_at)"
+            " VALUES (%(iid)s, 'worker-1', %(token)s, now() + %(offset)s::interval)"
+            " RETURNING expires_at",
+            {"iid": instance_id, "token": token, "offset": offset},
+        )
+        return Claim(
+            instance_id=instance_id, worker_id="worker-1", token=token, expires_at=expires_at
+        )
+
+    def row(self, instance_id: str = IID) -> tuple[int, str, datetime | None]:
+        """(version, status, completed_at) of the snapshots row."""
+        ((version, status, completed_at),) = self.sql(
+            "SELECT version, status, completed_at FROM @schema@.snapshots"
+            " WHERE instance_id = %(iid)s",
+            {"iid": instance_id},
+        )
+        return int(version), status, completed_at
+
+    def history_statuses(self, instance_id: str = IID) -> list[str]:
+        rows = self.sql(
+            "SELECT status FROM @schema@.history WHERE instance_id = %(iid)s ORDER BY version",
+            {"iid": instance_id},
+        )
+        return [r[0] for r in rows]
+
+
+@pytest.fixture(params=["sync", "async"])
+def twin(request: pytest.FixtureRequest, dsn: str) -> Twin:
+    return Twin(request.getfixturevalue("backend" if request.param == "sync" else "abackend"), dsn)
+
+
+def snap(instance_id: str = IID, **fields: Any) -> WorkflowSnapshot:
+    fields.setdefault("definition_hash", "def-1")
+    return WorkflowSnapshot(instance_id=instance_id, **fields)
+
+
+PARKED = snap(position=AtSignal(task_id="approve", signal_name="approval"))
+
+
+async def create(twin: Twin, snapshot: WorkflowSnapshot | None = None) -> WorkflowSnapshot:
+    snapshot = snap() if snapshot is None else snapshot
+    assert await twin.save(snapshot) == 1
+    return snapshot
+
+
+async def status_of(twin: Twin, instance_id: str = IID) -> WorkflowStatus:
+    stored = await twin.load(instance_id)
+    assert stored is not None
+    status: WorkflowStatus = stored.snapshot.status
+    return status
+
+
+@pytest.fixture
+def listener(dsn: str, twin: Twin) -> Iterator[psycopg.Connection[Any]]:
+    """A connection LISTENing on the store's wakeup channel."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f'LISTEN "{wakeup_channel(twin.schema)}"'.encode())
+        yield conn
+
+
+def wakeups(conn: psycopg.Connection[Any]) -> list[str]:
+    """Instance ids NOTIFYed so far. Notifications are sent at commit, before the store
+    call returns, so a round trip on the listener is enough to receive them."""
+    received: list[str] = []
+    conn.add_notify_handler(lambda n: received.append(n.payload))
+    conn.execute("SELECT 1")
+    return received
+
+
+# --- low-level signal rows ------------------------------------------------------------------
+
+
+async def test_store_get_clear_signals(twin: Twin) -> None:
+    await create(twin)
+    stored = await twin.store_signal(IID, "pause", "maintenance")
+    assert isinstance(stored, Signal)
+    assert (stored.kind, stored.reason, stored.instance_id) == (
+        SignalKind.PAUSE,
+        "maintenance",
+        IID,
+    )
+    assert stored.created_at is not None
+    await twin.store_signal(IID, SignalKind.CANCEL)
+    assert [s.kind for s in await twin.get_signals(IID)] == [SignalKind.CANCEL, SignalKind.PAUSE]
+    assert await twin.get_signal(IID, "pause") == stored
+    assert await twin.clear_signal(IID, "pause") is True
+    assert await twin.clear_signal(IID, "pause") is False
+    assert await twin.get_signal(IID, SignalKind.PAUSE) is None
+    assert await twin.clear_signal(IID) is True
+    assert await twin.get_signals(IID) == []
+    assert twin.row()[0] == 1  # signal rows never touch the checkpoint
+
+
+async def test_repeated_signal_keeps_the_first_request(twin: Twin) -> None:
+    await create(twin)
+    first = await twin.store_signal(IID, "cancel", "first")
+    again = await twin.store_signal(IID, "cancel", "second")
+    assert again == first
+
+
+@pytest.mark.parametrize("kind", ["stop", "", "CANCEL", 3, None])
+async def test_unknown_signal_kind_is_rejected(twin: Twin, kind: Any) -> None:
+    await create(twin)
+    with pytest.raises(ValidationError):
+        await twin.store_signal(IID, kind)
+    with pytest.raises(ValidationError):
+        await twin.get_signal(IID, kind)
+    assert twin.sql("SELECT count(*) FROM @schema@.signals") == [(0,)]
+
+
+async def test_signals_of_unknown_instance(twin: Twin) -> None:
+    for call in (
+        twin.store_signal("nope", "cancel"),
+        twin.get_signals("nope"),
+        twin.get_signal("nope", "cancel"),
+        twin.clear_signal("nope"),
+        twin.cancel("nope"),
+        twin.pause("nope"),
+        twin.unpause("nope"),
+        twin.check_and_cancel("nope"),
+        twin.check_and_pause("nope"),
+    ):
+        with pytest.raises(NotFoundError):
+            await call
+
+
+@pytest.mark.parametrize(
+    "status", [WorkflowStatus.COMPLETED, WorkflowStatus.FAILED, WorkflowStatus.CANCELLED]
+)
+async def test_signals_on_terminal_instance_are_refused(twin: Twin, status: WorkflowStatus) -> None:
+    await create(twin, snap(status=status))
+    for call in (
+        twin.store_signal(IID, "pause"),
+        twin.cancel(IID),
+        twin.pause(IID),
+        twin.unpause(IID),
+        twin.check_and_cancel(IID),
+        twin.send_event(IID, "approval", 1),
+    ):
+        with pytest.raises(TerminalStateError):
+            await call
+    assert twin.row()[0] == 1
+    assert twin.sql("SELECT count(*) FROM @schema@.signals") == [(0,)]
+    assert twin.sql("SELECT count(*) FROM @schema@.events") == [(0,)]
+
+
+# --- cancel ---------------------------------------------------------------------------------
+
+
+async def test_cancel_applies_at_once_without_claim(twin: Twin) -> None:
+    await create(twin)
+    assert await twin.cancel(IID, "user asked") is SignalOutcome.APPLIED
+    version, status, completed_at = twin.row()
+    assert (version, status) == (2, "Cancelled")
+    assert completed_at is not None
+    assert twin.history_statuses() == ["InProgress", "Cancelled"]
+    assert await twin.get_signals(IID) == []
+    with pytest.raises(TerminalStateError):  # and it stays cancelled
+        await twin.save(snap(), 2)
+
+
+async def test_cancel_with_expired_claim_applies_at_once(twin: Twin) -> None:
+    await create(twin)
+    twin.claim(live=False)
+    assert await twin.cancel(IID) is SignalOutcome.APPLIED
+    assert await status_of(twin) is WorkflowStatus.CANCELLED
+
+
+async def test_cancel_is_pending_while_a_live_claim_holds_the_instance(twin: Twin) -> None:
+    await create(twin)
+    claim = twin.claim()
+    assert await twin.cancel(IID, "user asked") is SignalOutcome.PENDING
+    assert twin.row()[:2] == (1, "InProgress")
+    signal = await twin.get_signal(IID, "cancel")
+    assert signal is not None and signal.reason == "user asked"
+
+    assert await twin.check_and_pause(IID, claim) is None  # other kinds are not applied
+    applied = await twin.check_and_cancel(IID, claim)
+    assert applied == signal
+    assert twin.row()[:2] == (2, "Cancelled")
+    assert twin.history_statuses() == ["InProgress", "Cancelled"]
+    assert await twin.get_signals(IID) == []
+
+
+async def test_check_and_cancel_without_pending_signal_writes_nothing(twin: Twin) -> None:
+    await create(twin)
+    assert await twin.check_and_cancel(IID, twin.claim()) is None
+    assert await twin.check_and_cancel(IID) is None
+    assert twin.row()[:2] == (1, "InProgress")
+
+
+async def test_check_and_cancel_with_lost_claim_keeps_the_signal(twin: Twin) -> None:
+    await create(twin)
+    claim = twin.claim()
+    assert await twin.cancel(IID) is SignalOutcome.PENDING
+    twin.sql("UPDATE @schema@.claims SET expires_at = now() - interval '1 second'")
+    with pytest.raises(ClaimLostError):
+        await twin.check_and_cancel(IID, claim)
+    assert twin.row()[:2] == (1, "InProgress")
+    assert await twin.get_signal(IID, "cancel") is not None
+
+
+async def test_cancel_on_paused_applies_even_with_a_live_claim(twin: Twin) -> None:
+    await create(twin)
+    assert await twin.pause(IID) is SignalOutcome.APPLIED
+    twin.claim()  # a paused instance is driven by nobody, whatever the lease says
+    assert await twin.cancel(IID) is SignalOutcome.APPLIED
+    assert twin.row()[:2] == (3, "Cancelled")
+    assert twin.history_statuses() == ["InProgress", "Paused", "Cancelled"]
+
+
+async def test_applied_cancel_clears_every_pending_signal(twin: Twin) -> None:
+    await create(twin)
+    claim = twin.claim()
+    assert await twin.pause(IID) is SignalOutcome.PENDING
+    assert await twin.cancel(IID) is SignalOutcome.PENDING
+    assert await twin.check_and_cancel(IID, claim) is not None
+    assert twin.sql("SELECT count(*) FROM @schema@.signals") == [(0,)]
+
+
+async def test_cancel_keeps_task_outputs(twin: Twin) -> None:
+    results = {"a": TaskResult(output={"big": [1, 2, 3]})}
+    await create(twin, snap(position=AtTask(task_id="b"), task_results=results))
+    assert await twin.cancel(IID) is SignalOutcome.APPLIED
+    stored = await twin.load(IID)
+    assert stored is not None
+    assert stored.snapshot == snap(
+        position=AtTask(task_id="b"), task_results=results, status=WorkflowStatus.CANCELLED
+    )
+
+
+# --- pause / unpause ------------------------------------------------------------------------
+
+
+async def test_pause_applies_at_once_and_unpause_resumes(
+    twin: Twin, listener: psycopg.Connection[Any]
+) -> None:
+    await create(twin)
+    wakeups(listener)  # drop the creation's wakeup
+    assert await twin.pause(IID, "maintenance") is SignalOutcome.APPLIED
+    assert twin.row()[:2] == (2, "Paused")
+    assert await twin.pause(IID) is SignalOutcome.UNCHANGED
+    assert twin.row()[0] == 2
+    assert wakeups(listener) == []  # a paused instance is not dispatchable
+
+    assert await twin.unpause(IID) is SignalOutcome.APPLIED
+    assert twin.row()[:2] == (3, "InProgress")
+    assert twin.history_statuses() == ["InProgress", "Paused", "InProgress"]
+    assert wakeups(listener) == [IID]  # dispatchable again: workers are told
+    assert await twin.unpause(IID) is SignalOutcome.UNCHANGED
+
+
+async def test_pause_is_pending_under_a_live_claim(twin: Twin) -> None:
+    await create(twin)
+    claim = twin.claim()
+    assert await twin.pause(IID, "maintenance") is SignalOutcome.PENDING
+    assert twin.row()[:2] == (1, "InProgress")
+    applied = await twin.check_and_pause(IID, claim)
+    assert applied is not None and applied.reason == "maintenance"
+    assert twin.row()[:2] == (2, "Paused")
+    assert await twin.get_signals(IID) == []
+    assert await twin.unpause(IID) is SignalOutcome.APPLIED
+    assert twin.row()[:2] == (3, "InProgress")
+
+
+async def test_unpause_clears_the_pause_signal(twin: Twin) -> None:
+    await create(twin)
+    claim = twin.claim()
+    assert await twin.pause(IID) is SignalOutcome.PENDING
+    assert await twin.unpause(IID) is SignalOutcome.WITHDRAWN
+    assert await twin.get_signal(IID, "pause") is None
+    assert await twin.check_and_pause(IID, claim) is None  # the worker finds nothing to apply
+    assert twin.row()[:2] == (1, "InProgress")
+
+
+async def test_unpause_of_paused_instance_drops_a_stale_pause_signal(twin: Twin) -> None:
+    await create(twin)
+    assert await twin.pause(IID) is SignalOutcome.APPLIED
+    await twin.store_signal(IID, "pause", "stale")
+    assert await twin.unpause(IID) is SignalOutcome.APPLIED
+    assert await twin.get_signals(IID) == []
+
+
+# --- events ---------------------------------------------------------------------------------
+
+
+async def test_event_resumes_an_instance_parked_on_it(
+    twin: Twin, listener: psycopg.Connection[Any]
+) -> None:
+    await create(twin, PARKED)
+    wakeups(listener)
+    assert await twin.send_event(IID, "approval", {"by": "alice"}) is EventOutcome.RESUMED
+    stored = await twin.load(IID)
+    assert stored is not None and stored.version == 2
+    assert stored.snapshot.position == AtTask(task_id="approve")
+    assert stored.snapshot.task_results["approve"] == TaskResult(
+        status=TaskStatus.COMPLETED, output={"by": "alice"}
+    )
+    assert await twin.peek_events(IID) == []
+    assert wakeups(listener) == [IID]
+
+
+@pytest.mark.parametrize(
+    "snapshot",
+    [
+        snap(position=AtTask(task_id="approve")),
+        snap(position=AtSignal(task_id="approve", signal_name="other")),
+        msgspec.structs.replace(PARKED, status=WorkflowStatus.PAUSED),
+    ],
+    ids=["not-parked", "parked-on-another-name", "paused"],
+)
+async def test_event_is_buffered_unless_the_instance_waits_for_it(
+    twin: Twin, snapshot: WorkflowSnapshot
+) -> None:
+    await create(twin, snapshot)
+    assert await twin.send_event(IID, "approval", [1, 2]) is EventOutcome.BUFFERED
+    assert twin.row()[0] == 1
+    (event,) = await twin.peek_events(IID)
+    assert isinstance(event, Event)
+    assert (event.instance_id, event.name, event.payload) == (IID, "approval", [1, 2])
+    assert event.created_at is not None
+
+
+async def test_events_of_unknown_instance(twin: Twin) -> None:
+    with pytest.raises(NotFoundError):
+        await twin.send_event("nope", "approval")
+    with pytest.raises(NotFoundError):
+        await twin.peek_events("nope")
+    assert twin.sql("SELECT count(*) FROM @schema@.events") == [(0,)]
+
+
+async def test_event_validation_writes_nothing(twin: Twin) -> None:
+    await create(twin, PARKED)
+    with pytest.raises(ValidationError):
+        await twin.send_event(IID, "", 1)
+    with pytest.raises(EncodeError):
+        await twin.send_event(IID, "approval", object())
+    with pytest.raises(ValidationError):
+        await twin.peek_events(IID, limit=0)
+    assert twin.row()[0] == 1
+    assert await twin.peek_events(IID) == []
+
+
+async def test_buffered_events_are_fifo_per_name(twin: Twin) -> None:
+    await create(twin)
+    for n, name in enumerate(["a", "b", "a", "a", "b"]):
+        assert await twin.send_event(IID, name, n) is EventOutcome.BUFFERED
+    assert [(e.name, e.payload) for e in await twin.peek_events(IID)] == [
+        ("a", 0), ("b", 1), ("a", 2), ("a", 3), ("b", 4),
+    ]  # fmt: skip
+    assert [e.payload for e in await twin.peek_events(IID, "a")] == [0, 2, 3]
+    assert [e.payload for e in await twin.peek_events(IID, "a", limit=2)] == [0, 2]
+
+    current, version = snap(), 1
+    for expected in (0, 2, 3):
+        oldest = (await twin.peek_events(IID, "a", limit=1))[0]
+        assert oldest.payload == expected
+        current = msgspec.structs.replace(current, input=oldest.payload)
+        version = await twin.consume_event(oldest.id, current, version)
+    assert version == 4
+    assert await twin.peek_events(IID, "a") == []
+    assert [e.payload for e in await twin.peek_events(IID)] == [1, 4]
+
+
+async def test_consume_refuses_to_skip_an_older_event(twin: Twin) -> None:
+    await create(twin)
+    await twin.send_event(IID, "a", "first")
+    await twin.send_event(IID, "a", "second")
+    _, newer = await twin.peek_events(IID)
+    with pytest.raises(ValidationError):
+        await twin.consume_event(newer.id, snap(), 1)
+    assert twin.row()[0] == 1
+    assert len(await twin.peek_events(IID)) == 2
+
+
+async def test_consume_and_advance_is_atomic(twin: Twin) -> None:
+    await create(twin)
+    await twin.send_event(IID, "approval", "ok")
+    (event,) = await twin.peek_events(IID)
+    await twin.save(snap(input="someone else"), 1)  # our expected_version is now stale
+
+    with pytest.raises(ConflictError):
+        await twin.consume_event(event.id, snap(input="ok"), 1)
+    assert await twin.peek_events(IID) == [event]  # not consumed
+    assert twin.row()[0] == 2
+
+    assert await twin.consume_event(event.id, snap(input="ok"), 2) == 3
+    assert await twin.peek_events(IID) == []
+    with pytest.raises(NotFoundError):  # consumed exactly once
+        await twin.consume_event(event.id, snap(input="again"), 3)
+    assert twin.row()[0] == 3
+
+
+async def test_consume_fenced_by_a_lost_claim_keeps_the_event(twin: Twin) -> None:
+    await create(twin)
+    claim = twin.claim(live=False)
+    await twin.send_event(IID, "approval", "ok")
+    (event,) = await twin.peek_events(IID)
+    with pytest.raises(ClaimLostError):
+        await twin.consume_event(event.id, snap(input="ok"), 1, claim=claim)
+    assert await twin.peek_events(IID) == [event]
+    live = twin.claim("wf-2")
+    with pytest.raises(ValidationError):  # a claim on another instance fences nothing here
+        await twin.consume_event(event.id, snap(input="ok"), 1, claim=live)
+    assert await twin.peek_events(IID) == [event]
+
+
+async def test_consume_needs_the_event_of_that_instance(twin: Twin) -> None:
+    await create(twin)
+    await create(twin, snap("wf-2"))
+    await twin.send_event("wf-2", "approval", "theirs")
+    (theirs,) = await twin.peek_events("wf-2")
+    with pytest.raises(NotFoundError):
+        await twin.consume_event(theirs.id, snap(), 1)
+    assert await twin.peek_events("wf-2") == [theirs]
+
+
+async def test_concurrent_events_resume_once_and_buffer_the_rest(twin: Twin) -> None:
+    await create(twin, PARKED)
+    payloads = list(range(8))
+    outcomes = await asyncio.gather(*(twin.send_event(IID, "approval", p) for p in payloads))
+    assert sorted(outcomes) == sorted([EventOutcome.RESUMED] + [EventOutcome.BUFFERED] * 7)
+    stored = await twin.load(IID)
+    assert stored is not None and stored.version == 2
+    assert stored.snapshot.position == AtTask(task_id="approve")
+    delivered = stored.snapshot.task_results["approve"].output
+    buffered = [e.payload for e in await twin.peek_events(IID)]
+    assert sorted([delivered, *buffered]) == payloads  # none lost, none twice
+
+
+async def test_event_for_parked_instance_respects_older_buffered_ones(twin: Twin) -> None:
+    await create(twin)
+    await twin.send_event(IID, "approval", "early")  # arrives before the engine parks
+    await twin.save(PARKED, 1)  # parked with a plain save, missing the buffered event
+    assert await twin.send_event(IID, "approval", "late") is EventOutcome.RESUMED
+    stored = await twin.load(IID)
+    assert stored is not None
+    assert stored.snapshot.task_results["approve"].output == "early"
+    assert [e.payload for e in await twin.peek_events(IID)] == ["late"]
+
+
+async def test_park_consumes_an_already_buffered_event(twin: Twin) -> None:
+    await create(twin)
+    claim = twin.claim()
+    await twin.send_event(IID, "approval", "early")
+    result = await twin.park(PARKED, 1, claim=claim)
+    assert isinstance(result, ParkResult)
+    assert result.version == 2
+    assert result.event is not None and result.event.payload == "early"
+    assert result.snapshot.position == AtTask(task_id="approve")
+    stored = await twin.load(IID)
+    assert stored is not None and stored.snapshot == result.snapshot
+    assert await twin.peek_events(IID) == []
+
+
+async def test_park_without_buffered_event_waits_for_send(twin: Twin) -> None:
+    await create(twin)
+    await twin.send_event(IID, "other", "unrelated")
+    result = await twin.park(PARKED, 1)
+    assert (result.version, result.event, result.snapshot) == (2, None, PARKED)
+    assert await twin.send_event(IID, "approval", "now") is EventOutcome.RESUMED
+    assert twin.row()[0] == 3
+    assert [e.name for e in await twin.peek_events(IID)] == ["other"]
+
+
+async def test_park_failure_leaves_the_event_buffered(twin: Twin) -> None:
+    await create(twin)
+    await twin.send_event(IID, "approval", "early")
+    with pytest.raises(ConflictError):
+        await twin.park(PARKED, 7)
+    with pytest.raises(ValidationError):
+        await twin.park(snap(), 1)  # not positioned AtSignal
+    assert [e.payload for e in await twin.peek_events(IID)] == ["early"]
+    assert twin.row()[0] == 1
