@@ -29,7 +29,6 @@ from snapstore.queries import queries_for, wakeup_channel
 
 SAVE_STATEMENT = "save_snapshots"
 GROUP = 10  # saves per commit in the grouped ceilings (the design's reference shape)
-PGBENCH_SCHEMA = "bench_pgbench"
 
 
 def _template(schema: str, instance_id: str) -> dict[str, Any]:
@@ -195,11 +194,11 @@ def pgbench_script(conn: psycopg.Connection[Any], schema: str, per_commit: int) 
     return "\n".join(lines) + "\n"
 
 
-def _prepare_pgbench_schema(dsn: str, instances: int) -> None:
+def _prepare_pgbench_schema(dsn: str, schema: str, instances: int) -> None:
     """A fresh schema whose instances "0".."instances-1" exist at version 1."""
-    db.drop_schema(dsn, PGBENCH_SCHEMA)
+    db.drop_schema(dsn, schema)
     definition = linear(Shape())
-    with db.open_backend(dsn, "json", PGBENCH_SCHEMA, pool_size=2) as backend:
+    with db.open_backend(dsn, "json", schema, pool_size=2) as backend:
         for i in range(instances):
             backend.save(definition.create(str(i)), None)
 
@@ -218,12 +217,12 @@ def _parse_pgbench(output: str) -> dict[str, float]:
 
 
 def pgbench_ceiling(
-    dsn: str, binary: str, clients: int, seconds: float, per_commit: int
+    dsn: str, schema: str, binary: str, clients: int, seconds: float, per_commit: int
 ) -> dict[str, Any]:
     """``pgbench -n -M prepared -f script -c N -j N -T secs`` on the same statement."""
-    _prepare_pgbench_schema(dsn, clients * per_commit)
+    _prepare_pgbench_schema(dsn, schema, clients * per_commit)
     with psycopg.connect(dsn, autocommit=True) as conn:
-        script = pgbench_script(conn, PGBENCH_SCHEMA, per_commit)
+        script = pgbench_script(conn, schema, per_commit)
     with tempfile.TemporaryDirectory(prefix="snapstore-pgbench-") as tmp:
         path = Path(tmp) / "save.sql"
         path.write_text(script)

@@ -70,6 +70,11 @@ def run_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=defaults.batch, help="items per save_many call")
     p.add_argument("--no-pgbench", action="store_true", help="skip the pgbench reference")
     p.add_argument("--quick", action="store_true", help=f"{QUICK_SECONDS:.0f}s per run (~1 min)")
+    p.add_argument(
+        "--schema-prefix",
+        default=defaults.schema_prefix,
+        help="prefix of the schemas the run creates and drops (default %(default)s)",
+    )
     p.add_argument("--out", type=Path, default=defaults.out, help="results directory")
     return p
 
@@ -98,6 +103,7 @@ def config_from(args: argparse.Namespace) -> suite.Config:
         group_threads=args.group_threads,
         batch=args.batch,
         pgbench=not args.no_pgbench,
+        schema_prefix=args.schema_prefix,
         out=args.out,
     )
 

@@ -18,8 +18,10 @@ CODECS: dict[str, type[Codec]] = {"json": JsonCodec, "msgpack": MsgpackCodec, "c
 SCHEMA_PREFIX = "bench_"
 
 
-def schema_for(name: str) -> str:
-    return f"{SCHEMA_PREFIX}{name}"
+def schema_for(name: str, prefix: str = SCHEMA_PREFIX) -> str:
+    """The schema a part of the run owns (``bench_json``, ``bench_ceiling``...); a
+    distinct prefix lets two runs share one server without touching each other."""
+    return f"{prefix}{name}"
 
 
 def drop_schema(dsn: str, schema: str) -> None:

@@ -15,7 +15,6 @@ from bench.stats import Recorder
 from snapstore.testing import DSN_ENV
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
-CEILING_SCHEMA = "bench_ceiling"
 
 
 @dataclass(frozen=True)
@@ -30,6 +29,7 @@ class Config:
     group_threads: int = 32
     batch: int = 10
     pgbench: bool = True
+    schema_prefix: str = db.SCHEMA_PREFIX
     out: Path = field(default=DEFAULT_OUT)
 
     def as_dict(self) -> dict[str, Any]:
@@ -56,7 +56,7 @@ def _codec_runs(
     config: Config, dsn: str, codec: str, caps: api.Capabilities, progress: Progress
 ) -> list[dict[str, Any]]:
     """All workloads for one codec, in its own fresh schema (dropped afterwards)."""
-    schema = db.schema_for(codec)
+    schema = db.schema_for(codec, config.schema_prefix)
     db.drop_schema(dsn, schema)
     pool = config.concurrency + 6
     runs: list[dict[str, Any]] = []
@@ -97,22 +97,24 @@ def _codec_runs(
 
 def _ceilings(config: Config, dsn: str, progress: Progress) -> dict[str, Any]:
     """The raw statement at the single-save concurrency, grouped, and pgbench."""
-    db.drop_schema(dsn, CEILING_SCHEMA)
-    db.open_backend(dsn, "json", CEILING_SCHEMA, pool_size=2).close()  # migrate only
+    raw_schema = db.schema_for("ceiling", config.schema_prefix)
+    pgbench_schema = db.schema_for("pgbench", config.schema_prefix)
+    db.drop_schema(dsn, raw_schema)
+    db.open_backend(dsn, "json", raw_schema, pool_size=2).close()  # migrate only
     seconds, n = config.ceiling_duration, config.concurrency
     found: dict[str, Any] = {}
     for name, shape in (("raw_single", "single"), ("raw_grouped_tx", "tx"), ("raw_batch", "batch")):
         with progress.phase(f"ceiling {name}", seconds, lambda: ""):
-            found[name] = ceiling.raw_ceiling(dsn, CEILING_SCHEMA, n, seconds, shape)
-    db.drop_schema(dsn, CEILING_SCHEMA)
+            found[name] = ceiling.raw_ceiling(dsn, raw_schema, n, seconds, shape)
+    db.drop_schema(dsn, raw_schema)
     binary = ceiling.pgbench_path(dsn_from_env=bool(os.environ.get(DSN_ENV)))
     for name, per in (("pgbench_single", 1), ("pgbench_grouped_tx", ceiling.GROUP)):
         if not config.pgbench or binary is None:
             found[name] = None if not config.pgbench else {"error": "pgbench not found"}
             continue
         with progress.phase(f"ceiling {name}", seconds, lambda: ""):
-            found[name] = ceiling.pgbench_ceiling(dsn, binary, n, seconds, per)
-    db.drop_schema(dsn, ceiling.PGBENCH_SCHEMA)
+            found[name] = ceiling.pgbench_ceiling(dsn, pgbench_schema, binary, n, seconds, per)
+    db.drop_schema(dsn, pgbench_schema)
     return found
 
 

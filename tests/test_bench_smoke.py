@@ -1,0 +1,114 @@
+"""The benchmark harness runs end to end (tiny mode) and its outputs are well formed.
+
+Only structure and sanity are asserted, never speed: timings on a shared CI box
+are noise, and the acceptance targets are the benchmark's job to report.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench import compare, engine
+from snapstore.testing import DSN_ENV
+
+ROOT = Path(__file__).resolve().parent.parent
+LATENCY_KEYS = {"count", "p50", "p95", "p99", "max"}
+
+
+def _run_bench(dsn: str, out: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    prefix = f"bsmoke_{uuid.uuid4().hex[:8]}_"
+    tiny = ["--duration", "1", "--codecs", "json", "--concurrency", "2", "--group-threads", "4"]
+    return subprocess.run(
+        [sys.executable, "-m", "bench", *tiny, "--schema-prefix", prefix, "--out", str(out), *args],
+        cwd=ROOT,
+        env={**os.environ, DSN_ENV: dsn},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def bench_run(dsn: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    out = tmp_path_factory.mktemp("bench")
+    proc = _run_bench(dsn, out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result: dict[str, Any] = json.loads((out / "latest.json").read_text())
+    result["_stdout"], result["_stderr"], result["_out"] = proc.stdout, proc.stderr, out
+    return result
+
+
+@pytest.mark.slow
+def test_every_workload_ran_and_saved(bench_run: dict[str, Any]) -> None:
+    runs = bench_run["runs"]
+    assert [r["workload"] for r in runs] == list(engine.ALL_WORKLOADS)
+    for run in runs:
+        if run.get("skipped"):  # an optional API missing: said so, not hidden
+            assert run["skipped"]
+            continue
+        assert run["errors"] == {}, (run["workload"], run["first_errors"])
+        assert run["saves"] > 0 and run["saves_per_s"] > 0, run["workload"]
+        assert run["window_s"] >= 1.0
+        assert run["blob_bytes_mean"] > 0
+        assert run["wal_bytes_per_save"] > 0
+        assert run["mode"]
+        if run["workflows"]:
+            assert set(run["workflow_latency_ms"]) == LATENCY_KEYS
+            lat = run["workflow_latency_ms"]
+            assert 0 <= lat["p50"] <= lat["p95"] <= lat["p99"] <= lat["max"]
+
+
+@pytest.mark.slow
+def test_flow_workloads_report_dispatch(bench_run: dict[str, Any]) -> None:
+    caps = bench_run["capabilities"]
+    flows = {r["workload"]: r for r in bench_run["runs"] if r["workload"] in engine.FLOW_WORKLOADS}
+    for run in flows.values():
+        assert run["workflows"] > 0, run["workload"]
+        assert set(run["pickup_latency_ms"]) == LATENCY_KEYS
+        assert run["mode"].startswith("claims" if caps["claims"] else "in-process")
+        if caps["claims"] and caps["wakeups"]:
+            assert 0.0 <= run["wakeups"]["drop_rate"] <= 1.0
+            assert run["wakeups"]["counters"]["received"] > 0
+
+
+@pytest.mark.slow
+def test_environment_ceilings_and_verdicts(bench_run: dict[str, Any]) -> None:
+    settings = bench_run["environment"]["server"]["settings"]
+    for key in ("fsync", "synchronous_commit", "wal_sync_method", "full_page_writes"):
+        assert settings[key]
+    assert bench_run["environment"]["machine"]["cpu_count"] >= 1
+    ceilings = bench_run["ceilings"]
+    for name in ("raw_single", "raw_grouped_tx", "raw_batch"):
+        assert ceilings[name]["saves_per_s"] > 0 and ceilings[name]["failed"] == 0
+    for name in ("pgbench_single", "pgbench_grouped_tx"):  # present, or the reason it is not
+        assert "saves_per_s" in ceilings[name] or ceilings[name]["error"]
+    verdicts = bench_run["acceptance"]
+    assert len(verdicts) == 2 and all(isinstance(v["passed"], bool) for v in verdicts)
+    stdout = bench_run["_stdout"]
+    assert "single-save path" in stdout and ("PASS" in stdout or "FAIL" in stdout)
+    out: Path = bench_run["_out"]
+    for suffix in (".json", ".md", ".png"):
+        assert (out / f"latest{suffix}").stat().st_size > 0
+
+
+def _result(saves: float) -> dict[str, Any]:
+    run = {"codec": "json", "workload": "saves", "saves_per_s": saves, "workflows_per_s": 1.0}
+    return {"runs": [run]}
+
+
+def test_compare_flags_a_drop_beyond_the_threshold(tmp_path: Path) -> None:
+    base, now = tmp_path / "base.json", tmp_path / "now.json"
+    base.write_text(json.dumps(_result(1000.0)))
+    now.write_text(json.dumps(_result(850.0)))
+    assert compare.main(now, base, 0.1) == 1
+    assert compare.main(now, base, 0.2) == 0
+    assert compare.main(base, base, 0.1) == 0
