@@ -9,9 +9,10 @@ elsewhere), with expiry relative to the server clock, so nothing here depends on
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import datetime
 from typing import Any
 
@@ -101,6 +102,26 @@ class Twin:
             {"iid": instance_id},
         )
         return [r[0] for r in rows]
+
+
+async def _maybe_await(value: Any) -> Any:
+    return await value if inspect.isawaitable(value) else value
+
+
+@contextlib.asynccontextmanager
+async def widened(twin: Twin, connections: int) -> AsyncIterator[Twin]:
+    """A second backend of the same flavour on the same schema whose pool already holds
+    ``connections`` connections, so that many calls really run at once (a pool that grows
+    on demand would mostly queue them on its first connection)."""
+    backend = await _maybe_await(
+        type(twin.backend).connect(
+            twin.dsn, schema=twin.schema, min_size=connections, max_size=connections
+        )
+    )
+    try:
+        yield Twin(backend, twin.dsn)
+    finally:
+        await _maybe_await(backend.close())
 
 
 @pytest.fixture(params=["sync", "async"])
@@ -497,7 +518,8 @@ async def test_consume_needs_the_event_of_that_instance(twin: Twin) -> None:
 async def test_concurrent_events_resume_once_and_buffer_the_rest(twin: Twin) -> None:
     await create(twin, PARKED)
     payloads = list(range(8))
-    outcomes = await asyncio.gather(*(twin.send_event(IID, "approval", p) for p in payloads))
+    async with widened(twin, len(payloads)) as wide:
+        outcomes = await asyncio.gather(*(wide.send_event(IID, "approval", p) for p in payloads))
     assert sorted(outcomes) == sorted([EventOutcome.RESUMED] + [EventOutcome.BUFFERED] * 7)
     stored = await twin.load(IID)
     assert stored is not None and stored.version == 2
