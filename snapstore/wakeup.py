@@ -54,10 +54,12 @@ DEFAULT_APPLICATION_NAME: Final = "snapstore-wakeup"
 # cannot be interrupted from another thread, so it waits in slices this long.
 STOP_CHECK_INTERVAL: Final = 0.1
 CLOSE_TIMEOUT: Final = 10.0
-# A LISTEN connection is idle most of the time, so a silently dead peer (network
-# partition, failover) would otherwise only be noticed by the next poll, which
-# could then hang for the kernel's retransmission timeout (~15 min).
-KEEPALIVE_DEFAULTS: Final[dict[str, Any]] = {
+# Unless the conninfo says otherwise. A LISTEN connection is idle most of the time,
+# so a silently dead peer (network partition, failover) would otherwise only be
+# noticed by the next poll, which could then hang for the kernel's retransmission
+# timeout (~15 min); and a reconnect attempt must not outlast `close()` by much.
+CONNECTION_DEFAULTS: Final[dict[str, Any]] = {
+    "connect_timeout": 5,
     "keepalives": 1,
     "keepalives_idle": 30,
     "keepalives_interval": 10,
@@ -249,11 +251,11 @@ class ListenerPlan:
 
         Autocommit, because a LISTEN issued inside a transaction only takes
         effect at its commit; a name of its own, so it can be told apart in
-        pg_stat_activity; TCP keepalives unless the caller chose otherwise.
+        pg_stat_activity; `CONNECTION_DEFAULTS` unless the caller chose otherwise.
         """
         given = conninfo_to_dict(conninfo)
         kwargs = {**pool_kwargs, "autocommit": True, "application_name": self.application_name}
-        for key, value in KEEPALIVE_DEFAULTS.items():
+        for key, value in CONNECTION_DEFAULTS.items():
             if key not in given and key not in kwargs:
                 kwargs[key] = value
         return kwargs
@@ -514,6 +516,7 @@ class WakeupListener(_ListenerBase):
                 self._execute(action)
                 action = next(self._program)
         except BaseException:
+            self._program.close()
             self._disconnect()
             self._closed = True
             raise
@@ -648,6 +651,7 @@ class AsyncWakeupListener(_ListenerBase):
                 await self._execute(action)
                 action = next(self._program)
         except BaseException:
+            self._program.close()
             await self._disconnect()
             self._closed = True
             raise

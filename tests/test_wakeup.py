@@ -40,12 +40,13 @@ from snapstore import (
 )
 from snapstore.errors import ConfigurationError
 from snapstore.model import Claim
-from snapstore.queries import wakeup_channel
+from snapstore.queries import queries_for, wakeup_channel
 from snapstore.wakeup import (
     Backoff,
     Connect,
     Disconnect,
     Listen,
+    ListenerPlan,
     Poll,
     PollCursor,
     Sleep,
@@ -546,3 +547,14 @@ def test_poll_cursor_walks_the_due_set_and_wraps_around() -> None:
     assert cursor.params(5) == {"limit": 5, "after_at": at, "after_id": "b"}
     cursor.advance([("c", at)], 5)  # a short page: the end, start over
     assert cursor.params(5) == {"limit": 5, "after_at": None, "after_id": None}
+
+
+def test_listen_connection_is_autocommit_named_and_keeps_the_callers_choices() -> None:
+    plan = ListenerPlan.build(queries_for("snapstore"), "me")
+    assert plan.listen.as_string(None) == 'LISTEN "snapstore_wakeup:snapstore"'
+    pool_kwargs = {"autocommit": False, "application_name": "pool", "connect_timeout": 2}
+    kwargs = plan.connect_kwargs("host=h keepalives_idle=7", pool_kwargs)
+    assert (kwargs["autocommit"], kwargs["application_name"]) == (True, "me")
+    assert kwargs["connect_timeout"] == 2  # the pool's choice wins over the default
+    assert "keepalives_idle" not in kwargs  # so does the conninfo's
+    assert kwargs["keepalives"] == 1
