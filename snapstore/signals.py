@@ -118,8 +118,8 @@ class _Target(msgspec.Struct, frozen=True):
     position_kind: str
 
 
-CANCEL: Final = SignalKind.CANCEL
-PAUSE: Final = SignalKind.PAUSE
+_CANCEL: Final = SignalKind.CANCEL
+_PAUSE: Final = SignalKind.PAUSE
 _APPLIED_STATUS: Final = {
     SignalKind.CANCEL: WorkflowStatus.CANCELLED,
     SignalKind.PAUSE: WorkflowStatus.PAUSED,
@@ -273,10 +273,10 @@ def _lock(instance_id: str) -> Program[_Target]:
     return interpret_target(instance_id, row)
 
 
-def _signal_state(target: _Target) -> Program[tuple[bool, frozenset[SignalKind]]]:
-    """(a live claim holds the instance, the pending signal kinds); run after `_lock`."""
-    claimed, kinds = yield Step("signal_state", st.id_params(target.instance_id))
-    return bool(claimed), frozenset(SignalKind(k) for k in kinds)
+def _claimed(target: _Target) -> Program[bool]:
+    """Whether a live claim (a worker driving it) holds the instance; run after `_lock`."""
+    (claimed,) = yield Step("live_claim", st.id_params(target.instance_id))
+    return bool(claimed)
 
 
 def _load_locked(target: _Target) -> Program[WorkflowSnapshot]:
@@ -351,7 +351,7 @@ def request(
     target = yield from _lock(instance_id)
     if target.status is _APPLIED_STATUS[kind]:
         return SignalOutcome.UNCHANGED
-    claimed, _ = yield from _signal_state(target)
+    claimed = yield from _claimed(target)
     if claimed and target.status is not WorkflowStatus.PAUSED:
         yield Step("put_signal", params)
         return SignalOutcome.PENDING
@@ -389,7 +389,7 @@ def _take_oldest(instance_id: str, name: str) -> Program[Event | None]:
     return None if row is None else interpret_event(instance_id, row)
 
 
-def _parked(ctx: Context, target: _Target, name: str) -> Program[WorkflowSnapshot | None]:
+def _parked(target: _Target, name: str) -> Program[WorkflowSnapshot | None]:
     """The locked instance's checkpoint if it waits for event ``name``, else None. The
     narrow row's status and position kind spare decoding the blob in the common case."""
     if target.status is not WorkflowStatus.IN_PROGRESS or target.position_kind != "AtSignal":
@@ -406,7 +406,7 @@ def send_event(ctx: Context, instance_id: str, name: str, payload: Any) -> Progr
     `park`), the oldest of them resumes the instance and this one queues behind: FIFO."""
     params = event_params(ctx.codec, instance_id, name, payload)
     target = yield from _lock(instance_id)
-    parked = yield from _parked(ctx, target, name)
+    parked = yield from _parked(target, name)
     older = None if parked is None else (yield from _take_oldest(instance_id, name))
     if parked is None or older is not None:
         yield Step("push_event", params, Fetch.NONE)
@@ -488,11 +488,11 @@ class SignalsMixin(SyncRunner):
 
     def cancel(self, instance_id: str, reason: str | None = None) -> SignalOutcome:
         """Cancel now (APPLIED) unless a live claim holds the instance (PENDING)."""
-        return self._run(request(self.ctx, instance_id, CANCEL, reason), transaction=True)
+        return self._run(request(self.ctx, instance_id, _CANCEL, reason), transaction=True)
 
     def pause(self, instance_id: str, reason: str | None = None) -> SignalOutcome:
         """Pause now (APPLIED) unless a live claim holds the instance (PENDING)."""
-        return self._run(request(self.ctx, instance_id, PAUSE, reason), transaction=True)
+        return self._run(request(self.ctx, instance_id, _PAUSE, reason), transaction=True)
 
     def unpause(self, instance_id: str) -> SignalOutcome:
         """Resume a Paused instance (APPLIED) or withdraw a pending pause (WITHDRAWN)."""
@@ -500,11 +500,11 @@ class SignalsMixin(SyncRunner):
 
     def check_and_cancel(self, instance_id: str, claim: Claim | None = None) -> Signal | None:
         """Apply a pending cancel (fenced by ``claim``); the signal applied, or None."""
-        return self._run(check_and_apply(self.ctx, instance_id, CANCEL, claim), transaction=True)
+        return self._run(check_and_apply(self.ctx, instance_id, _CANCEL, claim), transaction=True)
 
     def check_and_pause(self, instance_id: str, claim: Claim | None = None) -> Signal | None:
         """Apply a pending pause (fenced by ``claim``); the signal applied, or None."""
-        return self._run(check_and_apply(self.ctx, instance_id, PAUSE, claim), transaction=True)
+        return self._run(check_and_apply(self.ctx, instance_id, _PAUSE, claim), transaction=True)
 
     def send_event(self, instance_id: str, name: str, payload: Any = None) -> EventOutcome:
         """Resume the instance if parked on ``name`` (RESUMED), else buffer it (BUFFERED)."""
@@ -564,11 +564,11 @@ class AsyncSignalsMixin(AsyncRunner):
 
     async def cancel(self, instance_id: str, reason: str | None = None) -> SignalOutcome:
         """Cancel now (APPLIED) unless a live claim holds the instance (PENDING)."""
-        return await self._run(request(self.ctx, instance_id, CANCEL, reason), transaction=True)
+        return await self._run(request(self.ctx, instance_id, _CANCEL, reason), transaction=True)
 
     async def pause(self, instance_id: str, reason: str | None = None) -> SignalOutcome:
         """Pause now (APPLIED) unless a live claim holds the instance (PENDING)."""
-        return await self._run(request(self.ctx, instance_id, PAUSE, reason), transaction=True)
+        return await self._run(request(self.ctx, instance_id, _PAUSE, reason), transaction=True)
 
     async def unpause(self, instance_id: str) -> SignalOutcome:
         """Resume a Paused instance (APPLIED) or withdraw a pending pause (WITHDRAWN)."""
@@ -577,13 +577,13 @@ class AsyncSignalsMixin(AsyncRunner):
     async def check_and_cancel(self, instance_id: str, claim: Claim | None = None) -> Signal | None:
         """Apply a pending cancel (fenced by ``claim``); the signal applied, or None."""
         return await self._run(
-            check_and_apply(self.ctx, instance_id, CANCEL, claim), transaction=True
+            check_and_apply(self.ctx, instance_id, _CANCEL, claim), transaction=True
         )
 
     async def check_and_pause(self, instance_id: str, claim: Claim | None = None) -> Signal | None:
         """Apply a pending pause (fenced by ``claim``); the signal applied, or None."""
         return await self._run(
-            check_and_apply(self.ctx, instance_id, PAUSE, claim), transaction=True
+            check_and_apply(self.ctx, instance_id, _PAUSE, claim), transaction=True
         )
 
     async def send_event(self, instance_id: str, name: str, payload: Any = None) -> EventOutcome:

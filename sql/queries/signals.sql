@@ -12,13 +12,11 @@ FROM @schema@.snapshots AS s
 WHERE s.instance_id = %(instance_id)s
 FOR UPDATE;
 
--- name: signal_state
--- Whether a live claim (a worker driving the instance) exists, and the pending signals.
+-- name: live_claim
+-- Whether a live lease (a worker driving the instance) exists, by the server clock.
 SELECT EXISTS (
-        SELECT 1 FROM @schema@.claims AS c
-        WHERE c.instance_id = %(instance_id)s AND c.expires_at > now()),
-    ARRAY(SELECT g.kind FROM @schema@.signals AS g
-          WHERE g.instance_id = %(instance_id)s ORDER BY g.kind);
+    SELECT 1 FROM @schema@.claims AS c
+    WHERE c.instance_id = %(instance_id)s AND c.expires_at > now());
 
 -- name: put_signal
 -- A repeated request keeps the first one's time and reason: the signal is still the same one.
