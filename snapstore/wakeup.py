@@ -373,6 +373,10 @@ class WakeupRegistry:
                 self._live.discard(listener)
                 self._retired += final
 
+    def live(self) -> list[_ListenerBase]:
+        with self._lock:
+            return list(self._live)
+
     def total(self) -> WakeupStats:
         with self._lock:
             live, total = list(self._live), self._retired
@@ -790,6 +794,12 @@ class WakeupMixin(_WakeupHost, SyncRunner):
             plan, options, self._pool.conninfo, self._pool.kwargs, self._wakeup_registry()
         )
 
+    def close_wakeups(self) -> None:
+        """Close every listener of this backend that is still open (e.g. at shutdown)."""
+        for listener in self._wakeup_registry().live():
+            if isinstance(listener, WakeupListener):
+                listener.close()
+
 
 class AsyncWakeupMixin(_WakeupHost, AsyncRunner):
     """LISTEN/NOTIFY wakeups with a bounded, coalescing queue and a fallback poll. (async)"""
@@ -800,6 +810,12 @@ class AsyncWakeupMixin(_WakeupHost, AsyncRunner):
         return await AsyncWakeupListener.start(
             plan, options, self._pool.conninfo, self._pool.kwargs, self._wakeup_registry()
         )
+
+    async def close_wakeups(self) -> None:
+        """Close every listener of this backend that is still open (e.g. at shutdown)."""
+        for listener in self._wakeup_registry().live():
+            if isinstance(listener, AsyncWakeupListener):
+                await listener.close()
 
 
 __all__ = [

@@ -166,6 +166,12 @@ class Side:
     def backend_stats(self) -> WakeupStats:
         return self.backend.wakeup_stats()
 
+    async def close_wakeups(self) -> None:
+        if isinstance(self.backend, AsyncPostgresBackend):
+            await self.backend.close_wakeups()
+        else:
+            await asyncio.to_thread(self.backend.close_wakeups)
+
 
 async def collect(listener: ListenerView, expected: set[str]) -> list[str]:
     """Everything ``listener`` delivers until ``expected`` has all been seen."""
@@ -467,6 +473,16 @@ async def test_close_stops_cleanly(side: Side, admin: psycopg.Connection[Any]) -
     await eventually(gone, "the LISTEN connection to end")
     if isinstance(listener, ThreadListenerView):
         assert not listener.listener._thread.is_alive()
+
+
+@session_loop
+async def test_backend_closes_its_open_listeners(side: Side) -> None:
+    listeners = [await side.listen(poll_interval=SLOW_POLL) for _ in range(2)]
+    await side.save(snap("x"))
+    await eventually(lambda: side.backend_stats().received == 2, "both notified")
+    await side.close_wakeups()
+    assert all(listener.closed for listener in listeners)
+    assert side.backend_stats().received == 2
 
 
 @session_loop
