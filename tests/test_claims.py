@@ -274,6 +274,15 @@ async def test_fenced_save_succeeds_while_live_and_is_refused_after_loss(
     assert stored is not None and stored.snapshot.position == AtTask("t3")
 
 
+async def test_a_finishing_save_drops_its_lease(claims: Claims) -> None:
+    await claims.seed(snap("a"))
+    lease = await claims.claim("a", "w1")
+    assert lease is not None
+    done = snap("a", status=WorkflowStatus.COMPLETED)
+    assert await claims.save(done, 1, claim=lease) == 2
+    assert await claims.lease_row("a") is None
+
+
 async def test_a_claim_cannot_fence_another_instance(claims: Claims) -> None:
     await claims.seed(snap("a"), snap("b"))
     lease = await claims.claim("a", "w1")

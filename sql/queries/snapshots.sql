@@ -4,7 +4,8 @@
 -- name: save_snapshots
 -- Saves a batch (one item for a plain save) in one statement, so one commit: per item a
 -- CAS update (fenced by a live claim when a token is given) or create-if-absent, its
--- history row, task upserts (unchanged task rows are not rewritten), and a wakeup NOTIFY
+-- history row, task upserts (unchanged task rows are not rewritten), lease removal once
+-- finished, and a wakeup NOTIFY
 -- (delivered at commit) when it is dispatchable now and no claimant is driving it.
 -- Instance ids within one batch are distinct. Returns (ordinal, new version or NULL).
 WITH items AS (
@@ -89,6 +90,11 @@ WITH items AS (
     WHERE (t.status, t.attempts, t.worker_id, t.started_at, t.completed_at, t.error, t.output)
         IS DISTINCT FROM (EXCLUDED.status, EXCLUDED.attempts, EXCLUDED.worker_id,
         EXCLUDED.started_at, EXCLUDED.completed_at, EXCLUDED.error, EXCLUDED.output)
+), done AS (
+    -- A finished instance needs no lease: drop it so claims do not pile up.
+    DELETE FROM @schema@.claims AS c
+    USING saved
+    WHERE saved.terminal AND c.instance_id = saved.instance_id
 ), wake AS (
     SELECT count(*) AS notified FROM (
         SELECT pg_notify(%(channel)s, instance_id) FROM saved
