@@ -41,6 +41,12 @@ class DecodeError(CodecError, ValueError):
         self.instance_id = instance_id
         self.version = version
 
+    def located(
+        self, *, instance_id: str | None, version: int | None = None, prefix: str = ""
+    ) -> DecodeError:
+        """The same error (same class) naming the checkpoint it came from."""
+        return type(self)(prefix + str(self), instance_id=instance_id, version=version)
+
 
 class UnknownCodecError(DecodeError):
     """The envelope names a codec id that is not registered in this process."""

@@ -333,7 +333,7 @@ def interpret_task_result(instance_id: str, task_id: str, row: Row | None) -> Ta
     try:
         value = None if output is None else open_value(output)
     except DecodeError as exc:
-        raise DecodeError(f"task {task_id!r}: {exc}", instance_id=instance_id) from exc
+        raise exc.located(instance_id=instance_id, prefix=f"task {task_id!r}: ") from exc
     return TaskResult(
         status=TaskStatus(status),
         output=value,

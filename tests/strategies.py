@@ -70,9 +70,12 @@ retries = st.builds(
 )
 
 
+statuses = st.sampled_from(WorkflowStatus)
+
+
 def snapshots(
     instance_id: st.SearchStrategy[str] = ids,
-    status: st.SearchStrategy[WorkflowStatus] = st.sampled_from(WorkflowStatus),
+    status: st.SearchStrategy[WorkflowStatus] = statuses,
 ) -> st.SearchStrategy[WorkflowSnapshot]:
     """Arbitrary valid snapshots."""
     return st.builds(

@@ -14,7 +14,7 @@ import msgspec
 
 from snapstore.codecs.base import Codec
 from snapstore.codecs.envelope import open_document, open_value, seal_document, seal_value
-from snapstore.errors import DecodeError, EncodeError, UnknownCodecError
+from snapstore.errors import DecodeError, EncodeError
 from snapstore.model import WorkflowSnapshot
 
 
@@ -48,8 +48,7 @@ def decode_snapshot(
             snapshot = hydrate_outputs(snapshot, outputs)
     except DecodeError as exc:
         # Keep the subclass: callers catch UnknownCodecError to tell "register a codec" apart.
-        cls = UnknownCodecError if isinstance(exc, UnknownCodecError) else DecodeError
-        raise cls(str(exc), instance_id=instance_id, version=version) from exc
+        raise exc.located(instance_id=instance_id, version=version) from exc
     return codec, snapshot
 
 
