@@ -9,7 +9,8 @@ which is how psycopg itself shares logic between its two APIs.
 from __future__ import annotations
 
 import enum
-from collections.abc import Generator, Iterable, Sequence
+import functools
+from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, NamedTuple, TypeVar
 
@@ -68,7 +69,14 @@ class Step(NamedTuple):
     fetch: Fetch = Fetch.ONE
 
 
-Program = Generator[Step, Any, R]
+class AfterCommit(NamedTuple):
+    """Not a statement: ``action`` runs once the enclosing transaction has committed
+    (never if it rolls back), so caches only learn what is durable."""
+
+    action: Callable[[], None]
+
+
+Program = Generator[Step | AfterCommit, Any, R]
 
 
 def save_batch(ctx: Context, items: Sequence[st.PreparedSave]) -> Program[list[SaveResult]]:
@@ -89,7 +97,11 @@ def save_batch(ctx: Context, items: Sequence[st.PreparedSave]) -> Program[list[S
                     item.instance_id, None, st.save_failure(item, next(states))
                 )
             else:
-                ctx.tasks.remember(item.instance_id, version, item.all_task_rows)
+                yield AfterCommit(
+                    functools.partial(
+                        ctx.tasks.remember, item.instance_id, version, item.all_task_rows
+                    )
+                )
                 results[index] = SaveResult(item.instance_id, version)
     return [r for r in results if r is not None]
 

@@ -1,7 +1,8 @@
 """The two I/O shells that drive `snapstore.operations` programs.
 
 A program yields `Step`s; the shell runs each on one pooled connection (inside
-one transaction when asked) and sends the fetched rows back. Feature mixins
+one transaction when asked) and sends the fetched rows back. `AfterCommit`
+actions are held until the work has committed. Feature mixins
 (signals, claims...) only build programs and call ``_run``.
 """
 
@@ -13,7 +14,7 @@ from typing import Any, TypeVar
 
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
-from snapstore.operations import Context, Fetch, Program
+from snapstore.operations import AfterCommit, Context, Fetch, Program
 from snapstore.queries import Queries
 
 R = TypeVar("R")
@@ -27,10 +28,15 @@ class SyncRunner:
     ctx: Context
 
     def _run(self, program: Program[R], *, transaction: bool = False) -> R:
+        after: list[Callable[[], None]] = []
         with self._pool.connection() as conn, conn.transaction() if transaction else nullcontext():
             try:
                 step = next(program)
                 while True:
+                    if isinstance(step, AfterCommit):
+                        after.append(step.action)
+                        step = program.send(None)
+                        continue
                     cur = conn.execute(self.queries[step.query], step.params)
                     if step.fetch is Fetch.ONE:
                         rows: Any = cur.fetchone()
@@ -43,7 +49,9 @@ class SyncRunner:
                     step = program.send(rows)
             except StopIteration as done:
                 result: R = done.value
-                return result
+        for action in after:
+            action()
+        return result
 
     def _run_batches(self, batch: Callable[[], Program[int]], batch_size: int) -> int:
         """Run one-transaction batches until one comes back short; the total."""
@@ -63,6 +71,7 @@ class AsyncRunner:
     ctx: Context
 
     async def _run(self, program: Program[R], *, transaction: bool = False) -> R:
+        after: list[Callable[[], None]] = []
         async with (
             self._pool.connection() as conn,
             conn.transaction() if transaction else nullcontext(),
@@ -70,6 +79,10 @@ class AsyncRunner:
             try:
                 step = next(program)
                 while True:
+                    if isinstance(step, AfterCommit):
+                        after.append(step.action)
+                        step = program.send(None)
+                        continue
                     cur = await conn.execute(self.queries[step.query], step.params)
                     if step.fetch is Fetch.ONE:
                         rows: Any = await cur.fetchone()
@@ -82,7 +95,9 @@ class AsyncRunner:
                     step = program.send(rows)
             except StopIteration as done:
                 result: R = done.value
-                return result
+        for action in after:
+            action()
+        return result
 
     async def _run_batches(self, batch: Callable[[], Program[int]], batch_size: int) -> int:
         total = 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from psycopg import sql
 
 from snapstore import AtTask, JsonCodec, PostgresBackend, TaskResult, WorkflowSnapshot
@@ -86,3 +87,18 @@ def test_cache_keeps_the_newest_version_and_is_bounded() -> None:
     assert cache.known("i", 3) == {} and cache.known("k", 1) == results
     cache.forget("k")
     assert cache.known("k", 1) == {}
+
+
+def test_a_rolled_back_save_is_not_remembered(backend: PostgresBackend[JsonCodec]) -> None:
+    version = backend.save(snap("r", {"a": 1}))
+
+    def save_then_fail() -> ops.Program[None]:
+        yield from ops.save(backend.ctx, snap("r", {"a": 2}), version, None)
+        raise RuntimeError("the enclosing transaction fails after the save")
+
+    with pytest.raises(RuntimeError):
+        backend._run(save_then_fail(), transaction=True)
+    assert backend.ctx.tasks.known("r", version + 1) == {}
+    assert backend.ctx.tasks.known("r", version) != {}
+    stored = backend.load("r")
+    assert stored is not None and stored.version == version
