@@ -69,6 +69,11 @@ def run_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--batch", type=int, default=defaults.batch, help="items per save_many call")
     p.add_argument("--no-pgbench", action="store_true", help="skip the pgbench reference")
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help="exit 1 when an acceptance check fails or a workload crashed",
+    )
     p.add_argument("--quick", action="store_true", help=f"{QUICK_SECONDS:.0f}s per run (~1 min)")
     p.add_argument(
         "--schema-prefix",
@@ -113,10 +118,14 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["compare"]:
         cargs = compare_parser().parse_args(argv[1:])
         return compare.main(cargs.result, cargs.baseline, cargs.threshold)
-    config = config_from(run_parser().parse_args(argv))
+    args = run_parser().parse_args(argv)
+    config = config_from(args)
     with database_url() as dsn:
         result = suite.run_suite(config, dsn)
     stem = "run-" + result["started_at"].replace(":", "").replace("-", "")
     paths = report.write(result, config.out, stem)
     print(report.summary(result, paths))
-    return 0
+    failed = any(not c["passed"] for c in result["acceptance"]) or any(
+        r.get("failed") for r in result["runs"]
+    )
+    return 1 if args.strict and failed else 0

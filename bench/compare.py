@@ -32,7 +32,10 @@ def compare(result: dict[str, Any], baseline: dict[str, Any], threshold: float) 
     now, base = _index(result), _index(baseline)
     for key in sorted(base):
         if key not in now:
-            lines.append(f"missing  {key[0]}/{key[1]}: in baseline, not in result")
+            lines.append(f"missing    {key[0]}/{key[1]}: in the baseline, not run now")
+            continue
+        if now[key].get("failed"):
+            lines.append(f"REGRESSION {key[0]}/{key[1]}: failed: {now[key]['failed']}")
             continue
         for metric in HIGHER_IS_BETTER + LOWER_IS_BETTER:
             old, new = _get(base[key], metric), _get(now[key], metric)

@@ -29,6 +29,7 @@ FLOW_WORKLOADS = ("linear", "fanout", "signal", "timer")
 ALL_WORKLOADS = SAVE_WORKLOADS + FLOW_WORKLOADS
 CLAIM_TTL = 30.0
 JOIN_TIMEOUT = 10.0
+ERROR_PAUSE = 0.05  # after an unexpected error, so a broken dependency cannot spin a core
 
 
 @dataclass(frozen=True)
@@ -202,10 +203,14 @@ class Workload:
 
     def worker(self, worker_id: str) -> None:
         while not self.stop.is_set():
-            if self.flight.try_enter():
-                self.create()
-            for job in self.dispatcher.take(worker_id, 1):
-                self.drive(job)
+            try:
+                if self.flight.try_enter():
+                    self.create()
+                for job in self.dispatcher.take(worker_id, 1):
+                    self.drive(job)
+            except Exception as exc:  # a failing dispatch call: count it, keep the worker
+                self.rec.error(exc)
+                time.sleep(ERROR_PAUSE)
 
     # -- producer side -----------------------------------------------------
     def signal_producer(self) -> None:

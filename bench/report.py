@@ -46,9 +46,19 @@ RUN_COLUMNS = (
 )
 
 
-def run_row(run: dict[str, Any]) -> list[str]:
+def unmeasured(run: dict[str, Any]) -> str | None:
+    """Why a run has no figures ("skipped: ..." for a missing API, "FAILED: ..."), or None."""
     if run.get("skipped"):
-        return [run["codec"], run["workload"], "skipped: " + run["skipped"]] + ["-"] * 8
+        return f"skipped: {run['skipped']}"
+    if run.get("failed"):
+        return f"FAILED: {run['failed']}"
+    return None
+
+
+def run_row(run: dict[str, Any]) -> list[str]:
+    reason = unmeasured(run)
+    if reason is not None:
+        return [run["codec"], run["workload"], reason] + ["-"] * 8
     errors = sum(run["errors"].values())
     return [
         run["codec"],
@@ -145,8 +155,9 @@ def summary(result: dict[str, Any], paths: list[Path]) -> str:
         f"{'pickup p95':>10} {'drops':>6} {'blob B':>7} {'WAL B/save':>10}  mode",
     ]
     for r in result["runs"]:
-        if r.get("skipped"):
-            lines.append(f"{r['codec']:8} {r['workload']:13} skipped: {r['skipped']}")
+        reason = unmeasured(r)
+        if reason is not None:
+            lines.append(f"{r['codec']:8} {r['workload']:13} {reason}")
             continue
         pickup = r["pickup_latency_ms"]
         drops = (r.get("wakeups") or {}).get("dropped")
@@ -178,7 +189,7 @@ def chart(result: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    runs = [r for r in result["runs"] if not r.get("skipped")]
+    runs = [r for r in result["runs"] if unmeasured(r) is None]
     codecs = list(dict.fromkeys(r["codec"] for r in runs))
     workloads = list(dict.fromkeys(r["workload"] for r in runs))
     fig, (ax_saves, ax_lat) = plt.subplots(1, 2, figsize=(13, 5))

@@ -77,18 +77,20 @@ def _codec_runs(
                 group_threads=config.group_threads,
             )
             target = backend
-            if workload == "group_commit":
-                target = db.open_backend(dsn, codec, schema, pool_size=pool, group_commit=True)
             recorder = Recorder()
             try:
+                if workload == "group_commit":
+                    target = db.open_backend(dsn, codec, schema, pool_size=pool, group_commit=True)
                 with progress.phase(
                     f"{workload}/{codec}", config.duration, functools.partial(_status, recorder)
                 ):
                     outcome = engine.run(spec, dsn, target, caps, recorder)
+                runs.append(outcome.as_dict())
+            except Exception as exc:  # one broken workload must not hide the others' figures
+                runs.append({"codec": codec, "workload": workload, "failed": repr(exc)[:500]})
             finally:
                 if target is not backend:
                     target.close()
-            runs.append(outcome.as_dict())
     finally:
         backend.close()
         db.drop_schema(dsn, schema)

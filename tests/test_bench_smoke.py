@@ -52,6 +52,7 @@ def test_every_workload_ran_and_saved(bench_run: dict[str, Any]) -> None:
     runs = bench_run["runs"]
     assert [r["workload"] for r in runs] == list(engine.ALL_WORKLOADS)
     for run in runs:
+        assert not run.get("failed"), run
         if run.get("skipped"):  # an optional API missing: said so, not hidden
             assert run["skipped"]
             continue
