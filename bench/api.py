@@ -114,8 +114,10 @@ def close_wakeups(listener: Any) -> None:
 
 
 def group_commit_stats(backend: Any) -> dict[str, Any] | None:
-    stats_fn = getattr(backend, "group_commit_stats", None)
-    stats = stats_fn() if callable(stats_fn) else None
+    """Batching figures of a group-commit backend (a property or a method: either works)."""
+    stats = getattr(backend, "group_commit_stats", None)
+    if callable(stats):
+        stats = stats()
     if stats is None:
         return None
     return {

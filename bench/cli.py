@@ -68,6 +68,12 @@ def run_parser() -> argparse.ArgumentParser:
         help="threads calling save() in the group_commit workload",
     )
     p.add_argument("--batch", type=int, default=defaults.batch, help="items per save_many call")
+    p.add_argument(
+        "--poll-interval",
+        type=float,
+        default=defaults.poll_interval,
+        help="wakeup listener fallback poll, seconds (bounds how late a due timer is seen)",
+    )
     p.add_argument("--no-pgbench", action="store_true", help="skip the pgbench reference")
     p.add_argument(
         "--strict",
@@ -107,6 +113,7 @@ def config_from(args: argparse.Namespace) -> suite.Config:
         concurrency=args.concurrency,
         group_threads=args.group_threads,
         batch=args.batch,
+        poll_interval=args.poll_interval,
         pgbench=not args.no_pgbench,
         schema_prefix=args.schema_prefix,
         out=args.out,

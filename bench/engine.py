@@ -147,8 +147,15 @@ class Workload:
         self.dispatcher.submit(Job(instance_id, version, snapshot), now)
 
     def drive(self, job: Job) -> None:
-        """Advance ``job`` until it parks or completes; one CAS save per step."""
+        """Advance ``job`` until it parks or completes; one CAS save per step.
+
+        The lease is released afterwards, except after a terminal save: that one
+        drops the lease in its own statement, and a release would only cost a
+        round trip (on an older store the lease simply expires; a finished
+        instance is never dispatched again either way).
+        """
         self.pickup.claimed(job.instance_id, time.monotonic())
+        done = False
         try:
             snap, version = self._current(job)
             if job.claim is not None and _parked_on_signal(snap):
@@ -165,6 +172,7 @@ class Workload:
                 self.rec.saved()
                 snap = nxt
                 if outcome is Outcome.DONE:
+                    done = True
                     self._complete(job.instance_id)
                     break
                 if outcome is Outcome.PARK:
@@ -175,7 +183,8 @@ class Workload:
             self.started.pop(job.instance_id, None)
             self.flight.leave()
         finally:
-            self.dispatcher.finish(job)
+            if not done:
+                self.dispatcher.finish(job)
 
     def _current(self, job: Job) -> tuple[WorkflowSnapshot, int]:
         if job.snapshot is not None:
@@ -292,10 +301,13 @@ class Outcomes:
                 "drop_rate": self.wakeups.get("drop_rate"),
                 "counters": self.wakeups,
             }
+        mode = self.mode
+        if self.group_commit is not None and self.spec.workload == "group_commit":
+            mode += f" (mean batch {self.group_commit['mean_batch']})"
         return {
             "workload": self.spec.workload,
             "codec": self.spec.codec,
-            "mode": self.mode,
+            "mode": mode,
             "threads": self.threads,
             "window_s": round(window, 3),
             "saves": rec.saves,

@@ -28,6 +28,7 @@ class Config:
     concurrency: int = 8
     group_threads: int = 32
     batch: int = 10
+    poll_interval: float = 0.1
     pgbench: bool = True
     schema_prefix: str = db.SCHEMA_PREFIX
     out: Path = field(default=DEFAULT_OUT)
@@ -75,6 +76,7 @@ def _codec_runs(
                 concurrency=config.concurrency,
                 batch=config.batch,
                 group_threads=config.group_threads,
+                poll_interval=config.poll_interval,
             )
             target = backend
             recorder = Recorder()
