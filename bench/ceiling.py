@@ -15,6 +15,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +66,10 @@ class _Driver:
         self._stop = threading.Event()
 
     def _count(self, ok: int, failed: int) -> None:
+        """Only commits that finished inside the window count."""
         with self._lock:
+            if self._stop.is_set():
+                return
             self.saves += ok
             self.failed += failed
 
@@ -108,7 +112,7 @@ class _Driver:
                 rows = conn.execute(self.query, _batch(params, ids, versions)).fetchall()
                 got = [None if r[1] is None else int(r[1]) for r in rows]
             else:
-                with conn.transaction() if per_commit == "tx" else _nothing():
+                with conn.transaction() if per_commit == "tx" else nullcontext():
                     got = [
                         _saved(conn.execute(self.query, _with(params, i, v)).fetchall())
                         for i, v in zip(ids, versions, strict=True)
@@ -116,14 +120,6 @@ class _Driver:
             ok = [g for g in got if g is not None]
             self._count(len(ok), len(got) - len(ok))
             versions = [g if g is not None else v for g, v in zip(got, versions, strict=True)]
-
-
-class _nothing:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 def _saved(rows: list[Any]) -> int | None:

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-DURABILITY = ("fsync", "synchronous_commit", "wal_sync_method", "full_page_writes")
+from bench.environment import DURABILITY_KEYS
 
 
 def _fmt(value: Any, digits: int = 0) -> str:
@@ -150,7 +150,7 @@ def summary(result: dict[str, Any], paths: list[Path]) -> str:
     lines = [
         "",
         f"PostgreSQL {server['version']} | "
-        + " ".join(f"{k}={settings.get(k, '?')}" for k in DURABILITY),
+        + " ".join(f"{k}={settings.get(k, '?')}" for k in DURABILITY_KEYS),
         f"{'codec':8} {'workload':13} {'saves/s':>9} {'wf/s':>8} {'wf p50/p95/p99 ms':>22} "
         f"{'pickup p95':>10} {'drops':>6} {'blob B':>7} {'WAL B/save':>10}  mode",
     ]
@@ -225,7 +225,7 @@ def chart(result: dict[str, Any], path: Path) -> None:
     settings = server["settings"]
     fig.suptitle(
         f"snapstore {result['started_at']}  PostgreSQL {server['version']} "
-        + " ".join(f"{k}={settings.get(k)}" for k in DURABILITY),
+        + " ".join(f"{k}={settings.get(k)}" for k in DURABILITY_KEYS),
         fontsize=9,
     )
     fig.tight_layout()
