@@ -31,6 +31,9 @@ class PoolOptions:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        sizes = (self.min_size, self.max_size)
+        if any(isinstance(n, bool) or not isinstance(n, int) for n in sizes):
+            raise ConfigurationError(f"pool sizes must be ints (got {sizes!r})")
         if not 0 <= self.min_size <= self.max_size or self.max_size < 1:
             raise ConfigurationError(
                 f"pool sizes must satisfy 0 <= min_size <= max_size, max_size >= 1 "
