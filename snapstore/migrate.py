@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Final
 
 import psycopg
+from psycopg import sql as pgsql
 
 from snapstore.errors import MigrationError
 from snapstore.queries import bind_schema, quote_schema, sql_dir, validate_schema
@@ -101,12 +102,25 @@ class MigrationPlan:
 
 
 def print_sql(schema: str) -> str:
-    """The full DDL a fresh install runs for ``schema`` (for review or manual apply)."""
+    """The full DDL a fresh install runs for ``schema`` (for review or manual apply).
+
+    Each migration is followed by the row that records it, so a schema installed by
+    hand is one `migrate` recognises as current instead of re-applying it.
+    """
     plan = MigrationPlan(schema)
     parts = [plan.bootstrap.decode()]
     for m in load_migrations():
         parts.append(f"-- migration {m.version:04d}_{m.name} (sha256 {m.checksum})")
         parts.append(plan.ddl(m).decode())
+        record = pgsql.SQL(
+            "INSERT INTO {}.migrations (version, name, checksum) VALUES ({}, {}, {});"
+        ).format(
+            pgsql.Identifier(plan.schema),
+            pgsql.Literal(m.version),
+            pgsql.Literal(m.name),
+            pgsql.Literal(m.checksum),
+        )
+        parts.append(record.as_string())
     return "\n\n".join(parts) + "\n"
 
 
