@@ -24,6 +24,7 @@ class Progress:
         self.total = max(total_phases, 1)
         self.done = 0
         self.interactive = self.stream.isatty()
+        self._last = 0
 
     def phase(self, label: str, seconds: float, status: Callable[[], str]) -> _Phase:
         return _Phase(self, label, seconds, status)
@@ -31,11 +32,15 @@ class Progress:
     def _line(self, label: str, fraction: float, status: str) -> str:
         filled = int(BAR_WIDTH * min(max(fraction, 0.0), 1.0))
         bar = "#" * filled + "-" * (BAR_WIDTH - filled)
-        return f"[{self.done + 1}/{self.total}] {label:<28} [{bar}] {fraction:4.0%} {status}"
+        shown = min(max(fraction, 0.0), 1.0)
+        return f"[{self.done + 1}/{self.total}] {label:<28} [{bar}] {shown:4.0%} {status}"
 
     def write(self, text: str, *, final: bool) -> None:
         if self.interactive:
-            self.stream.write("\r\x1b[2K" + text + ("\n" if final else ""))
+            # Pad over the previous line instead of using terminal escapes.
+            padded = text.ljust(self._last)
+            self._last = 0 if final else len(text)
+            self.stream.write("\r" + padded + ("\n" if final else ""))
         elif final:
             self.stream.write(text + "\n")
         self.stream.flush()
