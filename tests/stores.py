@@ -36,11 +36,13 @@ from snapstore import (
     PostgresBackend,
 )
 from snapstore.model import (
+    AtTask,
     HistoryEntry,
     Page,
     SnapshotSummary,
     StoredSnapshot,
     TaskResult,
+    TaskStatus,
     WorkflowSnapshot,
     WorkflowStatus,
 )
@@ -86,6 +88,19 @@ def snap(instance_id: str = "wf-1", **fields: Any) -> WorkflowSnapshot:
     """A valid snapshot with only the fields a scenario cares about spelled out."""
     fields.setdefault("definition_hash", "def-1")
     return WorkflowSnapshot(instance_id=instance_id, **fields)
+
+
+def with_tasks(instance_id: str = "wf-1", **fields: Any) -> WorkflowSnapshot:
+    """A snapshot carrying two finished tasks, one with an output and one without."""
+    fields.setdefault("position", AtTask("c"))
+    return snap(
+        instance_id,
+        task_results={
+            "a": TaskResult(output={"rows": [1, 2, 3], "marker": "SIDECAR-ONLY"}, worker_id="w1"),
+            "b": TaskResult(status=TaskStatus.FAILED, error="boom", attempts=3),
+        },
+        **fields,
+    )
 
 
 def advance(snapshot: WorkflowSnapshot, **changes: Any) -> WorkflowSnapshot:

@@ -23,7 +23,6 @@ from snapstore import (
     NotFoundError,
     RetryState,
     TaskResult,
-    TaskStatus,
     TerminalStateError,
     ValidationError,
     WorkflowSnapshot,
@@ -40,6 +39,7 @@ from tests.stores import (
     isolated_schema,
     open_store,
     snap,
+    with_tasks,
 )
 
 T0 = datetime(2030, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
@@ -59,19 +59,6 @@ async def store(request: pytest.FixtureRequest, dsn: str, schema: str) -> AsyncI
     await opened.truncate_all()
     yield opened
     await opened.close()
-
-
-def with_tasks(instance_id: str = "wf-1", **fields: Any) -> WorkflowSnapshot:
-    """A snapshot carrying two finished tasks, one with an output and one without."""
-    fields.setdefault("position", AtTask("c"))
-    return snap(
-        instance_id,
-        task_results={
-            "a": TaskResult(output={"rows": [1, 2, 3], "marker": "SIDECAR-ONLY"}, worker_id="w1"),
-            "b": TaskResult(status=TaskStatus.FAILED, error="boom", attempts=3),
-        },
-        **fields,
-    )
 
 
 async def task_xmins(store: Store, instance_id: str) -> dict[str, str]:
