@@ -74,6 +74,11 @@ def run_parser() -> argparse.ArgumentParser:
         default=defaults.poll_interval,
         help="wakeup listener fallback poll, seconds (bounds how late a due timer is seen)",
     )
+    p.add_argument(
+        "--no-wakeups",
+        action="store_true",
+        help="flow workers poll find_available_tasks instead of waiting on LISTEN/NOTIFY",
+    )
     p.add_argument("--no-pgbench", action="store_true", help="skip the pgbench reference")
     p.add_argument(
         "--strict",
@@ -114,6 +119,7 @@ def config_from(args: argparse.Namespace) -> suite.Config:
         group_threads=args.group_threads,
         batch=args.batch,
         poll_interval=args.poll_interval,
+        wakeups=not args.no_wakeups,
         pgbench=not args.no_pgbench,
         schema_prefix=args.schema_prefix,
         out=args.out,

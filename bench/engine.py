@@ -29,6 +29,19 @@ FLOW_WORKLOADS = ("linear", "fanout", "signal", "timer")
 ALL_WORKLOADS = SAVE_WORKLOADS + FLOW_WORKLOADS
 CLAIM_TTL = 30.0
 JOIN_TIMEOUT = 10.0
+# Workflows in flight per worker. The save-path runs keep a backlog so no worker ever
+# idles (saves/s is their point); claim-dispatched runs keep one per worker so pickup
+# latency measures dispatch, not a queue the harness built itself (in a saturated
+# closed loop, latency = in-flight / throughput); parked runs need room for sleepers.
+IN_FLIGHT_PER_WORKER = {
+    "saves": 4,
+    "group_commit": 4,
+    "linear": 1,
+    "fanout": 1,
+    "signal": 2,
+    "timer": 8,
+}
+SIGNAL_PRODUCERS_PER_WORKER = 0.25  # threads calling send_event, the "external system"
 ERROR_PAUSE = 0.05  # after an unexpected error, so a broken dependency cannot spin a core
 
 
@@ -44,6 +57,7 @@ class RunSpec:
     batch: int = 10
     group_threads: int = 32
     poll_interval: float = 0.1  # the wakeup listener's fallback poll: bounds timer lateness
+    wakeups: bool = True  # False: flow workers poll find_available_tasks even if wakeups exist
 
 
 class PickupClock:
@@ -119,8 +133,7 @@ class Workload:
         self.pickup = PickupClock(recorder)
         self.use_signals = use_signals
         self.width = spec.group_threads if spec.workload == "group_commit" else spec.concurrency
-        parked_heavy = definition.name in ("timer", "signal")
-        self.flight = InFlight(self.width * (8 if parked_heavy else 4))
+        self.flight = InFlight(self.width * IN_FLIGHT_PER_WORKER.get(spec.workload, 1))
         self.stop = threading.Event()
         self.started: dict[str, float] = {}
         self.signals: queue.Queue[Job] = queue.Queue()
@@ -338,7 +351,7 @@ def _dispatcher_for(
         return StoreDispatcher(
             backend,
             ttl=CLAIM_TTL,
-            use_wakeups=caps.wakeups,
+            use_wakeups=caps.wakeups and spec.wakeups,
             poll_interval=spec.poll_interval,
             on_error=recorder.error,
         )
@@ -364,7 +377,8 @@ def run(
     body = load.batch_worker if spec.workload == "save_many" else load.worker
     targets = [(f"w{i}", _bound(body, f"w{i}")) for i in range(width)]
     if spec.workload == "signal":
-        targets.append(("signals", load.signal_producer))
+        producers = max(1, round(width * SIGNAL_PRODUCERS_PER_WORKER))
+        targets += [(f"signals{i}", load.signal_producer) for i in range(producers)]
     mode = dispatcher.mode
     if spec.workload == "signal":
         mode += "+send_event" if caps.signals else "+in-process-events"

@@ -29,6 +29,7 @@ class Config:
     group_threads: int = 32
     batch: int = 10
     poll_interval: float = 0.1
+    wakeups: bool = True
     pgbench: bool = True
     schema_prefix: str = db.SCHEMA_PREFIX
     out: Path = field(default=DEFAULT_OUT)
@@ -77,6 +78,7 @@ def _codec_runs(
                 batch=config.batch,
                 group_threads=config.group_threads,
                 poll_interval=config.poll_interval,
+                wakeups=config.wakeups,
             )
             target = backend
             recorder = Recorder()
