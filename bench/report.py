@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from bench.acceptance import GROUPED_TARGET
 from bench.environment import DURABILITY_KEYS
 
 
@@ -213,6 +214,8 @@ def chart(result: dict[str, Any], path: Path) -> None:
         if c.get("saves_per_s"):
             ax_saves.axhline(c["saves_per_s"], linestyle=style, color="grey", linewidth=1)
             ax_saves.annotate(name, (len(workloads) - 0.5, c["saves_per_s"]), fontsize=7)
+    ax_saves.axhline(GROUPED_TARGET, linestyle=":", color="red", linewidth=1)
+    ax_saves.annotate("grouped target", (len(workloads) - 0.5, GROUPED_TARGET), fontsize=7)
     centre = [j + 0.4 - width / 2 for j in range(len(workloads))]
     for ax, title in (
         (ax_saves, "saves/s (lines: ceilings)"),
