@@ -7,6 +7,7 @@ never a peak rate over a lucky second.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections import Counter
@@ -17,8 +18,8 @@ def percentile(sorted_values: list[float], q: float) -> float:
     """Nearest-rank percentile of an already sorted list (q in 0..100)."""
     if not sorted_values:
         return 0.0
-    rank = max(0, min(len(sorted_values) - 1, round(q / 100 * len(sorted_values) + 0.5) - 1))
-    return sorted_values[rank]
+    rank = math.ceil(q * len(sorted_values) / 100)  # 1-based: the smallest value covering q%
+    return sorted_values[min(max(rank, 1), len(sorted_values)) - 1]
 
 
 def summarize_ms(samples: list[float]) -> dict[str, Any] | None:

@@ -113,3 +113,27 @@ def test_compare_flags_a_drop_beyond_the_threshold(tmp_path: Path) -> None:
     assert compare.main(now, base, 0.1) == 1
     assert compare.main(now, base, 0.2) == 0
     assert compare.main(base, base, 0.1) == 0
+
+
+def test_pgbench_script_uses_only_its_own_variables(dsn: str) -> None:
+    """pgbench reads ":name" anywhere, even in string literals: only ours may appear."""
+    import re
+
+    import psycopg
+
+    from bench import ceiling
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        script = ceiling.pgbench_script(conn, "bench_script_probe", 2)
+    names = set(re.findall(r"(?<![:\w]):([A-Za-z_]\w*)", script))
+    assert names == {"client_id", "iid0", "iid1", "v0_version", "v1_version"}
+    assert script.count("\\gset") == 2 and "BEGIN;" in script and "COMMIT;" in script
+
+
+def test_percentile_is_nearest_rank() -> None:
+    from bench.stats import percentile, summarize_ms
+
+    values = [float(v) for v in range(1, 101)]
+    assert [percentile(values, q) for q in (50, 95, 99, 100)] == [50.0, 95.0, 99.0, 100.0]
+    assert summarize_ms([]) is None
+    assert summarize_ms([0.002]) == {"count": 1, "p50": 2.0, "p95": 2.0, "p99": 2.0, "max": 2.0}
