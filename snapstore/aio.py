@@ -103,7 +103,9 @@ class AsyncPostgresBackend(
         return self._pool
 
     async def close(self) -> None:
-        """Close the pool if this backend opened it; a borrowed pool is left alone."""
+        """Stop this backend's wakeup listeners, then close the pool if this backend
+        opened it; a borrowed pool is left alone."""
+        await self.close_wakeups()
         if self._owns_pool:
             await self._pool.close()
 

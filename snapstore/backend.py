@@ -100,7 +100,9 @@ class PostgresBackend(
         return self._pool
 
     def close(self) -> None:
-        """Close the pool if this backend opened it; a borrowed pool is left alone."""
+        """Stop this backend's wakeup listeners, then close the pool if this backend
+        opened it; a borrowed pool is left alone."""
+        self.close_wakeups()
         if self._owns_pool:
             self._pool.close()
 

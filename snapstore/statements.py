@@ -12,7 +12,7 @@ import json
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Final
 
 from snapstore.codecs import Codec, decode_snapshot, encode_output, encode_snapshot, open_value
@@ -29,6 +29,7 @@ from snapstore.model import (
     MAX_PRIORITY,
     MIN_PRIORITY,
     AtDelay,
+    AtSignal,
     Claim,
     HistoryEntry,
     NotStarted,
@@ -123,8 +124,14 @@ def check_expected_version(expected_version: int | None) -> None:
         raise ValidationError("expected_version must be None (create) or an int >= 1")
 
 
+# An instance parked on a signal waits for an event, not for a worker: it is due never.
+PARKED_UNTIL: Final = datetime.max.replace(tzinfo=UTC)
+
+
 def _available_at(snapshot: WorkflowSnapshot) -> datetime | None:
     """Earliest time the instance may be dispatched: timers and retry backoff."""
+    if isinstance(snapshot.position, AtSignal):
+        return PARKED_UNTIL
     times = [r.next_attempt_at for r in snapshot.retries.values() if r.next_attempt_at]
     if isinstance(snapshot.position, AtDelay):
         times.append(snapshot.position.wake_at)

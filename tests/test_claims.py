@@ -24,6 +24,7 @@ from psycopg import sql
 
 from snapstore import (
     AtDelay,
+    AtSignal,
     AtTask,
     DecodeError,
     NotFoundError,
@@ -38,6 +39,7 @@ from snapstore.claims import MAX_DISPATCH, ClaimedTask, DispatchQuery
 from snapstore.errors import ClaimLostError
 from snapstore.model import TERMINAL_STATUSES, Claim
 from snapstore.queries import wakeup_channel
+from snapstore.signals import EventOutcome
 from tests.stores import KINDS, Kind, Store, isolated_schema, opened, snap, without_timestamps
 
 LONG = 600.0  # seconds: a lease that stays live for the whole test
@@ -415,6 +417,15 @@ async def test_timers_and_retry_backoff_gate_dispatch(claims: Claims) -> None:
     assert sorted(ids(await claims.find(limit=10))) == ["retry-due", "timer-due"]
     assert await claims.find(limit=10) == []
     assert await claims.claim_notified(["timer-later", "retry-later"]) == []
+
+
+async def test_an_instance_parked_on_a_signal_waits_for_its_event(claims: Claims) -> None:
+    await claims.seed(snap("parked", position=AtSignal("t1", "approve")))
+    assert await claims.dispatchable_ids() == []
+    assert await claims.next_dispatch_at() is None  # no timer: only an event wakes it
+    outcome = await claims._call("send_event", "parked", "approve", {"ok": True})
+    assert outcome == EventOutcome.RESUMED
+    assert ids(await claims.find()) == ["parked"]
 
 
 async def test_paused_finished_and_leased_instances_are_not_dispatched(

@@ -107,7 +107,8 @@ ORDER BY p.effective_priority, p.available_at, p.instance_id;
 -- finding nothing (the instance was claimed or changed meanwhile) is harmless.
 SELECT LEAST(
     (SELECT min(s.available_at) FROM @schema@.snapshots AS s
-     WHERE s.status = 'InProgress' AND s.available_at > now()),
+     WHERE s.status = 'InProgress' AND s.available_at > now()
+       AND s.position_kind <> 'AtSignal'),  -- parked: due only when an event arrives
     (SELECT c.expires_at FROM @schema@.claims AS c
      JOIN @schema@.snapshots AS s ON s.instance_id = c.instance_id
      WHERE c.expires_at > now() AND s.status = 'InProgress'
