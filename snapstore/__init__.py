@@ -2,8 +2,10 @@
 
 from snapstore.aio import AsyncPostgresBackend
 from snapstore.backend import PostgresBackend
+from snapstore.claims import ClaimedTask, DispatchQuery
 from snapstore.codecs import CborCodec, Codec, JsonCodec, MsgpackCodec, register_codec
 from snapstore.errors import (
+    ClaimLostError,
     CodecError,
     ConfigurationError,
     ConflictError,
@@ -16,6 +18,7 @@ from snapstore.errors import (
     UnknownCodecError,
     ValidationError,
 )
+from snapstore.group_commit import GroupCommitStats
 from snapstore.memory import MemoryBackend
 from snapstore.model import (
     AtDelay,
@@ -23,12 +26,15 @@ from snapstore.model import (
     AtJoin,
     AtSignal,
     AtTask,
+    Claim,
     HistoryEntry,
     InLoop,
     NotStarted,
     Page,
     Position,
     RetryState,
+    SaveRequest,
+    SaveResult,
     SnapshotSummary,
     StoredSnapshot,
     TaskResult,
@@ -36,23 +42,40 @@ from snapstore.model import (
     WorkflowSnapshot,
     WorkflowStatus,
 )
+from snapstore.signals import (
+    Event,
+    EventOutcome,
+    ParkResult,
+    Signal,
+    SignalKind,
+    SignalOutcome,
+)
+from snapstore.wakeup import AsyncWakeupListener, WakeupListener, WakeupOptions, WakeupStats
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AsyncPostgresBackend",
+    "AsyncWakeupListener",
     "AtDelay",
     "AtFork",
     "AtJoin",
     "AtSignal",
     "AtTask",
     "CborCodec",
+    "Claim",
+    "ClaimLostError",
+    "ClaimedTask",
     "Codec",
     "CodecError",
     "ConfigurationError",
     "ConflictError",
     "DecodeError",
+    "DispatchQuery",
     "EncodeError",
+    "Event",
+    "EventOutcome",
+    "GroupCommitStats",
     "HistoryEntry",
     "InLoop",
     "JsonCodec",
@@ -62,9 +85,15 @@ __all__ = [
     "NotFoundError",
     "NotStarted",
     "Page",
+    "ParkResult",
     "Position",
     "PostgresBackend",
     "RetryState",
+    "SaveRequest",
+    "SaveResult",
+    "Signal",
+    "SignalKind",
+    "SignalOutcome",
     "SnapshotSummary",
     "SnapstoreError",
     "StoredSnapshot",
@@ -73,6 +102,9 @@ __all__ = [
     "TerminalStateError",
     "UnknownCodecError",
     "ValidationError",
+    "WakeupListener",
+    "WakeupOptions",
+    "WakeupStats",
     "WorkflowSnapshot",
     "WorkflowStatus",
     "register_codec",
