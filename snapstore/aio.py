@@ -149,11 +149,14 @@ class AsyncPostgresBackend(
         A failed item (conflict, terminal, invalid...) is reported in its result and
         does not stop the others.
         """
-        return await self._run(ops.save_many(self.ctx, requests), transaction=True)
+        prepared, rejected = ops.prepare_many(self.ctx, requests)
+        saved = await self._flush(prepared) if prepared else []
+        return ops.merge_results(len(requests), rejected, saved)
 
     async def _flush(self, items: builtins.list[st.PreparedSave]) -> builtins.list[SaveResult]:
-        """One group-commit batch; a deadlock with a concurrent batch is retried."""
-        transaction = len(st.save_rounds(items)) > 1
+        """One commit of prepared saves (a group-commit batch or a `save_many`); a
+        deadlock with a concurrent batch is retried."""
+        transaction = ops.needs_transaction(items)
         for attempt in range(1, ops.MAX_BATCH_ATTEMPTS + 1):
             try:
                 return await self._run(ops.save_batch(self.ctx, items), transaction=transaction)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import enum
 import functools
-from collections.abc import Callable, Generator, Iterable, Sequence
+from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, NamedTuple, TypeVar
 
@@ -137,11 +137,22 @@ def prepare_many(
     return prepared, rejected
 
 
-def save_many(ctx: Context, requests: Sequence[SaveRequest]) -> Program[list[SaveResult]]:
-    """`save_batch` for caller-built requests, merging back the rejected ones in order."""
-    prepared, rejected = prepare_many(ctx, requests)
-    saved = iter((yield from save_batch(ctx, prepared)) if prepared else ())
-    return [rejected[i] if i in rejected else next(saved) for i in range(len(requests))]
+def needs_transaction(items: Sequence[st.PreparedSave]) -> bool:
+    """Whether `save_batch` must run inside BEGIN/COMMIT to commit once.
+
+    One round is one statement, which autocommit already makes atomic: skipping
+    BEGIN and COMMIT saves two round trips per commit.
+    """
+    return len(st.save_rounds(items)) > 1
+
+
+def merge_results(
+    count: int, rejected: Mapping[int, SaveResult], saved: Iterable[SaveResult]
+) -> list[SaveResult]:
+    """The results of ``count`` requests in order: rejected ones where they were, saved ones
+    (in order) everywhere else."""
+    outcomes = iter(saved)
+    return [rejected[i] if i in rejected else next(outcomes) for i in range(count)]
 
 
 def load(instance_id: str) -> Program[StoredSnapshot | None]:
