@@ -9,6 +9,7 @@ or pooling, so "single-save path / ceiling" isolates the library's overhead.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -17,7 +18,7 @@ import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import psycopg
 
@@ -159,6 +160,9 @@ def pgbench_path(dsn_from_env: bool) -> str | None:
     return str(bundled) if bundled is not None and bundled.exists() else None
 
 
+_BINARY_PLACEHOLDER: Final = re.compile(r"%\((\w+)\)b")
+
+
 def _strip_comments(sql_text: str) -> str:
     return "\n".join(line.split("--", 1)[0] for line in sql_text.splitlines())
 
@@ -169,6 +173,7 @@ def _script_statement(conn: psycopg.Connection[Any], schema: str, k: int) -> str
     version returned by the previous run, so every save is a successful CAS)."""
     params = _template(schema, "x")
     query = _strip_comments(queries_for(schema)[SAVE_STATEMENT].decode())
+    query = _BINARY_PLACEHOLDER.sub(r"%(\1)s", query)  # literals below: text format
     query = query.replace("%(instance_id)s", f"ARRAY[:iid{k}::text]")
     query = query.replace("%(expected_version)s", f"ARRAY[:v{k}_version::bigint]")
     # pgbench reads ":name" even inside string literals, and the channel has a colon.

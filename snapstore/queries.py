@@ -53,6 +53,18 @@ def sql_dir() -> Traversable:
     return Path(__file__).resolve().parent.parent / "sql"
 
 
+def compact(body: str) -> str:
+    """A statement without comment lines and indentation.
+
+    The files stay commented for readers; the wire gets the short form, which
+    also keeps the big statements under psycopg's cached-parse size limit.
+    Only whole-line comments go (a trailing one stays), which is safe because no
+    statement here has a string literal spanning lines.
+    """
+    lines = (line.strip() for line in body.splitlines())
+    return "\n".join(line for line in lines if line and not line.startswith("--"))
+
+
 @functools.cache
 def _raw_queries() -> dict[str, str]:
     """Every named statement of sql/queries/*.sql; a name may appear only once."""
@@ -65,7 +77,7 @@ def _raw_queries() -> dict[str, str]:
         for name, body in zip(parts[1::2], parts[2::2], strict=True):
             if name in found:
                 raise RuntimeError(f"statement {name!r} is defined twice in sql/queries/")
-            found[name] = body.strip()
+            found[name] = compact(body)
     return found
 
 

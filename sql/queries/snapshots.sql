@@ -10,12 +10,12 @@
 -- Instance ids within one batch are distinct. Returns (ordinal, new version or NULL).
 WITH items AS (
     SELECT * FROM unnest(
-        %(instance_id)s::text[], %(expected_version)s::bigint[], %(claim_token)s::uuid[],
-        %(status)s::text[], %(definition_hash)s::text[], %(current_task_id)s::text[],
-        %(position_kind)s::text[], %(completed_task_count)s::integer[], %(error)s::text[],
-        %(priority)s::smallint[], %(tags)s::jsonb[], %(delay_wake_at)s::timestamptz[],
-        %(available_at)s::timestamptz[], %(codec)s::text[], %(data)s::bytea[],
-        %(data_hash)s::bytea[], %(terminal)s::boolean[], %(notify)s::boolean[]
+        %(instance_id)b::text[], %(expected_version)b::bigint[], %(claim_token)b::uuid[],
+        %(status)b::text[], %(definition_hash)b::text[], %(current_task_id)b::text[],
+        %(position_kind)b::text[], %(completed_task_count)b::integer[], %(error)b::text[],
+        %(priority)b::smallint[], %(tags)b::jsonb[], %(delay_wake_at)b::timestamptz[],
+        %(available_at)b::timestamptz[], %(codec)b::text[], %(data)b::bytea[],
+        %(data_hash)b::bytea[], %(terminal)b::boolean[], %(notify)b::boolean[]
     ) WITH ORDINALITY AS i(
         instance_id, expected_version, claim_token, status, definition_hash, current_task_id,
         position_kind, completed_task_count, error, priority, tags, delay_wake_at,
@@ -76,10 +76,10 @@ WITH items AS (
         error, output)
     SELECT saved.instance_id, u.task_id, u.status, u.attempts, u.worker_id, u.started_at,
         u.completed_at, u.error, u.output
-    FROM unnest(%(task_items)s::bigint[], %(task_ids)s::text[], %(task_status)s::text[],
-        %(task_attempts)s::integer[], %(task_worker)s::text[],
-        %(task_started)s::timestamptz[], %(task_completed)s::timestamptz[],
-        %(task_error)s::text[], %(task_output)s::bytea[])
+    FROM unnest(%(task_items)b::bigint[], %(task_ids)b::text[], %(task_status)b::text[],
+        %(task_attempts)b::integer[], %(task_worker)b::text[],
+        %(task_started)b::timestamptz[], %(task_completed)b::timestamptz[],
+        %(task_error)b::text[], %(task_output)b::bytea[])
         AS u(n, task_id, status, attempts, worker_id, started_at, completed_at, error, output)
     JOIN saved ON saved.n = u.n
     ON CONFLICT (instance_id, task_id) DO UPDATE SET
@@ -87,9 +87,8 @@ WITH items AS (
         worker_id = EXCLUDED.worker_id, started_at = EXCLUDED.started_at,
         completed_at = EXCLUDED.completed_at, error = EXCLUDED.error,
         output = EXCLUDED.output
-    WHERE (t.status, t.attempts, t.worker_id, t.started_at, t.completed_at, t.error, t.output)
-        IS DISTINCT FROM (EXCLUDED.status, EXCLUDED.attempts, EXCLUDED.worker_id,
-        EXCLUDED.started_at, EXCLUDED.completed_at, EXCLUDED.error, EXCLUDED.output)
+    -- Whole rows: this upsert writes every column of tasks (keep it so).
+    WHERE (t.*) IS DISTINCT FROM (EXCLUDED.*)
 ), done AS (
     -- A finished instance needs no lease: drop it so claims do not pile up.
     DELETE FROM @schema@.claims AS c
