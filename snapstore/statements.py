@@ -29,9 +29,12 @@ from snapstore.model import (
     MAX_PRIORITY,
     MIN_PRIORITY,
     AtDelay,
+    AtFork,
+    AtJoin,
     AtSignal,
     Claim,
     HistoryEntry,
+    InLoop,
     NotStarted,
     Page,
     Position,
@@ -69,6 +72,69 @@ def _check_text(kind: str, value: object, *, optional: bool = False) -> None:
         raise ValidationError(f"{kind} must not contain NUL characters")
 
 
+def _check_count(kind: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValidationError(f"{kind} must be an int >= 0, got {value!r}")
+
+
+def _check_time(kind: str, value: object, *, optional: bool = True, aware: bool = False) -> None:
+    """``aware`` for times the server schedules by: a naive one would be read in the
+    session's time zone, silently shifting a timer or a retry."""
+    if value is None and optional:
+        return
+    if not isinstance(value, datetime):
+        raise ValidationError(f"{kind} must be a datetime{' or None' if optional else ''}")
+    if aware and value.utcoffset() is None:
+        raise ValidationError(f"{kind} must be timezone-aware")
+
+
+def _check_names(kind: str, values: object) -> None:
+    if not isinstance(values, tuple | list):
+        raise ValidationError(f"{kind} must be a tuple of str")
+    for value in values:
+        _check_text(kind, value)
+
+
+def _check_position(position: Position) -> None:
+    if not isinstance(position, Position):
+        raise ValidationError(f"position must be a Position, got {position!r}")
+    if isinstance(position, NotStarted):
+        return
+    _check_text("position task_id", position.task_id)
+    if isinstance(position, AtDelay):
+        _check_time("AtDelay.wake_at", position.wake_at, optional=False, aware=True)
+    elif isinstance(position, AtSignal):
+        _check_text("AtSignal.signal_name", position.signal_name)
+    elif isinstance(position, AtFork):
+        _check_names("AtFork.branches", position.branches)
+    elif isinstance(position, AtJoin):
+        _check_names("AtJoin.waiting_for", position.waiting_for)
+    elif isinstance(position, InLoop):
+        _check_count("InLoop.iteration", position.iteration)
+
+
+def _check_task_result(task_id: str, result: object) -> None:
+    where = f"task_results[{task_id!r}]"
+    if not isinstance(result, TaskResult):
+        raise ValidationError(f"{where} must be a TaskResult")
+    if not isinstance(result.status, TaskStatus):
+        raise ValidationError(f"{where}.status must be a TaskStatus, got {result.status!r}")
+    _check_count(f"{where}.attempts", result.attempts)
+    _check_text(f"{where}.error", result.error, optional=True)
+    _check_text(f"{where}.worker_id", result.worker_id, optional=True)
+    _check_time(f"{where}.started_at", result.started_at)
+    _check_time(f"{where}.completed_at", result.completed_at)
+
+
+def _check_retry(task_id: str, retry: object) -> None:
+    where = f"retries[{task_id!r}]"
+    if not isinstance(retry, RetryState):
+        raise ValidationError(f"{where} must be a RetryState")
+    _check_count(f"{where}.attempts", retry.attempts)
+    _check_time(f"{where}.next_attempt_at", retry.next_attempt_at, aware=True)
+    _check_text(f"{where}.last_error", retry.last_error, optional=True)
+
+
 def validate_snapshot(snapshot: WorkflowSnapshot) -> None:
     """Reject a snapshot the store could not faithfully keep, before any I/O.
 
@@ -83,16 +149,11 @@ def validate_snapshot(snapshot: WorkflowSnapshot) -> None:
     _check_text("error", snapshot.error, optional=True)
     if not isinstance(snapshot.trace_parent, str | None):
         raise ValidationError("trace_parent must be a str or None")
-    if not isinstance(snapshot.created_at, datetime | None):
-        raise ValidationError("created_at must be a datetime or None")
+    _check_time("created_at", snapshot.created_at)
     if not isinstance(snapshot.status, WorkflowStatus):
         raise ValidationError(f"status must be a WorkflowStatus, got {snapshot.status!r}")
-    if not isinstance(snapshot.position, Position):
-        raise ValidationError(f"position must be a Position, got {snapshot.position!r}")
-    if not isinstance(snapshot.position, NotStarted):
-        _check_text("position task_id", snapshot.position.task_id)
-    if not isinstance(snapshot.tags, tuple | list):
-        raise ValidationError("tags must be a tuple of str")
+    _check_position(snapshot.position)
+    _check_names("tags", snapshot.tags)
     if not isinstance(snapshot.task_results, dict) or not isinstance(snapshot.retries, dict):
         raise ValidationError("task_results and retries must be dicts keyed by task id")
     prio = snapshot.priority
@@ -102,17 +163,12 @@ def validate_snapshot(snapshot: WorkflowSnapshot) -> None:
         or not MIN_PRIORITY <= prio <= MAX_PRIORITY
     ):
         raise ValidationError(f"priority must be an int in {MIN_PRIORITY}..{MAX_PRIORITY}")
-    for tag in snapshot.tags:
-        _check_text("tag", tag)
     for task_id, result in snapshot.task_results.items():
         _check_id("task id", task_id)
-        if not isinstance(result, TaskResult):
-            raise ValidationError(f"task_results[{task_id!r}] must be a TaskResult")
-        _check_text(f"task_results[{task_id!r}].error", result.error, optional=True)
-        _check_text(f"task_results[{task_id!r}].worker_id", result.worker_id, optional=True)
+        _check_task_result(task_id, result)
     for task_id, retry in snapshot.retries.items():
-        if not isinstance(retry, RetryState):
-            raise ValidationError(f"retries[{task_id!r}] must be a RetryState")
+        _check_id("retry task id", task_id)
+        _check_retry(task_id, retry)
 
 
 def check_expected_version(expected_version: int | None) -> None:
@@ -357,10 +413,15 @@ def encode_cursor(instance_id: str) -> str:
 
 
 def decode_cursor(cursor: str) -> str:
+    """The instance id a cursor continues after. Only what `encode_cursor` made is
+    accepted: a mangled cursor must fail loudly, not restart the listing."""
     try:
-        return base64.urlsafe_b64decode(cursor.encode()).decode()
+        after = base64.b64decode(cursor.encode(), altchars=b"-_", validate=True).decode()
     except (ValueError, UnicodeError) as exc:
         raise ValidationError(f"invalid page cursor {cursor!r}") from exc
+    if encode_cursor(after) != cursor:
+        raise ValidationError(f"invalid page cursor {cursor!r}")
+    return after
 
 
 def list_params(

@@ -16,6 +16,9 @@ import pytest
 
 from snapstore import (
     AtDelay,
+    AtFork,
+    AtJoin,
+    AtSignal,
     AtTask,
     ConflictError,
     EncodeError,
@@ -396,7 +399,16 @@ async def test_keyset_pagination_walks_every_id_once_in_byte_order(
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"limit": 0}, {"limit": 1001}, {"limit": True}, {"cursor": "a"}, {"cursor": "_w=="}],
+    [
+        {"limit": 0},
+        {"limit": 1001},
+        {"limit": True},
+        {"cursor": "a"},
+        {"cursor": "_w=="},
+        {"cursor": "!!!!"},  # not base64 at all: must not silently restart the listing
+        {"cursor": "a b c d"},
+        {"cursor": "aQ==aQ=="},  # data after padding
+    ],
     ids=repr,
 )
 async def test_list_rejects_bad_arguments(store: Store, kwargs: dict[str, Any]) -> None:
@@ -407,6 +419,7 @@ async def test_list_rejects_bad_arguments(store: Store, kwargs: dict[str, Any]) 
 # --- validation: bad input raises before any I/O ---------------------------------------
 
 GOOD = snap()
+NAIVE = datetime(2030, 1, 1)  # no tzinfo: the server would read it in its own time zone
 
 
 def bad(**changes: Any) -> Callable[[], WorkflowSnapshot]:
@@ -439,6 +452,20 @@ BAD_SNAPSHOTS: dict[str, Callable[[], WorkflowSnapshot]] = {
     "NUL in task error": bad(task_results={"t": TaskResult(error="\x00")}),
     "NUL in task worker": bad(task_results={"t": TaskResult(worker_id="w\x00")}),
     "retry not a RetryState": bad(retries={"t": 1}),
+    "task status str": bad(task_results={"t": TaskResult(status="Completed")}),  # type: ignore[arg-type]
+    "task attempts str": bad(task_results={"t": TaskResult(attempts="2")}),  # type: ignore[arg-type]
+    "task attempts negative": bad(task_results={"t": TaskResult(attempts=-1)}),
+    "task started_at str": bad(task_results={"t": TaskResult(started_at="now")}),  # type: ignore[arg-type]
+    "retry attempts None": bad(retries={"t": RetryState(attempts=None)}),  # type: ignore[arg-type]
+    "naive retry time": bad(retries={"t": RetryState(attempts=1, next_attempt_at=NAIVE)}),
+    "NUL in retry error": bad(retries={"t": RetryState(attempts=1, last_error="\x00")}),
+    "empty retry task id": bad(retries={"": RetryState(attempts=1)}),
+    "naive wake_at": bad(position=AtDelay("t", NAIVE)),
+    "wake_at str": bad(position=AtDelay("t", "soon")),  # type: ignore[arg-type]
+    "signal name int": bad(position=AtSignal("t", 7)),  # type: ignore[arg-type]
+    "fork branch int": bad(position=AtFork("t", (1,))),  # type: ignore[arg-type]
+    "join list of None": bad(position=AtJoin("t", (None,))),  # type: ignore[arg-type]
+    "loop iteration str": bad(position=InLoop("t", "1")),  # type: ignore[arg-type]
     "created_at str": bad(created_at="yesterday"),
     "trace_parent int": bad(trace_parent=1),
 }
