@@ -49,6 +49,10 @@ from snapstore.runner import AsyncRunner, SyncRunner
 log = logging.getLogger(__name__)
 
 POLL_QUERY: Final = "wakeup_poll"
+NEXT_DUE_QUERY: Final = "next_dispatch_at"
+# A poll for a timer runs this long after it came due (never sooner after the last
+# poll), so the server's now() has passed it and a run of timers cannot spin the loop.
+TIMER_GRACE: Final = 0.005
 DEFAULT_APPLICATION_NAME: Final = "snapstore-wakeup"
 # How often a blocked sync listener looks at its stop flag: psycopg's notifies()
 # cannot be interrupted from another thread, so it waits in slices this long.
@@ -117,6 +121,8 @@ class WakeupSettings(TypedDict, total=False):
 class WakeupOptions:
     """How a listener queues, polls and reconnects.
 
+    ``poll_interval`` bounds how long a lost NOTIFY, or a timer saved less than one
+    interval before it is due, can wait; known timers get a poll of their own.
     ``conninfo`` overrides the pool's connection string for the LISTEN
     connection: LISTEN does not work through a transaction-pooling proxy
     (PgBouncer), so the listener may need to reach the server directly.
@@ -232,6 +238,7 @@ class ListenerPlan:
     channel: str
     listen: sql.Composed
     poll: bytes
+    next_due: bytes
     application_name: str
 
     @classmethod
@@ -243,6 +250,7 @@ class ListenerPlan:
             # byte for byte, so it is always a quoted identifier.
             listen=sql.SQL("LISTEN {}").format(sql.Identifier(channel)),
             poll=queries[POLL_QUERY],
+            next_due=queries[NEXT_DUE_QUERY],
             application_name=application_name,
         )
 
@@ -293,7 +301,9 @@ class Connect:
 
 @dataclass(frozen=True)
 class Poll:
-    """Run the fallback poll and queue what it finds."""
+    """Run the fallback poll and queue what it finds. The shell sends back how many
+    seconds until something else comes due by the clock (a timer, a retry, a lease
+    running out), or None if nothing will."""
 
 
 @dataclass(frozen=True)
@@ -318,16 +328,25 @@ class Sleep:
 Action = Connect | Poll | Listen | Disconnect | Sleep
 
 
+def next_poll_in(poll_interval: float, due_in: float | None) -> float:
+    """Seconds until the next poll: the interval, or just after the next timer."""
+    if due_in is None:
+        return poll_interval
+    return min(poll_interval, max(due_in, 0.0) + TIMER_GRACE)
+
+
 def supervise(
     poll_interval: float, backoff: Backoff, clock: Callable[[], float] = time.monotonic
-) -> Generator[Action, None, None]:
+) -> Generator[Action, float | None, None]:
     """The listener's life as a sequence of actions, shared by both shells.
 
-    The shell sends None after an action succeeded and throws the
-    `psycopg.Error` of one that failed; any such error means the connection
-    can no longer be trusted, so the program backs off and reconnects. A poll
-    runs right after every connect: that is the catch-up for whatever was
-    announced while nobody listened.
+    The shell sends the result of an action that succeeded (see `Poll`; None
+    for the others) and throws the `psycopg.Error` of one that failed; any such
+    error means the connection can no longer be trusted, so the program backs
+    off and reconnects. A poll runs right after every connect: that is the
+    catch-up for whatever was announced while nobody listened. No NOTIFY says
+    that a timer came due, so the next poll comes then if that is sooner than
+    ``poll_interval``.
     """
     reconnect = False
     while True:
@@ -335,8 +354,8 @@ def supervise(
             yield Connect(reconnect)
             backoff.reset()
             while True:
-                yield Poll()
-                deadline = clock() + poll_interval
+                due_in: float | None = yield Poll()
+                deadline = clock() + next_poll_in(poll_interval, due_in)
                 while (left := deadline - clock()) > 0:
                     yield Listen(left)
         except psycopg.Error as exc:
@@ -469,6 +488,15 @@ class _ListenerBase:
             self._queue.record("polls")
         self._offer((row[0] for row in rows), polled=True)
 
+    @staticmethod
+    def _due_in(row: Sequence[Any] | None) -> float | None:
+        """Seconds from the server's now() to the next due time, if any."""
+        if row is None or row[0] is None:
+            return None
+        next_at: datetime = row[0]
+        server_now: datetime = row[1]
+        return (next_at - server_now).total_seconds()
+
     def _connected(self, pid: int, *, reconnect: bool) -> None:
         self._backend_pid = pid
         if reconnect:
@@ -517,8 +545,7 @@ class WakeupListener(_ListenerBase):
         try:
             action = next(self._program)
             while not isinstance(action, Listen):  # first connect and poll: errors to the caller
-                self._execute(action)
-                action = next(self._program)
+                action = self._program.send(self._execute(action))
         except BaseException:
             self._program.close()
             self._disconnect()
@@ -561,11 +588,11 @@ class WakeupListener(_ListenerBase):
         try:
             while not self._stopping.is_set():
                 try:
-                    self._execute(action)
+                    result = self._execute(action)
                 except psycopg.Error as exc:
                     action = self._program.throw(exc)
                 else:
-                    action = next(self._program)
+                    action = self._program.send(result)
         except Exception:
             log.exception("wakeup listener on %s failed; it is closed", self._plan.channel)
         finally:
@@ -573,18 +600,19 @@ class WakeupListener(_ListenerBase):
             self._disconnect()
             self._finish()
 
-    def _execute(self, action: Action) -> None:
+    def _execute(self, action: Action) -> float | None:
         match action:
             case Connect(reconnect):
                 self._connect(reconnect=reconnect)
             case Poll():
-                self._poll()
+                return self._poll()
             case Listen(timeout):
                 self._listen(timeout)
             case Disconnect():
                 self._disconnect()
             case Sleep(delay):
                 self._stopping.wait(delay)
+        return None
 
     def _connect(self, *, reconnect: bool) -> None:
         self._disconnect()
@@ -599,10 +627,12 @@ class WakeupListener(_ListenerBase):
         self._conn = conn
         self._connected(conn.info.backend_pid, reconnect=reconnect)
 
-    def _poll(self) -> None:
+    def _poll(self) -> float | None:
+        assert self._conn is not None
         params = self._poll_params()
-        if params is not None and self._conn is not None:
+        if params is not None:
             self._polled(params, self._conn.execute(self._plan.poll, params).fetchall())
+        return self._due_in(self._conn.execute(self._plan.next_due).fetchone())
 
     def _listen(self, timeout: float) -> None:
         assert self._conn is not None
@@ -652,8 +682,7 @@ class AsyncWakeupListener(_ListenerBase):
         try:
             action = next(self._program)
             while not isinstance(action, Listen):
-                await self._execute(action)
-                action = next(self._program)
+                action = self._program.send(await self._execute(action))
         except BaseException:
             self._program.close()
             await self._disconnect()
@@ -698,11 +727,11 @@ class AsyncWakeupListener(_ListenerBase):
         try:
             while True:
                 try:
-                    await self._execute(action)
+                    result = await self._execute(action)
                 except psycopg.Error as exc:
                     action = self._program.throw(exc)
                 else:
-                    action = next(self._program)
+                    action = self._program.send(result)
         except Exception:
             log.exception("wakeup listener on %s failed; it is closed", self._plan.channel)
         finally:
@@ -710,18 +739,19 @@ class AsyncWakeupListener(_ListenerBase):
             await self._disconnect()
             self._finish()
 
-    async def _execute(self, action: Action) -> None:
+    async def _execute(self, action: Action) -> float | None:
         match action:
             case Connect(reconnect):
                 await self._connect(reconnect=reconnect)
             case Poll():
-                await self._poll()
+                return await self._poll()
             case Listen(timeout):
                 await self._listen(timeout)
             case Disconnect():
                 await self._disconnect()
             case Sleep(delay):
                 await asyncio.sleep(delay)
+        return None
 
     async def _connect(self, *, reconnect: bool) -> None:
         await self._disconnect()
@@ -736,11 +766,14 @@ class AsyncWakeupListener(_ListenerBase):
         self._conn = conn
         self._connected(conn.info.backend_pid, reconnect=reconnect)
 
-    async def _poll(self) -> None:
+    async def _poll(self) -> float | None:
+        assert self._conn is not None
         params = self._poll_params()
-        if params is not None and self._conn is not None:
+        if params is not None:
             cur = await self._conn.execute(self._plan.poll, params)
             self._polled(params, await cur.fetchall())
+        cur = await self._conn.execute(self._plan.next_due)
+        return self._due_in(await cur.fetchone())
 
     async def _listen(self, timeout: float) -> None:
         assert self._conn is not None

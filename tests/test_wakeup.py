@@ -42,6 +42,7 @@ from snapstore.errors import ConfigurationError
 from snapstore.model import Claim
 from snapstore.queries import queries_for, wakeup_channel
 from snapstore.wakeup import (
+    TIMER_GRACE,
     Backoff,
     Connect,
     Disconnect,
@@ -55,6 +56,7 @@ from snapstore.wakeup import (
     WakeupQueue,
     WakeupSettings,
     WakeupStats,
+    next_poll_in,
     supervise,
 )
 
@@ -384,6 +386,18 @@ async def test_due_timer_is_found_by_the_poll(side: Side) -> None:
 
 
 @session_loop
+async def test_a_known_timer_is_polled_when_it_comes_due_not_at_the_interval(
+    side: Side,
+) -> None:
+    wake_at = datetime.now(UTC) + timedelta(seconds=1)
+    await side.save(snap("sleeper", position=AtDelay(task_id="t", wake_at=wake_at)))
+    listener = await side.listen(poll_interval=SLOW_POLL)  # its start poll learns the timer
+    assert "sleeper" in await collect(listener, {"sleeper"})
+    stats = listener.stats()
+    assert (stats.polls, stats.polled, stats.notified) == (2, 1, 0)
+
+
+@session_loop
 async def test_claimed_instances_are_not_polled(side: Side, admin: psycopg.Connection[Any]) -> None:
     await side.save(snap("busy"))
     await side.save(snap("idle"))
@@ -553,6 +567,20 @@ def test_supervise_polls_after_every_connect_and_backs_off_on_errors() -> None:
     assert program.throw(psycopg.OperationalError("gone again")) == Disconnect()
     third = next(program)
     assert isinstance(third, Sleep) and third.delay <= 0.1  # connected: schedule was reset
+
+
+def test_the_next_poll_comes_just_after_the_next_timer_if_that_is_sooner() -> None:
+    assert next_poll_in(1.0, None) == 1.0  # nothing scheduled: the interval
+    assert next_poll_in(1.0, 5.0) == 1.0
+    assert next_poll_in(1.0, 0.25) == pytest.approx(0.25 + TIMER_GRACE)
+    assert next_poll_in(1.0, -3.0) == TIMER_GRACE  # already due: soon, but never spinning
+    now = [0.0]
+    program = supervise(1.0, Backoff(0.1, 1.0, random.Random(1)), clock=lambda: now[0])
+    assert next(program) == Connect(reconnect=False)
+    assert next(program) == Poll()
+    assert program.send(0.25) == Listen(cast(float, pytest.approx(0.25 + TIMER_GRACE)))
+    now[0] = 0.3
+    assert next(program) == Poll()
 
 
 def test_poll_cursor_walks_the_due_set_and_wraps_around() -> None:

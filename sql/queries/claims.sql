@@ -104,7 +104,8 @@ ORDER BY p.effective_priority, p.available_at, p.instance_id;
 -- name: next_dispatch_at
 -- The next moment (strictly after now()) an instance may become dispatchable without any
 -- NOTIFY: a timer or retry backoff coming due, or a lease running out. Waking up then and
--- finding nothing (the instance was claimed or changed meanwhile) is harmless.
+-- finding nothing (the instance was claimed or changed meanwhile) is harmless. The second
+-- column is the server's now(), so a caller can wait (next - now) without trusting its clock.
 SELECT LEAST(
     (SELECT min(s.available_at) FROM @schema@.snapshots AS s
      WHERE s.status = 'InProgress' AND s.available_at > now()
@@ -112,4 +113,4 @@ SELECT LEAST(
     (SELECT c.expires_at FROM @schema@.claims AS c
      JOIN @schema@.snapshots AS s ON s.instance_id = c.instance_id
      WHERE c.expires_at > now() AND s.status = 'InProgress'
-     ORDER BY c.expires_at LIMIT 1));
+     ORDER BY c.expires_at LIMIT 1)) AS next_at, now() AS server_now;
