@@ -275,11 +275,11 @@ def release_program(ctx: Context, claim: Claim) -> Program[bool]:
     return bool(row[0])
 
 
-def load_claimed(claim: Claim) -> Program[ClaimedTask]:
-    """Load a just-leased instance with the store's own `load` program; a checkpoint
-    that cannot be read becomes the task's ``error`` instead of failing the dispatch."""
+def claimed_task(claim: Claim, row: st.Row | None) -> ClaimedTask:
+    """A just-leased instance with its checkpoint; one that cannot be read becomes the
+    task's ``error`` instead of failing the whole dispatch."""
     try:
-        stored = yield from ops.load(claim.instance_id)
+        stored = st.interpret_load(claim.instance_id, row)
     except SnapstoreError as exc:
         return ClaimedTask(claim, error=exc)
     if stored is None:  # cannot happen while the row is locked; say so if it does
@@ -288,7 +288,8 @@ def load_claimed(claim: Claim) -> Program[ClaimedTask]:
 
 
 def dispatch_program(query: DispatchQuery) -> Program[list[ClaimedTask]]:
-    """Lease up to ``query.limit`` dispatchable instances and load each one.
+    """Lease up to ``query.limit`` dispatchable instances and load them (one statement
+    each, whatever the count).
 
     Run it in one transaction: the snapshot rows stay locked until the loads are done,
     and a failure anywhere leaves no lease behind.
@@ -296,10 +297,11 @@ def dispatch_program(query: DispatchQuery) -> Program[list[ClaimedTask]]:
     if query.empty:
         return []
     rows = yield Step("dispatch", query.params(), Fetch.ALL)
-    tasks = []
-    for leased in leased_claims(query.worker_id, rows):
-        tasks.append((yield from load_claimed(leased)))
-    return tasks
+    claims = leased_claims(query.worker_id, rows)
+    if not claims:
+        return []
+    loaded = yield from ops.load_many([c.instance_id for c in claims])
+    return [claimed_task(c, loaded.get(c.instance_id)) for c in claims]
 
 
 def dispatchable_ids_program(query: DispatchQuery) -> Program[list[str]]:

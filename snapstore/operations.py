@@ -156,8 +156,15 @@ def merge_results(
 
 
 def load(instance_id: str) -> Program[StoredSnapshot | None]:
-    row = yield Step("load_snapshot", st.id_params(instance_id))
-    return st.interpret_load(instance_id, row)
+    rows = yield from load_many([instance_id])
+    return st.interpret_load(instance_id, rows.get(instance_id))
+
+
+def load_many(instance_ids: Sequence[str]) -> Program[dict[str, st.Row]]:
+    """The ``load_snapshots`` rows of the instances that exist, by id; interpret each
+    with `statements.interpret_load` (one undecodable blob must not hide the rest)."""
+    rows = yield Step("load_snapshots", st.ids_params(instance_ids), Fetch.ALL)
+    return st.rows_by_id(rows)
 
 
 def load_task_result(instance_id: str, task_id: str) -> Program[TaskResult | None]:

@@ -377,11 +377,20 @@ def task_params(instance_id: str, task_id: str) -> Params:
     }
 
 
+def ids_params(instance_ids: Sequence[str]) -> Params:
+    return {"instance_ids": [_check_id("instance_id", i) for i in instance_ids]}
+
+
+def rows_by_id(rows: Iterable[Row]) -> dict[str, Row]:
+    """Rows whose first column is the instance id, keyed by it."""
+    return {row[0]: row for row in rows}
+
+
 def interpret_load(instance_id: str, row: Row | None) -> StoredSnapshot | None:
-    """A `StoredSnapshot` from a ``load_snapshot`` row."""
+    """A `StoredSnapshot` from a ``load_snapshots`` row (None: no such instance)."""
     if row is None:
         return None
-    version, _codec_name, updated_at, blob, task_ids, outputs = row
+    _id, version, _codec_name, updated_at, blob, task_ids, outputs = row
     hydrate = dict(zip(task_ids, outputs, strict=True)) if task_ids else None
     codec, snapshot = decode_snapshot(blob, hydrate, instance_id=instance_id, version=int(version))
     return StoredSnapshot(

@@ -117,9 +117,10 @@ FROM unnest(%(instance_ids)s::text[], %(claim_tokens)s::uuid[])
 LEFT JOIN @schema@.snapshots AS s ON s.instance_id = q.instance_id
 ORDER BY q.n;
 
--- name: load_snapshot
+-- name: load_snapshots
 -- The blob and the task outputs are read in one statement, so they come from one commit.
-SELECT s.version, s.codec, s.updated_at, h.data, o.task_ids, o.outputs
+-- Several instances at once: dispatch loads everything it leased in one round trip.
+SELECT s.instance_id, s.version, s.codec, s.updated_at, h.data, o.task_ids, o.outputs
 FROM @schema@.snapshots AS s
 JOIN @schema@.history AS h ON h.instance_id = s.instance_id AND h.version = s.version
 CROSS JOIN LATERAL (
@@ -128,7 +129,7 @@ CROSS JOIN LATERAL (
     FROM @schema@.tasks AS t
     WHERE t.instance_id = s.instance_id AND t.output IS NOT NULL
 ) AS o
-WHERE s.instance_id = %(instance_id)s;
+WHERE s.instance_id = ANY (%(instance_ids)s::text[]);
 
 -- name: load_task_result
 SELECT status, attempts, worker_id, started_at, completed_at, error, output
