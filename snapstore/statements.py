@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
+
+import msgspec
 
 from snapstore.codecs import Codec, decode_snapshot, encode_output, encode_snapshot, open_value
 from snapstore.errors import (
@@ -49,6 +50,7 @@ from snapstore.model import (
 )
 
 MAX_ID_LENGTH: Final = 255
+_TAGS_JSON: Final = msgspec.json.Encoder()
 MAX_PAGE_SIZE: Final = 1000
 Params = dict[str, Any]
 Row = Sequence[Any]
@@ -277,7 +279,7 @@ def prepare_save(
         completed_task_count=sum(1 for r in results.values() if r.status is TaskStatus.COMPLETED),
         error=snapshot.error,
         priority=snapshot.priority,
-        tags=json.dumps(list(snapshot.tags)),
+        tags=_TAGS_JSON.encode(snapshot.tags).decode(),
         delay_wake_at=position.wake_at if isinstance(position, AtDelay) else None,
         available_at=_available_at(snapshot),
         codec=codec.name,
