@@ -85,13 +85,13 @@ def save_batch(ctx: Context, items: Sequence[st.PreparedSave]) -> Program[list[S
     for round_ in st.save_rounds(items):
         batch = [items[i] for i in round_]
         rows = yield Step("save_snapshots", st.save_batch_params(batch, ctx.channel), Fetch.ALL)
-        versions = st.saved_versions(rows, len(batch))
-        failed = [item for item, v in zip(batch, versions, strict=True) if v is None]
+        outcomes = st.saved_versions(rows, len(batch))
+        failed = [item for item, o in zip(batch, outcomes, strict=True) if o is None]
         states = iter(
             (yield Step("current_states", st.states_params(failed), Fetch.ALL)) if failed else ()
         )
-        for index, item, version in zip(round_, batch, versions, strict=True):
-            if version is None:
+        for index, item, saved in zip(round_, batch, outcomes, strict=True):
+            if saved is None:
                 ctx.tasks.forget(item.instance_id)
                 results[index] = SaveResult(
                     item.instance_id, None, st.save_failure(item, next(states))
@@ -99,10 +99,14 @@ def save_batch(ctx: Context, items: Sequence[st.PreparedSave]) -> Program[list[S
             else:
                 yield AfterCommit(
                     functools.partial(
-                        ctx.tasks.remember, item.instance_id, version, item.all_task_rows
+                        ctx.tasks.remember,
+                        item.instance_id,
+                        saved.version,
+                        saved.incarnation,
+                        item.all_task_rows,
                     )
                 )
-                results[index] = SaveResult(item.instance_id, version)
+                results[index] = SaveResult(item.instance_id, saved.version)
     return [r for r in results if r is not None]
 
 
@@ -110,8 +114,10 @@ def prepare(
     ctx: Context, snapshot: WorkflowSnapshot, expected_version: int | None, claim: Claim | None
 ) -> st.PreparedSave:
     """`statements.prepare_save`, skipping task rows the store is known to hold."""
-    stored = ctx.tasks.known(getattr(snapshot, "instance_id", ""), expected_version)
-    return st.prepare_save(ctx.codec, snapshot, expected_version, claim, stored)
+    known = ctx.tasks.known(getattr(snapshot, "instance_id", ""), expected_version)
+    return st.prepare_save(
+        ctx.codec, snapshot, expected_version, claim, known.rows, known.incarnation
+    )
 
 
 def save(

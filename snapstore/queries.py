@@ -18,6 +18,7 @@ from snapstore.errors import ConfigurationError
 SCHEMA_PATTERN: Final = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 SCHEMA_TOKEN: Final = "@schema@"
 DEFAULT_SCHEMA: Final = "snapstore"
+_TIGHT: Final = frozenset(",()")  # no space is needed on either side of these
 _SECTION: Final = re.compile(r"^-- name: ([a-z_]+)\s*$", re.MULTILINE)
 
 
@@ -54,15 +55,40 @@ def sql_dir() -> Traversable:
 
 
 def compact(body: str) -> str:
-    """A statement without comment lines and indentation.
+    """A statement as sent: no comments, whitespace collapsed, none around , ( ).
 
-    The files stay commented for readers; the wire gets the short form, which
-    also keeps the big statements under psycopg's cached-parse size limit.
-    Only whole-line comments go (a trailing one stays), which is safe because no
-    statement here has a string literal spanning lines.
+    The files stay commented and laid out for readers; the wire gets the short
+    form, which keeps the big statements under psycopg's cached-parse size
+    limit. String literals are copied untouched (a doubled '' inside one reads
+    as two adjacent literals, which copies the same text); the named statements
+    use no E'' or dollar quoting, which this scanner does not know.
     """
-    lines = (line.strip() for line in body.splitlines())
-    return "\n".join(line for line in lines if line and not line.startswith("--"))
+    tokens: list[str] = []
+    i, n = 0, len(body)
+    while i < n:
+        if body[i] == "'":
+            end = body.index("'", i + 1) + 1
+            tokens.append(body[i:end])
+            i = end
+        elif body.startswith("--", i):
+            end = body.find("\n", i)
+            i = n if end < 0 else end
+        elif body[i].isspace():
+            while i < n and body[i].isspace():
+                i += 1
+            if tokens[-1:] != [" "]:  # a comment between two runs leaves one space
+                tokens.append(" ")
+        else:
+            tokens.append(body[i])
+            i += 1
+    kept = [
+        t
+        for k, t in enumerate(tokens)
+        if t != " "
+        or not (0 < k < len(tokens) - 1)
+        or not (tokens[k - 1][-1] in _TIGHT or tokens[k + 1][0] in _TIGHT)
+    ]
+    return "".join(kept).strip()
 
 
 @functools.cache

@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import msgspec
 
@@ -207,6 +207,7 @@ class PreparedSave:
 
     instance_id: str
     expected_version: int | None
+    expected_incarnation: uuid.UUID | None  # set when task rows were skipped as stored
     claim_token: uuid.UUID | None
     status: str
     definition_hash: str
@@ -250,11 +251,14 @@ def prepare_save(
     expected_version: int | None,
     claim: Claim | None = None,
     stored_rows: Mapping[str, TaskRow] | None = None,
+    stored_incarnation: uuid.UUID | None = None,
 ) -> PreparedSave:
     """Validate and encode a save; raises before any I/O if the input is bad.
 
     Task rows equal to ``stored_rows`` (what the store holds at
-    ``expected_version``) are not sent again: they are already right.
+    ``expected_version`` in its life ``stored_incarnation``) are not sent
+    again: they are already right, which the save checks by also requiring
+    that incarnation (see `snapstore.task_cache`).
     """
     validate_snapshot(snapshot)
     check_expected_version(expected_version)
@@ -267,10 +271,12 @@ def prepare_save(
     rows = {t: task_row(codec, r) for t, r in results.items()}
     stored = stored_rows or {}
     changed = [t for t, row in rows.items() if stored.get(t) != row]
+    skipped = len(changed) < len(rows)
     position = snapshot.position
     return PreparedSave(
         instance_id=snapshot.instance_id,
         expected_version=expected_version,
+        expected_incarnation=stored_incarnation if skipped else None,
         claim_token=None if claim is None else claim.token,
         status=snapshot.status.value,
         definition_hash=snapshot.definition_hash,
@@ -295,9 +301,10 @@ def prepare_save(
 
 
 _ITEM_COLUMNS: Final = (
-    "instance_id", "expected_version", "claim_token", "status", "definition_hash",
-    "current_task_id", "position_kind", "completed_task_count", "error", "priority", "tags",
-    "delay_wake_at", "available_at", "codec", "data", "data_hash", "terminal", "notify",
+    "instance_id", "expected_version", "expected_incarnation", "claim_token", "status",
+    "definition_hash", "current_task_id", "position_kind", "completed_task_count", "error",
+    "priority", "tags", "delay_wake_at", "available_at", "codec", "data", "data_hash",
+    "terminal", "notify",
 )  # fmt: skip
 _TASK_COLUMNS: Final = ("status", "attempts", "worker", "started", "completed", "error", "output")
 
@@ -335,13 +342,20 @@ def save_rounds(items: Sequence[PreparedSave]) -> list[list[int]]:
     return rounds
 
 
-def saved_versions(rows: Sequence[Row], count: int) -> list[int | None]:
-    """New version per item (1-based ordinal in the rows), None where the CAS failed."""
-    versions: list[int | None] = [None] * count
-    for n, version in rows:
+class Saved(NamedTuple):
+    """What one successful item of ``save_snapshots`` wrote."""
+
+    version: int
+    incarnation: uuid.UUID
+
+
+def saved_versions(rows: Sequence[Row], count: int) -> list[Saved | None]:
+    """Per item (1-based ordinal in the rows), what it wrote; None where the CAS failed."""
+    saved: list[Saved | None] = [None] * count
+    for n, version, incarnation in rows:
         if version is not None:
-            versions[int(n) - 1] = int(version)
-    return versions
+            saved[int(n) - 1] = Saved(int(version), incarnation)
+    return saved
 
 
 def states_params(items: Sequence[PreparedSave]) -> Params:

@@ -6,45 +6,69 @@ equal to the remembered one (compared by value, encoded output included, so
 in-place mutation of an output is still seen): if the CAS succeeds, the row is
 already right; if it fails, nothing is written anyway. This keeps a
 long workflow's per-save cost proportional to what changed, not to its length.
+
+"The store holds version v" is only proof of which rows it holds while v names
+one write: another process may delete the instance and create it again up to the
+same version. So the cache also keeps the incarnation (the id of that life of
+the instance id, returned by every save), and a save that skips rows requires
+it: a recreated instance makes the save fail as a conflict instead of pairing
+this checkpoint with task rows that belong to someone else.
 """
 
 from __future__ import annotations
 
 import threading
+import uuid
 from collections import OrderedDict
 from collections.abc import Mapping
-from typing import Final
+from typing import Final, NamedTuple
 
 from snapstore.statements import TaskRow
 
 DEFAULT_MAX_INSTANCES: Final = 10_000
 
 
+class Known(NamedTuple):
+    """What one save left in the store: the instance's incarnation and its task rows."""
+
+    incarnation: uuid.UUID | None
+    rows: Mapping[str, TaskRow]
+
+
+UNKNOWN: Final = Known(None, {})
+
+
 class TaskCache:
-    """A bounded, thread-safe LRU of instance id -> (version, task rows)."""
+    """A bounded, thread-safe LRU of instance id -> (version, `Known`)."""
 
     def __init__(self, max_instances: int = DEFAULT_MAX_INSTANCES) -> None:
         self._max = max_instances
         self._lock = threading.Lock()
-        self._data: OrderedDict[str, tuple[int, Mapping[str, TaskRow]]] = OrderedDict()
+        self._data: OrderedDict[str, tuple[int, Known]] = OrderedDict()
 
-    def known(self, instance_id: str, expected_version: int | None) -> Mapping[str, TaskRow]:
-        """Task rows stored at ``expected_version``, if that is the remembered version."""
+    def known(self, instance_id: str, expected_version: int | None) -> Known:
+        """What the store holds at ``expected_version``, if that is the remembered version."""
         if expected_version is None:
-            return {}
+            return UNKNOWN
         with self._lock:
             entry = self._data.get(instance_id)
             if entry is None or entry[0] != expected_version:
-                return {}
+                return UNKNOWN
             self._data.move_to_end(instance_id)
             return entry[1]
 
-    def remember(self, instance_id: str, version: int, rows: Mapping[str, TaskRow]) -> None:
+    def remember(
+        self,
+        instance_id: str,
+        version: int,
+        incarnation: uuid.UUID,
+        rows: Mapping[str, TaskRow],
+    ) -> None:
         with self._lock:
             current = self._data.get(instance_id)
             if current is not None and current[0] > version:
                 return  # a newer save already landed
-            self._data[instance_id] = (version, rows)
+            self._data[instance_id] = (version, Known(incarnation, rows))
             self._data.move_to_end(instance_id)
             while len(self._data) > self._max:
                 self._data.popitem(last=False)

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
 from psycopg import sql
 
-from snapstore import AtTask, JsonCodec, PostgresBackend, TaskResult, WorkflowSnapshot
+from snapstore import (
+    AtTask,
+    ConflictError,
+    JsonCodec,
+    PostgresBackend,
+    TaskResult,
+    WorkflowSnapshot,
+)
 from snapstore import operations as ops
-from snapstore.task_cache import TaskCache
+from snapstore.task_cache import UNKNOWN, Known, TaskCache
 
 
 def snap(iid: str, outputs: dict[str, object]) -> WorkflowSnapshot:
@@ -78,15 +87,43 @@ def test_in_place_mutation_of_an_output_is_still_written(
 def test_cache_keeps_the_newest_version_and_is_bounded() -> None:
     cache = TaskCache(max_instances=2)
     results = {"a": ("Completed", 1, None, None, None, None, b"x")}
-    cache.remember("i", 3, results)
-    cache.remember("i", 2, {})  # an older save finishing late must not win
-    assert cache.known("i", 3) == results and cache.known("i", 2) == {}
-    assert cache.known("i", None) == {}
-    cache.remember("j", 1, results)
-    cache.remember("k", 1, results)  # evicts "i", the least recently used
-    assert cache.known("i", 3) == {} and cache.known("k", 1) == results
+    life = uuid.uuid4()
+    cache.remember("i", 3, life, results)
+    cache.remember("i", 2, life, {})  # an older save finishing late must not win
+    assert cache.known("i", 3) == Known(life, results) and cache.known("i", 2) == UNKNOWN
+    assert cache.known("i", None) == UNKNOWN
+    cache.remember("j", 1, life, results)
+    cache.remember("k", 1, life, results)  # evicts "i", the least recently used
+    assert cache.known("i", 3) == UNKNOWN and cache.known("k", 1) == Known(life, results)
     cache.forget("k")
-    assert cache.known("k", 1) == {}
+    assert cache.known("k", 1) == UNKNOWN
+
+
+def test_an_instance_recreated_elsewhere_up_to_the_same_version_is_a_conflict(
+    dsn: str, backend: PostgresBackend[JsonCodec]
+) -> None:
+    """Version 2 of the instance this backend remembers is not version 2 of the one
+    another process deleted and recreated: skipping task rows on the strength of the
+    version alone would pair this checkpoint with the other instance's outputs."""
+    with PostgresBackend[JsonCodec].connect(dsn, schema=backend.schema) as other:
+        v1 = backend.save(snap("aba", {"a": "mine"}))
+        v2 = backend.save(snap("aba", {"a": "mine", "b": "mine"}), expected_version=v1)
+        assert other.delete("aba")
+        w1 = other.save(snap("aba", {"a": "theirs"}))
+        w2 = other.save(snap("aba", {"a": "theirs", "b": "theirs"}), expected_version=w1)
+        assert (v2, w2) == (2, 2)
+        with pytest.raises(ConflictError):
+            backend.save(snap("aba", {"a": "mine", "b": "mine", "c": 0}), expected_version=v2)
+        stored = other.load("aba")
+        assert stored is not None and stored.version == 2
+        assert stored.snapshot == snap("aba", {"a": "theirs", "b": "theirs"})
+        # the conflict made the cache forget: a retry from a fresh read sends every row
+        fresh = backend.load("aba")
+        assert fresh is not None
+        v3 = backend.save(snap("aba", {"a": "mine", "b": "mine", "c": 0}), fresh.version)
+        final = other.load("aba")
+        assert final is not None and final.version == v3
+        assert final.snapshot == snap("aba", {"a": "mine", "b": "mine", "c": 0})
 
 
 def test_a_rolled_back_save_is_not_remembered(backend: PostgresBackend[JsonCodec]) -> None:
@@ -98,7 +135,7 @@ def test_a_rolled_back_save_is_not_remembered(backend: PostgresBackend[JsonCodec
 
     with pytest.raises(RuntimeError):
         backend._run(save_then_fail(), transaction=True)
-    assert backend.ctx.tasks.known("r", version + 1) == {}
-    assert backend.ctx.tasks.known("r", version) != {}
+    assert backend.ctx.tasks.known("r", version + 1) == UNKNOWN
+    assert backend.ctx.tasks.known("r", version) != UNKNOWN
     stored = backend.load("r")
     assert stored is not None and stored.version == version
