@@ -102,7 +102,7 @@ def save_batch(ctx: Context, items: Sequence[st.PreparedSave]) -> Program[list[S
                         ctx.tasks.remember,
                         item.instance_id,
                         saved.version,
-                        saved.incarnation,
+                        saved.created_at,
                         item.all_task_rows,
                     )
                 )
@@ -116,7 +116,7 @@ def prepare(
     """`statements.prepare_save`, skipping task rows the store is known to hold."""
     known = ctx.tasks.known(getattr(snapshot, "instance_id", ""), expected_version)
     return st.prepare_save(
-        ctx.codec, snapshot, expected_version, claim, known.rows, known.incarnation
+        ctx.codec, snapshot, expected_version, claim, known.rows, known.created_at
     )
 
 

@@ -207,7 +207,7 @@ class PreparedSave:
 
     instance_id: str
     expected_version: int | None
-    expected_incarnation: uuid.UUID | None  # set when task rows were skipped as stored
+    expected_created_at: datetime | None  # set when task rows were skipped as stored
     claim_token: uuid.UUID | None
     status: str
     definition_hash: str
@@ -251,14 +251,14 @@ def prepare_save(
     expected_version: int | None,
     claim: Claim | None = None,
     stored_rows: Mapping[str, TaskRow] | None = None,
-    stored_incarnation: uuid.UUID | None = None,
+    stored_created_at: datetime | None = None,
 ) -> PreparedSave:
     """Validate and encode a save; raises before any I/O if the input is bad.
 
     Task rows equal to ``stored_rows`` (what the store holds at
-    ``expected_version`` in its life ``stored_incarnation``) are not sent
-    again: they are already right, which the save checks by also requiring
-    that incarnation (see `snapstore.task_cache`).
+    ``expected_version`` of the instance created at ``stored_created_at``) are
+    not sent again: they are already right, which the save checks by also
+    requiring that creation time (see `snapstore.task_cache`).
     """
     validate_snapshot(snapshot)
     check_expected_version(expected_version)
@@ -276,7 +276,7 @@ def prepare_save(
     return PreparedSave(
         instance_id=snapshot.instance_id,
         expected_version=expected_version,
-        expected_incarnation=stored_incarnation if skipped else None,
+        expected_created_at=stored_created_at if skipped else None,
         claim_token=None if claim is None else claim.token,
         status=snapshot.status.value,
         definition_hash=snapshot.definition_hash,
@@ -301,7 +301,7 @@ def prepare_save(
 
 
 _ITEM_COLUMNS: Final = (
-    "instance_id", "expected_version", "expected_incarnation", "claim_token", "status",
+    "instance_id", "expected_version", "expected_created_at", "claim_token", "status",
     "definition_hash", "current_task_id", "position_kind", "completed_task_count", "error",
     "priority", "tags", "delay_wake_at", "available_at", "codec", "data", "data_hash",
     "terminal", "notify",
@@ -346,15 +346,15 @@ class Saved(NamedTuple):
     """What one successful item of ``save_snapshots`` wrote."""
 
     version: int
-    incarnation: uuid.UUID
+    created_at: datetime  # of the instance: tells two lives of one id apart
 
 
 def saved_versions(rows: Sequence[Row], count: int) -> list[Saved | None]:
     """Per item (1-based ordinal in the rows), what it wrote; None where the CAS failed."""
     saved: list[Saved | None] = [None] * count
-    for n, version, incarnation in rows:
+    for n, version, created_at in rows:
         if version is not None:
-            saved[int(n) - 1] = Saved(int(version), incarnation)
+            saved[int(n) - 1] = Saved(int(version), created_at)
     return saved
 
 

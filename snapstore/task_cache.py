@@ -9,18 +9,19 @@ long workflow's per-save cost proportional to what changed, not to its length.
 
 "The store holds version v" is only proof of which rows it holds while v names
 one write: another process may delete the instance and create it again up to the
-same version. So the cache also keeps the incarnation (the id of that life of
-the instance id, returned by every save), and a save that skips rows requires
-it: a recreated instance makes the save fail as a conflict instead of pairing
-this checkpoint with task rows that belong to someone else.
+same version. So the cache also keeps the instance's ``created_at`` (the server
+time of the transaction that created this life of the id, returned by every
+save), and a save that skips rows requires it: a recreated instance makes the
+save fail as a conflict instead of pairing this checkpoint with task rows that
+belong to someone else.
 """
 
 from __future__ import annotations
 
 import threading
-import uuid
 from collections import OrderedDict
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Final, NamedTuple
 
 from snapstore.statements import TaskRow
@@ -29,9 +30,9 @@ DEFAULT_MAX_INSTANCES: Final = 10_000
 
 
 class Known(NamedTuple):
-    """What one save left in the store: the instance's incarnation and its task rows."""
+    """What one save left in the store: when that life of the instance began, its rows."""
 
-    incarnation: uuid.UUID | None
+    created_at: datetime | None
     rows: Mapping[str, TaskRow]
 
 
@@ -61,14 +62,14 @@ class TaskCache:
         self,
         instance_id: str,
         version: int,
-        incarnation: uuid.UUID,
+        created_at: datetime,
         rows: Mapping[str, TaskRow],
     ) -> None:
         with self._lock:
             current = self._data.get(instance_id)
             if current is not None and current[0] > version:
                 return  # a newer save already landed
-            self._data[instance_id] = (version, Known(incarnation, rows))
+            self._data[instance_id] = (version, Known(created_at, rows))
             self._data.move_to_end(instance_id)
             while len(self._data) > self._max:
                 self._data.popitem(last=False)

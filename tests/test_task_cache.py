@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import uuid
+from datetime import UTC, datetime
 
 import pytest
 from psycopg import sql
@@ -87,7 +87,7 @@ def test_in_place_mutation_of_an_output_is_still_written(
 def test_cache_keeps_the_newest_version_and_is_bounded() -> None:
     cache = TaskCache(max_instances=2)
     results = {"a": ("Completed", 1, None, None, None, None, b"x")}
-    life = uuid.uuid4()
+    life = datetime(2026, 1, 1, tzinfo=UTC)
     cache.remember("i", 3, life, results)
     cache.remember("i", 2, life, {})  # an older save finishing late must not win
     assert cache.known("i", 3) == Known(life, results) and cache.known("i", 2) == UNKNOWN

@@ -7,19 +7,19 @@
 -- history row, task upserts (unchanged task rows are not rewritten), lease removal once
 -- finished, and a wakeup NOTIFY
 -- (delivered at commit) when it is dispatchable now and no claimant is driving it.
--- Instance ids within one batch are distinct. Returns (ordinal, new version, incarnation),
+-- Instance ids within one batch are distinct. Returns (ordinal, new version, created_at),
 -- NULLs where the CAS failed.
 WITH items AS (
     SELECT * FROM unnest(
         %(instance_id)b::text[], %(expected_version)b::bigint[],
-        %(expected_incarnation)b::uuid[], %(claim_token)b::uuid[], %(status)b::text[], %(definition_hash)b::text[],
+        %(expected_created_at)b::timestamptz[], %(claim_token)b::uuid[], %(status)b::text[], %(definition_hash)b::text[],
         %(current_task_id)b::text[],
         %(position_kind)b::text[], %(completed_task_count)b::integer[], %(error)b::text[],
         %(priority)b::smallint[], %(tags)b::jsonb[], %(delay_wake_at)b::timestamptz[],
         %(available_at)b::timestamptz[], %(codec)b::text[], %(data)b::bytea[],
         %(data_hash)b::bytea[], %(terminal)b::boolean[], %(notify)b::boolean[]
     ) WITH ORDINALITY AS i(
-        instance_id, expected_version, expected_incarnation, claim_token, status, definition_hash,
+        instance_id, expected_version, expected_created_at, claim_token, status, definition_hash,
         current_task_id, position_kind, completed_task_count, error, priority, tags, delay_wake_at,
         available_at, codec, data, data_hash, terminal, notify, n)
 ), upd AS (
@@ -42,14 +42,15 @@ WITH items AS (
     FROM items AS i
     WHERE s.instance_id = i.instance_id
       AND s.version = i.expected_version
-      -- Task rows were skipped as stored at that version: it must be the same life.
-      AND (i.expected_incarnation IS NULL OR s.incarnation = i.expected_incarnation)
+      -- Task rows were skipped as stored at that version: it must be the same life of the id
+      -- (a deleted and recreated instance has a later created_at; see task_cache.py).
+      AND (i.expected_created_at IS NULL OR s.created_at = i.expected_created_at)
       AND s.status NOT IN ('Completed', 'Failed', 'Cancelled')
       AND (i.claim_token IS NULL OR EXISTS (
           SELECT 1 FROM @schema@.claims AS c
           WHERE c.instance_id = s.instance_id AND c.token = i.claim_token
             AND c.expires_at > now()))
-    RETURNING s.instance_id, s.version, s.incarnation
+    RETURNING s.instance_id, s.version, s.created_at
 ), ins AS (
     INSERT INTO @schema@.snapshots AS s (
         instance_id, status, definition_hash, current_task_id, position_kind,
@@ -64,9 +65,9 @@ WITH items AS (
     WHERE i.expected_version IS NULL
     ORDER BY i.instance_id
     ON CONFLICT (instance_id) DO NOTHING
-    RETURNING s.instance_id, s.version, s.incarnation
+    RETURNING s.instance_id, s.version, s.created_at
 ), saved AS (
-    SELECT i.*, v.version, v.incarnation
+    SELECT i.*, v.version, v.created_at
     FROM (SELECT * FROM upd UNION ALL SELECT * FROM ins) AS v
     JOIN items AS i ON i.instance_id = v.instance_id
 ), hist AS (
@@ -104,7 +105,7 @@ WITH items AS (
         WHERE notify AND COALESCE(available_at, now()) <= now()
     ) AS sent
 )
-SELECT i.n, saved.version, saved.incarnation
+SELECT i.n, saved.version, saved.created_at
 FROM items AS i
 LEFT JOIN saved ON saved.n = i.n
 CROSS JOIN wake
