@@ -288,8 +288,8 @@ def claimed_task(claim: Claim, row: st.Row | None) -> ClaimedTask:
 
 
 def dispatch_program(query: DispatchQuery) -> Program[list[ClaimedTask]]:
-    """Lease up to ``query.limit`` dispatchable instances and load them (one statement
-    each, whatever the count).
+    """Lease up to ``query.limit`` dispatchable instances and load them, all in one
+    statement whatever the count.
 
     Run it in one transaction: the snapshot rows stay locked until the loads are done,
     and a failure anywhere leaves no lease behind.
