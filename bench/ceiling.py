@@ -163,16 +163,12 @@ def pgbench_path(dsn_from_env: bool) -> str | None:
 _BINARY_PLACEHOLDER: Final = re.compile(r"%\((\w+)\)b")
 
 
-def _strip_comments(sql_text: str) -> str:
-    return "\n".join(line.split("--", 1)[0] for line in sql_text.splitlines())
-
-
 def _script_statement(conn: psycopg.Connection[Any], schema: str, k: int) -> str:
     """The save statement as pgbench SQL: every value a literal except the instance id
     and expected version, which come from per-client variables (``\\gset`` keeps the
     version returned by the previous run, so every save is a successful CAS)."""
     params = _template(schema, "x")
-    query = _strip_comments(queries_for(schema)[SAVE_STATEMENT].decode())
+    query = queries_for(schema)[SAVE_STATEMENT].decode()  # already without comments
     query = _BINARY_PLACEHOLDER.sub(r"%(\1)s", query)  # literals below: text format
     query = query.replace("%(instance_id)s", f"ARRAY[:iid{k}::text]")
     query = query.replace("%(expected_version)s", f"ARRAY[:v{k}_version::bigint]")
