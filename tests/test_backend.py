@@ -455,6 +455,7 @@ BAD_SNAPSHOTS: dict[str, Callable[[], WorkflowSnapshot]] = {
     "task status str": bad(task_results={"t": TaskResult(status="Completed")}),  # type: ignore[arg-type]
     "task attempts str": bad(task_results={"t": TaskResult(attempts="2")}),  # type: ignore[arg-type]
     "task attempts negative": bad(task_results={"t": TaskResult(attempts=-1)}),
+    "task attempts beyond integer": bad(task_results={"t": TaskResult(attempts=2**31)}),
     "task started_at str": bad(task_results={"t": TaskResult(started_at="now")}),  # type: ignore[arg-type]
     "retry attempts None": bad(retries={"t": RetryState(attempts=None)}),  # type: ignore[arg-type]
     "naive retry time": bad(retries={"t": RetryState(attempts=1, next_attempt_at=NAIVE)}),
@@ -491,7 +492,7 @@ async def test_bad_updates_leave_the_stored_checkpoint_untouched(store: Store) -
             await store.save(candidate, expected_version=1)
     with pytest.raises(EncodeError):
         await store.save(with_tasks(input={"x": object()}), expected_version=1)
-    for expected in (0, -1, True, "1"):
+    for expected in (0, -1, True, "1", 2**63):
         with pytest.raises(ValidationError):
             await store.save(with_tasks(), expected_version=expected)  # type: ignore[arg-type]
     assert {t: await store.rows(t) for t in before} == before

@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import msgspec
 import psycopg
 import pytest
 from psycopg import sql
@@ -291,6 +292,19 @@ async def test_a_claim_cannot_fence_another_instance(claims: Claims) -> None:
     assert lease is not None
     with pytest.raises(ValidationError):
         await claims.save(snap("b"), 1, claim=lease)
+
+
+async def test_a_claim_that_is_not_a_claim_is_refused(claims: Claims) -> None:
+    await claims.seed(snap("a"))
+    lease = await claims.claim("a", "w1")
+    assert lease is not None
+    for fake in (
+        msgspec.structs.replace(lease, token=str(lease.token)),
+        ("a", lease.token),
+    ):
+        with pytest.raises(ValidationError):
+            await claims.save(snap("a"), 1, claim=fake)  # type: ignore[arg-type]
+    assert await claims.save(snap("a"), 1, claim=lease) == 2  # nothing was written
 
 
 # -- release and wakeups ---------------------------------------------------------------
