@@ -18,7 +18,10 @@ from snapstore.errors import ConfigurationError
 SCHEMA_PATTERN: Final = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 SCHEMA_TOKEN: Final = "@schema@"
 DEFAULT_SCHEMA: Final = "snapstore"
-_TIGHT: Final = frozenset(",()")  # no space is needed on either side of these
+# No space is needed on either side of these. Next to another operator character the
+# lexer still splits them right: "a=-1" is "a", "=", "-1", since an operator name may
+# not end in + or -.
+_TIGHT: Final = frozenset(",()=<>")
 _SECTION: Final = re.compile(r"^-- name: ([a-z_]+)\s*$", re.MULTILINE)
 
 
@@ -55,7 +58,7 @@ def sql_dir() -> Traversable:
 
 
 def compact(body: str) -> str:
-    """A statement as sent: no comments, whitespace collapsed, none around , ( ).
+    """A statement as sent: no comments, whitespace collapsed, none around , ( ) = < >.
 
     The files stay commented and laid out for readers; the wire gets the short
     form, which keeps the big statements under psycopg's cached-parse size

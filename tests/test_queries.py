@@ -15,9 +15,11 @@ def test_compact_drops_comments_and_spare_whitespace_but_never_touches_literals(
         'a -- not a comment, ( kept )' ,  f( a , b )
 
     FROM t  -- end
-    WHERE x = 'it''s'
+    WHERE x = 'it''s' AND y <= -1 AND z <> 2
     """
-    assert compact(body) == "SELECT 1,'a -- not a comment, ( kept )',f(a,b)FROM t WHERE x = 'it''s'"
+    assert compact(body) == (
+        "SELECT 1,'a -- not a comment, ( kept )',f(a,b)FROM t WHERE x='it''s' AND y<=-1 AND z<>2"
+    )
 
 
 def test_every_statement_is_sent_on_one_line_without_comments() -> None:

@@ -281,6 +281,25 @@ def test_only_dispatchable_unclaimed_saves_notify(
     assert raw.until("sentinel") == ["claimed", "sentinel"]
 
 
+def test_a_save_notifies_only_when_the_instance_became_dispatchable(
+    store: PostgresBackend[JsonCodec], raw: RawListener
+) -> None:
+    """Workers were told when it became dispatchable; more steps of it change nothing for
+    them. Resuming, coming due and new tags (other workers may take it) are news."""
+    store.save(snap("a"))  # new: announced
+    store.save(snap("a"), 1)  # still dispatchable: silent
+    store.save(snap("a", status=WorkflowStatus.PAUSED), 2)
+    store.save(snap("a"), 3)  # resumed: announced
+    soon = datetime.now(UTC) + timedelta(hours=1)
+    store.save(snap("a", position=AtDelay(task_id="t", wake_at=soon)), 4)
+    past = datetime.now(UTC) - timedelta(seconds=1)
+    store.save(snap("a", position=AtDelay(task_id="t", wake_at=past)), 5)  # due: announced
+    store.save(snap("a", tags=("gpu",)), 6)  # other workers may take it: announced
+    store.save(snap("a", tags=("gpu",)), 7)  # silent
+    store.save(snap("sentinel"))
+    assert raw.until("sentinel") == ["a", "a", "a", "a", "sentinel"]
+
+
 class OneConnection:
     """Lends one connection, in whatever transaction it is in, where a pool is expected:
     a backend built on it runs its real statements inside the caller's transaction."""
@@ -340,8 +359,10 @@ async def test_start_poll_queues_work_that_was_already_due(side: Side) -> None:
 @session_loop
 async def test_coalescing_and_drops_are_counted_exactly(side: Side) -> None:
     listener = await side.listen(maxsize=2, poll_interval=SLOW_POLL)
-    for expected in (None, 1, 2):  # three saves of one instance while it is pending
-        await side.save(snap("a"), expected)
+    # "a" becomes dispatchable three times while it is pending: created, then resumed twice.
+    paused, running = WorkflowStatus.PAUSED, WorkflowStatus.IN_PROGRESS
+    for expected, status in enumerate((running, paused, running, paused, running)):
+        await side.save(snap("a", status=status), expected or None)
     for i in range(10):
         await side.save(snap(f"b{i}"))
     await eventually(lambda: listener.stats().received == 13, "13 notifications")

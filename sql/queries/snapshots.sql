@@ -5,8 +5,11 @@
 -- Saves a batch (one item for a plain save) in one statement, so one commit: per item a
 -- CAS update (fenced by a live claim when a token is given) or create-if-absent, its
 -- history row, task upserts (unchanged task rows are not rewritten), lease removal once
--- finished, and a wakeup NOTIFY
--- (delivered at commit) when it is dispatchable now and no claimant is driving it.
+-- finished, and a wakeup NOTIFY (delivered at commit) when it became dispatchable: it is
+-- due now, no claimant is driving it, and before this save it was new, not due, not
+-- InProgress or tagged differently (a worker that could not take it may take it now). An
+-- instance that stays dispatchable was announced already; announcing every step of it
+-- would cost every commit the server's global notify lock.
 -- Instance ids within one batch are distinct. Returns (ordinal, new version, created_at),
 -- NULLs where the CAS failed.
 WITH items AS (
@@ -18,12 +21,12 @@ WITH items AS (
         %(priority)b::smallint[], %(tags)b::jsonb[], %(delay_wake_at)b::timestamptz[],
         %(available_at)b::timestamptz[], %(codec)b::text[], %(data)b::bytea[],
         %(data_hash)b::bytea[], %(terminal)b::boolean[], %(notify)b::boolean[]
-    ) WITH ORDINALITY AS i(
+    ) WITH ORDINALITY i(
         instance_id, expected_version, expected_created_at, claim_token, status, definition_hash,
         current_task_id, position_kind, completed_task_count, error, priority, tags, delay_wake_at,
         available_at, codec, data, data_hash, terminal, notify, n)
 ), upd AS (
-    UPDATE @schema@.snapshots AS s SET
+    UPDATE @schema@.snapshots s SET
         status = i.status,
         definition_hash = i.definition_hash,
         current_task_id = i.current_task_id,
@@ -39,7 +42,7 @@ WITH items AS (
         data_hash = i.data_hash,
         updated_at = now(),
         completed_at = CASE WHEN i.terminal THEN now() END
-    FROM items AS i
+    FROM items i
     WHERE s.instance_id = i.instance_id
       AND s.version = i.expected_version
       -- Task rows were skipped as stored at that version: it must be the same life of the id
@@ -47,7 +50,7 @@ WITH items AS (
       AND (i.expected_created_at IS NULL OR s.created_at = i.expected_created_at)
       AND s.status NOT IN ('Completed', 'Failed', 'Cancelled')
       AND (i.claim_token IS NULL OR EXISTS (
-          SELECT 1 FROM @schema@.claims AS c
+          SELECT 1 FROM @schema@.claims c
           WHERE c.instance_id = s.instance_id AND c.token = i.claim_token
             AND c.expires_at > now()))
     RETURNING s.instance_id, s.version, s.created_at
@@ -56,20 +59,18 @@ WITH items AS (
         instance_id, status, definition_hash, current_task_id, position_kind,
         completed_task_count, error, priority, tags, delay_wake_at, available_at,
         version, codec, data_hash, completed_at)
-    SELECT i.instance_id, i.status, i.definition_hash, i.current_task_id, i.position_kind,
-        i.completed_task_count, i.error, i.priority,
-        ARRAY(SELECT jsonb_array_elements_text(i.tags)), i.delay_wake_at,
-        COALESCE(i.available_at, now()), 1, i.codec, i.data_hash,
-        CASE WHEN i.terminal THEN now() END
-    FROM items AS i
-    WHERE i.expected_version IS NULL
-    ORDER BY i.instance_id
+    SELECT instance_id, status, definition_hash, current_task_id, position_kind,
+        completed_task_count, error, priority,
+        ARRAY(SELECT jsonb_array_elements_text(tags)), delay_wake_at,
+        COALESCE(available_at, now()), 1, codec, data_hash,
+        CASE WHEN terminal THEN now() END
+    FROM items
+    WHERE expected_version IS NULL
+    ORDER BY instance_id
     ON CONFLICT (instance_id) DO NOTHING
     RETURNING s.instance_id, s.version, s.created_at
 ), saved AS (
-    SELECT i.*, v.version, v.created_at
-    FROM (SELECT * FROM upd UNION ALL SELECT * FROM ins) AS v
-    JOIN items AS i ON i.instance_id = v.instance_id
+    SELECT * FROM items JOIN (TABLE upd UNION ALL TABLE ins) v USING (instance_id)
 ), hist AS (
     INSERT INTO @schema@.history (
         instance_id, version, status, current_task_id, codec, data, data_hash)
@@ -85,8 +86,8 @@ WITH items AS (
         %(task_attempts)b::integer[], %(task_worker)b::text[],
         %(task_started)b::timestamptz[], %(task_completed)b::timestamptz[],
         %(task_error)b::text[], %(task_output)b::bytea[])
-        AS u(n, task_id, status, attempts, worker_id, started_at, completed_at, error, output)
-    JOIN saved ON saved.n = u.n
+        u(n, task_id, status, attempts, worker_id, started_at, completed_at, error, output)
+    JOIN saved USING (n)
     ON CONFLICT (instance_id, task_id) DO UPDATE SET
         status = EXCLUDED.status, attempts = EXCLUDED.attempts,
         worker_id = EXCLUDED.worker_id, started_at = EXCLUDED.started_at,
@@ -96,20 +97,22 @@ WITH items AS (
     WHERE (t.*) IS DISTINCT FROM (EXCLUDED.*)
 ), done AS (
     -- A finished instance needs no lease: drop it so claims do not pile up.
-    DELETE FROM @schema@.claims AS c
+    DELETE FROM @schema@.claims c
     USING saved
     WHERE saved.terminal AND c.instance_id = saved.instance_id
 ), wake AS (
-    SELECT count(*) AS notified FROM (
-        SELECT pg_notify(%(channel)s, instance_id) FROM saved
-        WHERE notify AND COALESCE(available_at, now()) <= now()
-    ) AS sent
+    SELECT count(*) FROM (
+        SELECT pg_notify(%(channel)s, instance_id)
+        -- p: the row as it was before this save (all of one statement reads one snapshot).
+        FROM saved LEFT JOIN @schema@.snapshots p USING (instance_id)
+        WHERE saved.notify AND COALESCE(saved.available_at, now()) <= now()
+          AND (p.status = 'InProgress' AND p.available_at <= now()
+               AND to_jsonb(p.tags) = saved.tags) IS NOT TRUE
+    ) sent
 )
-SELECT i.n, saved.version, saved.created_at
-FROM items AS i
-LEFT JOIN saved ON saved.n = i.n
-CROSS JOIN wake
-ORDER BY i.n;
+SELECT n, version, created_at
+FROM items LEFT JOIN saved USING (n) CROSS JOIN wake
+ORDER BY n;
 
 -- name: current_states
 -- Why saves failed: stored version and status, and whether each given claim is live.
