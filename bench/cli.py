@@ -12,6 +12,7 @@ from bench.db import CODECS
 from snapstore.testing import database_url
 
 QUICK_SECONDS = 2.0
+QUICK_WARMUP = 0.5
 
 
 def _csv(allowed: tuple[str, ...]) -> Callable[[str], tuple[str, ...]]:
@@ -75,6 +76,12 @@ def run_parser() -> argparse.ArgumentParser:
         help="wakeup listener fallback poll, seconds (bounds how late a due timer is seen)",
     )
     p.add_argument(
+        "--warmup",
+        type=float,
+        help=f"unmeasured seconds of load before each window, then ANALYZE "
+        f"(default {defaults.warmup}, --quick {QUICK_WARMUP})",
+    )
+    p.add_argument(
         "--no-wakeups",
         action="store_true",
         help="flow workers poll find_available_tasks instead of waiting on LISTEN/NOTIFY",
@@ -120,6 +127,9 @@ def config_from(args: argparse.Namespace) -> suite.Config:
         batch=args.batch,
         poll_interval=args.poll_interval,
         wakeups=not args.no_wakeups,
+        warmup=args.warmup
+        if args.warmup is not None
+        else (QUICK_WARMUP if args.quick else suite.Config.warmup),
         pgbench=not args.no_pgbench,
         schema_prefix=args.schema_prefix,
         out=args.out,

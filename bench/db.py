@@ -41,6 +41,19 @@ def open_backend(
     return backend
 
 
+def analyze(dsn: str, schema: str) -> None:
+    """Refresh the planner's statistics of ``schema``'s tables; this also makes every
+    session re-plan the statements it prepared against them."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        tables = conn.execute(
+            "SELECT tablename FROM pg_tables WHERE schemaname = %s ORDER BY tablename", (schema,)
+        ).fetchall()
+        for (table,) in tables:
+            conn.execute(
+                sql.SQL("ANALYZE {}.{}").format(sql.Identifier(schema), sql.Identifier(table))
+            )
+
+
 def wal_lsn(dsn: str) -> str:
     with psycopg.connect(dsn, autocommit=True) as conn:
         row = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()

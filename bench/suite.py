@@ -30,6 +30,7 @@ class Config:
     batch: int = 10
     poll_interval: float = 0.1
     wakeups: bool = True
+    warmup: float = 1.0
     pgbench: bool = True
     schema_prefix: str = db.SCHEMA_PREFIX
     out: Path = field(default=DEFAULT_OUT)
@@ -79,6 +80,7 @@ def _codec_runs(
                 group_threads=config.group_threads,
                 poll_interval=config.poll_interval,
                 wakeups=config.wakeups,
+                warmup=config.warmup,
             )
             target = backend
             recorder = Recorder()
@@ -86,7 +88,9 @@ def _codec_runs(
                 if workload == "group_commit":
                     target = db.open_backend(dsn, codec, schema, pool_size=pool, group_commit=True)
                 with progress.phase(
-                    f"{workload}/{codec}", config.duration, functools.partial(_status, recorder)
+                    f"{workload}/{codec}",
+                    config.warmup + config.duration,
+                    functools.partial(_status, recorder),
                 ):
                     outcome = engine.run(spec, dsn, target, caps, recorder)
                 runs.append(outcome.as_dict())
