@@ -16,10 +16,8 @@ timestamp column holding a naive datetime (`encode_column` returns a plain list)
 
 from __future__ import annotations
 
-import functools
 import struct
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Final
 
@@ -51,15 +49,43 @@ def _timestamptz(value: datetime) -> bytes:
     return _INT8.pack((delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds)
 
 
-@dataclass(frozen=True, slots=True)
+class BinaryArray(list[Any]):
+    """The values of one array parameter together with their binary encoding.
+
+    One subclass per element type (`Element.array_type`), so psycopg picks and
+    caches the dumper, oid included, by class alone.
+    """
+
+    __slots__ = ("data",)
+
+    element: ClassVar[Element]
+    data: bytes
+
+
 class Element:
     """A PostgreSQL element type: its oids and how one non-NULL value goes on the wire."""
 
-    name: str
-    oid: int
-    array_oid: int
-    send: Callable[[Any], bytes]
-    textual: bool = False  # encoded with the client encoding (UTF-8 assumed)
+    __slots__ = ("array_oid", "array_type", "name", "oid", "send", "textual")
+
+    def __init__(
+        self,
+        name: str,
+        oid: int,
+        array_oid: int,
+        send: Callable[[Any], bytes],
+        *,
+        textual: bool = False,  # encoded as UTF-8: the client encoding psycopg defaults to
+    ) -> None:
+        self.name = name
+        self.oid = oid
+        self.array_oid = array_oid
+        self.send = send
+        self.textual = textual
+        namespace = {"__slots__": (), "element": self}
+        self.array_type: type[BinaryArray] = type(f"{name.title()}Array", (BinaryArray,), namespace)
+
+    def __repr__(self) -> str:
+        return f"Element({self.name!r})"
 
 
 TEXT: Final = Element("text", 25, 1009, str.encode, textual=True)
@@ -71,26 +97,6 @@ BOOLEAN: Final = Element("boolean", 16, 1000, lambda v: b"\x01" if v else b"\x00
 BYTEA: Final = Element("bytea", 17, 1001, bytes)
 UUID: Final = Element("uuid", 2950, 2951, lambda v: v.bytes)
 TIMESTAMPTZ: Final = Element("timestamptz", 1184, 1185, _timestamptz)
-
-
-class BinaryArray(list[Any]):
-    """The values of one array parameter together with their binary encoding.
-
-    One subclass per element type (`array_type`), so psycopg picks and caches the
-    dumper, oid included, by class alone.
-    """
-
-    __slots__ = ("data",)
-
-    element: ClassVar[Element]
-    data: bytes
-
-
-@functools.cache
-def array_type(element: Element) -> type[BinaryArray]:
-    """The `BinaryArray` subclass of ``element`` arrays."""
-    name = f"{element.name.title()}Array"
-    return type(name, (BinaryArray,), {"__slots__": (), "element": element})
 
 
 def encode_array(element: Element, values: Sequence[Any]) -> bytes:
@@ -118,7 +124,7 @@ def encode_column(element: Element, values: Sequence[Any]) -> list[Any]:
         data = encode_array(element, values)
     except NaiveDatetime:
         return list(values)
-    array = array_type(element)(values)
+    array = element.array_type(values)
     array.data = data
     return array
 
@@ -135,13 +141,13 @@ class BinaryArrayDumper(Dumper):
     def __init__(self, cls: type, context: abc.AdaptContext | None = None) -> None:
         super().__init__(cls, context)
         if not issubclass(cls, BinaryArray) or cls is BinaryArray:
-            raise TypeError(f"{cls.__name__} is not an array_type() class")
+            raise TypeError(f"{cls.__name__} is not an Element.array_type")
         self.oid = cls.element.array_oid
-        encoding = self.connection.info.encoding if self.connection else "utf-8"
-        utf8 = encoding.replace("_", "-").lower() in ("utf-8", "utf8")
-        self._fallback = (
-            None if utf8 or not cls.element.textual else ListBinaryDumper(list, context)
-        )
+        self._fallback: ListBinaryDumper | None = None
+        if cls.element.textual and self.connection is not None:
+            encoding = self.connection.info.encoding.replace("_", "-").lower()
+            if encoding not in ("utf-8", "utf8"):
+                self._fallback = ListBinaryDumper(list, context)
 
     def get_key(self, obj: BinaryArray, format: abc.PyFormat) -> abc.DumperKey:
         return self.cls if self._fallback is None else self._fallback.get_key(obj, format)

@@ -31,7 +31,7 @@ from snapstore.model import (
     WorkflowStatus,
 )
 from snapstore.queries import wakeup_channel
-from snapstore.task_cache import TaskCache
+from snapstore.task_cache import Stored, TaskCache
 
 R = TypeVar("R")
 
@@ -49,7 +49,7 @@ class Context:
     schema: str
     tasks: TaskCache = field(default_factory=TaskCache, compare=False)
 
-    @property
+    @functools.cached_property
     def channel(self) -> str:
         return wakeup_channel(self.schema)
 
@@ -90,6 +90,7 @@ def save_batch(ctx: Context, items: Sequence[st.PreparedSave]) -> Program[list[S
         states = iter(
             (yield Step("current_states", st.states_params(failed), Fetch.ALL)) if failed else ()
         )
+        stored: list[Stored] = []
         for index, item, saved in zip(round_, batch, outcomes, strict=True):
             if saved is None:
                 ctx.tasks.forget(item.instance_id)
@@ -97,16 +98,12 @@ def save_batch(ctx: Context, items: Sequence[st.PreparedSave]) -> Program[list[S
                     item.instance_id, None, st.save_failure(item, next(states))
                 )
             else:
-                yield AfterCommit(
-                    functools.partial(
-                        ctx.tasks.remember,
-                        item.instance_id,
-                        saved.version,
-                        saved.created_at,
-                        item.all_task_rows,
-                    )
+                stored.append(
+                    Stored(item.instance_id, saved.version, saved.created_at, item.all_task_rows)
                 )
                 results[index] = SaveResult(item.instance_id, saved.version)
+        if stored:
+            yield AfterCommit(functools.partial(ctx.tasks.remember_many, stored))
     return [r for r in results if r is not None]
 
 

@@ -4,20 +4,49 @@ A program yields `Step`s; the shell runs each on one pooled connection (inside
 one transaction when asked) and sends the fetched rows back. `AfterCommit`
 actions are held until the work has committed. Feature mixins
 (signals, claims...) only build programs and call ``_run``.
+
+Each pooled connection keeps one cursor for these statements: a cursor's
+adaptation context caches the dumpers and loaders it has looked up, and a new
+one per statement cost about 50 us of client CPU per save (binding some 30
+array parameters afresh).
 """
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from contextlib import nullcontext
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
+from psycopg import AsyncConnection, AsyncCursor, Connection, Cursor
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 from snapstore.operations import AfterCommit, Context, Fetch, Program
 from snapstore.queries import Queries
 
 R = TypeVar("R")
+
+# A connection is used by one thread or task at a time, so its cursor is too.
+_CURSORS: Final[weakref.WeakKeyDictionary[Connection[Any], Cursor[Any]]] = (
+    weakref.WeakKeyDictionary()
+)
+_ASYNC_CURSORS: Final[weakref.WeakKeyDictionary[AsyncConnection[Any], AsyncCursor[Any]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _cursor(conn: Connection[Any]) -> Cursor[Any]:
+    cur = _CURSORS.get(conn)
+    if cur is None:
+        cur = _CURSORS[conn] = conn.cursor()
+    return cur
+
+
+def _async_cursor(conn: AsyncConnection[Any]) -> AsyncCursor[Any]:
+    cur = _ASYNC_CURSORS.get(conn)
+    if cur is None:
+        cur = _ASYNC_CURSORS[conn] = conn.cursor()
+    return cur
 
 
 class SyncRunner:
@@ -37,7 +66,7 @@ class SyncRunner:
                         after.append(step.action)
                         step = program.send(None)
                         continue
-                    cur = conn.execute(self.queries[step.query], step.params)
+                    cur = _cursor(conn).execute(self.queries[step.query], step.params)
                     if step.fetch is Fetch.ONE:
                         rows: Any = cur.fetchone()
                     elif step.fetch is Fetch.ALL:
@@ -83,7 +112,7 @@ class AsyncRunner:
                         after.append(step.action)
                         step = program.send(None)
                         continue
-                    cur = await conn.execute(self.queries[step.query], step.params)
+                    cur = await _async_cursor(conn).execute(self.queries[step.query], step.params)
                     if step.fetch is Fetch.ONE:
                         rows: Any = await cur.fetchone()
                     elif step.fetch is Fetch.ALL:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Final, NamedTuple
 
@@ -37,6 +37,15 @@ class Known(NamedTuple):
 
 
 UNKNOWN: Final = Known(None, {})
+
+
+class Stored(NamedTuple):
+    """One committed save, as the cache learns of it."""
+
+    instance_id: str
+    version: int
+    created_at: datetime
+    rows: Mapping[str, TaskRow]
 
 
 class TaskCache:
@@ -65,14 +74,20 @@ class TaskCache:
         created_at: datetime,
         rows: Mapping[str, TaskRow],
     ) -> None:
+        self.remember_many([Stored(instance_id, version, created_at, rows)])
+
+    def remember_many(self, saves: Iterable[Stored]) -> None:
+        """Learn a commit's saves under one lock acquisition."""
         with self._lock:
-            current = self._data.get(instance_id)
-            if current is not None and current[0] > version:
-                return  # a newer save already landed
-            self._data[instance_id] = (version, Known(created_at, rows))
-            self._data.move_to_end(instance_id)
-            while len(self._data) > self._max:
-                self._data.popitem(last=False)
+            data = self._data
+            for instance_id, version, created_at, rows in saves:
+                current = data.get(instance_id)
+                if current is not None and current[0] > version:
+                    continue  # a newer save already landed
+                data[instance_id] = (version, Known(created_at, rows))
+                data.move_to_end(instance_id)
+            while len(data) > self._max:
+                data.popitem(last=False)
 
     def forget(self, instance_id: str) -> None:
         with self._lock:
