@@ -230,8 +230,6 @@ class PreparedSave(msgspec.Struct, frozen=True):
     codec: str
     data: bytes
     data_hash: bytes
-    terminal: bool
-    notify: bool
     task_ids: list[str]  # the task rows to write: new or changed ones only
     task_rows: list[TaskRow]
     all_task_rows: Mapping[str, TaskRow]  # every task of the snapshot, for the task cache
@@ -303,9 +301,6 @@ def prepare_save(
         codec=codec.name,
         data=blob,
         data_hash=data_hash(blob),
-        terminal=snapshot.status.is_terminal,
-        # A claimant keeps driving its instance; others learn of it when it is released.
-        notify=claim is None and snapshot.status is WorkflowStatus.IN_PROGRESS,
         task_ids=changed,
         task_rows=[rows[t] for t in changed],
         all_task_rows=rows,
@@ -321,8 +316,11 @@ _ITEM_COLUMNS: Final = (
     ("completed_task_count", arrays.INTEGER), ("error", arrays.TEXT),
     ("priority", arrays.SMALLINT), ("tags", arrays.JSONB), ("delay_wake_at", arrays.TIMESTAMPTZ),
     ("available_at", arrays.TIMESTAMPTZ), ("codec", arrays.TEXT), ("data", arrays.BYTEA),
-    ("data_hash", arrays.BYTEA), ("terminal", arrays.BOOLEAN), ("notify", arrays.BOOLEAN),
+    ("data_hash", arrays.BYTEA),
 )  # fmt: skip
+_FIELD_INDEX: Final = {name: k for k, name in enumerate(PreparedSave.__struct_fields__)}
+_ITEM_PLAN: Final = tuple((name, element, _FIELD_INDEX[name]) for name, element in _ITEM_COLUMNS)
+_NO_FIELDS: Final[list[tuple[Any, ...]]] = [()] * len(PreparedSave.__struct_fields__)
 _TASK_COLUMNS: Final = (
     ("status", arrays.TEXT), ("attempts", arrays.INTEGER), ("worker", arrays.TEXT),
     ("started", arrays.TIMESTAMPTZ), ("completed", arrays.TIMESTAMPTZ), ("error", arrays.TEXT),
@@ -334,9 +332,9 @@ def save_batch_params(items: Sequence[PreparedSave], channel: str) -> Params:
     """Parameters of ``save_snapshots``: one pre-encoded array per column, tasks flattened
     by item."""
     column = arrays.encode_column
-    params: Params = {
-        name: column(element, [getattr(i, name) for i in items]) for name, element in _ITEM_COLUMNS
-    }
+    # One tuple per field of PreparedSave, across the items.
+    fields = list(zip(*map(msgspec.structs.astuple, items), strict=True)) or _NO_FIELDS
+    params: Params = {name: column(element, fields[k]) for name, element, k in _ITEM_PLAN}
     task_items: list[int] = []
     task_ids: list[str] = []
     task_rows: list[tuple[Any, ...]] = []

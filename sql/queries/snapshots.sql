@@ -13,18 +13,22 @@
 -- Instance ids within one batch are distinct. Returns (ordinal, new version, created_at),
 -- NULLs where the CAS failed.
 WITH items AS (
-    SELECT * FROM unnest(
+    -- terminal: the save finishes it. notify: a candidate for a wakeup (see wake), since
+    -- only an unclaimed save leaves the instance to other workers.
+    SELECT *, status IN ('Completed', 'Failed', 'Cancelled') AS terminal,
+        status = 'InProgress' AND claim_token IS NULL AS notify
+    FROM unnest(
         %(instance_id)b::text[], %(expected_version)b::bigint[],
         %(expected_created_at)b::timestamptz[], %(claim_token)b::uuid[], %(status)b::text[], %(definition_hash)b::text[],
         %(current_task_id)b::text[],
         %(position_kind)b::text[], %(completed_task_count)b::integer[], %(error)b::text[],
         %(priority)b::smallint[], %(tags)b::jsonb[], %(delay_wake_at)b::timestamptz[],
         %(available_at)b::timestamptz[], %(codec)b::text[], %(data)b::bytea[],
-        %(data_hash)b::bytea[], %(terminal)b::boolean[], %(notify)b::boolean[]
+        %(data_hash)b::bytea[]
     ) WITH ORDINALITY i(
         instance_id, expected_version, expected_created_at, claim_token, status, definition_hash,
         current_task_id, position_kind, completed_task_count, error, priority, tags, delay_wake_at,
-        available_at, codec, data, data_hash, terminal, notify, n)
+        available_at, codec, data, data_hash, n)
 ), upd AS (
     UPDATE @schema@.snapshots s SET
         status = i.status,
