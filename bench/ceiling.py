@@ -4,10 +4,19 @@ Same SQL shape as `PostgresBackend.save` (the ``save_snapshots`` statement from
 sql/queries/snapshots.sql), but over plain psycopg with no validation, encoding
 or pooling, so "single-save path / ceiling" isolates the library's overhead.
 ``pgbench`` running the same statement is a second, Python-free reference.
+
+Two kinds of raw run: ``raw_single``/``raw_grouped_tx``/``raw_batch`` update a
+few fixed instances over and over with an unchanged task row (the cheapest use
+of the statement: no inserts, no wakeups), while ``raw_workflow_<codec>``
+replays the exact statements the ``saves`` workload sends (linear workflows:
+create, one new task row per step, finish, with the store's wakeup on create),
+encoded once. The single-save target is checked against the replay: same
+statements, same data, same table growth, so the ratio is the library's cost.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import shutil
@@ -17,17 +26,21 @@ import threading
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import psycopg
 
 from bench import db
 from bench.workflows import Shape, linear
-from snapstore import JsonCodec
+from snapstore import JsonCodec, arrays
 from snapstore import statements as st
 from snapstore.codecs import codec_instance
 from snapstore.queries import queries_for, wakeup_channel
+
+# Stands in for the instance's created_at while encoding; the replay sends the real one.
+_CREATED_PLACEHOLDER: Final = datetime(2000, 1, 1, tzinfo=UTC)
 
 SAVE_STATEMENT = "save_snapshots"
 GROUP = 10  # saves per commit in the grouped ceilings (the design's reference shape)
@@ -65,21 +78,31 @@ class _Driver:
         self._lock = threading.Lock()
         self._go = threading.Event()
         self._stop = threading.Event()
+        self._open = False
 
-    def _count(self, ok: int, failed: int) -> None:
+    @property
+    def stopped(self) -> bool:
+        return self._stop.is_set()
+
+    def count(self, ok: int, failed: int) -> None:
         """Only commits that finished inside the window count."""
         with self._lock:
-            if self._stop.is_set():
-                return
-            self.saves += ok
-            self.failed += failed
+            if self._open:
+                self.saves += ok
+                self.failed += failed
 
     def _thread(self, index: int, body: Callable[[psycopg.Connection[Any], int], None]) -> None:
         with psycopg.connect(self.dsn, autocommit=True, prepare_threshold=5) as conn:
             self._go.wait()
             body(conn, index)
 
-    def run(self, body: Callable[[psycopg.Connection[Any], int], None]) -> dict[str, Any]:
+    def run(
+        self,
+        body: Callable[[psycopg.Connection[Any], int], None],
+        before_window: Callable[[], None] | None = None,
+    ) -> dict[str, Any]:
+        """Run ``body`` on every thread; the window opens once ``before_window`` (run while
+        the threads already work: a warm-up) has returned."""
         workers = [
             threading.Thread(target=self._thread, args=(i, body), daemon=True)
             for i in range(self.threads)
@@ -87,11 +110,17 @@ class _Driver:
         for w in workers:
             w.start()
         time.sleep(0.2)  # let every connection open before the clock starts
-        started = time.monotonic()
         self._go.set()
+        if before_window is not None:
+            before_window()
+        with self._lock:
+            started = time.monotonic()
+            self._open = True
         time.sleep(self.seconds)
+        with self._lock:
+            self._open = False
+            window = time.monotonic() - started
         self._stop.set()
-        window = time.monotonic() - started
         for w in workers:
             w.join()
         return {
@@ -119,12 +148,91 @@ class _Driver:
                         for i, v in zip(ids, versions, strict=True)
                     ]
             ok = [g for g in got if g is not None]
-            self._count(len(ok), len(got) - len(ok))
+            self.count(len(ok), len(got) - len(ok))
             versions = [g if g is not None else v for g, v in zip(got, versions, strict=True)]
+
+
+class _Save(NamedTuple):
+    params: dict[str, Any]
+    checks_created_at: bool  # task rows were skipped: the save must name the instance's life
+
+
+def workflow_saves(schema: str, codec: str) -> list[_Save]:
+    """The ``save_snapshots`` parameters of one linear workflow, as the store sends them
+    for the ``saves`` workload: each step carries only the task rows that changed."""
+    definition = linear(Shape())
+    encoder = codec_instance(db.CODECS[codec])
+    snapshot = definition.create("raw-workflow")
+    stored: dict[str, st.TaskRow] = {}
+    version: int | None = None
+    saves: list[_Save] = []
+    while True:
+        item = st.prepare_save(encoder, snapshot, version, None, stored, _CREATED_PLACEHOLDER)
+        params = st.save_batch_params([item], wakeup_channel(schema))
+        saves.append(_Save(params, item.expected_created_at is not None))
+        if snapshot.status.is_terminal:
+            return saves
+        stored = dict(item.all_task_rows)
+        version = 1 if version is None else version + 1
+        snapshot, _ = definition.step(snapshot)
 
 
 def _saved(rows: list[Any]) -> int | None:
     return None if not rows or rows[0][1] is None else int(rows[0][1])
+
+
+def replay_workflows(
+    driver: _Driver, conn: psycopg.Connection[Any], index: int, saves: list[_Save]
+) -> None:
+    """Save workflow after workflow, one commit per save, as the ``saves`` workload does."""
+    column = arrays.encode_column
+    for k in itertools.count():
+        if driver.stopped:
+            return
+        instance = column(arrays.TEXT, [f"raw-workflow-{index}-{k}"])
+        version: int | None = None
+        created: datetime | None = None
+        for save in saves:
+            params = {
+                **save.params,
+                "instance_id": instance,
+                "expected_version": column(arrays.BIGINT, [version]),
+                "expected_created_at": column(
+                    arrays.TIMESTAMPTZ, [created if save.checks_created_at else None]
+                ),
+            }
+            row = conn.execute(driver.query, params).fetchone()
+            if row is None or row[1] is None:
+                driver.count(0, 1)
+                break
+            driver.count(1, 0)
+            version, created = int(row[1]), row[2]
+
+
+def workflow_ceiling_name(codec: str) -> str:
+    return f"raw_workflow_{codec}"
+
+
+def workflow_ceiling(
+    dsn: str, schema: str, codec: str, threads: int, seconds: float, warmup: float
+) -> dict[str, Any]:
+    """Saves/s of the ``saves`` workload's own statements, replayed over bare psycopg on a
+    fresh schema, with the same warm-up and ANALYZE before the window as the workload."""
+    db.drop_schema(dsn, schema)
+    db.open_backend(dsn, codec, schema, pool_size=2).close()  # migrate only
+    saves = workflow_saves(schema, codec)
+    driver = _Driver(dsn, schema, threads, seconds)
+
+    def warm_up() -> None:
+        time.sleep(warmup)
+        db.analyze(dsn, schema)
+
+    result = driver.run(
+        lambda conn, index: replay_workflows(driver, conn, index, saves), before_window=warm_up
+    )
+    db.drop_schema(dsn, schema)
+    result.update(saves_per_commit=1, shape="workflow", codec=codec)
+    return result
 
 
 def raw_ceiling(dsn: str, schema: str, threads: int, seconds: float, shape: str) -> dict[str, Any]:

@@ -117,6 +117,13 @@ def _ceilings(config: Config, dsn: str, progress: Progress) -> dict[str, Any]:
         with progress.phase(f"ceiling {name}", seconds, lambda: ""):
             found[name] = ceiling.raw_ceiling(dsn, raw_schema, n, seconds, shape)
     db.drop_schema(dsn, raw_schema)
+    if "saves" in config.workloads:  # the single-save target's reference, per codec
+        for codec in config.codecs:
+            name = ceiling.workflow_ceiling_name(codec)
+            with progress.phase(f"ceiling {name}", config.warmup + seconds, lambda: ""):
+                found[name] = ceiling.workflow_ceiling(
+                    dsn, raw_schema, codec, n, seconds, config.warmup
+                )
     binary = ceiling.pgbench_path(dsn_from_env=bool(os.environ.get(DSN_ENV)))
     for name, per in (("pgbench_single", 1), ("pgbench_grouped_tx", ceiling.GROUP)):
         if not config.pgbench or binary is None:
@@ -130,7 +137,9 @@ def _ceilings(config: Config, dsn: str, progress: Progress) -> dict[str, Any]:
 
 def run_suite(config: Config, dsn: str, progress: Progress | None = None) -> dict[str, Any]:
     """Measure everything ``config`` asks for and return the result document."""
-    phases = len(config.codecs) * len(config.workloads) + 3 + (2 if config.pgbench else 0)
+    replays = len(config.codecs) if "saves" in config.workloads else 0
+    phases = len(config.codecs) * len(config.workloads) + 3 + replays
+    phases += 2 if config.pgbench else 0
     progress = progress or Progress(phases)
     caps = api.detect()
     started = datetime.now(UTC)

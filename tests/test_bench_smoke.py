@@ -16,7 +16,8 @@ from typing import Any
 
 import pytest
 
-from bench import compare, engine
+from bench import ceiling, compare, engine
+from bench.workflows import Shape
 from snapstore.testing import DSN_ENV
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -88,8 +89,9 @@ def test_environment_ceilings_and_verdicts(bench_run: dict[str, Any]) -> None:
         assert settings[key]
     assert bench_run["environment"]["machine"]["cpu_count"] >= 1
     ceilings = bench_run["ceilings"]
-    for name in ("raw_single", "raw_grouped_tx", "raw_batch"):
+    for name in ("raw_single", "raw_grouped_tx", "raw_batch", "raw_workflow_json"):
         assert ceilings[name]["saves_per_s"] > 0 and ceilings[name]["failed"] == 0
+    assert ceilings["raw_workflow_json"]["shape"] == "workflow"
     for name in ("pgbench_single", "pgbench_grouped_tx"):  # present, or the reason it is not
         assert "saves_per_s" in ceilings[name] or ceilings[name]["error"]
     verdicts = bench_run["acceptance"]
@@ -137,3 +139,15 @@ def test_percentile_is_nearest_rank() -> None:
     assert [percentile(values, q) for q in (50, 95, 99, 100)] == [50.0, 95.0, 99.0, 100.0]
     assert summarize_ms([]) is None
     assert summarize_ms([0.002]) == {"count": 1, "p50": 2.0, "p95": 2.0, "p99": 2.0, "max": 2.0}
+
+
+def test_the_workflow_replay_sends_what_the_store_sends() -> None:
+    """One linear workflow: a create, then per step only the task row that is new, and
+    the instance's created_at required once rows are skipped (as the task cache does)."""
+    saves = ceiling.workflow_saves("bench_json", "json")
+    shape = Shape()
+    assert len(saves) == shape.steps + 1
+    assert [len(s.params["task_ids"]) for s in saves] == [0] + [1] * shape.steps
+    assert [s.checks_created_at for s in saves] == [False, False] + [True] * (shape.steps - 1)
+    assert list(saves[0].params["status"]) == ["InProgress"]
+    assert list(saves[-1].params["status"]) == ["Completed"]
