@@ -271,7 +271,7 @@ def extend_program(claim: Claim, ttl: Seconds) -> Program[Claim]:
 
 
 def release_program(ctx: Context, claim: Claim) -> Program[bool]:
-    row = yield Step("release_claim", {**token_params(claim), "channel": ctx.channel})
+    row = yield Step("release_claim", {**token_params(claim), "channel": ctx.channel}, hot=True)
     return bool(row[0])
 
 
@@ -296,7 +296,7 @@ def dispatch_program(query: DispatchQuery) -> Program[list[ClaimedTask]]:
     """
     if query.empty:
         return []
-    rows = yield Step("dispatch", query.params(), Fetch.ALL)
+    rows = yield Step("dispatch", query.params(), Fetch.ALL, hot=True)
     claims = leased_claims(query.worker_id, rows)
     if not claims:
         return []

@@ -11,10 +11,11 @@ import functools
 import hashlib
 import re
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 import psycopg
 from psycopg import sql as pgsql
+from psycopg.rows import tuple_row
 
 from snapstore.errors import MigrationError
 from snapstore.queries import bind_schema, quote_schema, sql_dir, validate_schema
@@ -124,45 +125,45 @@ def print_sql(schema: str) -> str:
     return "\n\n".join(parts) + "\n"
 
 
-def _applied(rows: list[tuple[int, str]]) -> dict[int, str]:
+def _applied(rows: list[tuple[Any, ...]]) -> dict[int, str]:
     return {int(v): str(c) for v, c in rows}
 
 
-def migrate(conn: psycopg.Connection[tuple[object, ...]], schema: str) -> list[int]:
+def migrate(conn: psycopg.Connection[Any], schema: str) -> list[int]:
     """Bring ``schema`` up to date; return the versions applied now."""
     plan = MigrationPlan(schema)
     migrations = load_migrations()
-    row = conn.execute(EXISTS_SQL, plan.exists_params).fetchone()
+    cur = conn.cursor(row_factory=tuple_row)  # whatever rows the connection is set to give
+    row = cur.execute(EXISTS_SQL, plan.exists_params).fetchone()
     if row and row[0]:
-        rows = conn.execute(plan.applied).fetchall()
-        if not pending(_applied(rows), migrations):  # type: ignore[arg-type]
+        rows = cur.execute(plan.applied).fetchall()
+        if not pending(_applied(rows), migrations):
             return []
     with conn.transaction():
-        conn.execute(LOCK_SQL, plan.lock_params)
-        conn.execute(plan.bootstrap)
-        todo = pending(_applied(conn.execute(plan.applied).fetchall()), migrations)  # type: ignore[arg-type]
+        cur.execute(LOCK_SQL, plan.lock_params)
+        cur.execute(plan.bootstrap)
+        todo = pending(_applied(cur.execute(plan.applied).fetchall()), migrations)
         for m in todo:
-            conn.execute(plan.ddl(m))
-            conn.execute(plan.record, plan.record_params(m))
+            cur.execute(plan.ddl(m))
+            cur.execute(plan.record, plan.record_params(m))
     return [m.version for m in todo]
 
 
-async def amigrate(conn: psycopg.AsyncConnection[tuple[object, ...]], schema: str) -> list[int]:
+async def amigrate(conn: psycopg.AsyncConnection[Any], schema: str) -> list[int]:
     """Async twin of `migrate`."""
     plan = MigrationPlan(schema)
     migrations = load_migrations()
-    cur = await conn.execute(EXISTS_SQL, plan.exists_params)
-    row = await cur.fetchone()
+    cur = conn.cursor(row_factory=tuple_row)
+    row = await (await cur.execute(EXISTS_SQL, plan.exists_params)).fetchone()
     if row and row[0]:
-        cur = await conn.execute(plan.applied)
-        if not pending(_applied(await cur.fetchall()), migrations):  # type: ignore[arg-type]
+        rows = await (await cur.execute(plan.applied)).fetchall()
+        if not pending(_applied(rows), migrations):
             return []
     async with conn.transaction():
-        await conn.execute(LOCK_SQL, plan.lock_params)
-        await conn.execute(plan.bootstrap)
-        cur = await conn.execute(plan.applied)
-        todo = pending(_applied(await cur.fetchall()), migrations)  # type: ignore[arg-type]
+        await cur.execute(LOCK_SQL, plan.lock_params)
+        await cur.execute(plan.bootstrap)
+        todo = pending(_applied(await (await cur.execute(plan.applied)).fetchall()), migrations)
         for m in todo:
-            await conn.execute(plan.ddl(m))
-            await conn.execute(plan.record, plan.record_params(m))
+            await cur.execute(plan.ddl(m))
+            await cur.execute(plan.record, plan.record_params(m))
     return [m.version for m in todo]

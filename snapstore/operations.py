@@ -62,11 +62,17 @@ class Fetch(enum.Enum):
 
 
 class Step(NamedTuple):
-    """One statement to run: a name from sql/queries/*.sql and its bound parameters."""
+    """One statement to run: a name from sql/queries/*.sql and its bound parameters.
+
+    ``hot``: a statement on the hot path with a small result, run on a cursor the
+    connection keeps (see `snapstore.runner`); others get a fresh cursor, so a big
+    result (a loaded blob) is freed as soon as it has been read.
+    """
 
     query: str
     params: st.Params | None = None
     fetch: Fetch = Fetch.ONE
+    hot: bool = False
 
 
 class AfterCommit(NamedTuple):
@@ -84,7 +90,8 @@ def save_batch(ctx: Context, items: Sequence[st.PreparedSave]) -> Program[list[S
     results: list[SaveResult | None] = [None] * len(items)
     for round_ in st.save_rounds(items):
         batch = [items[i] for i in round_]
-        rows = yield Step("save_snapshots", st.save_batch_params(batch, ctx.channel), Fetch.ALL)
+        params = st.save_batch_params(batch, ctx.channel)
+        rows = yield Step("save_snapshots", params, Fetch.ALL, hot=True)
         outcomes = st.saved_versions(rows, len(batch))
         failed = [item for item, o in zip(batch, outcomes, strict=True) if o is None]
         states = iter(

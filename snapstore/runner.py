@@ -5,10 +5,11 @@ one transaction when asked) and sends the fetched rows back. `AfterCommit`
 actions are held until the work has committed. Feature mixins
 (signals, claims...) only build programs and call ``_run``.
 
-Each pooled connection keeps one cursor for these statements: a cursor's
-adaptation context caches the dumpers and loaders it has looked up, and a new
-one per statement cost about 50 us of client CPU per save (binding some 30
-array parameters afresh).
+Each pooled connection keeps one cursor for the hot statements (`Step.hot`): a
+cursor's adaptation context caches the dumpers and loaders it has looked up, and
+a new one per save cost about 50 us of client CPU (binding some 30 array
+parameters afresh). Every cursor returns plain tuples, whatever row factory the
+connections of a borrowed pool were given.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from contextlib import nullcontext
 from typing import Any, Final, TypeVar
 
 from psycopg import AsyncConnection, AsyncCursor, Connection, Cursor
+from psycopg.rows import tuple_row
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 from snapstore.operations import AfterCommit, Context, Fetch, Program
@@ -35,17 +37,21 @@ _ASYNC_CURSORS: Final[weakref.WeakKeyDictionary[AsyncConnection[Any], AsyncCurso
 )
 
 
-def _cursor(conn: Connection[Any]) -> Cursor[Any]:
-    cur = _CURSORS.get(conn)
+def _cursor(conn: Connection[Any], hot: bool) -> Cursor[Any]:
+    cur = _CURSORS.get(conn) if hot else None
     if cur is None:
-        cur = _CURSORS[conn] = conn.cursor()
+        cur = conn.cursor(row_factory=tuple_row)
+        if hot:
+            _CURSORS[conn] = cur
     return cur
 
 
-def _async_cursor(conn: AsyncConnection[Any]) -> AsyncCursor[Any]:
-    cur = _ASYNC_CURSORS.get(conn)
+def _async_cursor(conn: AsyncConnection[Any], hot: bool) -> AsyncCursor[Any]:
+    cur = _ASYNC_CURSORS.get(conn) if hot else None
     if cur is None:
-        cur = _ASYNC_CURSORS[conn] = conn.cursor()
+        cur = conn.cursor(row_factory=tuple_row)
+        if hot:
+            _ASYNC_CURSORS[conn] = cur
     return cur
 
 
@@ -66,7 +72,7 @@ class SyncRunner:
                         after.append(step.action)
                         step = program.send(None)
                         continue
-                    cur = _cursor(conn).execute(self.queries[step.query], step.params)
+                    cur = _cursor(conn, step.hot).execute(self.queries[step.query], step.params)
                     if step.fetch is Fetch.ONE:
                         rows: Any = cur.fetchone()
                     elif step.fetch is Fetch.ALL:
@@ -112,7 +118,9 @@ class AsyncRunner:
                         after.append(step.action)
                         step = program.send(None)
                         continue
-                    cur = await _async_cursor(conn).execute(self.queries[step.query], step.params)
+                    cur = await _async_cursor(conn, step.hot).execute(
+                        self.queries[step.query], step.params
+                    )
                     if step.fetch is Fetch.ONE:
                         rows: Any = await cur.fetchone()
                     elif step.fetch is Fetch.ALL:

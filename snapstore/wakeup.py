@@ -41,6 +41,7 @@ from typing import Any, ClassVar, Final, Self, TypedDict, Unpack
 import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
+from psycopg.rows import tuple_row
 
 from snapstore.errors import ConfigurationError
 from snapstore.queries import Queries, wakeup_channel
@@ -259,10 +260,16 @@ class ListenerPlan:
 
         Autocommit, because a LISTEN issued inside a transaction only takes
         effect at its commit; a name of its own, so it can be told apart in
-        pg_stat_activity; `CONNECTION_DEFAULTS` unless the caller chose otherwise.
+        pg_stat_activity; tuple rows, whatever row factory the pool's connections
+        use; `CONNECTION_DEFAULTS` unless the caller chose otherwise.
         """
         given = conninfo_to_dict(conninfo)
-        kwargs = {**pool_kwargs, "autocommit": True, "application_name": self.application_name}
+        kwargs = {
+            **pool_kwargs,
+            "autocommit": True,
+            "application_name": self.application_name,
+            "row_factory": tuple_row,
+        }
         for key, value in CONNECTION_DEFAULTS.items():
             if key not in given and key not in kwargs:
                 kwargs[key] = value

@@ -17,6 +17,7 @@ import pytest
 from psycopg import errors as pgerrors
 from psycopg import sql as pgsql
 from psycopg.conninfo import make_conninfo
+from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 from snapstore import (
@@ -41,6 +42,7 @@ from tests.stores import (
     open_store,
     opened,
     snap,
+    with_tasks,
 )
 
 CODECS: list[type[Codec]] = [JsonCodec, MsgpackCodec, CborCodec]
@@ -307,3 +309,58 @@ async def test_a_borrowed_async_pool_is_left_open(dsn: str, schema: str) -> None
         again = AsyncStore(await AsyncPostgresBackend[JsonCodec].from_pool(pool, schema=schema))
         assert await again.load("wf-1") is not None
     assert pool.closed
+
+
+# --- connections of a borrowed pool -------------------------------------------------------
+
+
+def test_a_borrowed_pool_whose_connections_return_dicts_still_works(dsn: str, schema: str) -> None:
+    """The store reads rows by position; its cursors ask for tuples whatever the pool set."""
+    kwargs = {"autocommit": True, "row_factory": dict_row}
+    with ConnectionPool(dsn, kwargs=kwargs, min_size=1, max_size=1) as pool:
+        backend = PostgresBackend[JsonCodec].from_pool(pool, schema=schema)
+        first = with_tasks()
+        assert backend.save(first) == 1
+        assert backend.save(advance(first, error="retrying"), 1) == 2
+        stored = backend.load("wf-1")
+        assert stored is not None and stored.version == 2
+        assert [e.version for e in backend.history("wf-1")] == [1, 2]
+        assert [s.instance_id for s in backend.list().items] == ["wf-1"]
+        with backend.wakeups(poll_interval=3600) as wakeups:  # its connection: the pool's kwargs
+            backend.save(snap("wf-2"))
+            seen: set[str] = set()
+            while "wf-2" not in seen:
+                got = wakeups.get(timeout=10)
+                assert got, f"no wakeup for wf-2 (saw {seen})"
+                seen.update(got)
+
+
+async def test_a_borrowed_async_pool_whose_connections_return_dicts_still_works(
+    dsn: str, schema: str
+) -> None:
+    kwargs = {"autocommit": True, "row_factory": dict_row}
+    async with AsyncConnectionPool(dsn, kwargs=kwargs, min_size=1, max_size=1) as pool:
+        backend = await AsyncPostgresBackend[JsonCodec].from_pool(pool, schema=schema)
+        assert await backend.save(with_tasks()) == 1
+        assert await backend.save(with_tasks(), 1) == 2
+        stored = await backend.load("wf-1")
+        assert stored is not None and stored.version == 2
+
+
+def test_a_killed_pooled_connection_fails_one_save_and_loses_nothing(dsn: str, schema: str) -> None:
+    """The save that ran on the dead connection raises; the pool replaces the connection
+    (and with it the cursor the store kept on it) and the retry lands."""
+    with ConnectionPool(dsn, kwargs={"autocommit": True}, min_size=1, max_size=1) as pool:
+        backend = PostgresBackend[JsonCodec].from_pool(pool, schema=schema)
+        assert backend.save(snap()) == 1
+        with pool.connection() as conn:
+            row = conn.execute("SELECT pg_backend_pid()").fetchone()
+            assert row is not None
+        with psycopg.connect(dsn, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (row[0],))
+        with pytest.raises(psycopg.OperationalError):
+            backend.save(advance(snap(), error="lost connection"), 1)
+        assert backend.save(advance(snap(), error="retried"), 1) == 2
+        stored = backend.load("wf-1")
+        assert stored is not None and stored.snapshot.error == "retried"
+        assert [e.version for e in backend.history("wf-1")] == [1, 2]
