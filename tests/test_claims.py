@@ -385,6 +385,29 @@ async def test_dispatch_orders_by_priority_then_age(claims: Claims) -> None:
     assert ids(await claims.find(limit=4, aging_interval=86400)) == order[4:]
 
 
+async def test_an_instance_keeps_its_queue_place_until_released_paused_or_delayed(
+    claims: Claims,
+) -> None:
+    """available_at is "due since": saving an instance that stays due keeps its place
+    (and its age); releasing a lease, resuming and coming due put it at the back."""
+    await claims.seed(snap("a"), snap("b"))
+    assert await claims.dispatchable_ids(aging_interval=86400) == ["a", "b"]
+    assert await claims.save(snap("a", error="step"), 1) == 2
+    assert await claims.dispatchable_ids(aging_interval=86400) == ["a", "b"]
+    lease = await claims.claim("a", "w1")
+    assert lease is not None
+    assert await claims.save(snap("a", error="step"), 2, claim=lease) == 3
+    assert await claims.release(lease)
+    assert await claims.dispatchable_ids(aging_interval=86400) == ["b", "a"]
+    assert await claims.save(snap("b", status=WorkflowStatus.PAUSED), 1) == 2
+    assert await claims.save(snap("b"), 2) == 3
+    assert await claims.dispatchable_ids(aging_interval=86400) == ["a", "b"]
+    soon = now() + timedelta(milliseconds=1)
+    assert await claims.save(snap("a", position=AtDelay("t", soon)), 3) == 4
+    assert await claims.save(snap("a"), 4) == 5  # due again from now
+    assert await claims.dispatchable_ids(aging_interval=86400) == ["b", "a"]
+
+
 async def test_aging_lets_old_low_priority_work_overtake_fresh_urgent_work(
     claims: Claims,
 ) -> None:

@@ -40,18 +40,22 @@ WHERE instance_id = %(instance_id)s AND token = %(token)s::uuid AND expires_at >
 RETURNING expires_at;
 
 -- name: release_claim
--- Drop the lease if it is still this token's, and in the same statement NOTIFY the wakeup
--- channel (delivered at commit) when the instance is dispatchable now, so an idle worker
--- picks it up without waiting for the fallback poll.
+-- Drop the lease if it is still this token's. An instance that is dispatchable now goes to
+-- the back of its priority's queue (available_at: due from now; saves keep it while the
+-- instance stays due), and in the same statement a NOTIFY on the wakeup channel (delivered
+-- at commit) lets an idle worker pick it up without waiting for the fallback poll.
 WITH gone AS (
     DELETE FROM @schema@.claims
     WHERE instance_id = %(instance_id)s AND token = %(token)s::uuid
     RETURNING instance_id
-), woken AS (
-    SELECT pg_notify(%(channel)s, s.instance_id)
+), requeued AS (
+    UPDATE @schema@.snapshots AS s SET available_at = now()
     FROM gone AS g
-    JOIN @schema@.snapshots AS s ON s.instance_id = g.instance_id
-    WHERE s.status = 'InProgress' AND s.available_at <= now()
+    WHERE s.instance_id = g.instance_id
+      AND s.status = 'InProgress' AND s.available_at <= now()
+    RETURNING s.instance_id
+), woken AS (
+    SELECT pg_notify(%(channel)s, instance_id) FROM requeued
 )
 SELECT (SELECT count(*) FROM gone), (SELECT count(*) FROM woken);
 

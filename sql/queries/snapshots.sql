@@ -15,7 +15,7 @@
 WITH items AS (
     -- terminal: the save finishes it. notify: a candidate for a wakeup (see wake), since
     -- only an unclaimed save leaves the instance to other workers.
-    SELECT *, status IN ('Completed', 'Failed', 'Cancelled') AS terminal,
+    SELECT *, status NOT IN ('InProgress', 'Paused') AS terminal,
         status = 'InProgress' AND claim_token IS NULL AS notify
     FROM unnest(
         %(instance_id)b::text[], %(expected_version)b::bigint[],
@@ -40,7 +40,10 @@ WITH items AS (
         priority = i.priority,
         tags = ARRAY(SELECT jsonb_array_elements_text(i.tags)),
         delay_wake_at = i.delay_wake_at,
-        available_at = COALESCE(i.available_at, now()),
+        -- Due since: kept while the instance stays due (its queue position, and an
+        -- unchanged indexed column keeps the update HOT); release_claim re-queues it.
+        available_at = COALESCE(i.available_at,
+            CASE s.status WHEN 'InProgress' THEN LEAST(s.available_at, now()) ELSE now() END),
         version = s.version + 1,
         codec = i.codec,
         data_hash = i.data_hash,
@@ -52,7 +55,7 @@ WITH items AS (
       -- Task rows were skipped as stored at that version: it must be the same life of the id
       -- (a deleted and recreated instance has a later created_at; see task_cache.py).
       AND (i.expected_created_at IS NULL OR s.created_at = i.expected_created_at)
-      AND s.status NOT IN ('Completed', 'Failed', 'Cancelled')
+      AND s.status IN ('InProgress', 'Paused')  -- not finished
       AND (i.claim_token IS NULL OR EXISTS (
           SELECT 1 FROM @schema@.claims c
           WHERE c.instance_id = s.instance_id AND c.token = i.claim_token
