@@ -16,7 +16,7 @@ from typing import Any, Final, NamedTuple
 import msgspec
 
 from snapstore import arrays
-from snapstore.codecs import Codec, decode_snapshot, encode_output, encode_snapshot, open_value
+from snapstore.codecs import Codec, decode_snapshot, encode_checkpoint, open_value
 from snapstore.errors import (
     ClaimLostError,
     ConflictError,
@@ -238,8 +238,9 @@ class PreparedSave(msgspec.Struct, frozen=True):
 TaskRow = tuple[Any, ...]
 
 
-def task_row(codec: Codec, result: TaskResult) -> TaskRow:
-    """The tasks-table values of one result, output encoded (compared by value)."""
+def task_row(result: TaskResult, output: bytes | None) -> TaskRow:
+    """The tasks-table values of one result with its encoded output (rows are compared
+    by value, encoded output included, so an output mutated in place is still seen)."""
     return (
         result.status.value,
         result.attempts,
@@ -247,7 +248,7 @@ def task_row(codec: Codec, result: TaskResult) -> TaskRow:
         result.started_at,
         result.completed_at,
         result.error,
-        encode_output(codec, result.output),
+        output,
     )
 
 
@@ -276,9 +277,9 @@ def prepare_save(
         raise ValidationError(
             f"claim is for {claim.instance_id!r}, snapshot is {snapshot.instance_id!r}"
         )
-    blob = encode_snapshot(codec, snapshot)
+    blob, outputs = encode_checkpoint(codec, snapshot)
     results = snapshot.task_results
-    rows = {t: task_row(codec, r) for t, r in results.items()}
+    rows = {t: task_row(r, outputs[t]) for t, r in results.items()}
     stored = stored_rows or {}
     changed = [t for t, row in rows.items() if stored.get(t) != row]
     skipped = len(changed) < len(rows)

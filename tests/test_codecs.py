@@ -23,6 +23,7 @@ from snapstore.codecs import (
     codec_for_name,
     codec_instance,
     decode_snapshot,
+    encode_checkpoint,
     encode_output,
     encode_snapshot,
     open_value,
@@ -132,6 +133,19 @@ def test_snapshot_round_trip(codec: Codec, snapshot: WorkflowSnapshot) -> None:
     assert same(bare, strip_outputs(snapshot))
     _, full = decode_snapshot(blob, with_outputs(snapshot, codec))
     assert same(full, snapshot)
+
+
+@codecs
+@fast
+@given(snapshot=snapshots())
+def test_one_pass_checkpoint_encoding_matches_the_separate_encoders(
+    codec: Codec, snapshot: WorkflowSnapshot
+) -> None:
+    """What a save sends (one lowering of the snapshot) is byte for byte what encoding the
+    blob and each output on its own gives: the sidecar format has one definition."""
+    blob, outputs = encode_checkpoint(codec, snapshot)
+    assert blob == encode_snapshot(codec, snapshot)
+    assert outputs == {k: encode_output(codec, r.output) for k, r in snapshot.task_results.items()}
 
 
 @codecs

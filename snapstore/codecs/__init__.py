@@ -16,7 +16,12 @@ from snapstore.codecs.registry import (
     register_codec,
     registered_codecs,
 )
-from snapstore.codecs.snapshot import decode_snapshot, encode_output, encode_snapshot
+from snapstore.codecs.snapshot import (
+    decode_snapshot,
+    encode_checkpoint,
+    encode_output,
+    encode_snapshot,
+)
 
 for _codec_type in (JsonCodec, MsgpackCodec, CborCodec):
     register_codec(_codec_type())
@@ -30,6 +35,7 @@ __all__ = [
     "codec_for_name",
     "codec_instance",
     "decode_snapshot",
+    "encode_checkpoint",
     "encode_output",
     "encode_snapshot",
     "open_value",

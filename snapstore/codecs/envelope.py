@@ -59,6 +59,11 @@ def seal_value(codec: Codec, value: Any) -> bytes:
     return _seal(codec, FLAG_VALUE, doc)
 
 
+def seal_lowered_value(codec: Codec, value: Any) -> bytes:
+    """`seal_value` of a value already lowered to the builtins the codec carries."""
+    return _seal(codec, FLAG_VALUE, value)
+
+
 def open_envelope(blob: bytes, *, expect_value: bool) -> tuple[Codec, bytes]:
     """Check the header and checksum; return the codec named by the blob and its payload."""
     if len(blob) < HEADER_SIZE:

@@ -13,20 +13,43 @@ from typing import Any
 import msgspec
 
 from snapstore.codecs.base import Codec
-from snapstore.codecs.envelope import open_document, open_value, seal_document, seal_value
+from snapstore.codecs.envelope import (
+    open_document,
+    open_value,
+    seal_document,
+    seal_lowered_value,
+    seal_value,
+)
 from snapstore.errors import DecodeError, EncodeError
 from snapstore.model import WorkflowSnapshot
 
 
-def encode_snapshot(codec: Codec, snapshot: WorkflowSnapshot) -> bytes:
-    """The envelope blob for ``snapshot`` without its task outputs."""
+def _lower(codec: Codec, snapshot: WorkflowSnapshot) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``snapshot`` as the codec's builtins without task outputs, and the outputs (lowered
+    in the same pass) by task id."""
     try:
         doc = msgspec.to_builtins(snapshot, builtin_types=codec.builtin_types)
     except (TypeError, msgspec.EncodeError) as exc:
         raise EncodeError(f"{codec.name} cannot encode snapshot: {exc}") from exc
-    for result in doc.get("task_results", {}).values():
-        result.pop("output", None)
-    return seal_document(codec, doc)
+    results: dict[str, dict[str, Any]] = doc.get("task_results", {})
+    return doc, {task_id: result.pop("output", None) for task_id, result in results.items()}
+
+
+def encode_snapshot(codec: Codec, snapshot: WorkflowSnapshot) -> bytes:
+    """The envelope blob for ``snapshot`` without its task outputs."""
+    return seal_document(codec, _lower(codec, snapshot)[0])
+
+
+def encode_checkpoint(
+    codec: Codec, snapshot: WorkflowSnapshot
+) -> tuple[bytes, dict[str, bytes | None]]:
+    """`encode_snapshot` and every task output's sidecar blob (`encode_output`), from
+    one lowering of the snapshot."""
+    doc, outputs = _lower(codec, snapshot)
+    blobs = {
+        t: None if out is None else seal_lowered_value(codec, out) for t, out in outputs.items()
+    }
+    return seal_document(codec, doc), blobs
 
 
 def encode_output(codec: Codec, output: Any) -> bytes | None:
