@@ -55,14 +55,31 @@ def _skip_reason(workload: str, caps: api.Capabilities) -> str | None:
     return None
 
 
+def _replay(config: Config, dsn: str, codec: str, progress: Progress) -> dict[str, Any]:
+    """The single-save target's reference for ``codec``: its ``saves`` statements replayed raw."""
+    name = ceiling.workflow_ceiling_name(codec)
+    schema = db.schema_for(name, config.schema_prefix)
+    seconds = config.ceiling_duration
+    with progress.phase(f"ceiling {name}", config.warmup + seconds, lambda: ""):
+        try:
+            return ceiling.workflow_ceiling(
+                dsn, schema, codec, config.concurrency, seconds, config.warmup
+            )
+        except Exception as exc:  # reported, like a failed workload
+            return {"error": repr(exc)[:500]}
+
+
 def _codec_runs(
     config: Config, dsn: str, codec: str, caps: api.Capabilities, progress: Progress
-) -> list[dict[str, Any]]:
-    """All workloads for one codec, in its own fresh schema (dropped afterwards)."""
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """All workloads for one codec, in its own fresh schema (dropped afterwards), and
+    right after its ``saves`` run the raw replay of the same statements: measured minutes
+    apart, the two would mostly compare how the machine's load changed in between."""
     schema = db.schema_for(codec, config.schema_prefix)
     db.drop_schema(dsn, schema)
     pool = config.concurrency + 6
     runs: list[dict[str, Any]] = []
+    replays: dict[str, Any] = {}
     backend = db.open_backend(dsn, codec, schema, pool_size=pool)
     try:
         for workload in config.workloads:
@@ -99,10 +116,14 @@ def _codec_runs(
             finally:
                 if target is not backend:
                     target.close()
+            if workload == "saves":
+                replays[ceiling.workflow_ceiling_name(codec)] = _replay(
+                    config, dsn, codec, progress
+                )
     finally:
         backend.close()
         db.drop_schema(dsn, schema)
-    return runs
+    return runs, replays
 
 
 def _ceilings(config: Config, dsn: str, progress: Progress) -> dict[str, Any]:
@@ -117,13 +138,6 @@ def _ceilings(config: Config, dsn: str, progress: Progress) -> dict[str, Any]:
         with progress.phase(f"ceiling {name}", seconds, lambda: ""):
             found[name] = ceiling.raw_ceiling(dsn, raw_schema, n, seconds, shape)
     db.drop_schema(dsn, raw_schema)
-    if "saves" in config.workloads:  # the single-save target's reference, per codec
-        for codec in config.codecs:
-            name = ceiling.workflow_ceiling_name(codec)
-            with progress.phase(f"ceiling {name}", config.warmup + seconds, lambda: ""):
-                found[name] = ceiling.workflow_ceiling(
-                    dsn, raw_schema, codec, n, seconds, config.warmup
-                )
     binary = ceiling.pgbench_path(dsn_from_env=bool(os.environ.get(DSN_ENV)))
     for name, per in (("pgbench_single", 1), ("pgbench_grouped_tx", ceiling.GROUP)):
         if not config.pgbench or binary is None:
@@ -137,8 +151,8 @@ def _ceilings(config: Config, dsn: str, progress: Progress) -> dict[str, Any]:
 
 def run_suite(config: Config, dsn: str, progress: Progress | None = None) -> dict[str, Any]:
     """Measure everything ``config`` asks for and return the result document."""
-    replays = len(config.codecs) if "saves" in config.workloads else 0
-    phases = len(config.codecs) * len(config.workloads) + 3 + replays
+    replay_phases = len(config.codecs) if "saves" in config.workloads else 0
+    phases = len(config.codecs) * len(config.workloads) + 3 + replay_phases
     phases += 2 if config.pgbench else 0
     progress = progress or Progress(phases)
     caps = api.detect()
@@ -151,9 +165,12 @@ def run_suite(config: Config, dsn: str, progress: Progress | None = None) -> dic
         "capabilities": caps.as_dict(),
         "runs": [],
     }
+    replays: dict[str, Any] = {}
     for codec in config.codecs:
-        result["runs"] += _codec_runs(config, dsn, codec, caps, progress)
-    result["ceilings"] = _ceilings(config, dsn, progress)
+        runs, replayed = _codec_runs(config, dsn, codec, caps, progress)
+        result["runs"] += runs
+        replays.update(replayed)
+    result["ceilings"] = {**_ceilings(config, dsn, progress), **replays}
     result["acceptance"] = acceptance.check(result)
     result["elapsed_s"] = round((datetime.now(UTC) - started).total_seconds(), 1)
     return result

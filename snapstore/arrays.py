@@ -65,7 +65,16 @@ class BinaryArray(list[Any]):
 class Element:
     """A PostgreSQL element type: its oids and how one non-NULL value goes on the wire."""
 
-    __slots__ = ("array_oid", "array_type", "name", "oid", "send", "textual")
+    __slots__ = (
+        "array_oid",
+        "array_type",
+        "empty",
+        "name",
+        "oid",
+        "send",
+        "single_null",
+        "textual",
+    )
 
     def __init__(
         self,
@@ -83,20 +92,17 @@ class Element:
         self.textual = textual
         namespace = {"__slots__": (), "element": self}
         self.array_type: type[BinaryArray] = type(f"{name.title()}Array", (BinaryArray,), namespace)
+        # The two columns a save sends most: shared, never mutated (psycopg only reads).
+        self.empty = self._encoded(())
+        self.single_null = self._encoded((None,))
+
+    def _encoded(self, values: Sequence[Any]) -> BinaryArray:
+        array = self.array_type(values)
+        array.data = encode_array(self, values)
+        return array
 
     def __repr__(self) -> str:
         return f"Element({self.name!r})"
-
-
-TEXT: Final = Element("text", 25, 1009, str.encode, textual=True)
-JSONB: Final = Element("jsonb", 3802, 3807, lambda v: _JSONB_VERSION + v.encode(), textual=True)
-BIGINT: Final = Element("bigint", 20, 1016, _INT8.pack)
-INTEGER: Final = Element("integer", 23, 1007, _INT4.pack)
-SMALLINT: Final = Element("smallint", 21, 1005, _INT2.pack)
-BOOLEAN: Final = Element("boolean", 16, 1000, lambda v: b"\x01" if v else b"\x00")
-BYTEA: Final = Element("bytea", 17, 1001, bytes)
-UUID: Final = Element("uuid", 2950, 2951, lambda v: v.bytes)
-TIMESTAMPTZ: Final = Element("timestamptz", 1184, 1185, _timestamptz)
 
 
 def encode_array(element: Element, values: Sequence[Any]) -> bytes:
@@ -120,13 +126,26 @@ def encode_array(element: Element, values: Sequence[Any]) -> bytes:
 def encode_column(element: Element, values: Sequence[Any]) -> list[Any]:
     """A list psycopg binds as ``element[]``: a `BinaryArray` when it can be pre-encoded,
     else a plain list of ``values`` (a naive datetime: psycopg keeps its own rules)."""
+    if len(values) <= 1:
+        if not values:
+            return element.empty
+        if values[0] is None:
+            return element.single_null
     try:
-        data = encode_array(element, values)
+        return element._encoded(values)
     except NaiveDatetime:
         return list(values)
-    array = element.array_type(values)
-    array.data = data
-    return array
+
+
+TEXT: Final = Element("text", 25, 1009, str.encode, textual=True)
+JSONB: Final = Element("jsonb", 3802, 3807, lambda v: _JSONB_VERSION + v.encode(), textual=True)
+BIGINT: Final = Element("bigint", 20, 1016, _INT8.pack)
+INTEGER: Final = Element("integer", 23, 1007, _INT4.pack)
+SMALLINT: Final = Element("smallint", 21, 1005, _INT2.pack)
+BOOLEAN: Final = Element("boolean", 16, 1000, lambda v: b"\x01" if v else b"\x00")
+BYTEA: Final = Element("bytea", 17, 1001, bytes)
+UUID: Final = Element("uuid", 2950, 2951, lambda v: v.bytes)
+TIMESTAMPTZ: Final = Element("timestamptz", 1184, 1185, _timestamptz)
 
 
 class BinaryArrayDumper(Dumper):
