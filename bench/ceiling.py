@@ -225,7 +225,7 @@ def workflow_ceiling(
 
     def warm_up() -> None:
         time.sleep(warmup)
-        db.analyze(dsn, schema)
+        db.settle(dsn, schema)
 
     result = driver.run(
         lambda conn, index: replay_workflows(driver, conn, index, saves), before_window=warm_up
@@ -237,6 +237,7 @@ def workflow_ceiling(
 
 def raw_ceiling(dsn: str, schema: str, threads: int, seconds: float, shape: str) -> dict[str, Any]:
     """Saves/s of the bare statement: ``shape`` is single, tx or batch (see `save_loop`)."""
+    db.checkpoint(dsn)
     driver = _Driver(dsn, schema, threads, seconds)
     per = 1 if shape == "single" else GROUP
 
@@ -328,6 +329,7 @@ def pgbench_ceiling(
     _prepare_pgbench_schema(dsn, schema, clients * per_commit)
     with psycopg.connect(dsn, autocommit=True) as conn:
         script = pgbench_script(conn, schema, per_commit)
+    db.checkpoint(dsn)
     with tempfile.TemporaryDirectory(prefix="snapstore-pgbench-") as tmp:
         path = Path(tmp) / "save.sql"
         path.write_text(script)

@@ -54,6 +54,25 @@ def analyze(dsn: str, schema: str) -> None:
             )
 
 
+def checkpoint(dsn: str) -> bool:
+    """Start the next window right after a checkpoint, so that no window happens to contain
+    one (at these write rates max_wal_size forces one about every minute) and every window
+    pays the same full-page writes. False where the role may not (not superuser, no
+    pg_checkpoint): the windows then take their chances."""
+    try:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("CHECKPOINT")
+    except psycopg.errors.InsufficientPrivilege:
+        return False
+    return True
+
+
+def settle(dsn: str, schema: str) -> None:
+    """Between warm-up and window: plans for the tables as they are, and a fresh checkpoint."""
+    analyze(dsn, schema)
+    checkpoint(dsn)
+
+
 def wal_lsn(dsn: str) -> str:
     with psycopg.connect(dsn, autocommit=True) as conn:
         row = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()

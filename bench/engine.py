@@ -368,11 +368,12 @@ def run(
 ) -> Outcomes:
     """Run one workload for ``spec.duration`` seconds on an emptied schema.
 
-    The window opens after ``spec.warmup`` seconds of the same load and an ANALYZE:
-    the emptied tables would otherwise keep the plans PostgreSQL cached while
-    they were tiny (sequential scans, which get slower as the run fills them), a
-    state a store in service leaves within autovacuum's first minute. pgbench
-    analyzes its tables before measuring for the same reason.
+    The window opens after ``spec.warmup`` seconds of the same load, an ANALYZE and
+    a CHECKPOINT (`db.settle`): the emptied tables would otherwise keep the plans
+    PostgreSQL cached while they were tiny (sequential scans, which get slower as
+    the run fills them), a state a store in service leaves within autovacuum's
+    first minute; and without the checkpoint, whichever window a WAL-triggered
+    checkpoint happened to fall into would be the slow one.
     """
     backend.truncate_all()
     definition = DEFINITIONS["linear" if spec.workload in SAVE_WORKLOADS else spec.workload](
@@ -396,7 +397,7 @@ def run(
         mode = "group_commit"
     threads = _run_threads(targets)
     time.sleep(spec.warmup)
-    db.analyze(dsn, backend.schema)
+    db.settle(dsn, backend.schema)
     start_lsn = db.wal_lsn(dsn)
     recorder.start()
     time.sleep(spec.duration)
@@ -408,6 +409,8 @@ def run(
     wakeups = dispatcher.wakeup_stats()
     dispatcher.close()
     blob_mean, _rows = db.blob_stats(dsn, backend.schema)
+    # Left full of dead rows, the tables would be autovacuumed during a later window.
+    backend.truncate_all()
     return Outcomes(
         spec=spec,
         mode=mode,
