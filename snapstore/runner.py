@@ -27,6 +27,8 @@ from snapstore.operations import AfterCommit, Context, Fetch, Program
 from snapstore.queries import Queries
 
 R = TypeVar("R")
+ConnT = TypeVar("ConnT")
+CurT = TypeVar("CurT")
 
 # A connection is used by one thread or task at a time, so its cursor is too.
 _CURSORS: Final[weakref.WeakKeyDictionary[Connection[Any], Cursor[Any]]] = (
@@ -37,21 +39,15 @@ _ASYNC_CURSORS: Final[weakref.WeakKeyDictionary[AsyncConnection[Any], AsyncCurso
 )
 
 
-def _cursor(conn: Connection[Any], hot: bool) -> Cursor[Any]:
-    cur = _CURSORS.get(conn) if hot else None
+def _cursor_for(
+    kept: weakref.WeakKeyDictionary[ConnT, CurT], conn: ConnT, hot: bool, new: Callable[[], CurT]
+) -> CurT:
+    """The cursor ``conn`` keeps for hot statements, or a fresh one for the others."""
+    cur = kept.get(conn) if hot else None
     if cur is None:
-        cur = conn.cursor(row_factory=tuple_row)
+        cur = new()
         if hot:
-            _CURSORS[conn] = cur
-    return cur
-
-
-def _async_cursor(conn: AsyncConnection[Any], hot: bool) -> AsyncCursor[Any]:
-    cur = _ASYNC_CURSORS.get(conn) if hot else None
-    if cur is None:
-        cur = conn.cursor(row_factory=tuple_row)
-        if hot:
-            _ASYNC_CURSORS[conn] = cur
+            kept[conn] = cur
     return cur
 
 
@@ -72,7 +68,9 @@ class SyncRunner:
                         after.append(step.action)
                         step = program.send(None)
                         continue
-                    cur = _cursor(conn, step.hot).execute(self.queries[step.query], step.params)
+                    cur = _cursor_for(
+                        _CURSORS, conn, step.hot, lambda: conn.cursor(row_factory=tuple_row)
+                    ).execute(self.queries[step.query], step.params)
                     if step.fetch is Fetch.ONE:
                         rows: Any = cur.fetchone()
                     elif step.fetch is Fetch.ALL:
@@ -118,9 +116,9 @@ class AsyncRunner:
                         after.append(step.action)
                         step = program.send(None)
                         continue
-                    cur = await _async_cursor(conn, step.hot).execute(
-                        self.queries[step.query], step.params
-                    )
+                    cur = await _cursor_for(
+                        _ASYNC_CURSORS, conn, step.hot, lambda: conn.cursor(row_factory=tuple_row)
+                    ).execute(self.queries[step.query], step.params)
                     if step.fetch is Fetch.ONE:
                         rows: Any = await cur.fetchone()
                     elif step.fetch is Fetch.ALL:
