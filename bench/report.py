@@ -179,6 +179,7 @@ def summary(result: dict[str, Any], paths: list[Path]) -> str:
     )
     for c in result["acceptance"]:
         lines.append(f"{'PASS' if c['passed'] else 'FAIL'}  {c['name']}: {c['detail']}")
+    lines += [f"WARN  {w}" for w in result.get("warnings", [])]
     lines += ["written: " + ", ".join(str(p) for p in paths)]
     return "\n".join(lines)
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from bench import ceiling, compare, engine
+from bench import ceiling, compare, engine, suite
 from bench.workflows import Shape
 from snapstore.testing import DSN_ENV
 
@@ -94,6 +94,7 @@ def test_environment_ceilings_and_verdicts(bench_run: dict[str, Any]) -> None:
     assert ceilings["raw_workflow_json"]["shape"] == "workflow"
     for name in ("pgbench_single", "pgbench_grouped_tx"):  # present, or the reason it is not
         assert "saves_per_s" in ceilings[name] or ceilings[name]["error"]
+    assert bench_run["warnings"] == []  # every schema of the run: statement parse-cached
     verdicts = bench_run["acceptance"]
     assert len(verdicts) == 2 and all(isinstance(v["passed"], bool) for v in verdicts)
     stdout = bench_run["_stdout"]
@@ -151,3 +152,11 @@ def test_the_workflow_replay_sends_what_the_store_sends() -> None:
     assert [s.checks_created_at for s in saves] == [False, False] + [True] * (shape.steps - 1)
     assert list(saves[0].params["status"]) == ["InProgress"]
     assert list(saves[-1].params["status"]) == ["Completed"]
+
+
+def test_schemas_whose_save_statement_psycopg_would_reparse_are_named() -> None:
+    """Every schema of a default run keeps the save statement parse-cached; a long prefix
+    does not, and the run says so instead of comparing unlike figures silently."""
+    assert suite._uncached_schemas(suite.Config()) == []
+    long = suite._uncached_schemas(suite.Config(codecs=("json",), schema_prefix="p" * 40))
+    assert long == ["p" * 40 + "json", "p" * 40 + "rw_json", "p" * 40 + "ceiling"]
