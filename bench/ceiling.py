@@ -218,8 +218,7 @@ def workflow_ceiling(
 ) -> dict[str, Any]:
     """Saves/s of the ``saves`` workload's own statements, replayed over bare psycopg on a
     fresh schema, with the same warm-up and ANALYZE before the window as the workload."""
-    db.drop_schema(dsn, schema)
-    db.open_backend(dsn, codec, schema, pool_size=2).close()  # migrate only
+    db.fresh_schema(dsn, schema, codec)
     saves = workflow_saves(schema, codec)
     driver = _Driver(dsn, schema, threads, seconds)
 

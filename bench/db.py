@@ -29,6 +29,12 @@ def drop_schema(dsn: str, schema: str) -> None:
         conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
 
 
+def fresh_schema(dsn: str, schema: str, codec: str = "json") -> None:
+    """Drop ``schema`` and create it again, migrated and empty."""
+    drop_schema(dsn, schema)
+    open_backend(dsn, codec, schema, pool_size=2).close()
+
+
 def open_backend(
     dsn: str, codec: str, schema: str, *, pool_size: int, group_commit: bool = False
 ) -> PostgresBackend[Any]:

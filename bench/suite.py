@@ -149,8 +149,7 @@ def _ceilings(config: Config, dsn: str, progress: Progress) -> dict[str, Any]:
     """The raw statement at the single-save concurrency, grouped, and pgbench."""
     raw_schema = db.schema_for("ceiling", config.schema_prefix)
     pgbench_schema = db.schema_for("pgbench", config.schema_prefix)
-    db.drop_schema(dsn, raw_schema)
-    db.open_backend(dsn, "json", raw_schema, pool_size=2).close()  # migrate only
+    db.fresh_schema(dsn, raw_schema)
     seconds, n = config.ceiling_duration, config.concurrency
     found: dict[str, Any] = {}
     for name, shape in (("raw_single", "single"), ("raw_grouped_tx", "tx"), ("raw_batch", "batch")):

@@ -269,14 +269,13 @@ def prepare_save(
     """
     validate_snapshot(snapshot)
     check_expected_version(expected_version)
-    if claim is not None and (
-        not isinstance(claim, Claim) or not isinstance(claim.token, uuid.UUID)
-    ):
-        raise ValidationError(f"claim must be a Claim from claim(), got {claim!r}")
-    if claim is not None and claim.instance_id != snapshot.instance_id:
-        raise ValidationError(
-            f"claim is for {claim.instance_id!r}, snapshot is {snapshot.instance_id!r}"
-        )
+    if claim is not None:
+        if not isinstance(claim, Claim) or not isinstance(claim.token, uuid.UUID):
+            raise ValidationError(f"claim must be a Claim from claim(), got {claim!r}")
+        if claim.instance_id != snapshot.instance_id:
+            raise ValidationError(
+                f"claim is for {claim.instance_id!r}, snapshot is {snapshot.instance_id!r}"
+            )
     blob, outputs = encode_checkpoint(codec, snapshot)
     results = snapshot.task_results
     rows = {t: task_row(r, outputs[t]) for t, r in results.items()}

@@ -56,7 +56,7 @@ def seal_value(codec: Codec, value: Any) -> bytes:
         doc = msgspec.to_builtins(value, builtin_types=codec.builtin_types)
     except (TypeError, msgspec.EncodeError) as exc:
         raise EncodeError(f"{codec.name} cannot encode this value: {exc}") from exc
-    return _seal(codec, FLAG_VALUE, doc)
+    return seal_lowered_value(codec, doc)
 
 
 def seal_lowered_value(codec: Codec, value: Any) -> bytes:
