@@ -85,6 +85,13 @@ class AfterCommit(NamedTuple):
 Program = Generator[Step | AfterCommit, Any, R]
 
 
+class Batch(NamedTuple):
+    """One batch's outcome: rows deleted, and where the next batch starts (None: done)."""
+
+    deleted: int
+    resume: Any = None
+
+
 def save_batch(ctx: Context, items: Sequence[st.PreparedSave]) -> Program[list[SaveResult]]:
     """Save prepared items; per-item outcomes. Run it in one transaction for one commit."""
     results: list[SaveResult | None] = [None] * len(items)

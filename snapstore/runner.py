@@ -23,7 +23,7 @@ from psycopg import AsyncConnection, AsyncCursor, Connection, Cursor
 from psycopg.rows import tuple_row
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
-from snapstore.operations import AfterCommit, Context, Fetch, Program
+from snapstore.operations import AfterCommit, Batch, Context, Fetch, Program
 from snapstore.queries import Queries
 
 R = TypeVar("R")
@@ -86,14 +86,16 @@ class SyncRunner:
             action()
         return result
 
-    def _run_batches(self, batch: Callable[[], Program[int]], batch_size: int) -> int:
-        """Run one-transaction batches until one comes back short; the total."""
-        total = 0
+    def _run_batches(self, batch: Callable[[Any], Program[Batch]], start: Any) -> int:
+        """Run one-transaction batches, each from where the last stopped, until one says
+        it was the last; the total deleted."""
+        total, resume = 0, start
         while True:
-            done = self._run(batch(), transaction=True)
-            total += done
-            if done < batch_size:
+            done = self._run(batch(resume), transaction=True)
+            total += done.deleted
+            if done.resume is None:
                 return total
+            resume = done.resume
 
 
 class AsyncRunner:
@@ -134,10 +136,11 @@ class AsyncRunner:
             action()
         return result
 
-    async def _run_batches(self, batch: Callable[[], Program[int]], batch_size: int) -> int:
-        total = 0
+    async def _run_batches(self, batch: Callable[[Any], Program[Batch]], start: Any) -> int:
+        total, resume = 0, start
         while True:
-            done = await self._run(batch(), transaction=True)
-            total += done
-            if done < batch_size:
+            done = await self._run(batch(resume), transaction=True)
+            total += done.deleted
+            if done.resume is None:
                 return total
+            resume = done.resume

@@ -44,10 +44,18 @@ RETURNING expires_at;
 -- the back of its priority's queue (available_at: due from now; saves keep it while the
 -- instance stays due), and in the same statement a NOTIFY on the wakeup channel (delivered
 -- at commit) lets an idle worker pick it up without waiting for the fallback poll.
-WITH gone AS (
-    DELETE FROM @schema@.claims
-    WHERE instance_id = %(instance_id)s AND token = %(token)s::uuid
-    RETURNING instance_id
+-- Lock order, as in every statement that touches both: the snapshot row first, then the
+-- claim (the EXISTS is a one-time filter, evaluated before the claims scan), so release
+-- cannot deadlock with dispatch, claim or a finishing save.
+WITH target AS MATERIALIZED (
+    SELECT s.instance_id FROM @schema@.snapshots AS s
+    WHERE s.instance_id = %(instance_id)s
+    FOR NO KEY UPDATE
+), gone AS (
+    DELETE FROM @schema@.claims AS c
+    WHERE c.instance_id = %(instance_id)s AND c.token = %(token)s::uuid
+      AND EXISTS (SELECT 1 FROM target)
+    RETURNING c.instance_id
 ), requeued AS (
     UPDATE @schema@.snapshots AS s SET available_at = now()
     FROM gone AS g
@@ -64,28 +72,54 @@ SELECT (SELECT count(*) FROM gone), (SELECT count(*) FROM woken);
 -- claim_notified (the ids a wakeup named) and dispatchable_ids (%(claim)s false: report,
 -- do not lease). Dispatchable = InProgress, due (available_at covers AtDelay timers and
 -- retry backoff), no live lease, and the instance's tags a subset of the worker's
--- (%(worker_tags)s NULL: the worker takes anything). Every condition is in the WHERE
--- clause, before ORDER BY/LIMIT, so rows a worker cannot take never use up its LIMIT.
+-- (%(worker_tags)s NULL: the worker takes anything). Every condition is a filter on rows
+-- read in queue order, so rows a worker cannot take never use up its LIMIT.
 -- Order: effective priority = priority (1 = most urgent) minus one level per
 -- %(aging_seconds)s spent due, so old low-priority work eventually overtakes fresh urgent
--- work; then oldest due first. SKIP LOCKED: concurrent dispatchers never wait for, nor
--- get, each other's rows. The ON CONFLICT guard is what makes a double lease impossible
--- (a lease committed after this statement's snapshot is seen there and not overwritten).
-WITH picked AS (
-    SELECT s.instance_id, s.current_task_id, s.available_at,
-        s.priority - floor(extract(epoch FROM now() - s.available_at)::float8
-            / %(aging_seconds)s::float8) AS effective_priority
-    FROM @schema@.snapshots AS s
-    WHERE s.status = 'InProgress'
-      AND s.available_at <= now()
-      AND (%(instance_ids)s::text[] IS NULL OR s.instance_id = ANY (%(instance_ids)s::text[]))
-      AND (%(worker_tags)s::text[] IS NULL OR s.tags <@ %(worker_tags)s::text[])
-      AND NOT EXISTS (
-          SELECT 1 FROM @schema@.claims AS c
-          WHERE c.instance_id = s.instance_id AND c.expires_at > now())
-    ORDER BY effective_priority, s.available_at, s.instance_id
+-- work; then longest due first. Within one priority that is index order
+-- (snapshots_queue_idx), so the queue is read as five short index scans, one per priority,
+-- each stopping after %(limit)s rows: the global first %(limit)s are among them, and the
+-- cost does not depend on the backlog. SKIP LOCKED: concurrent dispatchers never wait for,
+-- nor get, each other's rows (locked rows that miss the cut are released at commit). The
+-- ON CONFLICT guard is what makes a double lease impossible (a lease committed after this
+-- statement's snapshot is seen there and not overwritten).
+WITH candidates AS (
+    SELECT q.* FROM unnest('{1,2,3,4,5}'::smallint[]) AS p(priority)
+    CROSS JOIN LATERAL (
+        SELECT s.instance_id, s.current_task_id, s.available_at,
+            s.priority - floor(extract(epoch FROM now() - s.available_at)::float8
+                / %(aging_seconds)s::float8) AS effective_priority
+        FROM @schema@.snapshots AS s
+        WHERE s.status = 'InProgress' AND s.priority = p.priority
+          AND s.available_at <= now()
+          AND (%(worker_tags)s::text[] IS NULL OR s.tags <@ %(worker_tags)s::text[])
+          AND NOT EXISTS (
+              SELECT 1 FROM @schema@.claims AS c
+              WHERE c.instance_id = s.instance_id AND c.expires_at > now())
+        ORDER BY s.available_at, s.instance_id
+        LIMIT %(limit)s
+        FOR UPDATE OF s SKIP LOCKED
+    ) AS q
+    WHERE %(instance_ids)s::text[] IS NULL
+    UNION ALL
+    SELECT n.* FROM (
+        SELECT s.instance_id, s.current_task_id, s.available_at,
+            s.priority - floor(extract(epoch FROM now() - s.available_at)::float8
+                / %(aging_seconds)s::float8) AS effective_priority
+        FROM @schema@.snapshots AS s
+        WHERE s.instance_id = ANY (%(instance_ids)s::text[])
+          AND s.status = 'InProgress' AND s.available_at <= now()
+          AND (%(worker_tags)s::text[] IS NULL OR s.tags <@ %(worker_tags)s::text[])
+          AND NOT EXISTS (
+              SELECT 1 FROM @schema@.claims AS c
+              WHERE c.instance_id = s.instance_id AND c.expires_at > now())
+        ORDER BY s.instance_id
+        FOR UPDATE OF s SKIP LOCKED
+    ) AS n
+), picked AS (
+    SELECT * FROM candidates
+    ORDER BY effective_priority, available_at, instance_id
     LIMIT %(limit)s
-    FOR UPDATE OF s SKIP LOCKED
 ), leased AS (
     INSERT INTO @schema@.claims AS c (
         instance_id, task_id, worker_id, token, claimed_at, expires_at)
@@ -113,7 +147,10 @@ ORDER BY p.effective_priority, p.available_at, p.instance_id;
 SELECT LEAST(
     (SELECT min(s.available_at) FROM @schema@.snapshots AS s
      WHERE s.status = 'InProgress' AND s.available_at > now()
-       AND s.position_kind <> 'AtSignal'),  -- parked: due only when an event arrives
+       -- Parked AtSignal rows wait for an event, at the end of time (PARKED_UNTIL in
+       -- statements.py): the bound stops the index scan before them.
+       AND s.available_at < '9999-12-31 23:59:59.999999+00'::timestamptz
+       AND s.position_kind <> 'AtSignal'),
     (SELECT c.expires_at FROM @schema@.claims AS c
      JOIN @schema@.snapshots AS s ON s.instance_id = c.instance_id
      WHERE c.expires_at > now() AND s.status = 'InProgress'
