@@ -275,11 +275,11 @@ def release_program(ctx: Context, claim: Claim) -> Program[bool]:
     return bool(row[0])
 
 
-def claimed_task(claim: Claim, row: st.Row | None) -> ClaimedTask:
+def claimed_task(claim: Claim, loaded: st.Loaded | None) -> ClaimedTask:
     """A just-leased instance with its checkpoint; one that cannot be read becomes the
     task's ``error`` instead of failing the whole dispatch."""
     try:
-        stored = st.interpret_load(claim.instance_id, row)
+        stored = st.interpret_load(claim.instance_id, loaded)
     except SnapstoreError as exc:
         return ClaimedTask(claim, error=exc)
     if stored is None:  # cannot happen while the row is locked; say so if it does

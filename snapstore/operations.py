@@ -66,13 +66,15 @@ class Step(NamedTuple):
 
     ``hot``: a statement on the hot path with a small result, run on a cursor the
     connection keeps (see `snapstore.runner`); others get a fresh cursor, so a big
-    result (a loaded blob) is freed as soon as it has been read.
+    result (a loaded blob) is freed as soon as it has been read. ``binary``: results in
+    binary format (bytea as it is stored, not as hex text twice its size).
     """
 
     query: str
     params: st.Params | None = None
     fetch: Fetch = Fetch.ONE
     hot: bool = False
+    binary: bool = False
 
 
 class AfterCommit(NamedTuple):
@@ -177,11 +179,11 @@ def load(instance_id: str) -> Program[StoredSnapshot | None]:
     return st.interpret_load(instance_id, rows.get(instance_id))
 
 
-def load_many(instance_ids: Sequence[str]) -> Program[dict[str, st.Row]]:
-    """The ``load_snapshots`` rows of the instances that exist, by id; interpret each
+def load_many(instance_ids: Sequence[str]) -> Program[dict[str, st.Loaded]]:
+    """What ``load_snapshots`` read of the instances that exist, by id; interpret each
     with `statements.interpret_load` (one undecodable blob must not hide the rest)."""
-    rows = yield Step("load_snapshots", st.ids_params(instance_ids), Fetch.ALL)
-    return st.rows_by_id(rows)
+    rows = yield Step("load_snapshots", st.ids_params(instance_ids), Fetch.ALL, binary=True)
+    return st.loaded_by_id(rows)
 
 
 def load_task_result(instance_id: str, task_id: str) -> Program[TaskResult | None]:

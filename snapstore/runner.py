@@ -14,6 +14,7 @@ connections of a borrowed pool were given.
 
 from __future__ import annotations
 
+import functools
 import weakref
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -69,7 +70,10 @@ class SyncRunner:
                         step = program.send(None)
                         continue
                     cur = _cursor_for(
-                        _CURSORS, conn, step.hot, lambda: conn.cursor(row_factory=tuple_row)
+                        _CURSORS,
+                        conn,
+                        step.hot,
+                        functools.partial(conn.cursor, row_factory=tuple_row, binary=step.binary),
                     ).execute(self.queries[step.query], step.params)
                     if step.fetch is Fetch.ONE:
                         rows: Any = cur.fetchone()
@@ -79,6 +83,8 @@ class SyncRunner:
                         rows = cur.rowcount
                     else:
                         rows = None
+                    if not step.hot:  # free the server's result before rows are decoded
+                        cur.close()
                     step = program.send(rows)
             except StopIteration as done:
                 result: R = done.value
@@ -119,7 +125,10 @@ class AsyncRunner:
                         step = program.send(None)
                         continue
                     cur = await _cursor_for(
-                        _ASYNC_CURSORS, conn, step.hot, lambda: conn.cursor(row_factory=tuple_row)
+                        _ASYNC_CURSORS,
+                        conn,
+                        step.hot,
+                        functools.partial(conn.cursor, row_factory=tuple_row, binary=step.binary),
                     ).execute(self.queries[step.query], step.params)
                     if step.fetch is Fetch.ONE:
                         rows: Any = await cur.fetchone()
@@ -129,6 +138,8 @@ class AsyncRunner:
                         rows = cur.rowcount
                     else:
                         rows = None
+                    if not step.hot:  # free the server's result before rows are decoded
+                        await cur.close()
                     step = program.send(rows)
             except StopIteration as done:
                 result: R = done.value

@@ -420,20 +420,41 @@ def ids_params(instance_ids: Sequence[str]) -> Params:
     return {"instance_ids": [_check_id("instance_id", i) for i in instance_ids]}
 
 
-def rows_by_id(rows: Iterable[Row]) -> dict[str, Row]:
-    """Rows whose first column is the instance id, keyed by it."""
-    return {row[0]: row for row in rows}
+class Loaded(NamedTuple):
+    """What ``load_snapshots`` returned for one instance: its checkpoint row and the
+    stored outputs by task id."""
+
+    version: int
+    updated_at: datetime | None
+    blob: bytes
+    outputs: dict[str, bytes]
 
 
-def interpret_load(instance_id: str, row: Row | None) -> StoredSnapshot | None:
-    """A `StoredSnapshot` from a ``load_snapshots`` row (None: no such instance)."""
-    if row is None:
+def loaded_by_id(rows: Iterable[Row]) -> dict[str, Loaded]:
+    """``load_snapshots`` rows (one per checkpoint, one per output) grouped by instance;
+    instances without a checkpoint row do not exist."""
+    heads: dict[str, Row] = {}
+    outputs: dict[str, dict[str, bytes]] = {}
+    for row in rows:
+        if row[1] is None:
+            heads[row[0]] = row
+        else:
+            outputs.setdefault(row[0], {})[row[1]] = row[4]
+    return {
+        iid: Loaded(int(version), updated_at, blob, outputs.get(iid, {}))
+        for iid, (_id, _task, version, updated_at, blob) in heads.items()
+    }
+
+
+def interpret_load(instance_id: str, loaded: Loaded | None) -> StoredSnapshot | None:
+    """A `StoredSnapshot` from what ``load_snapshots`` read (None: no such instance)."""
+    if loaded is None:
         return None
-    _id, version, _codec_name, updated_at, blob, task_ids, outputs = row
-    hydrate = dict(zip(task_ids, outputs, strict=True)) if task_ids else None
-    codec, snapshot = decode_snapshot(blob, hydrate, instance_id=instance_id, version=int(version))
+    codec, snapshot = decode_snapshot(
+        loaded.blob, loaded.outputs, instance_id=instance_id, version=loaded.version
+    )
     return StoredSnapshot(
-        snapshot=snapshot, version=int(version), codec=codec.name, updated_at=updated_at
+        snapshot=snapshot, version=loaded.version, codec=codec.name, updated_at=loaded.updated_at
     )
 
 

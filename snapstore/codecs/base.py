@@ -15,6 +15,8 @@ class Codec(Protocol):
     once blobs exist; ``name`` is what operators see in the ``codec`` column.
     ``builtin_types`` lists the non-JSON types the format carries natively
     (see `msgspec.to_builtins`); everything else is lowered to JSON-like values.
+    A codec may also set ``reads_views = True`` when its ``loads`` accepts a
+    `memoryview` as well as bytes: the payload is then not copied out of the blob.
     """
 
     codec_id: ClassVar[int]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import io
-from typing import Any, ClassVar, TypeVar
+from typing import IO, Any, ClassVar, TypeVar, cast
 
 import cbor2
 import msgspec
@@ -19,15 +19,35 @@ class CborCodec:
     codec_id: ClassVar[int] = 3
     name: ClassVar[str] = "cbor"
     builtin_types: ClassVar[tuple[type, ...]] = (bytes, bytearray)
+    reads_views: ClassVar[bool] = True
 
     def dumps(self, doc: Any) -> bytes:
         result: bytes = cbor2.dumps(doc)
         return result
 
-    def loads(self, payload: bytes, type_: type[T]) -> T:
+    def loads(self, payload: bytes | memoryview, type_: type[T]) -> T:
         # cbor2.loads ignores trailing bytes; the payload must be exactly one item.
-        stream = io.BytesIO(payload)
-        doc = cbor2.CBORDecoder(stream).decode()
-        if stream.tell() != len(payload):
-            raise DecodeError(f"{len(payload) - stream.tell()} trailing bytes after the CBOR item")
+        reader = _Reader(payload)
+        doc = cbor2.CBORDecoder(cast(IO[bytes], reader)).decode()  # it only calls read()
+        if reader.pos != len(reader.view):
+            raise DecodeError(f"{len(reader.view) - reader.pos} trailing bytes after the CBOR item")
         return msgspec.convert(doc, type_)
+
+
+class _Reader(io.RawIOBase):
+    """A read-only stream over a buffer: `io.BytesIO` would first copy a memoryview
+    whole, this copies only what the decoder reads (and so keeps)."""
+
+    def __init__(self, payload: bytes | memoryview) -> None:
+        super().__init__()
+        self.view = memoryview(payload)
+        self.pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        end = len(self.view) if size < 0 else min(self.pos + size, len(self.view))
+        chunk = self.view[self.pos : end].tobytes()
+        self.pos = end
+        return chunk

@@ -64,8 +64,9 @@ def seal_lowered_value(codec: Codec, value: Any) -> bytes:
     return _seal(codec, FLAG_VALUE, value)
 
 
-def open_envelope(blob: bytes, *, expect_value: bool) -> tuple[Codec, bytes]:
-    """Check the header and checksum; return the codec named by the blob and its payload."""
+def open_envelope(blob: bytes, *, expect_value: bool) -> tuple[Codec, memoryview]:
+    """Check the header and checksum; return the codec named by the blob and its payload
+    (a view into ``blob``: a 100 MB output is not copied once more to be decoded)."""
     if len(blob) < HEADER_SIZE:
         raise DecodeError(f"blob of {len(blob)} bytes is shorter than the envelope header")
     magic, version, codec_id, flags, crc = _HEADER.unpack_from(blob)
@@ -78,15 +79,17 @@ def open_envelope(blob: bytes, *, expect_value: bool) -> tuple[Codec, bytes]:
     if bool(flags & FLAG_VALUE) != expect_value:
         kind = "value" if flags & FLAG_VALUE else "snapshot"
         raise DecodeError(f"blob holds a {kind}, not what was asked for")
-    payload = bytes(blob[HEADER_SIZE:])
+    payload = memoryview(blob)[HEADER_SIZE:]
     if zlib.crc32(payload, zlib.crc32(blob[: _PREFIX.size])) != crc:
         raise DecodeError("checksum mismatch: blob is corrupt or truncated")
     return codec_for_id(codec_id), payload
 
 
-def _parse(codec: Codec, payload: bytes, type_: type[T]) -> T:
+def _parse(codec: Codec, payload: memoryview, type_: type[T]) -> T:
+    # Codecs that say so parse the view itself; others get the bytes they were promised.
+    data: Any = payload if getattr(codec, "reads_views", False) else payload.tobytes()
     try:
-        return codec.loads(payload, type_)
+        return codec.loads(data, type_)
     except DecodeError:
         raise
     except Exception as exc:  # third-party parsers raise assorted types on bad input

@@ -33,6 +33,7 @@ class JsonCodec:
     codec_id: ClassVar[int] = 1
     name: ClassVar[str] = "json"
     builtin_types: ClassVar[tuple[type, ...]] = ()
+    reads_views: ClassVar[bool] = True
 
     def dumps(self, doc: Any) -> bytes:
         payload = orjson.dumps(doc)
@@ -40,5 +41,5 @@ class JsonCodec:
             _reject_non_finite(doc)
         return payload
 
-    def loads(self, payload: bytes, type_: type[T]) -> T:
+    def loads(self, payload: bytes | memoryview, type_: type[T]) -> T:
         return msgspec.convert(orjson.loads(payload), type_)

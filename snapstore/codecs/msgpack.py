@@ -16,6 +16,7 @@ class MsgpackCodec:
     codec_id: ClassVar[int] = 2
     name: ClassVar[str] = "msgpack"
     builtin_types: ClassVar[tuple[type, ...]] = (bytes, bytearray, datetime)
+    reads_views: ClassVar[bool] = True
 
     def __init__(self) -> None:
         self._encoder = msgspec.msgpack.Encoder()
@@ -24,7 +25,7 @@ class MsgpackCodec:
     def dumps(self, doc: Any) -> bytes:
         return self._encoder.encode(doc)
 
-    def loads(self, payload: bytes, type_: type[T]) -> T:
+    def loads(self, payload: bytes | memoryview, type_: type[T]) -> T:
         decoder = self._decoders.get(type_)
         if decoder is None:
             decoder = self._decoders[type_] = msgspec.msgpack.Decoder(type_)

@@ -134,17 +134,18 @@ ORDER BY q.n;
 
 -- name: load_snapshots
 -- The blob and the task outputs are read in one statement, so they come from one commit.
--- Several instances at once: dispatch loads everything it leased in one round trip.
-SELECT s.instance_id, s.version, s.codec, s.updated_at, h.data, o.task_ids, o.outputs
+-- Several instances at once: dispatch loads everything it leased in one round trip. One row
+-- per instance (task_id NULL: its checkpoint blob) and one per stored output, each blob its
+-- own value: fetched in binary, an output arrives as it is stored, with no array to build
+-- on the server or to parse (and no hex text twice its size) in the client.
+SELECT s.instance_id, NULL::text AS task_id, s.version, s.updated_at, h.data
 FROM @schema@.snapshots AS s
 JOIN @schema@.history AS h ON h.instance_id = s.instance_id AND h.version = s.version
-CROSS JOIN LATERAL (
-    SELECT array_agg(t.task_id ORDER BY t.task_id) AS task_ids,
-           array_agg(t.output ORDER BY t.task_id) AS outputs
-    FROM @schema@.tasks AS t
-    WHERE t.instance_id = s.instance_id AND t.output IS NOT NULL
-) AS o
-WHERE s.instance_id = ANY (%(instance_ids)s::text[]);
+WHERE s.instance_id = ANY (%(instance_ids)s::text[])
+UNION ALL
+SELECT t.instance_id, t.task_id, NULL, NULL, t.output
+FROM @schema@.tasks AS t
+WHERE t.instance_id = ANY (%(instance_ids)s::text[]) AND t.output IS NOT NULL;
 
 -- name: load_task_result
 SELECT status, attempts, worker_id, started_at, completed_at, error, output
