@@ -113,11 +113,14 @@ def save_batch(ctx: Context, items: Sequence[st.PreparedSave]) -> Program[list[S
                 results[index] = SaveResult(
                     item.instance_id, None, st.save_failure(item, next(states))
                 )
+                continue
+            results[index] = SaveResult(item.instance_id, saved.version)
+            if item.status in st.TERMINAL_NAMES:  # finished: no later save can use its rows
+                ctx.tasks.forget(item.instance_id)
             else:
                 stored.append(
                     Stored(item.instance_id, saved.version, saved.created_at, item.all_task_rows)
                 )
-                results[index] = SaveResult(item.instance_id, saved.version)
         if stored:
             yield AfterCommit(functools.partial(ctx.tasks.remember_many, stored))
     return [r for r in results if r is not None]

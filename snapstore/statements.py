@@ -29,6 +29,7 @@ from snapstore.errors import (
 from snapstore.model import (
     MAX_PRIORITY,
     MIN_PRIORITY,
+    TERMINAL_STATUSES,
     AtDelay,
     AtFork,
     AtJoin,
@@ -54,6 +55,7 @@ MAX_COUNT: Final = 2**31 - 1  # PostgreSQL integer
 MAX_VERSION: Final = 2**63 - 1  # PostgreSQL bigint
 _TAGS_JSON: Final = msgspec.json.Encoder()
 MAX_PAGE_SIZE: Final = 1000
+TERMINAL_NAMES: Final = frozenset(s.value for s in TERMINAL_STATUSES)
 Params = dict[str, Any]
 Row = Sequence[Any]
 
@@ -232,15 +234,14 @@ class PreparedSave(msgspec.Struct, frozen=True):
     data_hash: bytes
     task_ids: list[str]  # the task rows to write: new or changed ones only
     task_rows: list[TaskRow]
-    all_task_rows: Mapping[str, TaskRow]  # every task of the snapshot, for the task cache
+    all_task_rows: Mapping[str, TaskRow]  # every task as `remembered_row`, for the task cache
 
 
 TaskRow = tuple[Any, ...]
 
 
 def task_row(result: TaskResult, output: bytes | None) -> TaskRow:
-    """The tasks-table values of one result with its encoded output (rows are compared
-    by value, encoded output included, so an output mutated in place is still seen)."""
+    """The tasks-table values of one result with its encoded output."""
     return (
         result.status.value,
         result.attempts,
@@ -250,6 +251,14 @@ def task_row(result: TaskResult, output: bytes | None) -> TaskRow:
         result.error,
         output,
     )
+
+
+def remembered_row(row: TaskRow) -> TaskRow:
+    """``row`` as the task cache keeps it: the output replaced by its digest. Rows are
+    compared by value, encoded output included, so an output mutated in place is still
+    seen; the digest does that without keeping the output alive."""
+    output = row[-1]
+    return (*row[:-1], None if output is None else data_hash(output))
 
 
 def prepare_save(
@@ -262,7 +271,7 @@ def prepare_save(
 ) -> PreparedSave:
     """Validate and encode a save; raises before any I/O if the input is bad.
 
-    Task rows equal to ``stored_rows`` (what the store holds at
+    Task rows whose `remembered_row` equals ``stored_rows`` (what the store holds at
     ``expected_version`` of the instance created at ``stored_created_at``) are
     not sent again: they are already right, which the save checks by also
     requiring that creation time (see `snapstore.task_cache`).
@@ -279,8 +288,9 @@ def prepare_save(
     blob, outputs = encode_checkpoint(codec, snapshot)
     results = snapshot.task_results
     rows = {t: task_row(r, outputs[t]) for t, r in results.items()}
+    remembered = {t: remembered_row(row) for t, row in rows.items()}
     stored = stored_rows or {}
-    changed = [t for t, row in rows.items() if stored.get(t) != row]
+    changed = [t for t, row in remembered.items() if stored.get(t) != row]
     skipped = len(changed) < len(rows)
     position = snapshot.position
     return PreparedSave(
@@ -303,7 +313,7 @@ def prepare_save(
         data_hash=data_hash(blob),
         task_ids=changed,
         task_rows=[rows[t] for t in changed],
-        all_task_rows=rows,
+        all_task_rows=remembered,
     )
 
 

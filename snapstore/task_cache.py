@@ -14,6 +14,11 @@ time of the transaction that created this life of the id, returned by every
 save), and a save that skips rows requires it: a recreated instance makes the
 save fail as a conflict instead of pairing this checkpoint with task rows that
 belong to someone else.
+
+Memory is bounded by bytes, not only by instances: a row keeps a 16-byte digest of
+its encoded output, never the output itself (1 MB outputs would otherwise pin 1 GB
+per thousand cached instances), and a finished instance is forgotten at once (no
+later save of it can succeed).
 """
 
 from __future__ import annotations
@@ -27,6 +32,10 @@ from typing import Final, NamedTuple
 from snapstore.statements import TaskRow
 
 DEFAULT_MAX_INSTANCES: Final = 10_000
+DEFAULT_MAX_BYTES: Final = 64 * 2**20
+# What one remembered row costs beyond its strings: the tuple, its ints and times, the
+# digest and the dict slot (measured with sys.getsizeof on CPython 3.11, rounded up).
+ROW_OVERHEAD: Final = 400
 
 
 class Known(NamedTuple):
@@ -48,13 +57,33 @@ class Stored(NamedTuple):
     rows: Mapping[str, TaskRow]
 
 
-class TaskCache:
-    """A bounded, thread-safe LRU of instance id -> (version, `Known`)."""
+def footprint(instance_id: str, rows: Mapping[str, TaskRow]) -> int:
+    """About how many bytes remembering ``rows`` keeps alive."""
+    size = ROW_OVERHEAD + len(instance_id)
+    for task_id, row in rows.items():
+        size += ROW_OVERHEAD + len(task_id)
+        size += sum(len(v) for v in row if isinstance(v, str | bytes))
+    return size
 
-    def __init__(self, max_instances: int = DEFAULT_MAX_INSTANCES) -> None:
+
+class TaskCache:
+    """A bounded, thread-safe LRU of instance id -> (version, `Known`): at most
+    ``max_instances`` entries and about ``max_bytes`` (see `footprint`)."""
+
+    def __init__(
+        self, max_instances: int = DEFAULT_MAX_INSTANCES, max_bytes: int = DEFAULT_MAX_BYTES
+    ) -> None:
         self._max = max_instances
+        self._max_bytes = max_bytes
+        self._bytes = 0
         self._lock = threading.Lock()
-        self._data: OrderedDict[str, tuple[int, Known]] = OrderedDict()
+        self._data: OrderedDict[str, tuple[int, Known, int]] = OrderedDict()
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(instances, approximate bytes) remembered now."""
+        with self._lock:
+            return len(self._data), self._bytes
 
     def known(self, instance_id: str, expected_version: int | None) -> Known:
         """What the store holds at ``expected_version``, if that is the remembered version."""
@@ -82,13 +111,19 @@ class TaskCache:
             data = self._data
             for instance_id, version, created_at, rows in saves:
                 current = data.get(instance_id)
-                if current is not None and current[0] > version:
-                    continue  # a newer save already landed
-                data[instance_id] = (version, Known(created_at, rows))
+                if current is not None:
+                    if current[0] > version:
+                        continue  # a newer save already landed
+                    self._bytes -= current[2]
+                size = footprint(instance_id, rows)
+                data[instance_id] = (version, Known(created_at, rows), size)
                 data.move_to_end(instance_id)
-            while len(data) > self._max:
-                data.popitem(last=False)
+                self._bytes += size
+            while data and (len(data) > self._max or self._bytes > self._max_bytes):
+                self._bytes -= data.popitem(last=False)[1][2]
 
     def forget(self, instance_id: str) -> None:
         with self._lock:
-            self._data.pop(instance_id, None)
+            entry = self._data.pop(instance_id, None)
+            if entry is not None:
+                self._bytes -= entry[2]

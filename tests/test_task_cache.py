@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import msgspec
 import pytest
 from psycopg import sql
 
@@ -14,6 +15,7 @@ from snapstore import (
     PostgresBackend,
     TaskResult,
     WorkflowSnapshot,
+    WorkflowStatus,
 )
 from snapstore import operations as ops
 from snapstore.task_cache import UNKNOWN, Known, TaskCache
@@ -139,3 +141,29 @@ def test_a_rolled_back_save_is_not_remembered(backend: PostgresBackend[JsonCodec
     assert backend.ctx.tasks.known("r", version) != UNKNOWN
     stored = backend.load("r")
     assert stored is not None and stored.version == version
+
+
+def test_cache_keeps_digests_and_is_bounded_by_bytes(backend: PostgresBackend[JsonCodec]) -> None:
+    big = "x" * 1_000_000
+    version = backend.save(snap("big", {"a": big}))
+    known = backend.ctx.tasks.known("big", version)
+    (row,) = known.rows.values()
+    assert row[-1] is not None and len(row[-1]) == 16  # a digest, not the 1 MB output
+    cache = TaskCache(max_bytes=20_000)
+    life = datetime(2026, 1, 1, tzinfo=UTC)
+    rows = {f"t{k}": ("Completed", 1, None, None, None, "e" * 100, b"d" * 16) for k in range(10)}
+    for n in range(10):
+        cache.remember(f"i{n}", 1, life, rows)
+        instances, size = cache.size
+        assert size <= 20_000
+    assert 1 <= instances < 10 and cache.known("i9", 1) != UNKNOWN  # the newest stay
+    assert cache.known("i0", 1) == UNKNOWN
+
+
+def test_a_finished_instance_is_forgotten(backend: PostgresBackend[JsonCodec]) -> None:
+    version = backend.save(snap("f", {"a": 1}))
+    assert backend.ctx.tasks.known("f", version) != UNKNOWN
+    done = msgspec.structs.replace(snap("f", {"a": 1}), status=WorkflowStatus.COMPLETED)
+    final = backend.save(done, expected_version=version)
+    assert backend.ctx.tasks.known("f", final) == UNKNOWN
+    assert backend.ctx.tasks.known("f", version) == UNKNOWN
