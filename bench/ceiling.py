@@ -72,7 +72,8 @@ class _Driver:
 
     def __init__(self, dsn: str, schema: str, threads: int, seconds: float) -> None:
         self.dsn, self.schema, self.threads, self.seconds = dsn, schema, threads, seconds
-        self.query = queries_for(schema)[SAVE_STATEMENT]
+        # The form the store sends: $n placeholders on a raw cursor (nothing to parse).
+        self.statement = queries_for(schema).positional(SAVE_STATEMENT)
         self.saves = 0
         self.failed = 0
         self._lock = threading.Lock()
@@ -83,6 +84,11 @@ class _Driver:
     @property
     def stopped(self) -> bool:
         return self._stop.is_set()
+
+    def execute(self, conn: psycopg.Connection[Any], params: dict[str, Any]) -> list[Any]:
+        """Run the save statement with named ``params``; its rows."""
+        cur = psycopg.RawCursor(conn).execute(self.statement.sql, self.statement.args(params))
+        return cur.fetchall()
 
     def count(self, ok: int, failed: int) -> None:
         """Only commits that finished inside the window count."""
@@ -139,12 +145,12 @@ class _Driver:
         versions: list[int | None] = [None] * len(ids)
         while not self._stop.is_set():
             if per_commit == "batch":
-                rows = conn.execute(self.query, _batch(params, ids, versions)).fetchall()
+                rows = self.execute(conn, _batch(params, ids, versions))
                 got = [None if r[1] is None else int(r[1]) for r in rows]
             else:
                 with conn.transaction() if per_commit == "tx" else nullcontext():
                     got = [
-                        _saved(conn.execute(self.query, _with(params, i, v)).fetchall())
+                        _saved(self.execute(conn, _with(params, i, v)))
                         for i, v in zip(ids, versions, strict=True)
                     ]
             ok = [g for g in got if g is not None]
@@ -201,7 +207,8 @@ def replay_workflows(
                     arrays.TIMESTAMPTZ, [created if save.checks_created_at else None]
                 ),
             }
-            row = conn.execute(driver.query, params).fetchone()
+            found = driver.execute(conn, params)
+            row = found[0] if found else None
             if row is None or row[1] is None:
                 driver.count(0, 1)
                 break

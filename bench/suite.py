@@ -9,12 +9,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from psycopg._queries import MAX_CACHED_STATEMENT_LENGTH
-
 from bench import acceptance, api, ceiling, db, engine, environment
 from bench.progress import Progress
 from bench.stats import Recorder
-from snapstore.queries import queries_for
 from snapstore.testing import DSN_ENV
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
@@ -59,19 +56,7 @@ def _skip_reason(workload: str, caps: api.Capabilities) -> str | None:
 
 
 def _replay_schema(config: Config, codec: str) -> str:
-    # Short: see `_uncached_schemas`.
     return db.schema_for(f"rw_{codec}", config.schema_prefix)
-
-
-def _uncached_schemas(config: Config) -> list[str]:
-    """Schemas whose name makes the save statement longer than psycopg caches parsed
-    (see tests/test_queries.py): runs there pay a re-parse per statement that the
-    others do not, so their figures do not compare (a long --schema-prefix does it)."""
-    names = [db.schema_for(c, config.schema_prefix) for c in config.codecs]
-    names += [_replay_schema(config, c) for c in config.codecs]
-    names.append(db.schema_for("ceiling", config.schema_prefix))
-    limit = MAX_CACHED_STATEMENT_LENGTH
-    return [n for n in names if len(queries_for(n)[ceiling.SAVE_STATEMENT]) > limit]
 
 
 def _replay(config: Config, dsn: str, codec: str, progress: Progress) -> dict[str, Any]:
@@ -190,9 +175,6 @@ def run_suite(config: Config, dsn: str, progress: Progress | None = None) -> dic
         replays.update(replayed)
     result["ceilings"] = {**_ceilings(config, dsn, progress), **replays}
     result["acceptance"] = acceptance.check(result)
-    result["warnings"] = [
-        f"schema {name}: the save statement is longer than psycopg caches parsed"
-        for name in _uncached_schemas(config)
-    ]
+    result["warnings"] = []
     result["elapsed_s"] = round((datetime.now(UTC) - started).total_seconds(), 1)
     return result

@@ -191,7 +191,16 @@ class MemoryBackend:
             entries = [] if current is None else builtins.list(current.history)
         chosen = [h for h in entries if h.version > after_version][:limit]
         rows = [
-            (instance_id, h.version, h.status.value, h.current_task_id, "", h.blob, h.created_at)
+            (
+                instance_id,
+                h.version,
+                h.status.value,
+                h.current_task_id,
+                "",
+                h.blob,
+                h.created_at,
+                False,
+            )
             for h in chosen
         ]
         return st.interpret_history(rows)

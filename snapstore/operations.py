@@ -119,7 +119,13 @@ def save_batch(ctx: Context, items: Sequence[st.PreparedSave]) -> Program[list[S
                 ctx.tasks.forget(item.instance_id)
             else:
                 stored.append(
-                    Stored(item.instance_id, saved.version, saved.created_at, item.all_task_rows)
+                    Stored(
+                        item.instance_id,
+                        saved.version,
+                        saved.created_at,
+                        item.all_task_rows,
+                        item.chain,
+                    )
                 )
         if stored:
             yield AfterCommit(functools.partial(ctx.tasks.remember_many, stored))
@@ -132,7 +138,7 @@ def prepare(
     """`statements.prepare_save`, skipping task rows the store is known to hold."""
     known = ctx.tasks.known(getattr(snapshot, "instance_id", ""), expected_version)
     return st.prepare_save(
-        ctx.codec, snapshot, expected_version, claim, known.rows, known.created_at
+        ctx.codec, snapshot, expected_version, claim, known.rows, known.created_at, known.chain
     )
 
 

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Mapping
 from importlib import resources
 from importlib.abc import Traversable
 from pathlib import Path
-from typing import Final
+from typing import Any, Final, NamedTuple
 
 from snapstore.errors import ConfigurationError
 
@@ -23,6 +24,7 @@ DEFAULT_SCHEMA: Final = "snapstore"
 # not end in + or -.
 _TIGHT: Final = frozenset(",()=<>")
 _SECTION: Final = re.compile(r"^-- name: ([a-z_]+)\s*$", re.MULTILINE)
+_PARAM: Final = re.compile(r"%\(([a-z_]+)\)[sb]")
 
 
 def validate_schema(name: str) -> str:
@@ -110,17 +112,51 @@ def _raw_queries() -> dict[str, str]:
     return found
 
 
+class Positional(NamedTuple):
+    """A statement with PostgreSQL's own ``$n`` placeholders and the parameter name each
+    stands for: run on a `psycopg.RawCursor`, psycopg has nothing left to parse."""
+
+    sql: bytes
+    names: tuple[str, ...]
+
+    def args(self, params: Mapping[str, Any] | None) -> list[Any] | None:
+        """The positional arguments for named ``params``."""
+        return None if params is None else [params[name] for name in self.names]
+
+
+def positional(body: str) -> Positional:
+    """``body`` with every ``%(name)s`` / ``%(name)b`` replaced by ``$n`` (one number per
+    name). psycopg parses a named statement on every execution once it is longer than
+    it caches (4 kB, which a long schema name pushes the save statement past); this
+    form is never parsed, so the length does not matter. The binary marker need not
+    survive: an unspecified format picks the binary dumper where one exists, as ours do.
+    """
+    names: dict[str, int] = {}
+
+    def number(match: re.Match[str]) -> str:
+        return f"${names.setdefault(match[1], len(names) + 1)}"
+
+    text = _PARAM.sub(number, body)
+    if "%" in text:
+        raise RuntimeError(f"unconverted % in statement: {body[:80]!r}")
+    return Positional(text.encode(), tuple(names))
+
+
 class Queries:
-    """The named statements of sql/queries/*.sql bound to one schema, as bytes."""
+    """The named statements of sql/queries/*.sql bound to one schema, as bytes (and in
+    `positional` form, for the hot path)."""
 
     def __init__(self, schema: str) -> None:
         self.schema = validate_schema(schema)
-        self._by_name = {
-            name: bind_schema(body, schema).encode() for name, body in _raw_queries().items()
-        }
+        bound = {name: bind_schema(body, schema) for name, body in _raw_queries().items()}
+        self._by_name = {name: body.encode() for name, body in bound.items()}
+        self._positional = {name: positional(body) for name, body in bound.items()}
 
     def __getitem__(self, name: str) -> bytes:
         return self._by_name[name]
+
+    def positional(self, name: str) -> Positional:
+        return self._positional[name]
 
     def names(self) -> list[str]:
         return sorted(self._by_name)

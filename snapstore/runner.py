@@ -8,19 +8,20 @@ actions are held until the work has committed. Feature mixins
 Each pooled connection keeps one cursor for the hot statements (`Step.hot`): a
 cursor's adaptation context caches the dumpers and loaders it has looked up, and
 a new one per save cost about 50 us of client CPU (binding some 30 array
-parameters afresh). Every cursor returns plain tuples, whatever row factory the
-connections of a borrowed pool were given.
+parameters afresh). It is a raw cursor, fed the statements in `$n` form
+(`queries.positional`): psycopg parses nothing, whatever their length. Every
+cursor returns plain tuples, whatever row factory the connections of a borrowed
+pool were given.
 """
 
 from __future__ import annotations
 
-import functools
 import weakref
 from collections.abc import Callable
 from contextlib import nullcontext
 from typing import Any, Final, TypeVar
 
-from psycopg import AsyncConnection, AsyncCursor, Connection, Cursor
+from psycopg import AsyncConnection, AsyncCursor, AsyncRawCursor, Connection, Cursor, RawCursor
 from psycopg.rows import tuple_row
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
@@ -40,16 +41,22 @@ _ASYNC_CURSORS: Final[weakref.WeakKeyDictionary[AsyncConnection[Any], AsyncCurso
 )
 
 
-def _cursor_for(
-    kept: weakref.WeakKeyDictionary[ConnT, CurT], conn: ConnT, hot: bool, new: Callable[[], CurT]
+def _kept_cursor(
+    kept: weakref.WeakKeyDictionary[ConnT, CurT], conn: ConnT, new: Callable[[ConnT], CurT]
 ) -> CurT:
-    """The cursor ``conn`` keeps for hot statements, or a fresh one for the others."""
-    cur = kept.get(conn) if hot else None
+    """The cursor ``conn`` keeps for hot statements."""
+    cur = kept.get(conn)
     if cur is None:
-        cur = new()
-        if hot:
-            kept[conn] = cur
+        cur = kept[conn] = new(conn)
     return cur
+
+
+def _raw_cursor(conn: Connection[Any]) -> Cursor[Any]:
+    return RawCursor(conn, row_factory=tuple_row)
+
+
+def _async_raw_cursor(conn: AsyncConnection[Any]) -> AsyncCursor[Any]:
+    return AsyncRawCursor(conn, row_factory=tuple_row)
 
 
 class SyncRunner:
@@ -69,12 +76,13 @@ class SyncRunner:
                         after.append(step.action)
                         step = program.send(None)
                         continue
-                    cur = _cursor_for(
-                        _CURSORS,
-                        conn,
-                        step.hot,
-                        functools.partial(conn.cursor, row_factory=tuple_row, binary=step.binary),
-                    ).execute(self.queries[step.query], step.params)
+                    if step.hot:
+                        statement = self.queries.positional(step.query)
+                        cur: Cursor[Any] = _kept_cursor(_CURSORS, conn, _raw_cursor)
+                        cur.execute(statement.sql, statement.args(step.params))
+                    else:
+                        cur = conn.cursor(row_factory=tuple_row, binary=step.binary)
+                        cur.execute(self.queries[step.query], step.params)
                     if step.fetch is Fetch.ONE:
                         rows: Any = cur.fetchone()
                     elif step.fetch is Fetch.ALL:
@@ -124,12 +132,15 @@ class AsyncRunner:
                         after.append(step.action)
                         step = program.send(None)
                         continue
-                    cur = await _cursor_for(
-                        _ASYNC_CURSORS,
-                        conn,
-                        step.hot,
-                        functools.partial(conn.cursor, row_factory=tuple_row, binary=step.binary),
-                    ).execute(self.queries[step.query], step.params)
+                    if step.hot:
+                        statement = self.queries.positional(step.query)
+                        cur: AsyncCursor[Any] = _kept_cursor(
+                            _ASYNC_CURSORS, conn, _async_raw_cursor
+                        )
+                        await cur.execute(statement.sql, statement.args(step.params))
+                    else:
+                        cur = conn.cursor(row_factory=tuple_row, binary=step.binary)
+                        await cur.execute(self.queries[step.query], step.params)
                     if step.fetch is Fetch.ONE:
                         rows: Any = await cur.fetchone()
                     elif step.fetch is Fetch.ALL:

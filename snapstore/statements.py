@@ -16,7 +16,15 @@ from typing import Any, Final, NamedTuple
 import msgspec
 
 from snapstore import arrays
-from snapstore.codecs import Codec, decode_snapshot, encode_checkpoint, open_value
+from snapstore.codecs import (
+    Codec,
+    decode_chain,
+    lower_checkpoint,
+    open_value,
+    seal_delta,
+)
+from snapstore.codecs.envelope import seal_document
+from snapstore.codecs.snapshot import hydrate_outputs
 from snapstore.errors import (
     ClaimLostError,
     ConflictError,
@@ -232,9 +240,11 @@ class PreparedSave(msgspec.Struct, frozen=True):
     codec: str
     data: bytes
     data_hash: bytes
+    base_version: int | None  # a delta's chain start (NULL: a whole checkpoint)
     task_ids: list[str]  # the task rows to write: new or changed ones only
     task_rows: list[TaskRow]
     all_task_rows: Mapping[str, TaskRow]  # every task as `remembered_row`, for the task cache
+    chain: Chain  # the delta chain this save ends once committed, for the task cache
 
 
 TaskRow = tuple[Any, ...]
@@ -261,6 +271,15 @@ def remembered_row(row: TaskRow) -> TaskRow:
     return (*row[:-1], None if output is None else data_hash(output))
 
 
+class Chain(NamedTuple):
+    """The delta chain a stored version ends: its first, whole checkpoint's version and
+    size, and the bytes of the deltas written since."""
+
+    base_version: int
+    full_bytes: int
+    delta_bytes: int
+
+
 def prepare_save(
     codec: Codec,
     snapshot: WorkflowSnapshot,
@@ -268,6 +287,7 @@ def prepare_save(
     claim: Claim | None = None,
     stored_rows: Mapping[str, TaskRow] | None = None,
     stored_created_at: datetime | None = None,
+    chain: Chain | None = None,
 ) -> PreparedSave:
     """Validate and encode a save; raises before any I/O if the input is bad.
 
@@ -275,6 +295,12 @@ def prepare_save(
     ``expected_version`` of the instance created at ``stored_created_at``) are
     not sent again: they are already right, which the save checks by also
     requiring that creation time (see `snapstore.task_cache`).
+
+    With the ``chain`` that version ends, the checkpoint is written as a delta of it
+    (only changed task metadata: a save costs what changed, not what came before) while
+    the chain's deltas add up to no more than its whole checkpoint; then a whole one
+    starts the next chain. So reading any version decodes at most about twice one whole
+    checkpoint, and the bytes written stay within about twice the deltas'.
     """
     validate_snapshot(snapshot)
     check_expected_version(expected_version)
@@ -285,18 +311,30 @@ def prepare_save(
             raise ValidationError(
                 f"claim is for {claim.instance_id!r}, snapshot is {snapshot.instance_id!r}"
             )
-    blob, outputs = encode_checkpoint(codec, snapshot)
+    doc, outputs = lower_checkpoint(codec, snapshot)
     results = snapshot.task_results
     rows = {t: task_row(r, outputs[t]) for t, r in results.items()}
     remembered = {t: remembered_row(row) for t, row in rows.items()}
     stored = stored_rows or {}
     changed = [t for t, row in remembered.items() if stored.get(t) != row]
-    skipped = len(changed) < len(rows)
+    blob: bytes | None = None
+    base_version: int | None = None
+    if chain is not None and stored_created_at is not None:
+        removed = [t for t in stored if t not in remembered]
+        delta = seal_delta(codec, doc, changed, removed)
+        if chain.delta_bytes + len(delta) <= chain.full_bytes:
+            blob, base_version = delta, chain.base_version
+            after = chain._replace(delta_bytes=chain.delta_bytes + len(delta))
+    if blob is None:
+        blob = seal_document(codec, doc)
+        after = Chain((expected_version or 0) + 1, len(blob), 0)
+    # Skipped rows and a delta both rely on what this life of the id stored before.
+    relies = len(changed) < len(rows) or base_version is not None
     position = snapshot.position
     return PreparedSave(
         instance_id=snapshot.instance_id,
         expected_version=expected_version,
-        expected_created_at=stored_created_at if skipped else None,
+        expected_created_at=stored_created_at if relies else None,
         claim_token=None if claim is None else claim.token,
         status=snapshot.status.value,
         definition_hash=snapshot.definition_hash,
@@ -311,9 +349,11 @@ def prepare_save(
         codec=codec.name,
         data=blob,
         data_hash=data_hash(blob),
+        base_version=base_version,
         task_ids=changed,
         task_rows=[rows[t] for t in changed],
         all_task_rows=remembered,
+        chain=after,
     )
 
 
@@ -326,7 +366,7 @@ _ITEM_COLUMNS: Final = (
     ("completed_task_count", arrays.INTEGER), ("error", arrays.TEXT),
     ("priority", arrays.SMALLINT), ("tags", arrays.JSONB), ("delay_wake_at", arrays.TIMESTAMPTZ),
     ("available_at", arrays.TIMESTAMPTZ), ("codec", arrays.TEXT), ("data", arrays.BYTEA),
-    ("data_hash", arrays.BYTEA),
+    ("data_hash", arrays.BYTEA), ("base_version", arrays.BIGINT),
 )  # fmt: skip
 _FIELD_INDEX: Final = {name: k for k, name in enumerate(PreparedSave.__struct_fields__)}
 _ITEM_PLAN: Final = tuple((name, element, _FIELD_INDEX[name]) for name, element in _ITEM_COLUMNS)
@@ -431,28 +471,33 @@ def ids_params(instance_ids: Sequence[str]) -> Params:
 
 
 class Loaded(NamedTuple):
-    """What ``load_snapshots`` returned for one instance: its checkpoint row and the
-    stored outputs by task id."""
+    """What ``load_snapshots`` returned for one instance: the checkpoints from the start
+    of its current version's delta chain, in version order, and the stored outputs."""
 
-    version: int
+    chain: list[tuple[int, bytes]]
     updated_at: datetime | None
-    blob: bytes
     outputs: dict[str, bytes]
+
+    @property
+    def version(self) -> int:
+        return self.chain[-1][0]
 
 
 def loaded_by_id(rows: Iterable[Row]) -> dict[str, Loaded]:
-    """``load_snapshots`` rows (one per checkpoint, one per output) grouped by instance;
-    instances without a checkpoint row do not exist."""
-    heads: dict[str, Row] = {}
+    """``load_snapshots`` rows (checkpoints and outputs) grouped by instance; instances
+    without a checkpoint row do not exist."""
+    chains: dict[str, list[tuple[int, bytes]]] = {}
+    updated: dict[str, datetime | None] = {}
     outputs: dict[str, dict[str, bytes]] = {}
-    for row in rows:
-        if row[1] is None:
-            heads[row[0]] = row
+    for instance_id, task_id, version, updated_at, blob in rows:
+        if task_id is None:
+            chains.setdefault(instance_id, []).append((int(version), blob))
+            updated[instance_id] = updated_at
         else:
-            outputs.setdefault(row[0], {})[row[1]] = row[4]
+            outputs.setdefault(instance_id, {})[task_id] = blob
     return {
-        iid: Loaded(int(version), updated_at, blob, outputs.get(iid, {}))
-        for iid, (_id, _task, version, updated_at, blob) in heads.items()
+        iid: Loaded(sorted(chain, key=lambda c: c[0]), updated[iid], outputs.get(iid, {}))
+        for iid, chain in chains.items()
     }
 
 
@@ -460,11 +505,13 @@ def interpret_load(instance_id: str, loaded: Loaded | None) -> StoredSnapshot | 
     """A `StoredSnapshot` from what ``load_snapshots`` read (None: no such instance)."""
     if loaded is None:
         return None
-    codec, snapshot = decode_snapshot(
-        loaded.blob, loaded.outputs, instance_id=instance_id, version=loaded.version
-    )
+    *_, (version, codec, snapshot) = decode_chain(loaded.chain, instance_id=instance_id)
+    try:
+        snapshot = hydrate_outputs(snapshot, loaded.outputs)
+    except DecodeError as exc:
+        raise exc.located(instance_id=instance_id, version=version) from exc
     return StoredSnapshot(
-        snapshot=snapshot, version=loaded.version, codec=codec.name, updated_at=loaded.updated_at
+        snapshot=snapshot, version=version, codec=codec.name, updated_at=loaded.updated_at
     )
 
 
@@ -553,13 +600,20 @@ def history_params(instance_id: str, after_version: int, limit: int | None) -> P
 
 
 def interpret_history(rows: Sequence[Row]) -> list[HistoryEntry]:
+    """``read_history`` rows as entries; rows marked as context (the last column: the
+    start of the first entry's delta chain) are only decoded from."""
+    if not rows:
+        return []
+    chain = decode_chain(((int(r[1]), r[5]) for r in rows), instance_id=rows[0][0])
     entries = []
-    for instance_id, version, status, task_id, _codec, blob, created_at in rows:
-        codec, snapshot = decode_snapshot(blob, instance_id=instance_id, version=int(version))
+    for row, (version, codec, snapshot) in zip(rows, chain, strict=True):
+        instance_id, _version, status, task_id, _codec, _blob, created_at, context = row
+        if context:
+            continue
         entries.append(
             HistoryEntry(
                 instance_id=instance_id,
-                version=int(version),
+                version=version,
                 status=WorkflowStatus(status),
                 current_task_id=task_id,
                 codec=codec.name,

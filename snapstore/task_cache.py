@@ -29,7 +29,7 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Final, NamedTuple
 
-from snapstore.statements import TaskRow
+from snapstore.statements import Chain, TaskRow
 
 DEFAULT_MAX_INSTANCES: Final = 10_000
 DEFAULT_MAX_BYTES: Final = 64 * 2**20
@@ -39,10 +39,12 @@ ROW_OVERHEAD: Final = 400
 
 
 class Known(NamedTuple):
-    """What one save left in the store: when that life of the instance began, its rows."""
+    """What one save left in the store: when that life of the instance began, its rows,
+    and the delta chain its checkpoint ends (see `statements.prepare_save`)."""
 
     created_at: datetime | None
     rows: Mapping[str, TaskRow]
+    chain: Chain | None = None
 
 
 UNKNOWN: Final = Known(None, {})
@@ -55,6 +57,7 @@ class Stored(NamedTuple):
     version: int
     created_at: datetime
     rows: Mapping[str, TaskRow]
+    chain: Chain | None = None
 
 
 def footprint(instance_id: str, rows: Mapping[str, TaskRow]) -> int:
@@ -109,14 +112,14 @@ class TaskCache:
         """Learn a commit's saves under one lock acquisition."""
         with self._lock:
             data = self._data
-            for instance_id, version, created_at, rows in saves:
+            for instance_id, version, created_at, rows, chain in saves:
                 current = data.get(instance_id)
                 if current is not None:
                     if current[0] > version:
                         continue  # a newer save already landed
                     self._bytes -= current[2]
                 size = footprint(instance_id, rows)
-                data[instance_id] = (version, Known(created_at, rows), size)
+                data[instance_id] = (version, Known(created_at, rows, chain), size)
                 data.move_to_end(instance_id)
                 self._bytes += size
             while data and (len(data) > self._max or self._bytes > self._max_bytes):

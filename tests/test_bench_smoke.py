@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from bench import ceiling, compare, engine, suite
+from bench import ceiling, compare, engine
 from bench.workflows import Shape
 from snapstore.testing import DSN_ENV
 
@@ -152,11 +152,3 @@ def test_the_workflow_replay_sends_what_the_store_sends() -> None:
     assert [s.checks_created_at for s in saves] == [False, False] + [True] * (shape.steps - 1)
     assert list(saves[0].params["status"]) == ["InProgress"]
     assert list(saves[-1].params["status"]) == ["Completed"]
-
-
-def test_schemas_whose_save_statement_psycopg_would_reparse_are_named() -> None:
-    """Every schema of a default run keeps the save statement parse-cached; a long prefix
-    does not, and the run says so instead of comparing unlike figures silently."""
-    assert suite._uncached_schemas(suite.Config()) == []
-    long = suite._uncached_schemas(suite.Config(codecs=("json",), schema_prefix="p" * 40))
-    assert long == ["p" * 40 + "json", "p" * 40 + "rw_json", "p" * 40 + "ceiling"]

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import pytest
 from psycopg import _queries
 
-from snapstore.queries import DEFAULT_SCHEMA, compact, queries_for
+from snapstore import JsonCodec, PostgresBackend
+from snapstore.queries import DEFAULT_SCHEMA, Positional, compact, positional, queries_for
+from tests.stores import drop_schema, snap
 
 
 def test_compact_drops_comments_and_spare_whitespace_but_never_touches_literals() -> None:
@@ -29,9 +34,47 @@ def test_every_statement_is_sent_on_one_line_without_comments() -> None:
         assert text and "\n" not in text and "--" not in text, name
 
 
-@pytest.mark.parametrize("schema", [DEFAULT_SCHEMA, "snapstore_test_4194304"])
-def test_the_save_statement_stays_within_psycopgs_parse_cache_limit(schema: str) -> None:
-    """Longer statements are re-parsed by psycopg on every save (about 8% of a
-    batched save's client time, measured): keep the hot statement under it."""
-    statement = queries_for(schema)["save_snapshots"]
-    assert len(statement) <= _queries.MAX_CACHED_STATEMENT_LENGTH, len(statement)
+LONGEST_SCHEMA = "s" * 63
+
+
+@pytest.mark.parametrize("schema", [DEFAULT_SCHEMA, LONGEST_SCHEMA])
+def test_every_statement_has_a_positional_form_psycopg_need_not_parse(schema: str) -> None:
+    """psycopg re-parses a named statement longer than it caches on every execution
+    (about 8% of a batched save's client time, measured), and a long schema name pushes
+    the save statement past that: the hot path sends the `$n` form instead."""
+    queries = queries_for(schema)
+    assert len(queries["save_snapshots"]) > _queries.MAX_CACHED_STATEMENT_LENGTH or (
+        schema == DEFAULT_SCHEMA
+    )
+    for name in queries.names():
+        statement = queries.positional(name)
+        text = statement.sql.decode()
+        assert "%(" not in text and len(set(statement.names)) == len(statement.names), name
+        assert text.count("$") >= len(statement.names), name
+
+
+def test_positional_numbers_each_name_once() -> None:
+    got = positional("SELECT %(a)s, %(b)b, %(a)s")
+    assert got == Positional(b"SELECT $1, $2, $1", ("a", "b"))
+    assert got.args({"b": 2, "a": 1}) == [1, 2] and got.args(None) is None
+
+
+def test_a_store_on_the_longest_schema_name_saves_and_loads(dsn: str) -> None:
+    with (
+        isolated_schema_named(dsn, LONGEST_SCHEMA),
+        PostgresBackend[JsonCodec].connect(dsn, schema=LONGEST_SCHEMA) as backend,
+    ):
+        version = backend.save(snap("long-schema"))
+        for _ in range(6):  # past psycopg's prepare threshold
+            version = backend.save(snap("long-schema"), expected_version=version)
+        stored = backend.load("long-schema")
+        assert stored is not None and stored.version == version == 7
+
+
+@contextlib.contextmanager
+def isolated_schema_named(dsn: str, schema: str) -> Iterator[None]:
+    drop_schema(dsn, schema)
+    try:
+        yield
+    finally:
+        drop_schema(dsn, schema)

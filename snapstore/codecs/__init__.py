@@ -17,10 +17,13 @@ from snapstore.codecs.registry import (
     registered_codecs,
 )
 from snapstore.codecs.snapshot import (
+    decode_chain,
     decode_snapshot,
     encode_checkpoint,
     encode_output,
     encode_snapshot,
+    lower_checkpoint,
+    seal_delta,
 )
 
 for _codec_type in (JsonCodec, MsgpackCodec, CborCodec):
@@ -34,12 +37,15 @@ __all__ = [
     "codec_for_id",
     "codec_for_name",
     "codec_instance",
+    "decode_chain",
     "decode_snapshot",
     "encode_checkpoint",
     "encode_output",
     "encode_snapshot",
+    "lower_checkpoint",
     "open_value",
     "register_codec",
     "registered_codecs",
+    "seal_delta",
     "seal_value",
 ]

@@ -27,11 +27,13 @@ T = TypeVar("T")
 MAGIC: Final = b"SNP"
 FORMAT_VERSION: Final = 1
 FLAG_VALUE: Final = 0x01  # payload is a bare value (task output, event payload)
-KNOWN_FLAGS: Final = FLAG_VALUE
+FLAG_DELTA: Final = 0x02  # a snapshot document holding only what changed since its version - 1
+KNOWN_FLAGS: Final = FLAG_VALUE | FLAG_DELTA
 _HEADER: Final = struct.Struct(">3sBBBI")
 _PREFIX: Final = struct.Struct(">3sBBB")  # the checksummed part of the header
 _CRC: Final = struct.Struct(">I")
 HEADER_SIZE: Final = _HEADER.size
+FLAGS_OFFSET: Final = 5
 
 
 def _seal(codec: Codec, flags: int, doc: Any) -> bytes:
@@ -45,9 +47,9 @@ def _seal(codec: Codec, flags: int, doc: Any) -> bytes:
     return prefix + _CRC.pack(zlib.crc32(payload, zlib.crc32(prefix))) + payload
 
 
-def seal_document(codec: Codec, doc: Any) -> bytes:
-    """Envelope a snapshot document."""
-    return _seal(codec, 0, doc)
+def seal_document(codec: Codec, doc: Any, *, delta: bool = False) -> bytes:
+    """Envelope a snapshot document (``delta``: a checkpoint delta, see snapshot.py)."""
+    return _seal(codec, FLAG_DELTA if delta else 0, doc)
 
 
 def seal_value(codec: Codec, value: Any) -> bytes:
@@ -64,7 +66,9 @@ def seal_lowered_value(codec: Codec, value: Any) -> bytes:
     return _seal(codec, FLAG_VALUE, value)
 
 
-def open_envelope(blob: bytes, *, expect_value: bool) -> tuple[Codec, memoryview]:
+def open_envelope(
+    blob: bytes, *, expect_value: bool, expect_delta: bool = False
+) -> tuple[Codec, memoryview]:
     """Check the header and checksum; return the codec named by the blob and its payload
     (a view into ``blob``: a 100 MB output is not copied once more to be decoded)."""
     if len(blob) < HEADER_SIZE:
@@ -76,8 +80,11 @@ def open_envelope(blob: bytes, *, expect_value: bool) -> tuple[Codec, memoryview
         raise DecodeError(f"unsupported envelope format version {version}")
     if flags & ~KNOWN_FLAGS:
         raise DecodeError(f"unknown envelope flags {flags:#04x}")
-    if bool(flags & FLAG_VALUE) != expect_value:
+    if bool(flags & FLAG_VALUE) != expect_value or (flags & FLAG_VALUE and flags & FLAG_DELTA):
         kind = "value" if flags & FLAG_VALUE else "snapshot"
+        raise DecodeError(f"blob holds a {kind}, not what was asked for")
+    if bool(flags & FLAG_DELTA) != expect_delta:
+        kind = "checkpoint delta" if flags & FLAG_DELTA else "whole checkpoint"
         raise DecodeError(f"blob holds a {kind}, not what was asked for")
     payload = memoryview(blob)[HEADER_SIZE:]
     if zlib.crc32(payload, zlib.crc32(blob[: _PREFIX.size])) != crc:
@@ -96,9 +103,10 @@ def _parse(codec: Codec, payload: memoryview, type_: type[T]) -> T:
         raise DecodeError(f"{codec.name} payload does not decode: {exc}") from exc
 
 
-def open_document(blob: bytes, type_: type[T]) -> tuple[Codec, T]:
-    """Decode a snapshot document blob written by any registered codec."""
-    codec, payload = open_envelope(blob, expect_value=False)
+def open_document(blob: bytes, type_: type[T], *, delta: bool = False) -> tuple[Codec, T]:
+    """Decode a snapshot document blob (``delta``: a checkpoint delta) written by any
+    registered codec."""
+    codec, payload = open_envelope(blob, expect_value=False, expect_delta=delta)
     return codec, _parse(codec, payload, type_)
 
 

@@ -3,17 +3,26 @@
 Outputs are stored once each in the tasks sidecar; the checkpoint blob only
 records task metadata, so a long workflow does not rewrite every earlier output
 on every save.
+
+Nor does it rewrite every earlier task's metadata: a checkpoint may be a *delta*
+(envelope flag ``FLAG_DELTA``), a document whose ``task_results`` holds only the
+tasks that changed since the version before it and whose ``removed_tasks`` names
+those that were dropped; every other field is whole. A delta is read by applying
+it to the checkpoint before it (`apply_delta`), back to the last whole checkpoint of
+its chain (the writer's rule, in statements.py, keeps chains short).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import msgspec
 
 from snapstore.codecs.base import Codec
 from snapstore.codecs.envelope import (
+    FLAG_DELTA,
+    FLAGS_OFFSET,
     open_document,
     open_value,
     seal_document,
@@ -22,6 +31,16 @@ from snapstore.codecs.envelope import (
 )
 from snapstore.errors import DecodeError, EncodeError
 from snapstore.model import WorkflowSnapshot
+
+
+class CheckpointDelta(WorkflowSnapshot, frozen=True, kw_only=True, omit_defaults=True):
+    """A delta checkpoint's document: a snapshot with only the changed task results,
+    and the ids of the tasks removed since the version before."""
+
+    removed_tasks: tuple[str, ...] = ()
+
+
+_SNAPSHOT_FIELDS: tuple[str, ...] = WorkflowSnapshot.__struct_fields__
 
 
 def _lower(codec: Codec, snapshot: WorkflowSnapshot) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -40,16 +59,76 @@ def encode_snapshot(codec: Codec, snapshot: WorkflowSnapshot) -> bytes:
     return seal_document(codec, _lower(codec, snapshot)[0])
 
 
-def encode_checkpoint(
+def lower_checkpoint(
     codec: Codec, snapshot: WorkflowSnapshot
-) -> tuple[bytes, dict[str, bytes | None]]:
-    """`encode_snapshot` and every task output's sidecar blob (`encode_output`), from
-    one lowering of the snapshot."""
+) -> tuple[dict[str, Any], dict[str, bytes | None]]:
+    """The snapshot document without outputs (seal it whole with `seal_document`, or as
+    a delta with `seal_delta`) and every task output's sidecar blob (`encode_output`),
+    from one lowering of the snapshot."""
     doc, outputs = _lower(codec, snapshot)
     blobs = {
         t: None if out is None else seal_lowered_value(codec, out) for t, out in outputs.items()
     }
+    return doc, blobs
+
+
+def encode_checkpoint(
+    codec: Codec, snapshot: WorkflowSnapshot
+) -> tuple[bytes, dict[str, bytes | None]]:
+    """`encode_snapshot` and every task output's sidecar blob, from one lowering."""
+    doc, blobs = lower_checkpoint(codec, snapshot)
     return seal_document(codec, doc), blobs
+
+
+def seal_delta(
+    codec: Codec, doc: dict[str, Any], changed: Iterable[str], removed: Iterable[str]
+) -> bytes:
+    """The delta blob of a lowered snapshot ``doc``: only the ``changed`` task results,
+    and the ``removed`` task ids."""
+    results = doc.get("task_results", {})
+    delta = {k: v for k, v in doc.items() if k != "task_results"}
+    kept = {t: results[t] for t in changed}
+    if kept:
+        delta["task_results"] = kept
+    gone = list(removed)
+    if gone:
+        delta["removed_tasks"] = gone
+    return seal_document(codec, delta, delta=True)
+
+
+def apply_delta(base: WorkflowSnapshot, delta: CheckpointDelta) -> WorkflowSnapshot:
+    """The checkpoint ``delta`` describes, given the one before it."""
+    results = {t: r for t, r in base.task_results.items() if t not in delta.removed_tasks}
+    results.update(delta.task_results)
+    fields = {name: getattr(delta, name) for name in _SNAPSHOT_FIELDS}
+    fields["task_results"] = results
+    return WorkflowSnapshot(**fields)
+
+
+def is_delta(blob: bytes) -> bool:
+    """Whether ``blob`` is a checkpoint delta (the envelope's CRC vouches for the flag)."""
+    return len(blob) > FLAGS_OFFSET and bool(blob[FLAGS_OFFSET] & FLAG_DELTA)
+
+
+def decode_chain(
+    blobs: Iterable[tuple[int, bytes]], *, instance_id: str | None = None
+) -> Iterator[tuple[int, Codec, WorkflowSnapshot]]:
+    """Decode consecutive checkpoints (version, blob) in version order, the first of
+    them whole, yielding each as its snapshot (outputs not hydrated)."""
+    previous: WorkflowSnapshot | None = None
+    for version, blob in blobs:
+        try:
+            if not is_delta(blob):
+                codec, current = open_document(blob, WorkflowSnapshot)
+            elif previous is None:
+                raise DecodeError("checkpoint delta without the checkpoint before it")
+            else:
+                codec, delta = open_document(blob, CheckpointDelta, delta=True)
+                current = apply_delta(previous, delta)
+        except DecodeError as exc:
+            raise exc.located(instance_id=instance_id, version=version) from exc
+        previous = current
+        yield version, codec, current
 
 
 def encode_output(codec: Codec, output: Any) -> bytes | None:

@@ -5,28 +5,57 @@
 
 -- name: prune_history
 -- One batch: the next %(batch)s history rows after (%(after_id)s, %(after_version)s) in
--- primary-key order (of one instance when %(instance_id)s is given); those not among the
--- last %(keep_last)s (>= 1) versions of their instance, and older than %(older_than)s (server
--- clock) when given, are deleted. The current version is never touched. Returns how many
--- were deleted and the key of the last row read (no row: nothing left to read).
+-- primary-key order (of one instance when %(instance_id)s is given). A row is old when it
+-- is not among the last %(keep_last)s (>= 1) versions of its instance and, when
+-- %(older_than)s is given, older than that (server clock); the current version never is.
+-- An old row goes when its whole delta chain is old: the chain's last row (just before
+-- the next whole checkpoint, n) is old too, so no kept version is read from it. Otherwise
+-- it is only marked pruned: hidden from history(), kept for the deltas after it, deleted
+-- by a later prune once its chain is old. Returns how many checkpoints left history()
+-- (deleted or hidden, each counted once) and the key of the last row read (no row:
+-- nothing left to read).
 WITH scanned AS MATERIALIZED (
-    SELECT h.instance_id, h.version, h.created_at
+    SELECT h.instance_id, h.version, h.created_at, h.pruned
     FROM @schema@.history AS h
     WHERE (h.instance_id, h.version) > (%(after_id)s::text, %(after_version)s::bigint)
       AND (%(instance_id)s::text IS NULL OR h.instance_id = %(instance_id)s::text)
     ORDER BY h.instance_id, h.version
     LIMIT %(batch)s
-), gone AS (
-    DELETE FROM @schema@.history AS h
-    USING scanned AS d, @schema@.snapshots AS s
-    WHERE h.instance_id = d.instance_id AND h.version = d.version
-      AND s.instance_id = d.instance_id
-      AND d.version <= s.version - %(keep_last)s::bigint
+), old AS (
+    SELECT d.instance_id, d.version, d.pruned, s.version - %(keep_last)s::bigint AS last_old
+    FROM scanned AS d
+    JOIN @schema@.snapshots AS s ON s.instance_id = d.instance_id
+    WHERE d.version <= s.version - %(keep_last)s::bigint
       AND (%(older_than)s::interval IS NULL
            OR d.created_at < now() - %(older_than)s::interval)
+), fate AS (
+    SELECT o.instance_id, o.version, o.pruned, e.version IS NOT NULL AS chain_old
+    FROM old AS o
+    LEFT JOIN LATERAL (
+        SELECT f.version FROM @schema@.history AS f
+        WHERE f.instance_id = o.instance_id AND f.base_version IS NULL
+          AND f.version > o.version
+        ORDER BY f.version
+        LIMIT 1
+    ) AS n ON true
+    LEFT JOIN @schema@.history AS e ON e.instance_id = o.instance_id
+        AND e.version = n.version - 1 AND e.version <= o.last_old
+        AND (%(older_than)s::interval IS NULL
+             OR e.created_at < now() - %(older_than)s::interval)
+), gone AS (
+    DELETE FROM @schema@.history AS h
+    USING fate AS f
+    WHERE h.instance_id = f.instance_id AND h.version = f.version AND f.chain_old
+    RETURNING NOT f.pruned AS counted
+), hidden AS (
+    UPDATE @schema@.history AS h SET pruned = true
+    FROM fate AS f
+    WHERE h.instance_id = f.instance_id AND h.version = f.version
+      AND NOT f.chain_old AND NOT f.pruned
     RETURNING 1
 )
-SELECT (SELECT count(*) FROM gone), l.instance_id, l.version
+SELECT (SELECT count(*) FILTER (WHERE counted) FROM gone) + (SELECT count(*) FROM hidden),
+    l.instance_id, l.version
 FROM (SELECT instance_id, version FROM scanned
       ORDER BY instance_id DESC, version DESC LIMIT 1) AS l;
 

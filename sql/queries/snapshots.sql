@@ -24,11 +24,11 @@ WITH items AS (
         %(position_kind)b::text[], %(completed_task_count)b::integer[], %(error)b::text[],
         %(priority)b::smallint[], %(tags)b::jsonb[], %(delay_wake_at)b::timestamptz[],
         %(available_at)b::timestamptz[], %(codec)b::text[], %(data)b::bytea[],
-        %(data_hash)b::bytea[]
+        %(data_hash)b::bytea[], %(base_version)b::bigint[]
     ) WITH ORDINALITY i(
         instance_id, expected_version, expected_created_at, claim_token, status, definition_hash,
         current_task_id, position_kind, completed_task_count, error, priority, tags, delay_wake_at,
-        available_at, codec, data, data_hash, n)
+        available_at, codec, data, data_hash, base_version, n)
 ), upd AS (
     UPDATE @schema@.snapshots s SET
         status = i.status,
@@ -80,8 +80,8 @@ WITH items AS (
     SELECT * FROM items JOIN (TABLE upd UNION ALL TABLE ins) v USING (instance_id)
 ), hist AS (
     INSERT INTO @schema@.history (
-        instance_id, version, status, current_task_id, codec, data, data_hash)
-    SELECT instance_id, version, status, current_task_id, codec, data, data_hash
+        instance_id, version, status, current_task_id, codec, data, data_hash, base_version)
+    SELECT instance_id, version, status, current_task_id, codec, data, data_hash, base_version
     FROM saved
 ), tsk AS (
     INSERT INTO @schema@.tasks AS t (
@@ -133,14 +133,17 @@ LEFT JOIN @schema@.snapshots AS s ON s.instance_id = q.instance_id
 ORDER BY q.n;
 
 -- name: load_snapshots
--- The blob and the task outputs are read in one statement, so they come from one commit.
--- Several instances at once: dispatch loads everything it leased in one round trip. One row
--- per instance (task_id NULL: its checkpoint blob) and one per stored output, each blob its
--- own value: fetched in binary, an output arrives as it is stored, with no array to build
--- on the server or to parse (and no hex text twice its size) in the client.
-SELECT s.instance_id, NULL::text AS task_id, s.version, s.updated_at, h.data
+-- The checkpoint and the task outputs are read in one statement, so they come from one
+-- commit. Several instances at once: dispatch loads everything it leased in one round
+-- trip. Per instance one row per history version from the start of the current
+-- version's delta chain to the current version (task_id NULL), and one per stored output,
+-- each blob its own value: fetched in binary, an output arrives as it is stored, with no
+-- array to build on the server or to parse (and no hex text twice its size) in the client.
+SELECT s.instance_id, NULL::text AS task_id, h.version, s.updated_at, h.data
 FROM @schema@.snapshots AS s
-JOIN @schema@.history AS h ON h.instance_id = s.instance_id AND h.version = s.version
+JOIN @schema@.history AS c ON c.instance_id = s.instance_id AND c.version = s.version
+JOIN @schema@.history AS h ON h.instance_id = s.instance_id
+    AND h.version BETWEEN COALESCE(c.base_version, c.version) AND c.version
 WHERE s.instance_id = ANY (%(instance_ids)s::text[])
 UNION ALL
 SELECT t.instance_id, t.task_id, NULL, NULL, t.output
@@ -181,12 +184,22 @@ ORDER BY instance_id
 LIMIT %(limit)s;
 
 -- name: read_history
-SELECT instance_id, version, status, current_task_id, codec, data, created_at
-FROM @schema@.history
-WHERE instance_id = %(instance_id)s
-  AND version > %(after_version)s
-ORDER BY version
-LIMIT %(limit)s;
+-- Versions after %(after_version)s that prune left visible (at most %(limit)s of them;
+-- NULL: all), preceded by the rows the first of them is decoded from when it is a delta
+-- (from the start of its chain), which the last column marks for the caller to drop.
+WITH first AS (
+    SELECT f.version AS wanted, COALESCE(f.base_version, f.version) AS start
+    FROM @schema@.history AS f
+    WHERE f.instance_id = %(instance_id)s AND f.version > %(after_version)s AND NOT f.pruned
+    ORDER BY f.version
+    LIMIT 1
+)
+SELECT h.instance_id, h.version, h.status, h.current_task_id, h.codec, h.data, h.created_at,
+    h.version < first.wanted AS context
+FROM @schema@.history AS h, first
+WHERE h.instance_id = %(instance_id)s AND h.version >= first.start
+ORDER BY h.version
+LIMIT %(limit)s + (SELECT wanted - start FROM first);
 
 -- name: truncate_all
 TRUNCATE @schema@.snapshots, @schema@.history, @schema@.tasks, @schema@.signals,
