@@ -97,8 +97,11 @@ def position_task_id(position: Position) -> str | None:
     return None if isinstance(position, NotStarted) else position.task_id
 
 
-class TaskResult(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
-    """What one task produced. ``output`` is stored once, in the tasks sidecar."""
+class TaskResult(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, weakref=True):
+    """What one task produced. ``output`` is stored once, in the tasks sidecar.
+
+    Weakly referenceable: a store remembers the results it saved without keeping them
+    alive, and treats the same object in the next checkpoint as unchanged metadata."""
 
     status: TaskStatus = TaskStatus.COMPLETED
     output: Any = None

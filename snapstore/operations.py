@@ -125,6 +125,7 @@ def save_batch(ctx: Context, items: Sequence[st.PreparedSave]) -> Program[list[S
                         saved.created_at,
                         item.all_task_rows,
                         item.chain,
+                        item.prior,
                     )
                 )
         if stored:
@@ -138,7 +139,14 @@ def prepare(
     """`statements.prepare_save`, skipping task rows the store is known to hold."""
     known = ctx.tasks.known(getattr(snapshot, "instance_id", ""), expected_version)
     return st.prepare_save(
-        ctx.codec, snapshot, expected_version, claim, known.rows, known.created_at, known.chain
+        ctx.codec,
+        snapshot,
+        expected_version,
+        claim,
+        known.rows,
+        known.created_at,
+        known.chain,
+        known.prior,
     )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import uuid
+import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Final, NamedTuple
@@ -20,6 +21,7 @@ from snapstore.codecs import (
     Codec,
     decode_chain,
     lower_checkpoint,
+    lower_document,
     open_value,
     seal_delta,
 )
@@ -29,6 +31,7 @@ from snapstore.errors import (
     ClaimLostError,
     ConflictError,
     DecodeError,
+    EncodeError,
     NotFoundError,
     SnapstoreError,
     TerminalStateError,
@@ -150,12 +153,22 @@ def _check_retry(task_id: str, retry: object) -> None:
     _check_text(f"{where}.last_error", retry.last_error, optional=True)
 
 
-def validate_snapshot(snapshot: WorkflowSnapshot) -> None:
+def check_task_results(
+    results: Mapping[str, TaskResult], tasks: Iterable[str] | None = None
+) -> None:
+    """Check the task results named by ``tasks`` (None: all of them)."""
+    for task_id in results if tasks is None else tasks:
+        _check_id("task id", task_id)
+        _check_task_result(task_id, results[task_id])
+
+
+def validate_snapshot(snapshot: WorkflowSnapshot, tasks: Iterable[str] | None = None) -> None:
     """Reject a snapshot the store could not faithfully keep, before any I/O.
 
     msgspec does not type-check Struct constructors, so a wrong type would otherwise
     surface as a driver error mid-save or, for blob-only fields, as a checkpoint that
-    saves fine and then fails to decode on every load.
+    saves fine and then fails to decode on every load. ``tasks``: only these task
+    results are checked (the others are the very objects a checked save wrote).
     """
     if not isinstance(snapshot, WorkflowSnapshot):
         raise ValidationError(f"expected WorkflowSnapshot, got {type(snapshot).__name__}")
@@ -178,9 +191,7 @@ def validate_snapshot(snapshot: WorkflowSnapshot) -> None:
         or not MIN_PRIORITY <= prio <= MAX_PRIORITY
     ):
         raise ValidationError(f"priority must be an int in {MIN_PRIORITY}..{MAX_PRIORITY}")
-    for task_id, result in snapshot.task_results.items():
-        _check_id("task id", task_id)
-        _check_task_result(task_id, result)
+    check_task_results(snapshot.task_results, tasks)
     for task_id, retry in snapshot.retries.items():
         _check_id("retry task id", task_id)
         _check_retry(task_id, retry)
@@ -245,6 +256,7 @@ class PreparedSave(msgspec.Struct, frozen=True):
     task_rows: list[TaskRow]
     all_task_rows: Mapping[str, TaskRow]  # every task as `remembered_row`, for the task cache
     chain: Chain  # the delta chain this save ends once committed, for the task cache
+    prior: Prior  # its task results as handed over, for the task cache
 
 
 TaskRow = tuple[Any, ...]
@@ -280,6 +292,74 @@ class Chain(NamedTuple):
     delta_bytes: int
 
 
+class Prior(NamedTuple):
+    """The task results of a stored version as the saving backend handed them over:
+    weakly (the engine keeps them alive by carrying them into its next checkpoint), in
+    order, with a digest of their outputs' encoding and how many were completed."""
+
+    order: tuple[str, ...]
+    members: frozenset[str]
+    refs: tuple[weakref.ref[TaskResult], ...]
+    outputs_digest: bytes
+    completed: int
+
+
+_MSGPACK: Final = msgspec.msgpack.Encoder()
+
+
+def _outputs_hash(outputs: list[Any], into: Any = None) -> Any:
+    """``into`` (a new sha256 when None) updated with the outputs' msgpack encodings, one
+    after another: two C calls however many outputs there are, and the hash of a list
+    extended by more outputs is the first hash updated with theirs. An output mutated in
+    place changes it. (msgpack, not the store's codec: only equality matters here.)"""
+    try:
+        encoded = _MSGPACK.encode(outputs)
+    except (TypeError, ValueError, OverflowError, msgspec.EncodeError) as exc:
+        raise EncodeError(f"cannot encode a task output: {exc}") from exc
+    count = len(outputs)
+    header = 1 if count < 16 else 3 if count < 2**16 else 5  # the msgpack array header
+    hasher = hashlib.sha256() if into is None else into
+    hasher.update(memoryview(encoded)[header:])
+    return hasher
+
+
+def _new_tasks(results: Mapping[str, TaskResult], prior: Prior) -> tuple[list[str], Any] | None:
+    """The tasks added since ``prior`` and the hash of the outputs it had, when every
+    result it had is the very same object with an output encoding to the same bytes;
+    else None."""
+    if len(results) < len(prior.order):
+        return None
+    for task_id, ref in zip(prior.order, prior.refs, strict=True):
+        kept = ref()
+        if kept is None or results.get(task_id) is not kept:
+            return None
+    hasher = _outputs_hash([results[t].output for t in prior.order])
+    if hasher.digest() != prior.outputs_digest:
+        return None
+    members = prior.members
+    return [t for t in results if t not in members], hasher
+
+
+def _prior_after(
+    results: Mapping[str, TaskResult], prior: Prior | None, found: tuple[list[str], Any] | None
+) -> Prior:
+    """The `Prior` of the checkpoint being saved (``found``: what `_new_tasks` found)."""
+    completed = TaskStatus.COMPLETED
+    if prior is None or found is None:
+        order = tuple(results)
+        refs = tuple(weakref.ref(r) for r in results.values())
+        done = sum(1 for r in results.values() if r.status is completed)
+        hasher = _outputs_hash([r.output for r in results.values()])
+    else:
+        new, hasher = found
+        order = prior.order + tuple(new)
+        refs = prior.refs + tuple(weakref.ref(results[t]) for t in new)
+        done = prior.completed + sum(1 for t in new if results[t].status is completed)
+        if new:
+            _outputs_hash([results[t].output for t in new], hasher)
+    return Prior(order, frozenset(order), refs, hasher.digest(), done)
+
+
 def prepare_save(
     codec: Codec,
     snapshot: WorkflowSnapshot,
@@ -288,6 +368,7 @@ def prepare_save(
     stored_rows: Mapping[str, TaskRow] | None = None,
     stored_created_at: datetime | None = None,
     chain: Chain | None = None,
+    prior: Prior | None = None,
 ) -> PreparedSave:
     """Validate and encode a save; raises before any I/O if the input is bad.
 
@@ -301,8 +382,12 @@ def prepare_save(
     the chain's deltas add up to no more than its whole checkpoint; then a whole one
     starts the next chain. So reading any version decodes at most about twice one whole
     checkpoint, and the bytes written stay within about twice the deltas'.
+
+    With its ``prior`` too, results that are the very objects saved before (and whose
+    outputs still encode the same) are neither checked nor encoded one by one again:
+    the Python work is for the tasks added, the rest is two C calls over the outputs.
     """
-    validate_snapshot(snapshot)
+    validate_snapshot(snapshot, tasks=())  # the task results below, as far as needed
     check_expected_version(expected_version)
     if claim is not None:
         if not isinstance(claim, Claim) or not isinstance(claim.token, uuid.UUID):
@@ -311,25 +396,39 @@ def prepare_save(
             raise ValidationError(
                 f"claim is for {claim.instance_id!r}, snapshot is {snapshot.instance_id!r}"
             )
-    doc, outputs = lower_checkpoint(codec, snapshot)
     results = snapshot.task_results
-    rows = {t: task_row(r, outputs[t]) for t, r in results.items()}
-    remembered = {t: remembered_row(row) for t, row in rows.items()}
     stored = stored_rows or {}
-    changed = [t for t, row in remembered.items() if stored.get(t) != row]
+    known = prior is not None and stored_created_at is not None and bool(stored)
+    found = _new_tasks(results, prior) if known and prior is not None else None
+    if found is None:
+        check_task_results(results)
+        doc, outputs = lower_checkpoint(codec, snapshot)
+        rows = {t: task_row(r, outputs[t]) for t, r in results.items()}
+        remembered = {t: remembered_row(row) for t, row in rows.items()}
+        changed = [t for t, row in remembered.items() if stored.get(t) != row]
+        removed = [t for t in stored if t not in remembered]
+        whole: dict[str, Any] | None = doc
+    else:
+        new = found[0]
+        check_task_results(results, new)
+        added = msgspec.structs.replace(snapshot, task_results={t: results[t] for t in new})
+        doc, outputs = lower_checkpoint(codec, added)
+        rows = {t: task_row(results[t], outputs[t]) for t in new}
+        remembered = {**stored, **{t: remembered_row(row) for t, row in rows.items()}}
+        changed, removed, whole = new, [], None
     blob: bytes | None = None
     base_version: int | None = None
     if chain is not None and stored_created_at is not None:
-        removed = [t for t in stored if t not in remembered]
         delta = seal_delta(codec, doc, changed, removed)
         if chain.delta_bytes + len(delta) <= chain.full_bytes:
             blob, base_version = delta, chain.base_version
             after = chain._replace(delta_bytes=chain.delta_bytes + len(delta))
     if blob is None:
-        blob = seal_document(codec, doc)
+        blob = seal_document(codec, whole if whole is not None else lower_document(codec, snapshot))
         after = Chain((expected_version or 0) + 1, len(blob), 0)
     # Skipped rows and a delta both rely on what this life of the id stored before.
-    relies = len(changed) < len(rows) or base_version is not None
+    relies = len(changed) < len(results) or base_version is not None
+    next_prior = _prior_after(results, prior, found)
     position = snapshot.position
     return PreparedSave(
         instance_id=snapshot.instance_id,
@@ -340,7 +439,7 @@ def prepare_save(
         definition_hash=snapshot.definition_hash,
         current_task_id=position_task_id(position),
         position_kind=type(position).__name__,
-        completed_task_count=sum(1 for r in results.values() if r.status is TaskStatus.COMPLETED),
+        completed_task_count=next_prior.completed,
         error=snapshot.error,
         priority=snapshot.priority,
         tags=_TAGS_JSON.encode(snapshot.tags).decode(),
@@ -354,6 +453,7 @@ def prepare_save(
         task_rows=[rows[t] for t in changed],
         all_task_rows=remembered,
         chain=after,
+        prior=next_prior,
     )
 
 

@@ -29,22 +29,25 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Final, NamedTuple
 
-from snapstore.statements import Chain, TaskRow
+from snapstore.statements import Chain, Prior, TaskRow
 
 DEFAULT_MAX_INSTANCES: Final = 10_000
 DEFAULT_MAX_BYTES: Final = 64 * 2**20
 # What one remembered row costs beyond its strings: the tuple, its ints and times, the
 # digest and the dict slot (measured with sys.getsizeof on CPython 3.11, rounded up).
 ROW_OVERHEAD: Final = 400
+WEAKREF_SIZE: Final = 80  # the weak reference `Prior` keeps to each result
 
 
 class Known(NamedTuple):
     """What one save left in the store: when that life of the instance began, its rows,
-    and the delta chain its checkpoint ends (see `statements.prepare_save`)."""
+    the delta chain its checkpoint ends and its task results as handed over (see
+    `statements.prepare_save`)."""
 
     created_at: datetime | None
     rows: Mapping[str, TaskRow]
     chain: Chain | None = None
+    prior: Prior | None = None
 
 
 UNKNOWN: Final = Known(None, {})
@@ -58,13 +61,14 @@ class Stored(NamedTuple):
     created_at: datetime
     rows: Mapping[str, TaskRow]
     chain: Chain | None = None
+    prior: Prior | None = None
 
 
 def footprint(instance_id: str, rows: Mapping[str, TaskRow]) -> int:
     """About how many bytes remembering ``rows`` keeps alive."""
     size = ROW_OVERHEAD + len(instance_id)
     for task_id, row in rows.items():
-        size += ROW_OVERHEAD + len(task_id)
+        size += ROW_OVERHEAD + WEAKREF_SIZE + len(task_id)
         size += sum(len(v) for v in row if isinstance(v, str | bytes))
     return size
 
@@ -112,14 +116,14 @@ class TaskCache:
         """Learn a commit's saves under one lock acquisition."""
         with self._lock:
             data = self._data
-            for instance_id, version, created_at, rows, chain in saves:
+            for instance_id, version, created_at, rows, chain, prior in saves:
                 current = data.get(instance_id)
                 if current is not None:
                     if current[0] > version:
                         continue  # a newer save already landed
                     self._bytes -= current[2]
                 size = footprint(instance_id, rows)
-                data[instance_id] = (version, Known(created_at, rows, chain), size)
+                data[instance_id] = (version, Known(created_at, rows, chain, prior), size)
                 data.move_to_end(instance_id)
                 self._bytes += size
             while data and (len(data) > self._max or self._bytes > self._max_bytes):

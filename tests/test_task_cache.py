@@ -6,6 +6,8 @@ from datetime import UTC, datetime
 
 import msgspec
 import pytest
+from hypothesis import given
+from hypothesis import strategies as hst
 from psycopg import sql
 
 from snapstore import (
@@ -18,6 +20,8 @@ from snapstore import (
     WorkflowStatus,
 )
 from snapstore import operations as ops
+from snapstore import statements as st
+from snapstore.codecs import codec_instance
 from snapstore.task_cache import UNKNOWN, Known, TaskCache
 
 
@@ -167,3 +171,68 @@ def test_a_finished_instance_is_forgotten(backend: PostgresBackend[JsonCodec]) -
     final = backend.save(done, expected_version=version)
     assert backend.ctx.tasks.known("f", final) == UNKNOWN
     assert backend.ctx.tasks.known("f", version) == UNKNOWN
+
+
+def _fields(item: st.PreparedSave) -> tuple[object, ...]:
+    return (
+        item.data,
+        item.base_version,
+        item.expected_created_at,
+        item.task_ids,
+        item.task_rows,
+        dict(item.all_task_rows),
+        item.completed_task_count,
+        item.chain,
+        item.prior.order,
+        item.prior.outputs_digest,
+        item.prior.completed,
+    )
+
+
+@given(
+    steps=hst.lists(
+        hst.tuples(hst.sampled_from(["add", "mutate", "replace", "same"]), hst.integers(0, 9)),
+        min_size=1,
+        max_size=25,
+    )
+)
+def test_reused_results_are_prepared_exactly_as_if_all_were_looked_at(
+    steps: list[tuple[str, int]],
+) -> None:
+    """The fast path (results that are the very objects saved before are not encoded one
+    by one) must produce the same save as comparing every task: same blob, same rows."""
+    codec = codec_instance(JsonCodec)
+    life = datetime(2026, 1, 1, tzinfo=UTC)
+    outputs: list[dict[str, int]] = []
+    results: dict[str, TaskResult] = {}
+    current = snap("p", {})
+    item = st.prepare_save(codec, current, None)
+    version = 1
+    for action, k in steps:
+        if action == "add" or not results:
+            outputs.append({"n": len(outputs)})
+            results[f"t{len(results)}"] = TaskResult(output=outputs[-1])
+        elif action == "mutate":  # in place, inside an object the store saw
+            outputs[k % len(outputs)]["n"] += 100
+        elif action == "replace":  # an equal result, but a new object
+            task = f"t{k % len(results)}"
+            results[task] = TaskResult(output=results[task].output, attempts=2)
+        current = msgspec.structs.replace(current, task_results=dict(results))
+        rows, chain = item.all_task_rows, item.chain
+        fast = st.prepare_save(codec, current, version, None, rows, life, chain, item.prior)
+        slow = st.prepare_save(codec, current, version, None, rows, life, chain, None)
+        assert _fields(fast) == _fields(slow)
+        item, version = fast, version + 1
+
+
+def test_results_carried_over_are_recognised_and_changes_are_not() -> None:
+    codec = codec_instance(JsonCodec)
+    output = {"n": 1}
+    first = snap("q", {"a": output})
+    item = st.prepare_save(codec, first, None)
+    results = {**first.task_results, "b": TaskResult(output=2)}
+    found = st._new_tasks(results, item.prior)
+    assert found is not None and found[0] == ["b"]
+    assert st._new_tasks({"a": TaskResult(output={"n": 1})}, item.prior) is None  # new object
+    output["n"] = 2  # the same object, mutated in place
+    assert st._new_tasks(results, item.prior) is None

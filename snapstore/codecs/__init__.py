@@ -23,6 +23,7 @@ from snapstore.codecs.snapshot import (
     encode_output,
     encode_snapshot,
     lower_checkpoint,
+    lower_document,
     seal_delta,
 )
 
@@ -43,6 +44,7 @@ __all__ = [
     "encode_output",
     "encode_snapshot",
     "lower_checkpoint",
+    "lower_document",
     "open_value",
     "register_codec",
     "registered_codecs",

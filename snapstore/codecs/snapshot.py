@@ -54,6 +54,11 @@ def _lower(codec: Codec, snapshot: WorkflowSnapshot) -> tuple[dict[str, Any], di
     return doc, {task_id: result.pop("output", None) for task_id, result in results.items()}
 
 
+def lower_document(codec: Codec, snapshot: WorkflowSnapshot) -> dict[str, Any]:
+    """The snapshot document without outputs, to seal with `seal_document`."""
+    return _lower(codec, snapshot)[0]
+
+
 def encode_snapshot(codec: Codec, snapshot: WorkflowSnapshot) -> bytes:
     """The envelope blob for ``snapshot`` without its task outputs."""
     return seal_document(codec, _lower(codec, snapshot)[0])
