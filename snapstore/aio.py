@@ -55,12 +55,15 @@ class AsyncPostgresBackend(
         schema: str = DEFAULT_SCHEMA,
         codec: Codec | None = None,
         owns_pool: bool = False,
-        group_commit: bool = False,
+        group_commit: bool | None = None,
     ) -> None:
         self._init_common(schema, codec)
         self._pool = pool
         self._owns_pool = owns_pool
-        self._committer = AsyncGroupCommitter(self._flush) if group_commit else None
+        # On unless turned off: with many coroutines on a few connections, saves that share
+        # commits outpace one commit each (same contract; see README "Semantics").
+        grouped = True if group_commit is None else group_commit
+        self._committer = AsyncGroupCommitter(self._flush) if grouped else None
 
     @classmethod
     async def connect(cls, conninfo: str, **options: Unpack[ConnectOptions]) -> Self:
@@ -69,7 +72,7 @@ class AsyncPostgresBackend(
         Options (all keyword): ``schema`` (default "snapstore"), ``min_size``/``max_size``
         (pool), ``statement_timeout`` (seconds or timedelta), ``application_name``,
         ``prepare_threshold``, ``codec`` (instance overriding the bracketed class),
-        ``run_migrations``, ``open_timeout``, ``group_commit``.
+        ``run_migrations``, ``open_timeout``, ``group_commit`` (default on for asyncio).
         """
         plan = plan_connect(options)
         backend = cls(AsyncConnectionPool(conninfo, **plan.pool_kwargs), **plan.backend_kwargs)
@@ -90,7 +93,7 @@ class AsyncPostgresBackend(
         schema: str = DEFAULT_SCHEMA,
         codec: Codec | None = None,
         run_migrations: bool = True,
-        group_commit: bool = False,
+        group_commit: bool | None = None,
     ) -> Self:
         """Use a pool the caller owns (and closes). Its connections should be autocommit."""
         backend = cls(pool, schema=schema, codec=codec, group_commit=group_commit)

@@ -52,11 +52,13 @@ class PostgresBackend(
         schema: str = DEFAULT_SCHEMA,
         codec: Codec | None = None,
         owns_pool: bool = False,
-        group_commit: bool = False,
+        group_commit: bool | None = None,
     ) -> None:
         self._init_common(schema, codec)
         self._pool = pool
         self._owns_pool = owns_pool
+        # Off unless asked for: handing a save to another thread costs a thread wake-up,
+        # which outweighs the shared commit until many threads save at once.
         self._committer = GroupCommitter(self._flush) if group_commit else None
 
     @classmethod
@@ -87,7 +89,7 @@ class PostgresBackend(
         schema: str = DEFAULT_SCHEMA,
         codec: Codec | None = None,
         run_migrations: bool = True,
-        group_commit: bool = False,
+        group_commit: bool | None = None,
     ) -> Self:
         """Use a pool the caller owns (and closes). Its connections should be autocommit."""
         backend = cls(pool, schema=schema, codec=codec, group_commit=group_commit)

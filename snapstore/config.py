@@ -78,7 +78,7 @@ class ConnectOptions(TypedDict, total=False):
     codec: Codec | None
     run_migrations: bool
     open_timeout: float
-    group_commit: bool
+    group_commit: bool | None
 
 
 @dataclass(frozen=True)
@@ -115,7 +115,7 @@ def plan_connect(options: ConnectOptions) -> ConnectPlan:
         backend_kwargs={
             "schema": schema,
             "codec": options.get("codec"),
-            "group_commit": options.get("group_commit", False),
+            "group_commit": options.get("group_commit"),
             "owns_pool": True,
         },
         run_migrations=options.get("run_migrations", True),

@@ -142,3 +142,15 @@ async def test_async_group_commit(dsn: str, fresh_schema: str) -> None:
         assert isinstance(results[0].error, ConflictError)
         stats = b.group_commit_stats
         assert stats is not None and stats.saves == THREADS * (STEPS + 1)
+
+
+async def test_async_backends_group_commits_unless_told_not_to(dsn: str, fresh_schema: str) -> None:
+    async with await AsyncPostgresBackend[JsonCodec].connect(dsn, schema=fresh_schema) as b:
+        assert b.group_commit_stats is not None
+        assert await b.save(WorkflowSnapshot(instance_id="g", definition_hash="h")) == 1
+    async with await AsyncPostgresBackend[JsonCodec].connect(
+        dsn, schema=fresh_schema, group_commit=False
+    ) as b:
+        assert b.group_commit_stats is None
+    with PostgresBackend[JsonCodec].connect(dsn, schema=fresh_schema) as sync:
+        assert sync.group_commit_stats is None  # threads: off unless asked for
