@@ -99,8 +99,13 @@ def save_batch(ctx: Context, items: Sequence[st.PreparedSave]) -> Program[list[S
     results: list[SaveResult | None] = [None] * len(items)
     for round_ in st.save_rounds(items):
         batch = [items[i] for i in round_]
-        params = st.save_batch_params(batch, ctx.channel)
-        rows = yield Step("save_snapshots", params, Fetch.ALL, hot=True)
+        if len(batch) == 1 and batch[0].expected_version is not None:  # the common save
+            params = st.save_one_params(batch[0], ctx.channel)
+            found = yield Step("save_one", params, Fetch.ALL, hot=True)
+            rows = [(1, version, created_at) for version, created_at in found]
+        else:
+            params = st.save_batch_params(batch, ctx.channel)
+            rows = yield Step("save_snapshots", params, Fetch.ALL, hot=True)
         outcomes = st.saved_versions(rows, len(batch))
         failed = [item for item, o in zip(batch, outcomes, strict=True) if o is None]
         states = iter(

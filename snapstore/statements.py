@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import Any, Final, NamedTuple
 
 import msgspec
+from psycopg.types.numeric import Int2, Int4, Int8
 
 from snapstore import arrays
 from snapstore.codecs import (
@@ -246,6 +247,7 @@ class PreparedSave(msgspec.Struct, frozen=True):
     error: str | None
     priority: int
     tags: str  # JSON array text: arrays of arrays must be rectangular in PostgreSQL
+    tag_values: tuple[str, ...]
     delay_wake_at: datetime | None
     available_at: datetime | None
     codec: str
@@ -443,6 +445,7 @@ def prepare_save(
         error=snapshot.error,
         priority=snapshot.priority,
         tags=_TAGS_JSON.encode(snapshot.tags).decode(),
+        tag_values=tuple(snapshot.tags),
         delay_wake_at=position.wake_at if isinstance(position, AtDelay) else None,
         available_at=_available_at(snapshot),
         codec=codec.name,
@@ -498,6 +501,41 @@ def save_batch_params(items: Sequence[PreparedSave], channel: str) -> Params:
     for (name, element), column_values in zip(_TASK_COLUMNS, values, strict=True):
         params[f"task_{name}"] = column(element, column_values)
     params["channel"] = channel
+    return params
+
+
+def save_one_params(item: PreparedSave, channel: str) -> Params:
+    """Parameters of ``save_one`` (an update: ``item.expected_version`` is set), typed
+    so that every call binds the same parameter types (one prepared statement)."""
+    assert item.expected_version is not None, "save_one updates; creating is save_snapshots"
+    column = arrays.encode_column
+    params: Params = {
+        "instance_id": item.instance_id,
+        "expected_version": Int8(item.expected_version),
+        "expected_created_at": item.expected_created_at,
+        "claim_token": item.claim_token,
+        "status": item.status,
+        "definition_hash": item.definition_hash,
+        "current_task_id": item.current_task_id,
+        "position_kind": item.position_kind,
+        "completed_task_count": Int4(item.completed_task_count),
+        "error": item.error,
+        "priority": Int2(item.priority),
+        "tags": column(arrays.TEXT, item.tag_values),
+        "delay_wake_at": item.delay_wake_at,
+        "available_at": item.available_at,
+        "codec": item.codec,
+        "data": item.data,
+        "data_hash": item.data_hash,
+        "base_version": None if item.base_version is None else Int8(item.base_version),
+        "terminal": item.status in TERMINAL_NAMES,
+        "notify": item.status == "InProgress" and item.claim_token is None,
+        "channel": channel,
+        "task_ids": column(arrays.TEXT, item.task_ids),
+    }
+    values = list(zip(*item.task_rows, strict=True)) if item.task_rows else [()] * 7
+    for (name, element), column_values in zip(_TASK_COLUMNS, values, strict=True):
+        params[f"task_{name}"] = column(element, column_values)
     return params
 
 

@@ -121,6 +121,78 @@ SELECT n, version, created_at
 FROM items LEFT JOIN saved USING (n) CROSS JOIN wake
 ORDER BY n;
 
+-- name: save_one
+-- One save of an existing instance (the common case), with scalar parameters: the same
+-- writes and rules as save_snapshots for one item, at about a third of its server time
+-- (no arrays to unnest and join per column). The old CTE reads the row as it was before
+-- this save (one statement reads one snapshot), for the wakeup rule. Returns the new
+-- version and the instance's created_at, or no row where the CAS failed.
+WITH old AS (
+    SELECT s.status, s.available_at, s.tags FROM @schema@.snapshots AS s
+    WHERE s.instance_id = %(instance_id)s
+), upd AS (
+    UPDATE @schema@.snapshots AS s SET
+        status = %(status)s,
+        definition_hash = %(definition_hash)s,
+        current_task_id = %(current_task_id)s,
+        position_kind = %(position_kind)s,
+        completed_task_count = %(completed_task_count)s,
+        error = %(error)s,
+        priority = %(priority)s,
+        tags = %(tags)b::text[],
+        delay_wake_at = %(delay_wake_at)s,
+        available_at = COALESCE(%(available_at)s::timestamptz,
+            CASE s.status WHEN 'InProgress' THEN LEAST(s.available_at, now()) ELSE now() END),
+        version = s.version + 1,
+        codec = %(codec)s,
+        data_hash = %(data_hash)s,
+        updated_at = now(),
+        completed_at = CASE WHEN %(terminal)s THEN now() END
+    WHERE s.instance_id = %(instance_id)s
+      AND s.version = %(expected_version)s
+      AND (%(expected_created_at)s::timestamptz IS NULL
+           OR s.created_at = %(expected_created_at)s::timestamptz)
+      AND s.status IN ('InProgress', 'Paused')
+      AND (%(claim_token)s::uuid IS NULL OR EXISTS (
+          SELECT 1 FROM @schema@.claims AS c
+          WHERE c.instance_id = s.instance_id AND c.token = %(claim_token)s::uuid
+            AND c.expires_at > now()))
+    RETURNING s.version, s.created_at
+), hist AS (
+    INSERT INTO @schema@.history (
+        instance_id, version, status, current_task_id, codec, data, data_hash, base_version)
+    SELECT %(instance_id)s, version, %(status)s, %(current_task_id)s, %(codec)s, %(data)s,
+        %(data_hash)s, %(base_version)s
+    FROM upd
+), tsk AS (
+    INSERT INTO @schema@.tasks AS t (
+        instance_id, task_id, status, attempts, worker_id, started_at, completed_at,
+        error, output)
+    SELECT %(instance_id)s, u.*
+    FROM upd, unnest(%(task_ids)b::text[], %(task_status)b::text[],
+        %(task_attempts)b::integer[], %(task_worker)b::text[],
+        %(task_started)b::timestamptz[], %(task_completed)b::timestamptz[],
+        %(task_error)b::text[], %(task_output)b::bytea[])
+        u(task_id, status, attempts, worker_id, started_at, completed_at, error, output)
+    ON CONFLICT (instance_id, task_id) DO UPDATE SET
+        status = EXCLUDED.status, attempts = EXCLUDED.attempts,
+        worker_id = EXCLUDED.worker_id, started_at = EXCLUDED.started_at,
+        completed_at = EXCLUDED.completed_at, error = EXCLUDED.error,
+        output = EXCLUDED.output
+    WHERE (t.*) IS DISTINCT FROM (EXCLUDED.*)
+), done AS (
+    DELETE FROM @schema@.claims AS c
+    WHERE %(terminal)s AND c.instance_id = %(instance_id)s AND EXISTS (SELECT 1 FROM upd)
+), wake AS (
+    -- As in save_snapshots: only when it became dispatchable, unclaimed.
+    SELECT pg_notify(%(channel)s, %(instance_id)s)
+    FROM upd, old
+    WHERE %(notify)s AND COALESCE(%(available_at)s::timestamptz, now()) <= now()
+      AND (old.status = 'InProgress' AND old.available_at <= now()
+           AND old.tags = %(tags)b::text[]) IS NOT TRUE
+)
+SELECT upd.version, upd.created_at FROM upd, (SELECT count(*) FROM wake) AS w;
+
 -- name: current_states
 -- Why saves failed: stored version and status, and whether each given claim is live.
 SELECT s.version, s.status, EXISTS (
