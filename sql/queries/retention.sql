@@ -21,13 +21,18 @@ WITH scanned AS MATERIALIZED (
       AND (%(instance_id)s::text IS NULL OR h.instance_id = %(instance_id)s::text)
     ORDER BY h.instance_id, h.version
     LIMIT %(batch)s
-), old AS (
-    SELECT d.instance_id, d.version, d.pruned, s.version - %(keep_last)s::bigint AS last_old
+), current AS MATERIALIZED (
+    -- A probe per row (a subquery, never a join the planner could turn into a scan of
+    -- every snapshot per batch).
+    SELECT d.*, (SELECT s.version FROM @schema@.snapshots AS s
+                 WHERE s.instance_id = d.instance_id) - %(keep_last)s::bigint AS last_old
     FROM scanned AS d
-    JOIN @schema@.snapshots AS s ON s.instance_id = d.instance_id
-    WHERE d.version <= s.version - %(keep_last)s::bigint
+), old AS (
+    SELECT c.instance_id, c.version, c.pruned, c.last_old
+    FROM current AS c
+    WHERE c.version <= c.last_old
       AND (%(older_than)s::interval IS NULL
-           OR d.created_at < now() - %(older_than)s::interval)
+           OR c.created_at < now() - %(older_than)s::interval)
 ), fate AS (
     SELECT o.instance_id, o.version, o.pruned, e.version IS NOT NULL AS chain_old
     FROM old AS o
