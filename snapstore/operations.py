@@ -12,7 +12,7 @@ import enum
 import functools
 from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, NamedTuple, TypeVar
+from typing import Any, Final, NamedTuple, Protocol, TypeVar
 
 from psycopg import errors
 
@@ -59,6 +59,19 @@ class Fetch(enum.Enum):
     ONE = "one"
     ALL = "all"
     ROWCOUNT = "rowcount"
+    FOLD = "fold"  # rows streamed a few at a time into Step.fold(), whose result is sent
+
+
+class Fold(Protocol):
+    """Takes a statement's rows one by one (`Fetch.FOLD`), so a big result never sits in
+    the client whole before it is reduced."""
+
+    def add(self, row: st.Row) -> None: ...
+
+    def result(self) -> Any: ...
+
+
+STREAM_ROWS: Final = st.LOAD_ROWS  # rows per result while folding
 
 
 class Step(NamedTuple):
@@ -75,6 +88,7 @@ class Step(NamedTuple):
     fetch: Fetch = Fetch.ONE
     hot: bool = False
     binary: bool = False
+    fold: Callable[[], Fold] | None = None
 
 
 class AfterCommit(NamedTuple):
@@ -204,8 +218,10 @@ def load(instance_id: str) -> Program[StoredSnapshot | None]:
 def load_many(instance_ids: Sequence[str]) -> Program[dict[str, st.Loaded]]:
     """What ``load_snapshots`` read of the instances that exist, by id; interpret each
     with `statements.interpret_load` (one undecodable blob must not hide the rest)."""
-    rows = yield Step("load_snapshots", st.ids_params(instance_ids), Fetch.ALL, binary=True)
-    return st.loaded_by_id(rows)
+    loaded: dict[str, st.Loaded] = yield Step(
+        "load_snapshots", st.load_params(instance_ids), Fetch.FOLD, binary=True, fold=st.LoadedRows
+    )
+    return loaded
 
 
 def load_task_result(instance_id: str, task_id: str) -> Program[TaskResult | None]:

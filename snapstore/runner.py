@@ -25,7 +25,7 @@ from psycopg import AsyncConnection, AsyncCursor, AsyncRawCursor, Connection, Cu
 from psycopg.rows import tuple_row
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
-from snapstore.operations import AfterCommit, Batch, Context, Fetch, Program
+from snapstore.operations import STREAM_ROWS, AfterCommit, Batch, Context, Fetch, Program
 from snapstore.queries import Queries
 
 R = TypeVar("R")
@@ -82,9 +82,18 @@ class SyncRunner:
                         cur.execute(statement.sql, statement.args(step.params))
                     else:
                         cur = conn.cursor(row_factory=tuple_row, binary=step.binary)
-                        cur.execute(self.queries[step.query], step.params)
-                    if step.fetch is Fetch.ONE:
-                        rows: Any = cur.fetchone()
+                        if step.fetch is Fetch.FOLD:
+                            assert step.fold is not None
+                            fold = step.fold()
+                            query = self.queries[step.query]
+                            for row in cur.stream(query, step.params, size=STREAM_ROWS):
+                                fold.add(row)
+                        else:
+                            cur.execute(self.queries[step.query], step.params)
+                    if step.fetch is Fetch.FOLD:
+                        rows: Any = fold.result()
+                    elif step.fetch is Fetch.ONE:
+                        rows = cur.fetchone()
                     elif step.fetch is Fetch.ALL:
                         rows = cur.fetchall()
                     elif step.fetch is Fetch.ROWCOUNT:
@@ -140,9 +149,18 @@ class AsyncRunner:
                         await cur.execute(statement.sql, statement.args(step.params))
                     else:
                         cur = conn.cursor(row_factory=tuple_row, binary=step.binary)
-                        await cur.execute(self.queries[step.query], step.params)
-                    if step.fetch is Fetch.ONE:
-                        rows: Any = await cur.fetchone()
+                        if step.fetch is Fetch.FOLD:
+                            assert step.fold is not None
+                            fold = step.fold()
+                            query = self.queries[step.query]
+                            async for row in cur.stream(query, step.params, size=STREAM_ROWS):
+                                fold.add(row)
+                        else:
+                            await cur.execute(self.queries[step.query], step.params)
+                    if step.fetch is Fetch.FOLD:
+                        rows: Any = fold.result()
+                    elif step.fetch is Fetch.ONE:
+                        rows = await cur.fetchone()
                     elif step.fetch is Fetch.ALL:
                         rows = await cur.fetchall()
                     elif step.fetch is Fetch.ROWCOUNT:

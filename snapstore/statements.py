@@ -608,35 +608,69 @@ def ids_params(instance_ids: Sequence[str]) -> Params:
     return {"instance_ids": [_check_id("instance_id", i) for i in instance_ids]}
 
 
+def load_params(instance_ids: Sequence[str]) -> Params:
+    return {**ids_params(instance_ids), "chunk": LOAD_CHUNK}
+
+
+LOAD_CHUNK: Final = 16 * 2**20  # bytes of one output per row of load_snapshots
+LOAD_ROWS: Final = 2  # rows per result streamed: at most 2 chunks wait in the client
+
+
 class Loaded(NamedTuple):
     """What ``load_snapshots`` returned for one instance: the checkpoints from the start
     of its current version's delta chain, in version order, and the stored outputs."""
 
     chain: list[tuple[int, bytes]]
     updated_at: datetime | None
-    outputs: dict[str, bytes]
+    outputs: dict[str, bytes | bytearray]
 
     @property
     def version(self) -> int:
         return self.chain[-1][0]
 
 
-def loaded_by_id(rows: Iterable[Row]) -> dict[str, Loaded]:
-    """``load_snapshots`` rows (checkpoints and outputs) grouped by instance; instances
-    without a checkpoint row do not exist."""
-    chains: dict[str, list[tuple[int, bytes]]] = {}
-    updated: dict[str, datetime | None] = {}
-    outputs: dict[str, dict[str, bytes]] = {}
-    for instance_id, task_id, version, updated_at, blob in rows:
+class LoadedRows:
+    """Folds ``load_snapshots`` rows, as they stream in, into `Loaded` per instance: an
+    output sent in parts is copied into one buffer of its size as each part arrives,
+    so no part outlives its row."""
+
+    def __init__(self, chunk: int = LOAD_CHUNK) -> None:
+        self._chunk = chunk
+        self._chains: dict[str, list[tuple[int, bytes]]] = {}
+        self._updated: dict[str, datetime | None] = {}
+        self._outputs: dict[str, dict[str, bytes | bytearray]] = {}
+
+    def add(self, row: Row) -> None:
+        instance_id, task_id, number, updated_at, size, blob = row
         if task_id is None:
-            chains.setdefault(instance_id, []).append((int(version), blob))
-            updated[instance_id] = updated_at
-        else:
-            outputs.setdefault(instance_id, {})[task_id] = blob
-    return {
-        iid: Loaded(sorted(chain, key=lambda c: c[0]), updated[iid], outputs.get(iid, {}))
-        for iid, chain in chains.items()
-    }
+            self._chains.setdefault(instance_id, []).append((int(number), blob))
+            self._updated[instance_id] = updated_at
+            return
+        outputs = self._outputs.setdefault(instance_id, {})
+        if size <= self._chunk:
+            outputs[task_id] = blob
+            return
+        whole = outputs.get(task_id)
+        if not isinstance(whole, bytearray):
+            whole = outputs[task_id] = bytearray(size)
+        start = int(number) * self._chunk
+        whole[start : start + len(blob)] = blob
+
+    def result(self) -> dict[str, Loaded]:
+        """Instances without a checkpoint row do not exist."""
+        return {
+            iid: Loaded(sorted(chain, key=lambda c: c[0]), self._updated[iid],
+                        self._outputs.get(iid, {}))
+            for iid, chain in self._chains.items()
+        }  # fmt: skip
+
+
+def loaded_by_id(rows: Iterable[Row]) -> dict[str, Loaded]:
+    """``load_snapshots`` rows grouped by instance (see `LoadedRows`)."""
+    fold = LoadedRows()
+    for row in rows:
+        fold.add(row)
+    return fold.result()
 
 
 def interpret_load(instance_id: str, loaded: Loaded | None) -> StoredSnapshot | None:

@@ -67,7 +67,7 @@ def seal_lowered_value(codec: Codec, value: Any) -> bytes:
 
 
 def open_envelope(
-    blob: bytes, *, expect_value: bool, expect_delta: bool = False
+    blob: bytes | bytearray, *, expect_value: bool, expect_delta: bool = False
 ) -> tuple[Codec, memoryview]:
     """Check the header and checksum; return the codec named by the blob and its payload
     (a view into ``blob``: a 100 MB output is not copied once more to be decoded)."""
@@ -110,7 +110,7 @@ def open_document(blob: bytes, type_: type[T], *, delta: bool = False) -> tuple[
     return codec, _parse(codec, payload, type_)
 
 
-def open_value(blob: bytes) -> Any:
+def open_value(blob: bytes | bytearray) -> Any:
     """Decode a value blob written by any registered codec."""
     codec, payload = open_envelope(blob, expect_value=True)
     return _parse(codec, payload, object)

@@ -143,7 +143,7 @@ def encode_output(codec: Codec, output: Any) -> bytes | None:
 
 def decode_snapshot(
     blob: bytes,
-    outputs: Mapping[str, bytes] | None = None,
+    outputs: Mapping[str, bytes | bytearray] | None = None,
     *,
     instance_id: str | None = None,
     version: int | None = None,
@@ -159,7 +159,9 @@ def decode_snapshot(
     return codec, snapshot
 
 
-def hydrate_outputs(snapshot: WorkflowSnapshot, outputs: Mapping[str, bytes]) -> WorkflowSnapshot:
+def hydrate_outputs(
+    snapshot: WorkflowSnapshot, outputs: Mapping[str, bytes | bytearray]
+) -> WorkflowSnapshot:
     """Put sidecar outputs back into the task results that the blob names."""
     results = dict(snapshot.task_results)
     for task_id, blob in outputs.items():

@@ -208,18 +208,23 @@ ORDER BY q.n;
 -- The checkpoint and the task outputs are read in one statement, so they come from one
 -- commit. Several instances at once: dispatch loads everything it leased in one round
 -- trip. Per instance one row per history version from the start of the current
--- version's delta chain to the current version (task_id NULL), and one per stored output,
--- each blob its own value: fetched in binary, an output arrives as it is stored, with no
--- array to build on the server or to parse (and no hex text twice its size) in the client.
-SELECT s.instance_id, NULL::text AS task_id, h.version, s.updated_at, h.data
+-- version's delta chain to the current version (task_id NULL), and per stored output one
+-- row per %(chunk)s bytes of it (part, and its whole size): fetched in binary and
+-- streamed a few rows at a time, a 100 MB output never sits in the client twice over (as
+-- the server's result and as its copy), and no array is built on the server or parsed
+-- in the client. Columns: instance_id, task_id, version or part, updated_at, size, data.
+SELECT s.instance_id, NULL::text AS task_id, h.version, s.updated_at, NULL::bigint, h.data
 FROM @schema@.snapshots AS s
 JOIN @schema@.history AS c ON c.instance_id = s.instance_id AND c.version = s.version
 JOIN @schema@.history AS h ON h.instance_id = s.instance_id
     AND h.version BETWEEN COALESCE(c.base_version, c.version) AND c.version
 WHERE s.instance_id = ANY (%(instance_ids)s::text[])
 UNION ALL
-SELECT t.instance_id, t.task_id, NULL, NULL, t.output
+SELECT t.instance_id, t.task_id, k, NULL, octet_length(t.output),
+    CASE WHEN octet_length(t.output) <= %(chunk)s THEN t.output
+         ELSE substr(t.output, k * %(chunk)s + 1, %(chunk)s) END
 FROM @schema@.tasks AS t
+CROSS JOIN LATERAL generate_series(0, (octet_length(t.output) - 1) / %(chunk)s) AS k
 WHERE t.instance_id = ANY (%(instance_ids)s::text[]) AND t.output IS NOT NULL;
 
 -- name: load_task_result
