@@ -221,11 +221,25 @@ def workflow_ceiling_name(codec: str) -> str:
 
 
 def workflow_ceiling(
-    dsn: str, schema: str, codec: str, threads: int, seconds: float, warmup: float
+    dsn: str,
+    schema: str,
+    codec: str,
+    threads: int,
+    seconds: float,
+    warmup: float,
+    *,
+    fresh: bool = True,
 ) -> dict[str, Any]:
     """Saves/s of the ``saves`` workload's own statements, replayed over bare psycopg on a
-    fresh schema, with the same warm-up and ANALYZE before the window as the workload."""
-    db.fresh_schema(dsn, schema, codec)
+    fresh schema, with the same warm-up and ANALYZE before the window as the workload.
+
+    ``fresh=False``: ``schema`` exists already (migrated); its tables are emptied before and
+    after instead of the schema being made and dropped (the repeated windows of the
+    single-save verdict share one schema, as the store's windows do)."""
+    if fresh:
+        db.fresh_schema(dsn, schema, codec)
+    else:
+        db.truncate_tables(dsn, schema)
     saves = workflow_saves(schema, codec)
     driver = _Driver(dsn, schema, threads, seconds)
 
@@ -236,7 +250,10 @@ def workflow_ceiling(
     result = driver.run(
         lambda conn, index: replay_workflows(driver, conn, index, saves), before_window=warm_up
     )
-    db.drop_schema(dsn, schema)
+    if fresh:
+        db.drop_schema(dsn, schema)
+    else:  # left full of dead rows, the tables would be autovacuumed during a later window
+        db.truncate_tables(dsn, schema)
     result.update(saves_per_commit=1, shape="workflow", codec=codec)
     return result
 

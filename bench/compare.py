@@ -2,7 +2,9 @@
 
 Only throughput and p95 latency are compared, per (codec, workload): they are
 the figures the acceptance targets are about, and p99 on a shared 2-core box
-is too noisy to gate on.
+is too noisy to gate on. Also compared when both runs have them: the single-save
+ratio to its raw replay (median of window pairs) per codec, and every scale figure
+(``scale/<workload>/<figure>``; rates higher is better, ms / bytes / memory lower).
 """
 
 from __future__ import annotations
@@ -26,6 +28,48 @@ def _index(result: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
     return {(r["codec"], r["workload"]): r for r in result.get("runs", []) if not r.get("skipped")}
 
 
+def _higher_is_better(unit: str) -> bool | None:
+    """Rates are better higher; times, sizes and memory lower; anything else is not compared."""
+    if unit.endswith("/s"):
+        return True
+    if unit in ("ms", "B", "x payload", "MB"):
+        return False
+    return None
+
+
+def _extra_figures(result: dict[str, Any]) -> dict[str, tuple[float, bool]]:
+    """name -> (value, higher is better) for the single-save ratios and the scale figures."""
+    out: dict[str, tuple[float, bool]] = {}
+    for codec, pairs in (result.get("single_save") or {}).items():
+        if isinstance(pairs.get("ratio"), int | float):
+            out[f"single_save/{codec}/ratio_to_replay"] = (float(pairs["ratio"]), True)
+    workloads = (result.get("scale") or {}).get("workloads") or {}
+    for name, found in workloads.items():
+        for key, fig in (found.get("figures") or {}).items():
+            better = _higher_is_better(str(fig.get("unit", "")))
+            value = fig.get("value")
+            if better is not None and isinstance(value, int | float):
+                out[f"scale/{name}/{key}"] = (float(value), better)
+    return out
+
+
+def _compare_extra(result: dict[str, Any], baseline: dict[str, Any], threshold: float) -> list[str]:
+    lines: list[str] = []
+    now, base = _extra_figures(result), _extra_figures(baseline)
+    for key in sorted(base):
+        if key not in now:
+            lines.append(f"missing    {key}: in the baseline, not measured now")
+            continue
+        (old, higher), (new, _) = base[key], now[key]
+        if old == 0:
+            continue
+        change = (new - old) / old
+        worse = -change if higher else change
+        tag = "REGRESSION" if worse > threshold else "ok"
+        lines.append(f"{tag:10} {key}: {old:,.3f} -> {new:,.3f} ({change:+.1%})")
+    return lines
+
+
 def compare(result: dict[str, Any], baseline: dict[str, Any], threshold: float) -> list[str]:
     """Human-readable lines; those starting with ``REGRESSION`` are the failures."""
     lines: list[str] = []
@@ -47,7 +91,7 @@ def compare(result: dict[str, Any], baseline: dict[str, Any], threshold: float) 
             lines.append(
                 f"{tag:10} {key[0]}/{key[1]} {metric}: {old:,.1f} -> {new:,.1f} ({change:+.1%})"
             )
-    return lines
+    return lines + _compare_extra(result, baseline, threshold)
 
 
 def main(result_path: Path, baseline_path: Path, threshold: float) -> int:

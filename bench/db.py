@@ -47,6 +47,19 @@ def open_backend(
     return backend
 
 
+def truncate_tables(dsn: str, schema: str) -> None:
+    """Empty every table of ``schema`` but its migration record, in one statement."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        tables = conn.execute(
+            "SELECT tablename FROM pg_tables WHERE schemaname = %s AND tablename <> 'migrations'"
+            " ORDER BY tablename",
+            (schema,),
+        ).fetchall()
+        if tables:
+            names = [sql.Identifier(schema, table) for (table,) in tables]
+            conn.execute(sql.SQL("TRUNCATE {}").format(sql.SQL(", ").join(names)))
+
+
 def analyze(dsn: str, schema: str) -> None:
     """Refresh the planner's statistics of ``schema``'s tables; this also makes every
     session re-plan the statements it prepared against them."""

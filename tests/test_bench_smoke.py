@@ -25,8 +25,12 @@ LATENCY_KEYS = {"count", "p50", "p95", "p99", "max"}
 
 
 def _run_bench(dsn: str, out: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    prefix = f"bsmoke_{uuid.uuid4().hex[:8]}_"
+    prefix = f"bs{uuid.uuid4().hex[:5]}_"  # scale schema names must stay under 20 chars
     tiny = ["--duration", "1", "--codecs", "json", "--concurrency", "2", "--group-threads", "4"]
+    # Two single-save window pairs, every scale workload at its tiny size, no peers (their
+    # venvs need the network; their wiring is covered on synthetic results elsewhere).
+    tiny += ["--repeats", "2", "--repeat-duration", "1", "--scale-size", "tiny"]
+    tiny += ["--scale-repeats", "1", "--no-peers"]
     return subprocess.run(
         [sys.executable, "-m", "bench", *tiny, "--schema-prefix", prefix, "--out", str(out), *args],
         cwd=ROOT,
@@ -96,12 +100,69 @@ def test_environment_ceilings_and_verdicts(bench_run: dict[str, Any]) -> None:
         assert "saves_per_s" in ceilings[name] or ceilings[name]["error"]
     assert bench_run["warnings"] == []  # every schema of the run: statement parse-cached
     verdicts = bench_run["acceptance"]
-    assert len(verdicts) == 2 and all(isinstance(v["passed"], bool) for v in verdicts)
+    main = [v for v in verdicts if v["group"] in ("single-save", "grouped")]
+    assert len(main) == 2 and all(isinstance(v["passed"], bool) for v in verdicts)
+    assert all(v["verdict"] in ("PASS", "FAIL", "not measured") for v in verdicts)
+    assert all(not v["passed"] for v in verdicts if v["verdict"] == "not measured")
     stdout = bench_run["_stdout"]
     assert "single-save path" in stdout and ("PASS" in stdout or "FAIL" in stdout)
     out: Path = bench_run["_out"]
     for suffix in (".json", ".md", ".png"):
         assert (out / f"latest{suffix}").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_single_save_runs_as_alternating_window_pairs(bench_run: dict[str, Any]) -> None:
+    pairs = bench_run["single_save"]["json"]
+    assert pairs["pairs"] == 2 and len(pairs["store_windows"]) == 2
+    assert len(pairs["reference_windows"]) == 2 and pairs["errors"] == []
+    assert pairs["order"] == ["store", "reference", "reference", "store"]
+    assert pairs["ratio"] > 0 and pairs["ratio_min"] <= pairs["ratio"] * 1.0001
+    assert pairs["ratio"] <= pairs["ratio_max"] * 1.0001
+    saves = next(r for r in bench_run["runs"] if r["workload"] == "saves")
+    assert saves["saves_per_s"] == pairs["store_median"]
+    assert saves["windows"]["saves_per_s"] == pairs["store_windows"]
+    replay = bench_run["ceilings"]["raw_workflow_json"]
+    assert replay["saves_per_s"] == pairs["reference_median"]
+    single = next(v for v in bench_run["acceptance"] if v["group"] == "single-save")
+    assert single["value"] == pairs["ratio"] and single["spread"] == [
+        pairs["ratio_min"],
+        pairs["ratio_max"],
+    ]
+    assert "single save [json]: median" in bench_run["_stdout"]
+
+
+@pytest.mark.slow
+def test_scale_workloads_ran_at_tiny_size(bench_run: dict[str, Any]) -> None:
+    from bench import suite
+
+    scale = bench_run["scale"]
+    assert scale["size"] == "tiny" and scale["repeats"] == 1
+    assert list(scale["workloads"]) == list(suite.SCALE_WORKLOADS)
+    for name, found in scale["workloads"].items():
+        assert not found.get("failed"), (name, found.get("failed"))
+        assert found["figures"] and found["checks"], name
+        for fig in found["figures"].values():
+            assert "value" in fig and fig["unit"]
+    scale_verdicts = [v for v in bench_run["acceptance"] if v["group"] == "scale"]
+    assert len(scale_verdicts) == len(scale["checks"]) > 0
+    md = (bench_run["_out"] / "latest.md").read_text()
+    assert "## Scale workloads" in md and "## Peers" in md
+    for found in scale["workloads"].values():
+        for key in found["figures"]:
+            assert f"| {key} |" in md
+    assert "scale (size tiny" in bench_run["_stdout"]
+
+
+@pytest.mark.slow
+def test_peers_off_are_not_measured_never_passed(bench_run: dict[str, Any]) -> None:
+    assert bench_run["peers"]["enabled"] is False and bench_run["peers"]["reason"]
+    peer_verdicts = [v for v in bench_run["acceptance"] if v["group"] == "peer"]
+    assert len(peer_verdicts) == 2  # PgQueuer, and LangGraph for the one codec
+    for v in peer_verdicts:
+        assert v["verdict"] == "not measured" and v["passed"] is False
+        assert "peers off" in v["detail"]
+    assert "NOT MEASURED" in bench_run["_stdout"]
 
 
 def _result(saves: float) -> dict[str, Any]:

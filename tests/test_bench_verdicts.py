@@ -1,0 +1,300 @@
+"""The bench's verdict logic, report rendering and run plan on synthetic results (no server).
+
+Medians of repeated windows decide; a peer that could not be installed or a figure that
+was not measured is "not measured", a FAIL with the reason, never a silent pass.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench import acceptance, cli, compare, peer_plan, peers, report, verdicts
+
+INSTALL_ERROR = "installing ['pgqueuer==1.6.0'] into .venv-peers/pgqueuer failed: no network"
+
+
+def _run(codec: str, workload: str, saves: float) -> dict[str, Any]:
+    return {
+        "codec": codec,
+        "workload": workload,
+        "mode": "in-process",
+        "saves": int(saves),
+        "saves_per_s": saves,
+        "workflows": 1,
+        "workflows_per_s": saves / 6,
+        "workflow_latency_ms": {"count": 1, "p50": 1.0, "p95": 2.0, "p99": 3.0, "max": 4.0},
+        "pickup_latency_ms": None,
+        "wakeups": None,
+        "blob_bytes_mean": 500.0,
+        "wal_bytes_per_save": 1500.0,
+        "errors": {},
+        "notes": {},
+        "first_errors": {},
+    }
+
+
+def _result(
+    store: list[float],
+    reference: list[float],
+    *,
+    peers_runs: dict[str, Any] | None = None,
+    claims: float | None = 1000.0,
+) -> dict[str, Any]:
+    """A finished run in the suite's shape, one codec, small enough to reason about."""
+    pairs = verdicts.paired(store, reference)
+    pairs.update(order=["store", "reference"] * len(store), window_s=1.5, errors=[])
+    dispatch = {
+        "workload": "dispatch_backlog",
+        "states": {
+            "small": {"claims_per_s": 1100.0},
+            "backlog": {"claims_per_s": claims, "claims_per_s_windows": [990.0, 1000.0, 1010.0]},
+        },
+        "figures": {
+            "claims_per_s_backlog": {
+                "value": claims,
+                "unit": "claims/s",
+                "target": ">= 1/2 of small",
+                "reference": {"small": 1100.0},
+            },
+            "p99_ms_backlog": {"value": 5.5, "unit": "ms", "target": "< 10"},
+        },
+        "checks": [
+            {
+                "name": "dispatch p99 < 10 ms [backlog]",
+                "passed": True,
+                "value": 5.5,
+                "target": "< 10 ms",
+                "detail": "p99 5.5 ms",
+            },
+            {
+                "name": "dispatch claims/s within 2x [backlog]",
+                "passed": False,
+                "value": None,
+                "target": ">= 50%",
+                "detail": "not measured: no windows",
+            },
+        ],
+    }
+    return {
+        "started_at": "2026-01-01T00:00:00Z",
+        "config": {"codecs": ["json"], "concurrency": 8, "duration": 2.5},
+        "environment": {
+            "machine": {
+                "cpu_model": "test",
+                "cpu_count": 2,
+                "ram_gb": 4,
+                "os": "linux",
+                "python": "3.11",
+                "packages": {"psycopg": "3.2"},
+            },
+            "server": {
+                "version": "15",
+                "settings": {"fsync": "on", "synchronous_commit": "on"},
+            },
+        },
+        "capabilities": {},
+        "runs": [
+            _run("json", "saves", pairs["store_median"] or 0.0),
+            _run("json", "save_many", 12e3),
+        ],
+        "ceilings": {
+            "raw_single": {"threads": 8, "saves_per_s": 2400.0},
+            "raw_workflow_json": {"threads": 8, "saves_per_s": pairs["reference_median"]},
+        },
+        "single_save": {"json": pairs},
+        "scale": {
+            "size": "default",
+            "repeats": 3,
+            "workloads": {
+                "dispatch_backlog": dispatch,
+                "retention": {"workload": "retention", "failed": "RuntimeError('boom')"},
+            },
+        },
+        "peers": {"enabled": True, "reason": None, "runs": peers_runs or {}},
+    }
+
+
+PGQ_BACKLOG = {
+    "peer": "pgqueuer",
+    "backlog": 1_000_000,
+    "jobs_per_s": 1800.0,
+    "jobs_per_s_windows": [1700.0, 1800.0, 1900.0],
+    "window_s": 1.5,
+    "concurrency": 8,
+    "batch_size": 10,
+    "seconds": 3.0,
+    "dequeue_ms_p50": 2.0,
+    "dequeue_ms_p99": 9.0,
+    "errors": [],
+}
+LG_PUT = {
+    "peer": "langgraph",
+    "mode": "put",
+    "puts_per_s": 1500.0,
+    "seconds": 3.0,
+    "concurrency": 8,
+    "channels": 5,
+    "value_blob_bytes": 64,
+    "put_ms_p50": 4.0,
+    "put_ms_p99": 12.0,
+}
+
+
+def _by_name(checks: list[dict[str, Any]], fragment: str) -> dict[str, Any]:
+    return next(c for c in checks if fragment in c["name"])
+
+
+def test_paired_windows_give_medians_ratio_and_spread() -> None:
+    found = verdicts.paired([100.0, 80.0, 90.0], [100.0, 100.0, 120.0])
+    assert found["store_median"] == 90.0 and found["reference_median"] == 100.0
+    assert found["ratio"] == 0.9
+    assert found["ratio_min"] == 0.75 and found["ratio_max"] == 1.0
+    assert found["pairs"] == 3
+    assert verdicts.paired([], [])["ratio"] is None
+    assert verdicts.median_index([3.0, 1.0, 2.0]) == 2
+
+
+def test_single_save_verdict_is_on_the_median_ratio_not_one_window() -> None:
+    # One window pair far below 75% (a burst on the machine) does not fail the median.
+    passing = acceptance.check(_result([2000.0, 1200.0, 2100.0], [2500.0, 2600.0, 2550.0]))
+    single = _by_name(passing, "single-save path")
+    assert single["verdict"] == "PASS" and single["passed"] is True
+    assert single["value"] == pytest.approx(2000.0 / 2550.0, abs=1e-4)
+    assert "target inside the window spread" in single["detail"]
+    failing = acceptance.check(_result([1500.0, 1600.0, 1550.0], [2500.0, 2600.0, 2550.0]))
+    single = _by_name(failing, "single-save path")
+    assert single["verdict"] == "FAIL" and single["passed"] is False
+    assert "every window pair below the target" in single["detail"]
+
+
+def test_missing_single_save_windows_are_not_measured() -> None:
+    result = _result([], [])
+    result["runs"] = [r for r in result["runs"] if r["workload"] != "saves"]
+    single = _by_name(acceptance.check(result), "single-save path")
+    assert single["verdict"] == "not measured" and single["passed"] is False
+    assert single["detail"].startswith("not measured")
+
+
+def test_peer_install_failure_is_not_measured_with_the_reason() -> None:
+    runs = {
+        "pgqueuer_backlog": {"peer": "pgqueuer", "error": INSTALL_ERROR},
+        "langgraph_put": {"peer": "langgraph", "error": "installing langgraph failed: offline"},
+    }
+    checks = acceptance.check(_result([2000.0], [2500.0], peers_runs=runs))
+    for fragment, why in (("PgQueuer", "no network"), ("LangGraph", "offline")):
+        found = _by_name(checks, fragment)
+        assert found["verdict"] == "not measured" and found["passed"] is False
+        assert why in found["detail"]
+    md = report.markdown({**_result([2000.0], [2500.0], peers_runs=runs), "acceptance": checks})
+    assert "error: " + INSTALL_ERROR in md
+    assert "**NOT MEASURED** dispatch claims/s" in md
+    text = report.summary(
+        {**_result([2000.0], [2500.0], peers_runs=runs), "acceptance": checks}, []
+    )
+    assert "NOT MEASURED  single save >= LangGraph" in text and "no network" in text
+
+
+def test_peer_verdicts_compare_snapstore_medians_with_the_peer() -> None:
+    runs = {"pgqueuer_backlog": PGQ_BACKLOG, "langgraph_put": LG_PUT}
+    checks = acceptance.check(_result([2000.0, 2100.0], [2500.0, 2600.0], peers_runs=runs))
+    pgq = _by_name(checks, "PgQueuer")
+    assert pgq["verdict"] == "PASS" and pgq["value"] == pytest.approx(1000.0 / 1800.0)
+    assert "1,000,000 backlog" in pgq["name"]
+    assert "median of 3 windows of 1.5 s, 1,700-1,900" in pgq["detail"]
+    lg = _by_name(checks, "LangGraph")
+    assert lg["verdict"] == "PASS" and lg["store"] == 2050.0 and lg["reference"] == 1500.0
+    slow = acceptance.check(
+        _result([2000.0], [2500.0], peers_runs=runs, claims=800.0)  # 800 < 1800 / 2
+    )
+    assert _by_name(slow, "PgQueuer")["verdict"] == "FAIL"
+
+
+def test_peers_off_and_crashed_scale_workloads_are_not_measured() -> None:
+    result = _result([2000.0], [2500.0])
+    result["peers"] = {"enabled": False, "reason": "peers off (--no-peers)", "runs": {}}
+    checks = acceptance.check(result)
+    for fragment in ("PgQueuer", "LangGraph"):
+        found = _by_name(checks, fragment)
+        assert found["verdict"] == "not measured" and "--no-peers" in found["detail"]
+    crashed = _by_name(checks, "scale retention")
+    assert crashed["verdict"] == "not measured" and "boom" in crashed["detail"]
+    scale = [c for c in checks if c["group"] == "scale" and c.get("workload") == "dispatch_backlog"]
+    assert [c["verdict"] for c in scale] == ["PASS", "not measured"]
+
+
+def test_report_lists_scale_and_peer_figures_next_to_target_and_reference(
+    tmp_path: Path,
+) -> None:
+    runs = {
+        "pgqueuer_small": {**PGQ_BACKLOG, "backlog": 1000, "jobs_per_s": 2000.0},
+        "pgqueuer_backlog": PGQ_BACKLOG,
+        "langgraph_put": LG_PUT,
+        "langgraph_step": {"peer": "langgraph", "error": "exit 1, no JSON on stdout: boom"},
+    }
+    result = _result([2000.0, 2100.0], [2500.0, 2600.0], peers_runs=runs)
+    result["acceptance"] = acceptance.check(result)
+    md = report.markdown(result)
+    assert (
+        "| dispatch_backlog | claims_per_s_backlog | 1,000.0 | claims/s | >= 1/2 of small |" in md
+    )
+    assert "small 1,100.0" in md
+    assert "| retention | FAILED |" in md
+    assert "1,800 jobs/s" in md and "1,500 puts/s" in md and "error: exit 1" in md
+    assert "## Single save vs its statements replayed raw" in md
+    paths = report.write(result, tmp_path, "run-test")
+    assert all(p.stat().st_size > 0 for p in paths)
+    assert json.loads(paths[0].read_text())["single_save"]["json"]["pairs"] == 2
+
+
+def test_compare_covers_single_save_ratio_and_scale_figures() -> None:
+    base = _result([2000.0], [2500.0])
+    now = copy.deepcopy(base)
+    now["scale"]["workloads"]["dispatch_backlog"]["figures"]["p99_ms_backlog"]["value"] = 8.0
+    lines = compare.compare(now, base, 0.1)
+    assert any(
+        line.startswith("REGRESSION") and "scale/dispatch_backlog/p99_ms_backlog" in line
+        for line in lines
+    )
+    assert any(
+        line.startswith("ok") and "single_save/json/ratio_to_replay" in line for line in lines
+    )
+
+
+def test_quick_and_default_plans() -> None:
+    default = cli.config_from(cli.run_parser().parse_args([]))
+    assert default.peers and default.scale_size == "default" and default.repeats == 5
+    assert set(default.scale) == {
+        "dispatch_backlog",
+        "task_growth",
+        "retention",
+        "load_big",
+        "async_saves",
+    }
+    quick = cli.config_from(cli.run_parser().parse_args(["--quick"]))
+    assert not quick.peers and quick.scale_size == "small"
+    assert quick.repeats >= 3 and quick.duration < default.duration
+    forced = cli.config_from(cli.run_parser().parse_args(["--quick", "--peers", "--no-scale"]))
+    assert forced.peers and forced.scale == ()
+    large = cli.config_from(cli.run_parser().parse_args(["--scale-size", "large"]))
+    assert large.scale_size == "large"
+
+
+def test_peer_schemas_are_accepted_by_the_peer_scripts() -> None:
+    for prefix in ("bench_", "h3_", "bsmoke_0a1b2c3d_", "Odd-Prefix."):
+        for short in ("pgq", "lg"):
+            assert re.fullmatch(r"peer_[a-z0-9_]{1,40}", peer_plan.peer_schema(prefix, short))
+    assert peer_plan.pgqueuer_backlogs("default") == {
+        "pgqueuer_small": 1_000,
+        "pgqueuer_backlog": 1_000_000,
+    }
+
+
+def test_run_peer_reports_instead_of_raising() -> None:
+    found = peers.run_peer("nope", "postgresql://127.0.0.1/none")
+    assert found["error"].startswith("unknown peer")
