@@ -297,13 +297,30 @@ class Chain(NamedTuple):
 class Prior(NamedTuple):
     """The task results of a stored version as the saving backend handed them over:
     weakly (the engine keeps them alive by carrying them into its next checkpoint), in
-    order, with a digest of their outputs' encoding and how many were completed."""
+    order, with a digest of their outputs' encoding, how many were completed, and what
+    remembering their rows costs (`rows_footprint`)."""
 
     order: tuple[str, ...]
     members: frozenset[str]
     refs: tuple[weakref.ref[TaskResult], ...]
     outputs_digest: bytes
     completed: int
+    footprint: int
+
+
+# What one remembered row costs beyond its strings: the tuple, its ints and times, the
+# digest, the dict slot and the weak reference (sys.getsizeof on CPython 3.11, rounded up).
+ROW_OVERHEAD: Final = 480
+ENTRY_OVERHEAD: Final = 400  # one cached instance beyond its rows
+
+
+def rows_footprint(rows: Iterable[tuple[str, TaskRow]]) -> int:
+    """About how many bytes the task cache keeps alive for these (task id, row) pairs."""
+    size = 0
+    for task_id, row in rows:
+        size += ROW_OVERHEAD + len(task_id)
+        size += sum(len(v) for v in row if isinstance(v, str | bytes))
+    return size
 
 
 _MSGPACK: Final = msgspec.msgpack.Encoder()
@@ -343,15 +360,20 @@ def _new_tasks(results: Mapping[str, TaskResult], prior: Prior) -> tuple[list[st
 
 
 def _prior_after(
-    results: Mapping[str, TaskResult], prior: Prior | None, found: tuple[list[str], Any] | None
+    results: Mapping[str, TaskResult],
+    prior: Prior | None,
+    found: tuple[list[str], Any] | None,
+    remembered: Mapping[str, TaskRow],
 ) -> Prior:
-    """The `Prior` of the checkpoint being saved (``found``: what `_new_tasks` found)."""
+    """The `Prior` of the checkpoint being saved (``found``: what `_new_tasks` found;
+    ``remembered``: the rows the cache will keep)."""
     completed = TaskStatus.COMPLETED
     if prior is None or found is None:
         order = tuple(results)
         refs = tuple(weakref.ref(r) for r in results.values())
         done = sum(1 for r in results.values() if r.status is completed)
         hasher = _outputs_hash([r.output for r in results.values()])
+        size = rows_footprint(remembered.items())
     else:
         new, hasher = found
         order = prior.order + tuple(new)
@@ -359,7 +381,8 @@ def _prior_after(
         done = prior.completed + sum(1 for t in new if results[t].status is completed)
         if new:
             _outputs_hash([results[t].output for t in new], hasher)
-    return Prior(order, frozenset(order), refs, hasher.digest(), done)
+        size = prior.footprint + rows_footprint((t, remembered[t]) for t in new)
+    return Prior(order, frozenset(order), refs, hasher.digest(), done, size)
 
 
 def prepare_save(
@@ -430,7 +453,7 @@ def prepare_save(
         after = Chain((expected_version or 0) + 1, len(blob), 0)
     # Skipped rows and a delta both rely on what this life of the id stored before.
     relies = len(changed) < len(results) or base_version is not None
-    next_prior = _prior_after(results, prior, found)
+    next_prior = _prior_after(results, prior, found, remembered)
     position = snapshot.position
     return PreparedSave(
         instance_id=snapshot.instance_id,

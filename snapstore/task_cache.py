@@ -29,14 +29,10 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Final, NamedTuple
 
-from snapstore.statements import Chain, Prior, TaskRow
+from snapstore.statements import ENTRY_OVERHEAD, Chain, Prior, TaskRow, rows_footprint
 
 DEFAULT_MAX_INSTANCES: Final = 10_000
 DEFAULT_MAX_BYTES: Final = 64 * 2**20
-# What one remembered row costs beyond its strings: the tuple, its ints and times, the
-# digest and the dict slot (measured with sys.getsizeof on CPython 3.11, rounded up).
-ROW_OVERHEAD: Final = 400
-WEAKREF_SIZE: Final = 80  # the weak reference `Prior` keeps to each result
 
 
 class Known(NamedTuple):
@@ -64,13 +60,11 @@ class Stored(NamedTuple):
     prior: Prior | None = None
 
 
-def footprint(instance_id: str, rows: Mapping[str, TaskRow]) -> int:
-    """About how many bytes remembering ``rows`` keeps alive."""
-    size = ROW_OVERHEAD + len(instance_id)
-    for task_id, row in rows.items():
-        size += ROW_OVERHEAD + WEAKREF_SIZE + len(task_id)
-        size += sum(len(v) for v in row if isinstance(v, str | bytes))
-    return size
+def footprint(instance_id: str, rows: Mapping[str, TaskRow], prior: Prior | None) -> int:
+    """About how many bytes remembering a save keeps alive (its `Prior` knows, counted
+    as its rows were added; without one, counted here)."""
+    rows_size = prior.footprint if prior is not None else rows_footprint(rows.items())
+    return ENTRY_OVERHEAD + len(instance_id) + rows_size
 
 
 class TaskCache:
@@ -122,7 +116,7 @@ class TaskCache:
                     if current[0] > version:
                         continue  # a newer save already landed
                     self._bytes -= current[2]
-                size = footprint(instance_id, rows)
+                size = footprint(instance_id, rows, prior)
                 data[instance_id] = (version, Known(created_at, rows, chain, prior), size)
                 data.move_to_end(instance_id)
                 self._bytes += size
