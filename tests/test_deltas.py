@@ -103,11 +103,12 @@ def test_a_cache_miss_writes_a_whole_checkpoint(
     assert stored is not None and stored.snapshot == nxt
 
 
+@pytest.mark.parametrize("batch", [1, 7, 1000])  # chains cut by batches, or whole in one
 def test_prune_keeps_exactly_the_last_versions_visible_and_every_one_readable(
-    backend: PostgresBackend[JsonCodec],
+    backend: PostgresBackend[JsonCodec], batch: int
 ) -> None:
     saved = run_workflow(backend, STEPS)
-    pruned = backend.prune_history(keep_last=5, batch_size=7)
+    pruned = backend.prune_history(keep_last=5, batch_size=batch)
     assert pruned == STEPS - 5
     history = backend.history("long")
     assert [h.version for h in history] == list(range(STEPS - 4, STEPS + 1))
@@ -123,7 +124,7 @@ def test_prune_keeps_exactly_the_last_versions_visible_and_every_one_readable(
     for n in range(STEPS, STEPS + 40):
         run_more = step(run_more, n)
         version = backend.save(run_more, expected_version=version)
-    assert backend.prune_history(keep_last=1) == 44
+    assert backend.prune_history(keep_last=1, batch_size=batch) == 44
     (last,) = backend.history("long")
     assert last.version == version and last.snapshot == strip_outputs(run_more)
     stored = backend.load("long")
@@ -170,8 +171,9 @@ def test_checkpoints_written_before_deltas_stay_readable(
 
 
 @pytest.mark.parametrize("keep_last", [1, 3])
+@pytest.mark.parametrize("batch", [4, 1000])
 def test_prune_by_age_never_strands_a_kept_delta(
-    backend: PostgresBackend[JsonCodec], keep_last: int
+    backend: PostgresBackend[JsonCodec], keep_last: int, batch: int
 ) -> None:
     saved = run_workflow(backend, 30)
     with backend.pool.connection() as conn:  # the first 20 checkpoints are two days old
@@ -181,7 +183,7 @@ def test_prune_by_age_never_strands_a_kept_delta(
                 "WHERE instance_id = 'long' AND version <= 20"
             ).format(sql.Identifier(backend.schema))
         )
-    backend.prune_history(keep_last=keep_last, older_than=timedelta(days=1))
+    backend.prune_history(keep_last=keep_last, older_than=timedelta(days=1), batch_size=batch)
     history = backend.history("long")
     assert [h.version for h in history] == list(range(21, 31))
     assert [h.snapshot for h in history] == [strip_outputs(s) for s in saved[20:]]

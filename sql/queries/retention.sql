@@ -15,30 +15,46 @@
 -- (deleted or hidden, each counted once) and the key of the last row read (no row:
 -- nothing left to read).
 WITH scanned AS MATERIALIZED (
-    SELECT h.instance_id, h.version, h.created_at, h.pruned
+    SELECT h.instance_id, h.version, h.created_at, h.pruned, h.base_version
     FROM @schema@.history AS h
     WHERE (h.instance_id, h.version) > (%(after_id)s::text, %(after_version)s::bigint)
       AND (%(instance_id)s::text IS NULL OR h.instance_id = %(instance_id)s::text)
     ORDER BY h.instance_id, h.version
     LIMIT %(batch)s
 ), current AS MATERIALIZED (
-    -- A probe per row (a subquery, never a join the planner could turn into a scan of
-    -- every snapshot per batch).
-    SELECT d.*, (SELECT s.version FROM @schema@.snapshots AS s
-                 WHERE s.instance_id = d.instance_id) - %(keep_last)s::bigint AS last_old
+    -- The current version: a probe per row (a subquery, never a join the planner could
+    -- turn into a scan of every snapshot per batch). A row's chain starts at
+    -- COALESCE(base_version, version); when the next whole checkpoint is in the batch, so
+    -- is the end of the chain, and the windows give it without another probe.
+    SELECT d.*,
+        (SELECT s.version FROM @schema@.snapshots AS s
+         WHERE s.instance_id = d.instance_id) - %(keep_last)s::bigint AS last_old,
+        min(d.version) FILTER (WHERE d.base_version IS NULL) OVER (
+            PARTITION BY d.instance_id ORDER BY d.version
+            ROWS BETWEEN 1 FOLLOWING AND UNBOUNDED FOLLOWING) AS next_whole,
+        max(d.version) OVER chain AS chain_end,
+        max(d.created_at) OVER chain AS chain_end_at
     FROM scanned AS d
+    WINDOW chain AS (PARTITION BY d.instance_id, COALESCE(d.base_version, d.version))
 ), old AS (
-    SELECT c.instance_id, c.version, c.pruned, c.last_old
+    SELECT c.*
     FROM current AS c
     WHERE c.version <= c.last_old
       AND (%(older_than)s::interval IS NULL
            OR c.created_at < now() - %(older_than)s::interval)
 ), fate AS (
-    SELECT o.instance_id, o.version, o.pruned, e.version IS NOT NULL AS chain_old
+    SELECT o.instance_id, o.version, o.pruned,
+        CASE WHEN o.next_whole IS NOT NULL
+             THEN o.chain_end <= o.last_old
+                  AND (%(older_than)s::interval IS NULL
+                       OR o.chain_end_at < now() - %(older_than)s::interval)
+             ELSE e.version IS NOT NULL END AS chain_old
     FROM old AS o
+    -- The chain goes on past the batch: find its end in the table.
     LEFT JOIN LATERAL (
         SELECT f.version FROM @schema@.history AS f
-        WHERE f.instance_id = o.instance_id AND f.base_version IS NULL
+        WHERE o.next_whole IS NULL
+          AND f.instance_id = o.instance_id AND f.base_version IS NULL
           AND f.version > o.version
         ORDER BY f.version
         LIMIT 1
