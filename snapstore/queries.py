@@ -98,7 +98,9 @@ def compact(body: str) -> str:
 
 @functools.cache
 def _raw_queries() -> dict[str, str]:
-    """Every named statement of sql/queries/*.sql; a name may appear only once."""
+    """Every named statement of sql/queries/*.sql; a name may appear only once. A section
+    named ``part_<x>`` is no statement but a shared piece of them: ``@part_<x>@`` in a
+    statement stands for its text."""
     found: dict[str, str] = {}
     folder = sql_dir() / "queries"
     for entry in sorted(folder.iterdir(), key=lambda e: e.name):
@@ -109,6 +111,13 @@ def _raw_queries() -> dict[str, str]:
             if name in found:
                 raise RuntimeError(f"statement {name!r} is defined twice in sql/queries/")
             found[name] = compact(body)
+    pieces = {f"@{name}@": found.pop(name) for name in list(found) if name.startswith("part_")}
+    for name, body in found.items():
+        for token, piece in pieces.items():
+            body = body.replace(token, piece)
+        if "@part_" in body:
+            raise RuntimeError(f"statement {name!r} names an unknown part")
+        found[name] = body
     return found
 
 

@@ -67,6 +67,21 @@ WITH target AS MATERIALIZED (
 )
 SELECT (SELECT count(*) FROM gone), (SELECT count(*) FROM woken);
 
+-- name: part_candidate
+-- A dispatch candidate (snapshots aliased s) and its effective priority.
+SELECT s.instance_id, s.current_task_id, s.available_at,
+    s.priority - floor(extract(epoch FROM now() - s.available_at)::float8
+        / %(aging_seconds)s::float8) AS effective_priority
+FROM @schema@.snapshots AS s
+
+-- name: part_dispatchable
+-- THE dispatch predicate on snapshots aliased s (see dispatch).
+s.status = 'InProgress' AND s.available_at <= now()
+AND (%(worker_tags)s::text[] IS NULL OR s.tags <@ %(worker_tags)s::text[])
+AND NOT EXISTS (
+    SELECT 1 FROM @schema@.claims AS c
+    WHERE c.instance_id = s.instance_id AND c.expires_at > now())
+
 -- name: dispatch
 -- THE dispatch predicate, shared by find_available_tasks (%(instance_ids)s NULL),
 -- claim_notified (the ids a wakeup named) and dispatchable_ids (%(claim)s false: report,
@@ -86,16 +101,8 @@ SELECT (SELECT count(*) FROM gone), (SELECT count(*) FROM woken);
 WITH candidates AS (
     SELECT q.* FROM unnest('{1,2,3,4,5}'::smallint[]) AS p(priority)
     CROSS JOIN LATERAL (
-        SELECT s.instance_id, s.current_task_id, s.available_at,
-            s.priority - floor(extract(epoch FROM now() - s.available_at)::float8
-                / %(aging_seconds)s::float8) AS effective_priority
-        FROM @schema@.snapshots AS s
-        WHERE s.status = 'InProgress' AND s.priority = p.priority
-          AND s.available_at <= now()
-          AND (%(worker_tags)s::text[] IS NULL OR s.tags <@ %(worker_tags)s::text[])
-          AND NOT EXISTS (
-              SELECT 1 FROM @schema@.claims AS c
-              WHERE c.instance_id = s.instance_id AND c.expires_at > now())
+        @part_candidate@
+        WHERE s.priority = p.priority AND @part_dispatchable@
         ORDER BY s.available_at, s.instance_id
         LIMIT %(limit)s
         FOR UPDATE OF s SKIP LOCKED
@@ -103,16 +110,8 @@ WITH candidates AS (
     WHERE %(instance_ids)s::text[] IS NULL
     UNION ALL
     SELECT n.* FROM (
-        SELECT s.instance_id, s.current_task_id, s.available_at,
-            s.priority - floor(extract(epoch FROM now() - s.available_at)::float8
-                / %(aging_seconds)s::float8) AS effective_priority
-        FROM @schema@.snapshots AS s
-        WHERE s.instance_id = ANY (%(instance_ids)s::text[])
-          AND s.status = 'InProgress' AND s.available_at <= now()
-          AND (%(worker_tags)s::text[] IS NULL OR s.tags <@ %(worker_tags)s::text[])
-          AND NOT EXISTS (
-              SELECT 1 FROM @schema@.claims AS c
-              WHERE c.instance_id = s.instance_id AND c.expires_at > now())
+        @part_candidate@
+        WHERE s.instance_id = ANY (%(instance_ids)s::text[]) AND @part_dispatchable@
         ORDER BY s.instance_id
         FOR UPDATE OF s SKIP LOCKED
     ) AS n

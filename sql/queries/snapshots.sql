@@ -1,6 +1,16 @@
 -- Named statements. "@schema@" is replaced by the validated, quoted schema name;
 -- values are always bound parameters (%(name)s). Sections start with "-- name: <key>".
 
+-- name: part_task_upsert
+-- How both save statements write a task row (aliased t): unchanged rows are not rewritten.
+-- Whole rows: this upsert writes every column of tasks (keep it so).
+ON CONFLICT (instance_id, task_id) DO UPDATE SET
+    status = EXCLUDED.status, attempts = EXCLUDED.attempts,
+    worker_id = EXCLUDED.worker_id, started_at = EXCLUDED.started_at,
+    completed_at = EXCLUDED.completed_at, error = EXCLUDED.error,
+    output = EXCLUDED.output
+WHERE (t.*) IS DISTINCT FROM (EXCLUDED.*)
+
 -- name: save_snapshots
 -- Saves a batch (one item for a plain save) in one statement, so one commit: per item a
 -- CAS update (fenced by a live claim when a token is given) or create-if-absent, its
@@ -95,13 +105,7 @@ WITH items AS (
         %(task_error)b::text[], %(task_output)b::bytea[])
         u(n, task_id, status, attempts, worker_id, started_at, completed_at, error, output)
     JOIN saved USING (n)
-    ON CONFLICT (instance_id, task_id) DO UPDATE SET
-        status = EXCLUDED.status, attempts = EXCLUDED.attempts,
-        worker_id = EXCLUDED.worker_id, started_at = EXCLUDED.started_at,
-        completed_at = EXCLUDED.completed_at, error = EXCLUDED.error,
-        output = EXCLUDED.output
-    -- Whole rows: this upsert writes every column of tasks (keep it so).
-    WHERE (t.*) IS DISTINCT FROM (EXCLUDED.*)
+    @part_task_upsert@
 ), done AS (
     -- A finished instance needs no lease: drop it so claims do not pile up.
     DELETE FROM @schema@.claims c
@@ -174,12 +178,7 @@ WITH old AS (
         %(task_started)b::timestamptz[], %(task_completed)b::timestamptz[],
         %(task_error)b::text[], %(task_output)b::bytea[])
         u(task_id, status, attempts, worker_id, started_at, completed_at, error, output)
-    ON CONFLICT (instance_id, task_id) DO UPDATE SET
-        status = EXCLUDED.status, attempts = EXCLUDED.attempts,
-        worker_id = EXCLUDED.worker_id, started_at = EXCLUDED.started_at,
-        completed_at = EXCLUDED.completed_at, error = EXCLUDED.error,
-        output = EXCLUDED.output
-    WHERE (t.*) IS DISTINCT FROM (EXCLUDED.*)
+    @part_task_upsert@
 ), done AS (
     DELETE FROM @schema@.claims AS c
     WHERE %(terminal)s AND c.instance_id = %(instance_id)s AND EXISTS (SELECT 1 FROM upd)
