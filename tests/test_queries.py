@@ -78,3 +78,11 @@ def isolated_schema_named(dsn: str, schema: str) -> Iterator[None]:
         yield
     finally:
         drop_schema(dsn, schema)
+
+
+def test_shared_parts_are_spliced_in_and_are_no_statements() -> None:
+    queries = queries_for(DEFAULT_SCHEMA)
+    assert not [n for n in queries.names() if n.startswith("part_")]
+    assert all(b"@part_" not in queries[n] for n in queries.names())
+    upsert = b"ON CONFLICT(instance_id,task_id)DO UPDATE SET"
+    assert upsert in queries["save_one"] and upsert in queries["save_snapshots"]
