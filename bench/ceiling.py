@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Final, NamedTuple
 
 import psycopg
+from psycopg.types.numeric import Int8
 
 from bench import db
 from bench.workflows import Shape, linear
@@ -43,6 +44,7 @@ from snapstore.queries import queries_for, wakeup_channel
 _CREATED_PLACEHOLDER: Final = datetime(2000, 1, 1, tzinfo=UTC)
 
 SAVE_STATEMENT = "save_snapshots"
+ONE_STATEMENT = "save_one"  # what the store sends for an update of one instance
 GROUP = 10  # saves per commit in the grouped ceilings (the design's reference shape)
 
 
@@ -73,7 +75,8 @@ class _Driver:
     def __init__(self, dsn: str, schema: str, threads: int, seconds: float) -> None:
         self.dsn, self.schema, self.threads, self.seconds = dsn, schema, threads, seconds
         # The form the store sends: $n placeholders on a raw cursor (nothing to parse).
-        self.statement = queries_for(schema).positional(SAVE_STATEMENT)
+        queries = queries_for(schema)
+        self.statements = {n: queries.positional(n) for n in (SAVE_STATEMENT, ONE_STATEMENT)}
         self.saves = 0
         self.failed = 0
         self._lock = threading.Lock()
@@ -85,9 +88,12 @@ class _Driver:
     def stopped(self) -> bool:
         return self._stop.is_set()
 
-    def execute(self, conn: psycopg.Connection[Any], params: dict[str, Any]) -> list[Any]:
-        """Run the save statement with named ``params``; its rows."""
-        cur = psycopg.RawCursor(conn).execute(self.statement.sql, self.statement.args(params))
+    def execute(
+        self, conn: psycopg.Connection[Any], params: dict[str, Any], name: str = SAVE_STATEMENT
+    ) -> list[Any]:
+        """Run a save statement with named ``params``; its rows."""
+        statement = self.statements[name]
+        cur = psycopg.RawCursor(conn).execute(statement.sql, statement.args(params))
         return cur.fetchall()
 
     def count(self, ok: int, failed: int) -> None:
@@ -159,26 +165,33 @@ class _Driver:
 
 
 class _Save(NamedTuple):
+    statement: str  # save_snapshots (the create) or save_one (every update)
     params: dict[str, Any]
-    checks_created_at: bool  # task rows were skipped: the save must name the instance's life
+    checks_created_at: bool  # the save relies on what this life of the instance stored
 
 
 def workflow_saves(schema: str, codec: str) -> list[_Save]:
-    """The ``save_snapshots`` parameters of one linear workflow, as the store sends them
-    for the ``saves`` workload: each step carries only the task rows that changed."""
+    """The parameters of one linear workflow's saves, as the store sends them for the
+    ``saves`` workload: the create as ``save_snapshots``, each step as ``save_one`` with
+    only the task rows that changed and its checkpoint as a delta where the store's
+    task cache would make one."""
     definition = linear(Shape())
     encoder = codec_instance(db.CODECS[codec])
+    channel = wakeup_channel(schema)
     snapshot = definition.create("raw-workflow")
-    stored: dict[str, st.TaskRow] = {}
+    known = st.UNKNOWN
     version: int | None = None
     saves: list[_Save] = []
     while True:
-        item = st.prepare_save(encoder, snapshot, version, None, stored, _CREATED_PLACEHOLDER)
-        params = st.save_batch_params([item], wakeup_channel(schema))
-        saves.append(_Save(params, item.expected_created_at is not None))
+        item = st.prepare_save(encoder, snapshot, version, None, known)
+        relies = item.expected_created_at is not None
+        if version is None:
+            saves.append(_Save(SAVE_STATEMENT, st.save_batch_params([item], channel), relies))
+        else:
+            saves.append(_Save(ONE_STATEMENT, st.save_one_params(item, channel), relies))
         if snapshot.status.is_terminal:
             return saves
-        stored = dict(item.all_task_rows)
+        known = st.Known(_CREATED_PLACEHOLDER, item.all_task_rows, item.chain, item.prior)
         version = 1 if version is None else version + 1
         snapshot, _ = definition.step(snapshot)
 
@@ -195,25 +208,35 @@ def replay_workflows(
     for k in itertools.count():
         if driver.stopped:
             return
-        instance = column(arrays.TEXT, [f"raw-workflow-{index}-{k}"])
+        instance = f"raw-workflow-{index}-{k}"
         version: int | None = None
         created: datetime | None = None
         for save in saves:
-            params = {
-                **save.params,
-                "instance_id": instance,
-                "expected_version": column(arrays.BIGINT, [version]),
-                "expected_created_at": column(
-                    arrays.TIMESTAMPTZ, [created if save.checks_created_at else None]
-                ),
-            }
-            found = driver.execute(conn, params)
-            row = found[0] if found else None
-            if row is None or row[1] is None:
+            when = created if save.checks_created_at else None
+            if save.statement == SAVE_STATEMENT:
+                params = {
+                    **save.params,
+                    "instance_id": column(arrays.TEXT, [instance]),
+                    "expected_version": column(arrays.BIGINT, [version]),
+                    "expected_created_at": column(arrays.TIMESTAMPTZ, [when]),
+                }
+                found = driver.execute(conn, params)
+                row = found[0][1:] if found and found[0][1] is not None else None
+            else:
+                assert version is not None  # save_one follows the create
+                params = {
+                    **save.params,
+                    "instance_id": instance,
+                    "expected_version": Int8(version),
+                    "expected_created_at": when,
+                }
+                found = driver.execute(conn, params, ONE_STATEMENT)
+                row = found[0] if found else None
+            if row is None:
                 driver.count(0, 1)
                 break
             driver.count(1, 0)
-            version, created = int(row[1]), row[2]
+            version, created = int(row[0]), row[1]
 
 
 def workflow_ceiling_name(codec: str) -> str:

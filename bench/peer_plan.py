@@ -7,14 +7,16 @@ snapstore figures they are held against:
 - PgQueuer: ``WORKERS`` QueueManagers, batches of ``LIMIT`` (the dispatch workload's worker
   count and ``find_available_tasks`` limit), at the dispatch workload's backlogs (its 1k-row
   reference and its big backlog, 1M at the default size), refilled as consumed.
-- LangGraph: one PostgresSaver per thread at the run's ``--concurrency``, on the ``saves``
-  workload's checkpoint shape: a thread_id is one workflow of ``Shape().steps`` steps, each
-  step one new task output of ~64 B (snapstore's encoded TaskResult output is ~45-60 B).
-  Both modes run: ``put`` (the checkpoint alone) and ``step`` (``put_writes`` then ``put``,
-  LangGraph's loop with one task per step). The verdict uses ``put``: with one task per step
-  the next checkpoint already carries the task's output, so a put is the commit that holds
-  what one snapstore save holds (new task output + position); ``step`` writes that output
-  twice, which would flatter snapstore.
+- LangGraph: one PostgresSaver per thread at the run's ``--concurrency``, on the issue's
+  checkpoint shape (`bench.scale_shape`): a thread_id is ``STEPS`` steps over
+  ``CHANNELS`` task outputs of ~``VALUE_BYTES`` B, each step one new output. Both modes
+  run: ``put`` (the checkpoint alone) and ``step`` (``put_writes`` then ``put``,
+  LangGraph's loop with one task per step). The verdict uses ``put``: with one task per
+  step the next checkpoint already carries the task's output, so a put is the commit that
+  holds what one snapstore save holds (new task output + position); ``step`` writes that
+  output twice, which would flatter snapstore. snapstore is measured on the same shape
+  right before and right after the two LangGraph runs (`run_langgraph`), so the figures
+  compared are seconds apart, not minutes.
 
 Each peer measures ``windows`` consecutive windows of ``seconds`` after its warm-up and
 reports the median rate (and every window's), as snapstore's figures are medians too.
@@ -31,10 +33,14 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from bench import peers, scale_dispatch
-from bench.workflows import Shape
+from bench import peers, scale_dispatch, scale_shape
 
-LANGGRAPH_VALUE_BYTES = 64
+# The flags of bench/peers/langgraph_put.py: the shape snapstore is measured on too.
+LANGGRAPH_SHAPE: dict[str, Any] = {
+    "channels": scale_shape.CHANNELS,
+    "value_bytes": scale_shape.VALUE_BYTES,
+    "steps": scale_shape.STEPS,
+}
 PEER_ENTRIES = ("pgqueuer_small", "pgqueuer_backlog", "langgraph_put", "langgraph_step")
 
 
@@ -84,15 +90,24 @@ class PeerRunner:
         )
 
     def langgraph(self, mode: str, concurrency: int) -> dict[str, Any]:
-        steps = Shape().steps
         return self.run(
             "langgraph",
             concurrency=concurrency,
             mode=mode,
-            channels=steps,
-            value_bytes=LANGGRAPH_VALUE_BYTES,
-            steps=steps,
             schema=peer_schema(self.prefix, "lg"),
+            **LANGGRAPH_SHAPE,
+        )
+
+    def snapstore_shape(self, label: str, concurrency: int, warmup: float) -> dict[str, Any]:
+        """snapstore on LangGraph's shape, in windows like the peer's (never raises)."""
+        return scale_shape.measure(
+            self.dsn,
+            self.prefix,
+            label,
+            threads=concurrency,
+            windows=self.windows,
+            seconds=self.seconds,
+            warmup=warmup,
         )
 
 
@@ -115,10 +130,18 @@ def run_pgqueuer(
 
 
 def run_langgraph(
-    runner: PeerRunner, concurrency: int, phase: Callable[[str], Any]
-) -> dict[str, dict[str, Any]]:
+    runner: PeerRunner, concurrency: int, warmup: float, phase: Callable[[str], Any]
+) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    """LangGraph's put and step runs between two halves of snapstore on the same shape:
+    (the peer runs, snapstore's pooled figure). Pooling a half from each side means a
+    change in the machine's load during the peer runs falls on both stores."""
     found: dict[str, dict[str, Any]] = {}
+    halves: dict[str, dict[str, Any]] = {}
+    with phase("snapstore on the LangGraph shape, before"):
+        halves["before"] = runner.snapstore_shape("before", concurrency, warmup)
     for mode in ("put", "step"):
         with phase(f"peer langgraph_{mode}"):
             found[f"langgraph_{mode}"] = runner.langgraph(mode, concurrency)
-    return found
+    with phase("snapstore on the LangGraph shape, after"):
+        halves["after"] = runner.snapstore_shape("after", concurrency, warmup)
+    return found, scale_shape.pooled(halves)

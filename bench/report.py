@@ -203,10 +203,34 @@ PEER_FIGURES = {
 }
 
 
+def _shape_row(shape: dict[str, Any]) -> list[str]:
+    """snapstore on LangGraph's checkpoint shape, the row LangGraph's rows are held against."""
+    form = shape.get("shape") or {}
+    halves = ", ".join(
+        f"{name} {_fmt(half.get('saves_per_s'))}"
+        + (f" (error: {half['error'][:200]})" if half.get("error") else "")
+        + (f" (errors {half['errors']})" if half.get("errors") else "")
+        for name, half in (shape.get("halves") or {}).items()
+    )
+    windows = shape.get("windows") or []
+    return [
+        "snapstore_shape",
+        f"{_fmt(shape.get('saves_per_s'))} saves/s",
+        "- / -",
+        f"{shape.get('codec')}, {shape.get('threads')} threads, {form.get('channels')} outputs "
+        f"x {form.get('output_bytes')} B, {form.get('steps')} steps",
+        f"median of {len(windows)} x {shape.get('window_s')} s ({_windows(windows)}); "
+        f"halves around LangGraph: {halves}",
+    ]
+
+
 def peer_rows(result: dict[str, Any]) -> list[list[str]]:
-    """One row per peer measurement: its rate and latency, or the reason it is missing."""
+    """One row per peer measurement: its rate and latency, or the reason it is missing;
+    first snapstore on LangGraph's shape, so it sits next to LangGraph's rows."""
     peers = result.get("peers") or {}
     rows: list[list[str]] = []
+    if peers.get("snapstore_shape"):
+        rows.append(_shape_row(peers["snapstore_shape"]))
     for key, found in (peers.get("runs") or {}).items():
         peer = str(found.get("peer") or key.split("_")[0])
         rate_key, unit, p50, p99 = PEER_FIGURES.get(peer, ("-", "-", "-", "-"))

@@ -134,10 +134,9 @@ def _sync_config(
     )
     counter = sc.Counter(width)
     errors = Recorder()
-    stop = threading.Event()
     definition = _definition()
 
-    def worker(slot: int) -> None:
+    def worker(slot: int, stop: threading.Event) -> None:
         next_id = _ids(f"s{width}{'g' if group_commit else ''}", slot)
         while not stop.is_set():
             snap = definition.create(next_id())
@@ -156,15 +155,15 @@ def _sync_config(
 
     try:
         backend.truncate_all()
-        threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(width)]
-        for t in threads:
-            t.start()
-        time.sleep(WARMUP_S)
-        db.settle(dsn, schema)
-        rates = sc.rate_windows(counter.total, windows, seconds)
-        stop.set()
-        for t in threads:
-            t.join(30)
+        rates = sc.threaded_windows(
+            worker,
+            width,
+            counter.total,
+            warmup=WARMUP_S,
+            settle=functools.partial(db.settle, dsn, schema),
+            windows=windows,
+            seconds=seconds,
+        )
     finally:
         backend.close()
     return _config_result("sync", width, group_commit, rates, errors)

@@ -13,6 +13,7 @@ shared, and one window can land on someone else's burst.
 from __future__ import annotations
 
 import statistics
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -327,6 +328,34 @@ def rate_windows(
         rates.append((now_count - last) / (now - began))
         last, began = now_count, now
     return rates
+
+
+def threaded_windows(
+    worker: Callable[[int, threading.Event], None],
+    threads: int,
+    read: Callable[[], int],
+    *,
+    warmup: float,
+    settle: Callable[[], None],
+    windows: int,
+    seconds: float,
+) -> list[float]:
+    """`rate_windows` of ``read`` while ``threads`` threads run ``worker(slot, stop)``: a
+    warm-up, then ``settle`` (plans and a checkpoint for the tables as the warm-up left
+    them), then the windows; the threads are stopped and joined whatever happens, so no
+    worker outlives the backend it saves through."""
+    stop = threading.Event()
+    pool = [threading.Thread(target=worker, args=(i, stop), daemon=True) for i in range(threads)]
+    for t in pool:
+        t.start()
+    try:
+        time.sleep(warmup)
+        settle()
+        return rate_windows(read, windows, seconds)
+    finally:
+        stop.set()
+        for t in pool:
+            t.join(30)
 
 
 def median(values: Sequence[float]) -> float | None:

@@ -1,6 +1,7 @@
 """Runs a whole benchmark, one run: every codec x workload (the single save as alternating
-store/reference window pairs), the LangGraph peer, the ceilings, the scale workloads (with
-the PgQueuer peer right after dispatch), then the verdicts."""
+store/reference window pairs), the LangGraph peer between two halves of snapstore on its
+checkpoint shape, the ceilings, the scale workloads (with the PgQueuer peer right after
+dispatch), then the verdicts."""
 
 from __future__ import annotations
 
@@ -302,7 +303,7 @@ def _phases(config: Config) -> int:
         2 * config.repeats - 1 if "saves" in config.workloads else 0
     )
     phases = len(config.codecs) * per_codec + 3 + (2 if config.pgbench else 0)
-    phases += len(config.scale) + (4 if config.peers else 0)
+    phases += len(config.scale) + (6 if config.peers else 0)  # 4 peer runs, 2 shape halves
     return phases
 
 
@@ -337,10 +338,14 @@ def run_suite(config: Config, dsn: str, progress: Progress | None = None) -> dic
     )
     peer_phase = _phase_counter(progress, config.peer_duration * config.peer_windows + 3)
     peer_runs: dict[str, Any] = {}
+    snapstore_shape: dict[str, Any] | None = None
     disabled = _peer_disabled_reason(config)
-    if disabled is None:  # the single-save peer, close in time to the single-save windows
+    if disabled is None:  # LangGraph between two halves of snapstore on its shape
         mark = time.perf_counter()
-        peer_runs.update(peer_plan.run_langgraph(runner, config.concurrency, peer_phase))
+        lg_runs, snapstore_shape = peer_plan.run_langgraph(
+            runner, config.concurrency, config.warmup, peer_phase
+        )
+        peer_runs.update(lg_runs)
         timings["peers_langgraph"] = round(time.perf_counter() - mark, 1)
 
     mark = time.perf_counter()
@@ -374,6 +379,7 @@ def run_suite(config: Config, dsn: str, progress: Progress | None = None) -> dic
         "windows": config.peer_windows,
         "installs": runner.installs,
         "runs": peer_runs,
+        "snapstore_shape": snapstore_shape,
     }
 
     result["acceptance"] = acceptance.check(result)

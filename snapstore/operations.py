@@ -157,16 +157,7 @@ def prepare(
 ) -> st.PreparedSave:
     """`statements.prepare_save`, skipping task rows the store is known to hold."""
     known = ctx.tasks.known(getattr(snapshot, "instance_id", ""), expected_version)
-    return st.prepare_save(
-        ctx.codec,
-        snapshot,
-        expected_version,
-        claim,
-        known.rows,
-        known.created_at,
-        known.chain,
-        known.prior,
-    )
+    return st.prepare_save(ctx.codec, snapshot, expected_version, claim, known)
 
 
 def save(

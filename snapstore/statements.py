@@ -385,30 +385,41 @@ def _prior_after(
     return Prior(order, frozenset(order), refs, hasher.digest(), done, size)
 
 
+class Known(NamedTuple):
+    """What one save left in the store, as the backend that made it remembers it (see
+    `snapstore.task_cache`): when that life of the instance began, its task rows (as
+    `remembered_row`), the delta chain its checkpoint ends and its task results as
+    handed over."""
+
+    created_at: datetime | None
+    rows: Mapping[str, TaskRow]
+    chain: Chain | None = None
+    prior: Prior | None = None
+
+
+UNKNOWN: Final = Known(None, {})
+
+
 def prepare_save(
     codec: Codec,
     snapshot: WorkflowSnapshot,
     expected_version: int | None,
     claim: Claim | None = None,
-    stored_rows: Mapping[str, TaskRow] | None = None,
-    stored_created_at: datetime | None = None,
-    chain: Chain | None = None,
-    prior: Prior | None = None,
+    known: Known = UNKNOWN,
 ) -> PreparedSave:
     """Validate and encode a save; raises before any I/O if the input is bad.
 
-    Task rows whose `remembered_row` equals ``stored_rows`` (what the store holds at
-    ``expected_version`` of the instance created at ``stored_created_at``) are
-    not sent again: they are already right, which the save checks by also
-    requiring that creation time (see `snapstore.task_cache`).
+    ``known``: what the store holds at ``expected_version``. Task rows equal to its rows
+    are not sent again: they are already right, which the save checks by also requiring
+    the instance's creation time.
 
-    With the ``chain`` that version ends, the checkpoint is written as a delta of it
+    With the chain that version ends, the checkpoint is written as a delta of it
     (only changed task metadata: a save costs what changed, not what came before) while
     the chain's deltas add up to no more than its whole checkpoint; then a whole one
     starts the next chain. So reading any version decodes at most about twice one whole
     checkpoint, and the bytes written stay within about twice the deltas'.
 
-    With its ``prior`` too, results that are the very objects saved before (and whose
+    With its prior results too, results that are the very objects saved before (and whose
     outputs still encode the same) are neither checked nor encoded one by one again:
     the Python work is for the tasks added, the rest is two C calls over the outputs.
     """
@@ -422,9 +433,9 @@ def prepare_save(
                 f"claim is for {claim.instance_id!r}, snapshot is {snapshot.instance_id!r}"
             )
     results = snapshot.task_results
-    stored = stored_rows or {}
-    known = prior is not None and stored_created_at is not None and bool(stored)
-    found = _new_tasks(results, prior) if known and prior is not None else None
+    stored, stored_created_at, chain, prior = known.rows, known.created_at, known.chain, known.prior
+    reusable = prior is not None and stored_created_at is not None and bool(stored)
+    found = _new_tasks(results, prior) if reusable and prior is not None else None
     if found is None:
         check_task_results(results)
         doc, outputs = lower_checkpoint(codec, snapshot)
@@ -686,14 +697,6 @@ class LoadedRows:
                         self._outputs.get(iid, {}))
             for iid, chain in self._chains.items()
         }  # fmt: skip
-
-
-def loaded_by_id(rows: Iterable[Row]) -> dict[str, Loaded]:
-    """``load_snapshots`` rows grouped by instance (see `LoadedRows`)."""
-    fold = LoadedRows()
-    for row in rows:
-        fold.add(row)
-    return fold.result()
 
 
 def interpret_load(instance_id: str, loaded: Loaded | None) -> StoredSnapshot | None:

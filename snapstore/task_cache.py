@@ -29,24 +29,20 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Final, NamedTuple
 
-from snapstore.statements import ENTRY_OVERHEAD, Chain, Prior, TaskRow, rows_footprint
+from snapstore.statements import (
+    ENTRY_OVERHEAD,
+    UNKNOWN,
+    Chain,
+    Known,
+    Prior,
+    TaskRow,
+    rows_footprint,
+)
+
+__all__ = ["UNKNOWN", "Known", "Stored", "TaskCache"]
 
 DEFAULT_MAX_INSTANCES: Final = 10_000
 DEFAULT_MAX_BYTES: Final = 64 * 2**20
-
-
-class Known(NamedTuple):
-    """What one save left in the store: when that life of the instance began, its rows,
-    the delta chain its checkpoint ends and its task results as handed over (see
-    `statements.prepare_save`)."""
-
-    created_at: datetime | None
-    rows: Mapping[str, TaskRow]
-    chain: Chain | None = None
-    prior: Prior | None = None
-
-
-UNKNOWN: Final = Known(None, {})
 
 
 class Stored(NamedTuple):

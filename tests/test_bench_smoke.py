@@ -204,12 +204,42 @@ def test_percentile_is_nearest_rank() -> None:
 
 
 def test_the_workflow_replay_sends_what_the_store_sends() -> None:
-    """One linear workflow: a create, then per step only the task row that is new, and
-    the instance's created_at required once rows are skipped (as the task cache does)."""
+    """One linear workflow: a create (the batch statement), then save_one per step with
+    only the task row that is new, the instance's created_at required once rows are
+    skipped or the checkpoint is a delta (as the task cache does), deltas where the
+    chain has room."""
     saves = ceiling.workflow_saves("bench_json", "json")
     shape = Shape()
     assert len(saves) == shape.steps + 1
+    assert [s.statement for s in saves] == ["save_snapshots"] + ["save_one"] * shape.steps
     assert [len(s.params["task_ids"]) for s in saves] == [0] + [1] * shape.steps
     assert [s.checks_created_at for s in saves] == [False, False] + [True] * (shape.steps - 1)
+    deltas = [s.params["base_version"] is not None for s in saves[1:]]
+    assert any(deltas) and not all(deltas)
     assert list(saves[0].params["status"]) == ["InProgress"]
-    assert list(saves[-1].params["status"]) == ["Completed"]
+    assert saves[-1].params["status"] == "Completed"
+
+
+def test_snapstore_on_the_langgraph_shape_saves_and_drops_its_schema(dsn: str) -> None:
+    import psycopg
+
+    from bench import scale_shape
+
+    prefix = f"bs{uuid.uuid4().hex[:5]}_"
+    found = scale_shape.measure(dsn, prefix, "t", threads=2, windows=2, seconds=0.2, warmup=0.1)
+    assert "error" not in found and found["errors"] == {}, found
+    assert len(found["windows"]) == 2 and found["saves_per_s"] > 0
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        left = conn.execute(
+            "SELECT count(*) FROM pg_namespace WHERE nspname = %s", (f"{prefix}shape",)
+        ).fetchone()
+    assert left == (0,)
+
+
+@pytest.mark.slow
+def test_dispatch_completes_leased_batches_without_errors(bench_run: dict[str, Any]) -> None:
+    dispatch = bench_run["scale"]["workloads"]["dispatch_backlog"]
+    assert "save_many" in dispatch["params"]["completion"]
+    for name, state in dispatch["states"].items():
+        assert state["errors"] == {}, (name, state["first_errors"])
+        assert state["claims_per_s"] > 0, name

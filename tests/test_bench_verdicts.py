@@ -6,6 +6,7 @@ was not measured is "not measured", a FAIL with the reason, never a silent pass.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import re
@@ -14,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from bench import acceptance, cli, compare, peer_plan, peers, report, verdicts
+from bench import acceptance, cli, compare, peer_plan, peers, report, scale_shape, verdicts
 
 INSTALL_ERROR = "installing ['pgqueuer==1.6.0'] into .venv-peers/pgqueuer failed: no network"
 
@@ -45,6 +46,7 @@ def _result(
     *,
     peers_runs: dict[str, Any] | None = None,
     claims: float | None = 1000.0,
+    shape: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """A finished run in the suite's shape, one codec, small enough to reason about."""
     pairs = verdicts.paired(store, reference)
@@ -116,7 +118,12 @@ def _result(
                 "retention": {"workload": "retention", "failed": "RuntimeError('boom')"},
             },
         },
-        "peers": {"enabled": True, "reason": None, "runs": peers_runs or {}},
+        "peers": {
+            "enabled": True,
+            "reason": None,
+            "runs": peers_runs or {},
+            "snapstore_shape": SHAPE if shape is None else shape,
+        },
     }
 
 
@@ -139,11 +146,30 @@ LG_PUT = {
     "puts_per_s": 1500.0,
     "seconds": 3.0,
     "concurrency": 8,
-    "channels": 5,
-    "value_blob_bytes": 64,
+    "channels": 10,
+    "steps_per_thread_id": 10,
+    "value_blob_bytes": 200,
     "put_ms_p50": 4.0,
     "put_ms_p99": 12.0,
 }
+LG_STEP = {**LG_PUT, "mode": "step", "puts_per_s": 900.0, "steps_per_s": 880.0}
+# snapstore on LangGraph's shape: halves of 3 windows before and after the LangGraph runs.
+SHAPE = scale_shape.pooled(
+    {
+        "before": {
+            "threads": 8,
+            "window_s": 1.5,
+            "saves_per_s": 1650.0,
+            "windows": [1600.0, 1650.0, 1700.0],
+        },
+        "after": {
+            "threads": 8,
+            "window_s": 1.5,
+            "saves_per_s": 1550.0,
+            "windows": [1500.0, 1550.0, 1580.0],
+        },
+    }
+)
 
 
 def _by_name(checks: list[dict[str, Any]], fragment: str) -> dict[str, Any]:
@@ -208,7 +234,17 @@ def test_peer_verdicts_compare_snapstore_medians_with_the_peer() -> None:
     assert "1,000,000 backlog" in pgq["name"]
     assert "median of 3 windows of 1.5 s, 1,700-1,900" in pgq["detail"]
     lg = _by_name(checks, "LangGraph")
-    assert lg["verdict"] == "PASS" and lg["store"] == 2050.0 and lg["reference"] == 1500.0
+    # snapstore's figure is its median on LangGraph's shape, not the saves workload's 2,050.
+    assert SHAPE["saves_per_s"] == 1590.0
+    assert lg["verdict"] == "PASS" and lg["store"] == 1590.0 and lg["reference"] == 1500.0
+    assert lg["value"] == pytest.approx(1590.0 / 1500.0)
+    assert lg["name"].endswith("[json]")
+    assert "10 outputs of 195 B" in lg["detail"] and "10 outputs of 200 B" in lg["detail"]
+    assert "before LangGraph 1,650, after LangGraph 1,550" in lg["detail"]
+    assert "the saves workload (json" in lg["detail"] and "2,050 saves/s" in lg["detail"]
+    slow_shape = scale_shape.pooled({"before": {"windows": [1400.0]}, "after": {"windows": []}})
+    lost = acceptance.check(_result([2000.0], [2500.0], peers_runs=runs, shape=slow_shape))
+    assert _by_name(lost, "LangGraph")["verdict"] == "FAIL"  # 1,400 < 1,500, whatever saves did
     slow = acceptance.check(
         _result([2000.0], [2500.0], peers_runs=runs, claims=800.0)  # 800 < 1800 / 2
     )
@@ -246,6 +282,8 @@ def test_report_lists_scale_and_peer_figures_next_to_target_and_reference(
     assert "small 1,100.0" in md
     assert "| retention | FAILED |" in md
     assert "1,800 jobs/s" in md and "1,500 puts/s" in md and "error: exit 1" in md
+    assert "| snapstore_shape | 1,590 saves/s |" in md and "10 outputs x 195 B" in md
+    assert md.index("| snapstore_shape |") < md.index("| langgraph_put |")
     assert "## Single save vs its statements replayed raw" in md
     paths = report.write(result, tmp_path, "run-test")
     assert all(p.stat().st_size > 0 for p in paths)
@@ -298,3 +336,67 @@ def test_peer_schemas_are_accepted_by_the_peer_scripts() -> None:
 def test_run_peer_reports_instead_of_raising() -> None:
     found = peers.run_peer("nope", "postgresql://127.0.0.1/none")
     assert found["error"].startswith("unknown peer")
+
+
+def test_langgraph_verdict_is_one_json_verdict_and_needs_the_shape_run() -> None:
+    runs = {"langgraph_put": LG_PUT, "langgraph_step": LG_STEP}
+    result = _result([2000.0], [2500.0], peers_runs=runs)
+    result["config"]["codecs"] = ["json", "msgpack", "cbor"]
+    lg = [c for c in acceptance.check(result) if "LangGraph" in c["name"]]
+    assert len(lg) == 1 and lg[0]["codec"] == "json"
+    assert "step mode (put_writes + put): 880 steps/s, 900 puts/s" in lg[0]["detail"]
+    crashed = scale_shape.pooled(
+        {"before": {"error": "RuntimeError('gone')"}, "after": {"error": "RuntimeError('x')"}}
+    )
+    for shape, why in (
+        (crashed, "before: RuntimeError('gone'); after: RuntimeError('x')"),
+        ({}, "snapstore on the LangGraph shape not run"),
+    ):
+        found = _by_name(
+            acceptance.check(_result([2000.0], [2500.0], peers_runs=runs, shape=shape)), "LangGraph"
+        )
+        assert found["verdict"] == "not measured" and found["passed"] is False
+        assert why in found["detail"]
+
+
+def test_langgraph_runs_on_the_shape_between_two_snapstore_halves(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    runner = peer_plan.PeerRunner("postgresql://127.0.0.1/none", "h4_", 1.5, 3)
+    calls: list[str] = []
+    options: dict[str, Any] = {}
+
+    def fake_peer(name: str, dsn: str, **given: Any) -> dict[str, Any]:
+        calls.append(f"{name} {given['mode']}")
+        options.update(given)
+        return {"peer": name, "mode": given["mode"], "puts_per_s": 1.0}
+
+    def fake_shape(label: str, concurrency: int, warmup: float) -> dict[str, Any]:
+        calls.append(f"snapstore {label}")
+        return {"threads": concurrency, "window_s": 1.5, "windows": [10.0, 30.0]}
+
+    monkeypatch.setattr(runner, "install", lambda name: {"venv": "/v", "install_s": 0.0})
+    monkeypatch.setattr(peers, "run_peer", fake_peer)
+    monkeypatch.setattr(runner, "snapstore_shape", fake_shape)
+    found, shape = peer_plan.run_langgraph(runner, 8, 0.5, lambda label: contextlib.nullcontext())
+    assert calls == ["snapstore before", "langgraph put", "langgraph step", "snapstore after"]
+    assert set(found) == {"langgraph_put", "langgraph_step"}
+    assert shape["saves_per_s"] == 20.0 and shape["windows"] == [10.0, 30.0, 10.0, 30.0]
+    assert set(shape["halves"]) == {"before", "after"} and shape["threads"] == 8
+    command = peers.peer_command("langgraph", Path("/v"), "postgresql://x", **options)
+    for flag, value in (("--channels", "10"), ("--value-bytes", "200"), ("--steps", "10")):
+        assert command[command.index(flag) + 1] == value
+    assert options["concurrency"] == 8
+
+
+def test_the_shape_workflow_replaces_one_output_of_about_200_bytes_per_step() -> None:
+    snap = scale_shape.create("i-1")
+    assert len(snap.task_results) == scale_shape.CHANNELS == 10
+    assert 180 <= scale_shape.output_bytes() <= 220
+    for n in range(scale_shape.STEPS):
+        nxt = scale_shape.step(snap, n)
+        changed = [k for k in nxt.task_results if nxt.task_results[k] is not snap.task_results[k]]
+        assert changed == [scale_shape.task_id(n % scale_shape.CHANNELS)]
+        assert nxt.task_results[changed[0]].output != snap.task_results[changed[0]].output
+        snap = nxt
+    assert len(snap.task_results) == 10

@@ -218,9 +218,9 @@ def test_reused_results_are_prepared_exactly_as_if_all_were_looked_at(
             task = f"t{k % len(results)}"
             results[task] = TaskResult(output=results[task].output, attempts=2)
         current = msgspec.structs.replace(current, task_results=dict(results))
-        rows, chain = item.all_task_rows, item.chain
-        fast = st.prepare_save(codec, current, version, None, rows, life, chain, item.prior)
-        slow = st.prepare_save(codec, current, version, None, rows, life, chain, None)
+        known = Known(life, item.all_task_rows, item.chain, item.prior)
+        fast = st.prepare_save(codec, current, version, None, known)
+        slow = st.prepare_save(codec, current, version, None, known._replace(prior=None))
         assert _fields(fast) == _fields(slow)
         item, version = fast, version + 1
 
