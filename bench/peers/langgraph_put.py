@@ -25,10 +25,8 @@ schema is dropped at the end, whatever happens. Prints one JSON object on stdout
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import itertools
 import json
-import os
 import re
 import resource
 import statistics
@@ -36,42 +34,25 @@ import sys
 import threading
 import time
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 import psycopg  # type: ignore[import-not-found, unused-ignore]
 from psycopg.conninfo import conninfo_to_dict  # type: ignore[import-not-found, unused-ignore]
+
+# Run as a script by another venv's python: the repository root makes bench.peers importable.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from psycopg.rows import dict_row  # type: ignore[import-not-found, unused-ignore]
 
+from bench.peers.script_support import logger, ms, percentile
+from bench.peers.script_support import require_loopback as _require_loopback
+
 WARMUP_S = 1.0
-
-
-def log(msg: str) -> None:
-    print(f"[langgraph] {msg}", file=sys.stderr, flush=True)
+log = logger("langgraph")
 
 
 def require_loopback(dsn: str) -> None:
-    """Refuse any server that is not on this machine: the bench sends real load."""
-    hosts = str(conninfo_to_dict(dsn).get("host") or os.environ.get("PGHOST") or "")
-    for host in filter(None, hosts.split(",")):
-        if host.startswith("/") or host == "localhost":
-            continue
-        try:
-            if ipaddress.ip_address(host).is_loopback:
-                continue
-        except ValueError:
-            pass
-        raise SystemExit(f"refusing non-loopback host {host!r}")
-
-
-def percentile(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-def ms(value: float | None) -> float | None:
-    return None if value is None else round(value * 1000, 3)
+    _require_loopback(conninfo_to_dict(dsn).get("host"))
 
 
 def connect(dsn: str, schema: str) -> Any:

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ipaddress
 import itertools
 import json
 import os
@@ -37,44 +36,26 @@ import time
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 import psycopg  # type: ignore[import-not-found, unused-ignore]
 from psycopg.conninfo import conninfo_to_dict  # type: ignore[import-not-found, unused-ignore]
 
+# Run as a script by another venv's python: the repository root makes bench.peers importable.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from bench.peers.script_support import logger, ms, percentile
+from bench.peers.script_support import require_loopback as _require_loopback
+
 ENTRYPOINT = "peer_bench"
 FILL_CHUNK = 100_000
 REFILL_EVERY_S = 0.05
 WARMUP_S = 1.0
-
-
-def log(msg: str) -> None:
-    print(f"[pgqueuer] {msg}", file=sys.stderr, flush=True)
+log = logger("pgqueuer")
 
 
 def require_loopback(dsn: str) -> None:
-    """Refuse any server that is not on this machine: the bench sends real load."""
-    hosts = str(conninfo_to_dict(dsn).get("host") or os.environ.get("PGHOST") or "")
-    for host in filter(None, hosts.split(",")):
-        if host.startswith("/") or host == "localhost":
-            continue
-        try:
-            if ipaddress.ip_address(host).is_loopback:
-                continue
-        except ValueError:
-            pass
-        raise SystemExit(f"refusing non-loopback host {host!r}")
-
-
-def percentile(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-def ms(value: float | None) -> float | None:
-    return None if value is None else round(value * 1000, 3)
+    _require_loopback(conninfo_to_dict(dsn).get("host"))
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
