@@ -203,4 +203,4 @@ class AsyncPostgresBackend(
 
     async def truncate_all(self) -> None:
         """Empty every table of the schema. For tests."""
-        await self._run(ops.truncate_all())
+        await self._run(ops.truncate_all(self.ctx))

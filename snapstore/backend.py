@@ -199,4 +199,4 @@ class PostgresBackend(
 
     def truncate_all(self) -> None:
         """Empty every table of the schema. For tests."""
-        self._run(ops.truncate_all())
+        self._run(ops.truncate_all(self.ctx))

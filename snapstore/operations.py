@@ -241,5 +241,6 @@ def history(instance_id: str, after_version: int, limit: int | None) -> Program[
     return st.interpret_history(rows)
 
 
-def truncate_all() -> Program[None]:
+def truncate_all(ctx: Context) -> Program[None]:
     yield Step("truncate_all", None, Fetch.NONE)
+    yield AfterCommit(ctx.tasks.clear)  # every instance is gone

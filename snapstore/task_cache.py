@@ -109,8 +109,8 @@ class TaskCache:
             for instance_id, version, created_at, rows, chain, prior in saves:
                 current = data.get(instance_id)
                 if current is not None:
-                    if current[0] > version:
-                        continue  # a newer save already landed
+                    if current[0] > version and current[1].created_at == created_at:
+                        continue  # a newer save of this life of the id already landed
                     self._bytes -= current[2]
                 size = footprint(instance_id, rows, prior)
                 data[instance_id] = (version, Known(created_at, rows, chain, prior), size)
@@ -118,6 +118,11 @@ class TaskCache:
                 self._bytes += size
             while data and (len(data) > self._max or self._bytes > self._max_bytes):
                 self._bytes -= data.popitem(last=False)[1][2]
+
+    def clear(self) -> None:
+        with self._lock:
+            self._data.clear()
+            self._bytes = 0
 
     def forget(self, instance_id: str) -> None:
         with self._lock:

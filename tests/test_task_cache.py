@@ -236,3 +236,16 @@ def test_results_carried_over_are_recognised_and_changes_are_not() -> None:
     assert st._new_tasks({"a": TaskResult(output={"n": 1})}, item.prior) is None  # new object
     output["n"] = 2  # the same object, mutated in place
     assert st._new_tasks(results, item.prior) is None
+
+
+def test_a_new_life_of_an_id_is_remembered_from_version_one() -> None:
+    """Deleted and created again (elsewhere, or by truncate_all): the new life's saves
+    start at version 1 again and must not be shut out by the old life's higher one."""
+    cache = TaskCache()
+    old, new = datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 1, 2, tzinfo=UTC)
+    rows = {"a": ("Completed", 1, None, None, None, None, b"x")}
+    cache.remember("i", 30, old, rows)
+    cache.remember("i", 1, new, {})
+    assert cache.known("i", 1) == Known(new, {}) and cache.known("i", 30) == UNKNOWN
+    cache.clear()
+    assert cache.known("i", 1) == UNKNOWN and cache.size == (0, 0)
