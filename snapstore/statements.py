@@ -299,14 +299,15 @@ class Chain(NamedTuple):
 class Prior(NamedTuple):
     """The task results of a stored version as the saving backend handed them over:
     weakly (the engine keeps them alive by carrying them into its next checkpoint), in
-    order, with a digest of their outputs' encoding, how many were completed, and what
-    remembering their rows costs (`rows_footprint`)."""
+    order, with a digest of their outputs' encoding (all of them, and each), how many
+    were completed, and what remembering their rows costs (`rows_footprint`)."""
 
     order: tuple[str, ...]
     refs: tuple[weakref.ref[TaskResult], ...]
     outputs_digest: bytes
     completed: int
     footprint: int
+    digests: tuple[bytes, ...]  # per task, of its output's msgpack encoding
 
 
 # What one remembered row costs beyond its strings: the tuple, its ints and times, the
@@ -316,11 +317,11 @@ ENTRY_OVERHEAD: Final = 400  # one cached instance beyond its rows
 
 
 def rows_footprint(rows: Iterable[tuple[str, TaskRow]]) -> int:
-    """About how many bytes the task cache keeps alive for these (task id, row) pairs."""
+    """About how many bytes the task cache keeps alive for these (task id, row) pairs:
+    the fixed part, the id, and the texts a row can carry (worker id, error)."""
     size = 0
     for task_id, row in rows:
-        size += ROW_OVERHEAD + len(task_id)
-        size += sum(len(v) for v in row if isinstance(v, str | bytes))
+        size += ROW_OVERHEAD + len(task_id) + len(row[2] or "") + len(row[5] or "")
     return size
 
 
@@ -347,6 +348,27 @@ _OUTPUT: Final = operator.attrgetter("output")
 _DEREF: Final = weakref.ref.__call__
 
 
+def _output_digest(output: Any) -> bytes:
+    """The digest `Prior.digests` keeps of one output (see `_outputs_hash`)."""
+    try:
+        return hashlib.sha256(_MSGPACK.encode(output)).digest()
+    except (TypeError, ValueError, OverflowError, msgspec.EncodeError) as exc:
+        raise EncodeError(f"cannot encode a task output: {exc}") from exc
+
+
+def _reused(results: Mapping[str, TaskResult], prior: Prior) -> set[str]:
+    """The tasks whose result is the very object ``prior`` had, with an output that
+    still encodes the same: their rows and metadata are as stored."""
+    kept = zip(map(_DEREF, prior.refs), prior.digests, strict=True)
+    before = dict(zip(prior.order, kept, strict=True))
+    same: set[str] = set()
+    for task_id, result in results.items():
+        entry = before.get(task_id)
+        if entry is not None and entry[0] is result and _output_digest(result.output) == entry[1]:
+            same.add(task_id)
+    return same
+
+
 def _new_tasks(results: Mapping[str, TaskResult], prior: Prior) -> tuple[list[str], Any] | None:
     """The tasks added since ``prior`` and the hash of the outputs it had, when the
     results begin with every result it had, in its order, as the very same objects,
@@ -369,15 +391,21 @@ def _prior_after(
     prior: Prior | None,
     found: tuple[list[str], Any] | None,
     remembered: Mapping[str, TaskRow],
+    reused: set[str],
 ) -> Prior:
     """The `Prior` of the checkpoint being saved (``found``: what `_new_tasks` found;
-    ``remembered``: the rows the cache will keep)."""
+    ``reused``: otherwise, the tasks `_reused` vouched for; ``remembered``: the rows the
+    cache will keep)."""
     completed = TaskStatus.COMPLETED
     if prior is None or found is None:
         order = tuple(results)
-        refs = tuple(weakref.ref(r) for r in results.values())
+        refs = tuple(map(weakref.ref, results.values()))
         done = sum(1 for r in results.values() if r.status is completed)
         hasher = _outputs_hash(list(map(_OUTPUT, results.values())))
+        known = dict(zip(prior.order, prior.digests, strict=True)) if prior and reused else {}
+        digests = tuple(
+            known[t] if t in reused else _output_digest(r.output) for t, r in results.items()
+        )
         size = rows_footprint(remembered.items())
     else:
         new, hasher = found
@@ -386,8 +414,9 @@ def _prior_after(
         done = prior.completed + sum(1 for t in new if results[t].status is completed)
         if new:
             _outputs_hash([results[t].output for t in new], hasher)
+        digests = prior.digests + tuple(_output_digest(results[t].output) for t in new)
         size = prior.footprint + rows_footprint((t, remembered[t]) for t in new)
-    return Prior(order, refs, hasher.digest(), done, size)
+    return Prior(order, refs, hasher.digest(), done, size, digests)
 
 
 class Known(NamedTuple):
@@ -425,8 +454,10 @@ def prepare_save(
     checkpoint, and the bytes written stay within about twice the deltas'.
 
     With its prior results too, results that are the very objects saved before (and whose
-    outputs still encode the same) are neither checked nor encoded one by one again:
-    the Python work is for the tasks added, the rest is two C calls over the outputs.
+    outputs still encode the same) are neither checked nor encoded for the store again:
+    when they all are, in order, the Python work is for the tasks added and the rest two
+    C calls over the outputs; otherwise each carried-over output costs one msgpack
+    encoding and one digest.
     """
     validate_snapshot(snapshot, tasks=())  # the task results below, as far as needed
     check_expected_version(expected_version)
@@ -441,7 +472,10 @@ def prepare_save(
     stored, stored_created_at, chain, prior = known.rows, known.created_at, known.chain, known.prior
     reusable = prior is not None and stored_created_at is not None and bool(stored)
     found = _new_tasks(results, prior) if reusable and prior is not None else None
-    if found is None:
+    reused: set[str] = set()
+    if found is None and reusable and prior is not None:
+        reused = _reused(results, prior)
+    if found is None and not reused:
         check_task_results(results)
         doc, outputs = lower_checkpoint(codec, snapshot)
         rows = {t: task_row(r, outputs[t]) for t, r in results.items()}
@@ -449,6 +483,17 @@ def prepare_save(
         changed = [t for t, row in remembered.items() if stored.get(t) != row]
         removed = [t for t in stored if t not in remembered]
         whole: dict[str, Any] | None = doc
+    elif found is None:  # some results carried over, the others looked at one by one
+        others = [t for t in results if t not in reused]
+        check_task_results(results, others)
+        partial = msgspec.structs.replace(snapshot, task_results={t: results[t] for t in others})
+        doc, outputs = lower_checkpoint(codec, partial)
+        rows = {t: task_row(results[t], outputs[t]) for t in others}
+        fresh = {t: remembered_row(row) for t, row in rows.items()}
+        remembered = {t: stored[t] if t in reused else fresh[t] for t in results}
+        changed = [t for t, row in fresh.items() if stored.get(t) != row]
+        removed = [t for t in stored if t not in results]
+        whole = None
     else:
         new = found[0]
         check_task_results(results, new)
@@ -469,7 +514,7 @@ def prepare_save(
         after = Chain((expected_version or 0) + 1, len(blob), 0)
     # Skipped rows and a delta both rely on what this life of the id stored before.
     relies = len(changed) < len(results) or base_version is not None
-    next_prior = _prior_after(results, prior, found, remembered)
+    next_prior = _prior_after(results, prior, found, remembered, reused)
     position = snapshot.position
     return PreparedSave(
         instance_id=snapshot.instance_id,

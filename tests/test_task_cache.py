@@ -186,6 +186,8 @@ def _fields(item: st.PreparedSave) -> tuple[object, ...]:
         item.prior.order,
         item.prior.outputs_digest,
         item.prior.completed,
+        item.prior.digests,
+        item.prior.footprint,
     )
 
 
