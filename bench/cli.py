@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from bench import compare, engine, report, suite, verdicts
+from bench.args import choices
 from bench.db import CODECS
 from bench.scale_common import SIZES, scale_schema
 from snapstore.testing import database_url
@@ -20,17 +20,6 @@ QUICK_REPEATS = 3
 QUICK_REPEAT_SECONDS = 1.0
 QUICK_SCALE_SIZE = "small"
 QUICK_SCALE_REPEATS = 2
-
-
-def _csv(allowed: tuple[str, ...]) -> Callable[[str], tuple[str, ...]]:
-    def parse(text: str) -> tuple[str, ...]:
-        items = tuple(x.strip() for x in text.split(",") if x.strip())
-        unknown = [x for x in items if x not in allowed]
-        if unknown or not items:
-            raise argparse.ArgumentTypeError(f"choose from {','.join(allowed)} (got {text!r})")
-        return items
-
-    return parse
 
 
 def run_parser() -> argparse.ArgumentParser:
@@ -53,13 +42,13 @@ def run_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--codecs",
-        type=_csv(tuple(CODECS)),
+        type=choices(tuple(CODECS)),
         default=defaults.codecs,
         help="comma-separated: " + ",".join(CODECS),
     )
     p.add_argument(
         "--workloads",
-        type=_csv(engine.ALL_WORKLOADS),
+        type=choices(engine.ALL_WORKLOADS),
         default=defaults.workloads,
         help="comma-separated: " + ",".join(engine.ALL_WORKLOADS),
     )
@@ -108,7 +97,7 @@ def run_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--scale",
-        type=_csv(suite.SCALE_WORKLOADS),
+        type=choices(suite.SCALE_WORKLOADS),
         default=defaults.scale,
         help="scale workloads, comma-separated: " + ",".join(suite.SCALE_WORKLOADS),
     )

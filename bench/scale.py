@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from bench import db
+from bench.args import choices
 from bench.scale_async import run_async_saves
 from bench.scale_common import SIZES
 from bench.scale_dispatch import run_dispatch_backlog
@@ -149,14 +150,6 @@ def summary(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _only(text: str) -> tuple[str, ...]:
-    items = tuple(x.strip() for x in text.split(",") if x.strip())
-    unknown = [x for x in items if x not in WORKLOADS]
-    if unknown or not items:
-        raise argparse.ArgumentTypeError(f"choose from {','.join(WORKLOADS)} (got {text!r})")
-    return items
-
-
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m bench.scale",
@@ -169,7 +162,9 @@ def parser() -> argparse.ArgumentParser:
         help=f"server to use (default ${DSN_ENV}; without either, an embedded PostgreSQL)",
     )
     p.add_argument("--size", choices=SIZES, default="default")
-    p.add_argument("--only", type=_only, help="comma-separated: " + ",".join(WORKLOADS))
+    p.add_argument(
+        "--only", type=choices(WORKLOADS), help="comma-separated: " + ",".join(WORKLOADS)
+    )
     p.add_argument("--repeats", type=int, default=DEFAULT_REPEATS, help="windows per figure")
     p.add_argument("--schema-prefix", default=db.SCHEMA_PREFIX)
     p.add_argument("--out", type=Path, help="also write the JSON to this file")
