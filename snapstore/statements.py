@@ -328,15 +328,21 @@ def rows_footprint(rows: Iterable[tuple[str, TaskRow]]) -> int:
 _MSGPACK: Final = msgspec.msgpack.Encoder()
 
 
+def _packed(value: Any) -> bytes:
+    """``value`` in msgpack, for digests only (not the store's codec: only equality
+    matters here)."""
+    try:
+        return _MSGPACK.encode(value)
+    except (TypeError, ValueError, OverflowError, msgspec.EncodeError) as exc:
+        raise EncodeError(f"cannot encode a task output: {exc}") from exc
+
+
 def _outputs_hash(outputs: list[Any], into: Any = None) -> Any:
     """``into`` (a new sha256 when None) updated with the outputs' msgpack encodings, one
     after another: two C calls however many outputs there are, and the hash of a list
     extended by more outputs is the first hash updated with theirs. An output mutated in
-    place changes it. (msgpack, not the store's codec: only equality matters here.)"""
-    try:
-        encoded = _MSGPACK.encode(outputs)
-    except (TypeError, ValueError, OverflowError, msgspec.EncodeError) as exc:
-        raise EncodeError(f"cannot encode a task output: {exc}") from exc
+    place changes it."""
+    encoded = _packed(outputs)
     count = len(outputs)
     header = 1 if count < 16 else 3 if count < 2**16 else 5  # the msgpack array header
     hasher = hashlib.sha256() if into is None else into
@@ -350,10 +356,7 @@ _DEREF: Final = weakref.ref.__call__
 
 def _output_digest(output: Any) -> bytes:
     """The digest `Prior.digests` keeps of one output (see `_outputs_hash`)."""
-    try:
-        return hashlib.sha256(_MSGPACK.encode(output)).digest()
-    except (TypeError, ValueError, OverflowError, msgspec.EncodeError) as exc:
-        raise EncodeError(f"cannot encode a task output: {exc}") from exc
+    return hashlib.sha256(_packed(output)).digest()
 
 
 def _reused(results: Mapping[str, TaskResult], prior: Prior) -> set[str]:
@@ -473,35 +476,28 @@ def prepare_save(
     reusable = prior is not None and stored_created_at is not None and bool(stored)
     found = _new_tasks(results, prior) if reusable and prior is not None else None
     reused: set[str] = set()
-    if found is None and reusable and prior is not None:
-        reused = _reused(results, prior)
-    if found is None and not reused:
-        check_task_results(results)
-        doc, outputs = lower_checkpoint(codec, snapshot)
-        rows = {t: task_row(r, outputs[t]) for t, r in results.items()}
-        remembered = {t: remembered_row(row) for t, row in rows.items()}
-        changed = [t for t, row in remembered.items() if stored.get(t) != row]
-        removed = [t for t in stored if t not in remembered]
-        whole: dict[str, Any] | None = doc
-    elif found is None:  # some results carried over, the others looked at one by one
-        others = [t for t in results if t not in reused]
-        check_task_results(results, others)
-        partial = msgspec.structs.replace(snapshot, task_results={t: results[t] for t in others})
-        doc, outputs = lower_checkpoint(codec, partial)
-        rows = {t: task_row(results[t], outputs[t]) for t in others}
-        fresh = {t: remembered_row(row) for t, row in rows.items()}
-        remembered = {t: stored[t] if t in reused else fresh[t] for t in results}
-        changed = [t for t, row in fresh.items() if stored.get(t) != row]
-        removed = [t for t in stored if t not in results]
-        whole = None
+    if found is not None:  # every result carried over, in order: look at the added ones
+        looked, removed = found[0], []
     else:
-        new = found[0]
-        check_task_results(results, new)
-        added = msgspec.structs.replace(snapshot, task_results={t: results[t] for t in new})
-        doc, outputs = lower_checkpoint(codec, added)
-        rows = {t: task_row(results[t], outputs[t]) for t in new}
-        remembered = {**stored, **{t: remembered_row(row) for t, row in rows.items()}}
-        changed, removed, whole = new, [], None
+        if reusable and prior is not None:
+            reused = _reused(results, prior)
+        looked = [t for t in results if t not in reused]
+        removed = [t for t in stored if t not in results]
+    check_task_results(results, looked)
+    everything = len(looked) == len(results)
+    shown = (
+        snapshot
+        if everything
+        else msgspec.structs.replace(snapshot, task_results={t: results[t] for t in looked})
+    )
+    doc, outputs = lower_checkpoint(codec, shown)
+    rows = {t: task_row(results[t], outputs[t]) for t in looked}
+    fresh = {t: remembered_row(row) for t, row in rows.items()}
+    remembered = {**stored, **fresh}
+    for task_id in removed:
+        del remembered[task_id]
+    changed = [t for t, row in fresh.items() if stored.get(t) != row]
+    whole: dict[str, Any] | None = doc if everything else None
     blob: bytes | None = None
     base_version: int | None = None
     if chain is not None and stored_created_at is not None:
