@@ -141,10 +141,7 @@ def save_batch(ctx: Context, items: Sequence[st.PreparedSave]) -> Program[list[S
                     Stored(
                         item.instance_id,
                         saved.version,
-                        saved.created_at,
-                        item.all_task_rows,
-                        item.chain,
-                        item.prior,
+                        st.Known(saved.created_at, item.all_task_rows, item.chain, item.prior),
                     )
                 )
         if stored:

@@ -32,9 +32,7 @@ from typing import Final, NamedTuple
 from snapstore.statements import (
     ENTRY_OVERHEAD,
     UNKNOWN,
-    Chain,
     Known,
-    Prior,
     TaskRow,
     rows_footprint,
 )
@@ -50,16 +48,14 @@ class Stored(NamedTuple):
 
     instance_id: str
     version: int
-    created_at: datetime
-    rows: Mapping[str, TaskRow]
-    chain: Chain | None = None
-    prior: Prior | None = None
+    known: Known  # what it left in the store
 
 
-def footprint(instance_id: str, rows: Mapping[str, TaskRow], prior: Prior | None) -> int:
+def footprint(instance_id: str, known: Known) -> int:
     """About how many bytes remembering a save keeps alive (its `Prior` knows, counted
     as its rows were added; without one, counted here)."""
-    rows_size = prior.footprint if prior is not None else rows_footprint(rows.items())
+    prior = known.prior
+    rows_size = prior.footprint if prior is not None else rows_footprint(known.rows.items())
     return ENTRY_OVERHEAD + len(instance_id) + rows_size
 
 
@@ -100,20 +96,20 @@ class TaskCache:
         created_at: datetime,
         rows: Mapping[str, TaskRow],
     ) -> None:
-        self.remember_many([Stored(instance_id, version, created_at, rows)])
+        self.remember_many([Stored(instance_id, version, Known(created_at, rows))])
 
     def remember_many(self, saves: Iterable[Stored]) -> None:
         """Learn a commit's saves under one lock acquisition."""
         with self._lock:
             data = self._data
-            for instance_id, version, created_at, rows, chain, prior in saves:
+            for instance_id, version, known in saves:
                 current = data.get(instance_id)
                 if current is not None:
-                    if current[0] > version and current[1].created_at == created_at:
+                    if current[0] > version and current[1].created_at == known.created_at:
                         continue  # a newer save of this life of the id already landed
                     self._bytes -= current[2]
-                size = footprint(instance_id, rows, prior)
-                data[instance_id] = (version, Known(created_at, rows, chain, prior), size)
+                size = footprint(instance_id, known)
+                data[instance_id] = (version, known, size)
                 data.move_to_end(instance_id)
                 self._bytes += size
             while data and (len(data) > self._max or self._bytes > self._max_bytes):
