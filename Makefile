@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: install test bench bench-micro lint format clean
+.PHONY: install test bench bench-micro lint format sync clean
 
 install: $(STAMP)
 
@@ -27,7 +27,12 @@ bench: $(STAMP)
 bench-micro: $(STAMP)
 	$(BIN)/python -m pytest tests/test_codec_bench.py --benchmark-enable --benchmark-only -q
 
+# The sync modules are generated from their async sources (see snapstore/_async_to_sync.py).
+sync: $(STAMP)
+	$(BIN)/python snapstore/_async_to_sync.py
+
 lint: $(STAMP)
+	$(BIN)/python snapstore/_async_to_sync.py --check
 	$(BIN)/ruff check snapstore bench tests
 	$(BIN)/ruff format --check snapstore bench tests
 	$(BIN)/mypy

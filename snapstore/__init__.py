@@ -1,7 +1,7 @@
 """snapstore: a durable, codec-pluggable workflow snapshot store on PostgreSQL."""
 
-from snapstore.aio import AsyncPostgresBackend
 from snapstore.backend import PostgresBackend
+from snapstore.backend_async import AsyncPostgresBackend
 from snapstore.claims import ClaimedTask, DispatchQuery
 from snapstore.codecs import CborCodec, Codec, JsonCodec, MsgpackCodec, register_codec
 from snapstore.errors import (

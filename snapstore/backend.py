@@ -1,18 +1,30 @@
-"""The synchronous PostgreSQL backend: a thin I/O shell over `snapstore.operations`."""
+# Generated from snapstore/backend_async.py by snapstore/_async_to_sync.py: do not edit.
+# Change the async source, then run `make sync`.
+"""The PostgreSQL backend: its whole public API in one class, each method a thin
+shell that builds a program (`snapstore.operations`, `snapstore.signals`,
+`snapstore.claims`, `snapstore.retention`) and runs it.
+
+This asyncio backend is the source; the sync `snapstore.backend` is generated
+from it (``make sync``), so both run exactly the same logic and SQL.
+"""
 
 from __future__ import annotations
 
 import builtins
 from collections.abc import Iterable, Sequence
+from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, Generic, Self, TypeVar, Unpack
 
 from psycopg_pool import ConnectionPool
 
+from snapstore import claims as cl
 from snapstore import operations as ops
+from snapstore import retention as rt
+from snapstore import signals as sg
 from snapstore import statements as st
-from snapstore.claims import ClaimsMixin
-from snapstore.codecs import Codec
+from snapstore.claims import ClaimedTask, DispatchQuery, Seconds
+from snapstore.codecs import Codec, codec_instance
 from snapstore.config import CodecBound, ConnectOptions, plan_connect
 from snapstore.group_commit import GroupCommitStats, GroupCommitter
 from snapstore.migrate import migrate
@@ -27,22 +39,21 @@ from snapstore.model import (
     WorkflowSnapshot,
     WorkflowStatus,
 )
-from snapstore.queries import DEFAULT_SCHEMA
-from snapstore.retention import RetentionMixin
-from snapstore.signals import SignalsMixin
-from snapstore.wakeup import WakeupMixin
+from snapstore.queries import DEFAULT_SCHEMA, queries_for, validate_schema
+from snapstore.runner import Runner
+from snapstore.signals import Event, EventOutcome, ParkResult, Signal, SignalKind, SignalOutcome
+from snapstore.wakeup import ListenerPlan, WakeupOptions, WakeupRegistry, WakeupStats
+from snapstore.wakeup.listener import WakeupListener
 
 C = TypeVar("C", bound=Codec)
 
 
-class PostgresBackend(
-    SignalsMixin, ClaimsMixin, WakeupMixin, RetentionMixin, CodecBound, Generic[C]
-):
-    """A durable snapshot store on PostgreSQL.
+class PostgresBackend(CodecBound, Generic[C]):
+    """A durable snapshot store on PostgreSQL, for threads.
 
-    Build one with ``PostgresBackend[JsonCodec].connect(url)`` (the codec in the
-    brackets writes every new blob; blobs from any registered codec are read),
-    or wrap a pool you own with `from_pool`. Thread-safe: share one per process.
+    Build one with ``PostgresBackend[JsonCodec].connect(url)`` (the codec in
+    the brackets writes every new blob; blobs from any registered codec are read), or
+    wrap a pool you own with `from_pool`. Thread-safe: share one per process.
     """
 
     def __init__(
@@ -54,21 +65,29 @@ class PostgresBackend(
         owns_pool: bool = False,
         group_commit: bool | None = None,
     ) -> None:
-        self._init_common(schema, codec)
+        """Wrap ``pool`` (use `connect` or `from_pool` rather than calling this)."""
+        self.schema = validate_schema(schema)
+        self.codec: Codec = codec if codec is not None else codec_instance(self.codec_type)
+        self.queries = queries_for(self.schema)
+        self.ctx = ops.Context(self.codec, self.schema)
         self._pool = pool
         self._owns_pool = owns_pool
-        # Off unless asked for: handing a save to another thread costs a thread wake-up,
-        # which outweighs the shared commit until many threads save at once.
-        self._committer = GroupCommitter(self._flush) if group_commit else None
+        self._runner = Runner(pool, self.queries)
+        self._wakeups = WakeupRegistry()
+        grouped = GroupCommitter.ON_BY_DEFAULT if group_commit is None else group_commit
+        self._committer = GroupCommitter(self._flush) if grouped else None
+
+    # --- lifecycle -------------------------------------------------------------------------
 
     @classmethod
     def connect(cls, conninfo: str, **options: Unpack[ConnectOptions]) -> Self:
         """Open an owned pool to ``conninfo`` and migrate the schema (unless told not to).
 
-        Options (all keyword): ``schema`` (default "snapstore"), ``min_size``/``max_size``
-        (pool), ``statement_timeout`` (seconds or timedelta), ``application_name``,
-        ``prepare_threshold``, ``codec`` (instance overriding the bracketed class),
-        ``run_migrations``, ``open_timeout``, ``group_commit``.
+        Options (all keyword, see `ConnectOptions`): ``schema`` (default "snapstore"),
+        ``min_size``/``max_size`` (pool), ``statement_timeout`` (seconds or timedelta),
+        ``application_name``, ``prepare_threshold``, ``codec`` (instance overriding the
+        bracketed class), ``run_migrations``, ``open_timeout``, ``group_commit`` (default
+        on for the asyncio backend, off for the sync one).
         """
         plan = plan_connect(options)
         backend = cls(ConnectionPool(conninfo, **plan.pool_kwargs), **plan.backend_kwargs)
@@ -99,6 +118,7 @@ class PostgresBackend(
 
     @property
     def pool(self) -> ConnectionPool[Any]:
+        """The connection pool the backend runs on."""
         return self._pool
 
     def close(self) -> None:
@@ -121,6 +141,8 @@ class PostgresBackend(
         with self._pool.connection() as conn:
             return migrate(conn, self.schema)
 
+    # --- checkpoints -----------------------------------------------------------------------
+
     def save(
         self,
         snapshot: WorkflowSnapshot,
@@ -138,7 +160,7 @@ class PostgresBackend(
         saves share one commit; the contract is unchanged.
         """
         if self._committer is None:
-            return self._run(ops.save(self.ctx, snapshot, expected_version, claim))
+            return self._runner.run(ops.save(self.ctx, snapshot, expected_version, claim))
         item = ops.prepare(self.ctx, snapshot, expected_version, claim)
         return (self._committer.submit(item)).unwrap()
 
@@ -158,7 +180,7 @@ class PostgresBackend(
         transaction = ops.needs_transaction(items)
         for attempt in range(1, ops.MAX_BATCH_ATTEMPTS + 1):
             try:
-                return self._run(ops.save_batch(self.ctx, items), transaction=transaction)
+                return self._runner.run(ops.save_batch(self.ctx, items), transaction=transaction)
             except ops.RETRYABLE_ERRORS:
                 if attempt == ops.MAX_BATCH_ATTEMPTS:
                     raise
@@ -171,15 +193,15 @@ class PostgresBackend(
 
     def load(self, instance_id: str) -> StoredSnapshot | None:
         """The latest checkpoint with task outputs hydrated, or None."""
-        return self._run(ops.load(instance_id))
+        return self._runner.run(ops.load(instance_id))
 
     def load_task_result(self, instance_id: str, task_id: str) -> TaskResult | None:
         """One task's stored result (with output), or None."""
-        return self._run(ops.load_task_result(instance_id, task_id))
+        return self._runner.run(ops.load_task_result(instance_id, task_id))
 
     def delete(self, instance_id: str) -> bool:
         """Remove an instance and every row that belongs to it; False if absent."""
-        return self._run(ops.delete(instance_id, self.ctx))
+        return self._runner.run(ops.delete(instance_id, self.ctx))
 
     def list(
         self,
@@ -189,14 +211,237 @@ class PostgresBackend(
         cursor: str | None = None,
     ) -> Page:
         """Instances ordered by id, without decoding blobs; follow ``next_cursor``."""
-        return self._run(ops.list_snapshots(status, limit, cursor))
+        return self._runner.run(ops.list_snapshots(status, limit, cursor))
 
     def history(
         self, instance_id: str, *, after_version: int = 0, limit: int | None = None
     ) -> builtins.list[HistoryEntry]:
         """Checkpoints in version order (task outputs are not part of history blobs)."""
-        return self._run(ops.history(instance_id, after_version, limit))
+        return self._runner.run(ops.history(instance_id, after_version, limit))
 
     def truncate_all(self) -> None:
         """Empty every table of the schema. For tests."""
-        self._run(ops.truncate_all(self.ctx))
+        self._runner.run(ops.truncate_all(self.ctx))
+
+    # --- signals (see `snapstore.signals`) -------------------------------------------------
+
+    def store_signal(
+        self, instance_id: str, kind: SignalKind | str, reason: str | None = None
+    ) -> Signal:
+        """Record a pending signal as is (no claim check; see `cancel`/`pause` for that).
+
+        `ValidationError` for an unknown kind, `NotFoundError`, `TerminalStateError`.
+        """
+        program = sg.store_signal(instance_id, kind, reason)
+        return self._runner.run(program, transaction=True)
+
+    def get_signals(self, instance_id: str) -> builtins.list[Signal]:
+        """The pending signals of an instance (`NotFoundError` if it does not exist)."""
+        return self._runner.run(sg.read_signals(instance_id, None))
+
+    def get_signal(self, instance_id: str, kind: SignalKind | str) -> Signal | None:
+        """The pending ``kind`` signal, or None."""
+        return self._runner.run(sg.read_signal(instance_id, kind))
+
+    def clear_signal(self, instance_id: str, kind: SignalKind | str | None = None) -> bool:
+        """Drop the pending ``kind`` signal (every kind when None); whether one existed."""
+        return self._runner.run(sg.clear_signal(instance_id, kind), transaction=True)
+
+    def cancel(self, instance_id: str, reason: str | None = None) -> SignalOutcome:
+        """Cancel now (APPLIED) unless a live claim holds the instance (PENDING)."""
+        program = sg.request(self.ctx, instance_id, SignalKind.CANCEL, reason)
+        return self._runner.run(program, transaction=True)
+
+    def pause(self, instance_id: str, reason: str | None = None) -> SignalOutcome:
+        """Pause now (APPLIED) unless a live claim holds the instance (PENDING)."""
+        program = sg.request(self.ctx, instance_id, SignalKind.PAUSE, reason)
+        return self._runner.run(program, transaction=True)
+
+    def unpause(self, instance_id: str) -> SignalOutcome:
+        """Resume a Paused instance (APPLIED) or withdraw a pending pause (WITHDRAWN)."""
+        return self._runner.run(sg.unpause(self.ctx, instance_id), transaction=True)
+
+    def check_and_cancel(self, instance_id: str, claim: Claim | None = None) -> Signal | None:
+        """Apply a pending cancel (fenced by ``claim``); the signal applied, or None."""
+        program = sg.check_and_apply(self.ctx, instance_id, SignalKind.CANCEL, claim)
+        return self._runner.run(program, transaction=True)
+
+    def check_and_pause(self, instance_id: str, claim: Claim | None = None) -> Signal | None:
+        """Apply a pending pause (fenced by ``claim``); the signal applied, or None."""
+        program = sg.check_and_apply(self.ctx, instance_id, SignalKind.PAUSE, claim)
+        return self._runner.run(program, transaction=True)
+
+    # --- events (see `snapstore.signals`) --------------------------------------------------
+
+    def send_event(self, instance_id: str, name: str, payload: Any = None) -> EventOutcome:
+        """Resume the instance if parked on ``name`` (RESUMED), else buffer it (BUFFERED)."""
+        program = sg.send_event(self.ctx, instance_id, name, payload)
+        return self._runner.run(program, transaction=True)
+
+    def peek_events(
+        self, instance_id: str, name: str | None = None, *, limit: int = sg.DEFAULT_EVENT_PAGE
+    ) -> builtins.list[Event]:
+        """Buffered events (of ``name``, or all), oldest first, without consuming them."""
+        return self._runner.run(sg.peek_events(instance_id, name, limit))
+
+    def consume_event(
+        self,
+        event_id: int,
+        snapshot: WorkflowSnapshot,
+        expected_version: int,
+        *,
+        claim: Claim | None = None,
+    ) -> int:
+        """Consume a peeked event and save the checkpoint it led to, atomically."""
+        program = sg.consume_event(self.ctx, event_id, snapshot, expected_version, claim)
+        return self._runner.run(program, transaction=True)
+
+    def park(
+        self,
+        snapshot: WorkflowSnapshot,
+        expected_version: int | None,
+        *,
+        claim: Claim | None = None,
+    ) -> ParkResult:
+        """Save an AtSignal checkpoint, or resume at once with an already buffered event."""
+        program = sg.park(self.ctx, snapshot, expected_version, claim)
+        return self._runner.run(program, transaction=True)
+
+    # --- claims and dispatch (see `snapstore.claims` for the lease rules) ------------------
+
+    def claim(
+        self, instance_id: str, worker_id: str, ttl: Seconds = cl.DEFAULT_TTL
+    ) -> Claim | None:
+        """Lease ``instance_id`` for ``ttl`` (seconds or timedelta, server clock).
+
+        Returns None while another worker holds a live lease; takes over an expired one;
+        re-claiming one's own live lease issues a fresh token. Any non-terminal instance
+        can be claimed (InProgress or Paused, due or not): this is the explicit path,
+        dispatch is `find_available_tasks`. Raises `NotFoundError` for an unknown
+        instance and `TerminalStateError` for a finished one.
+        """
+        return self._runner.run(cl.claim_program(instance_id, worker_id, ttl))
+
+    def extend(self, claim: Claim, ttl: Seconds = cl.DEFAULT_TTL) -> Claim:
+        """Renew a live lease to end ``ttl`` after the server's now (absolute, not added).
+
+        Returns the claim with its new ``expires_at``; raises `ClaimLostError` if the
+        lease already expired or was taken over.
+        """
+        return self._runner.run(cl.extend_program(claim, ttl))
+
+    def release(self, claim: Claim) -> bool:
+        """Drop the lease if this token still owns it (True), even if it had expired.
+
+        When the instance is then dispatchable, the wakeup channel is notified at commit
+        so another worker picks it up.
+        """
+        return self._runner.run(cl.release_program(self.ctx, claim))
+
+    def find_available_tasks(
+        self,
+        worker_id: str,
+        *,
+        limit: int = 10,
+        ttl: Seconds = cl.DEFAULT_TTL,
+        tags: Iterable[str] | None = None,
+        aging_interval: Seconds = cl.DEFAULT_AGING_INTERVAL,
+    ) -> builtins.list[ClaimedTask]:
+        """Atomically lease up to ``limit`` dispatchable instances, most urgent first.
+
+        ``tags``: what this worker can run; an instance is eligible only if all of its
+        tags are among them (None: any instance). ``aging_interval``: waiting that long
+        raises an instance one priority level. Each result carries its lease and the
+        checkpoint loaded under it.
+        """
+        query = DispatchQuery.build(
+            worker_id, limit=limit, ttl=ttl, tags=tags, aging_interval=aging_interval
+        )
+        return self._runner.run(cl.dispatch_program(query), transaction=True)
+
+    def claim_notified(
+        self,
+        instance_ids: Iterable[str],
+        worker_id: str,
+        *,
+        ttl: Seconds = cl.DEFAULT_TTL,
+        tags: Iterable[str] | None = None,
+        limit: int | None = None,
+        aging_interval: Seconds = cl.DEFAULT_AGING_INTERVAL,
+    ) -> builtins.list[ClaimedTask]:
+        """`find_available_tasks` restricted to ``instance_ids`` (e.g. those a wakeup
+        NOTIFY named): the ones still dispatchable for this worker are leased and loaded,
+        the rest (claimed by someone faster, not due, unknown) are skipped."""
+        query = DispatchQuery.build(
+            worker_id,
+            limit=limit,
+            ttl=ttl,
+            tags=tags,
+            aging_interval=aging_interval,
+            instance_ids=instance_ids,
+        )
+        return self._runner.run(cl.dispatch_program(query), transaction=True)
+
+    def dispatchable_ids(
+        self,
+        *,
+        limit: int = 100,
+        tags: Iterable[str] | None = None,
+        aging_interval: Seconds = cl.DEFAULT_AGING_INTERVAL,
+    ) -> builtins.list[str]:
+        """Instances dispatchable right now, in dispatch order, without leasing them.
+
+        Same predicate and order as `find_available_tasks`; rows that another worker is
+        leasing at this very moment are skipped.
+        """
+        query = DispatchQuery.build(
+            cl.PEEK_WORKER, limit=limit, tags=tags, aging_interval=aging_interval
+        )
+        return self._runner.run(cl.dispatchable_ids_program(query))
+
+    def next_dispatch_at(self) -> datetime | None:
+        """When something may next become dispatchable without a NOTIFY (a timer or
+        backoff coming due, a lease running out), by the server clock; None if nothing
+        is pending. A poller sleeps until then (or until a wakeup), then dispatches."""
+        return self._runner.run(cl.next_dispatch_at_program())
+
+    # --- wakeups (see `snapstore.wakeup`) --------------------------------------------------
+
+    def wakeups(self, **options: Unpack[WakeupOptions]) -> WakeupListener:
+        """Start a listener for this schema's wakeups (see `WakeupOptions`).
+
+        It uses one connection of its own, made from the pool's conninfo and kwargs
+        (or ``conninfo=``); close it, or use it as a context manager.
+        """
+        plan = ListenerPlan.build(self.queries, options)
+        return WakeupListener.start(plan, self._pool.conninfo, self._pool.kwargs, self._wakeups)
+
+    def close_wakeups(self) -> None:
+        """Close every listener of this backend that is still open (e.g. at shutdown)."""
+        for listener in self._wakeups.live():
+            if isinstance(listener, WakeupListener):
+                listener.close()
+
+    def wakeup_stats(self) -> WakeupStats:
+        """Counters summed over every listener this backend created, open or closed."""
+        return self._wakeups.total()
+
+    # --- retention (see `snapstore.retention`) ---------------------------------------------
+
+    def prune_history(
+        self,
+        *,
+        keep_last: int = 1,
+        older_than: timedelta | None = None,
+        instance_id: str | None = None,
+        batch_size: int = rt.DEFAULT_BATCH,
+    ) -> int:
+        """Delete checkpoints beyond the last ``keep_last`` per instance (and older than
+        ``older_than``, if given); returns how many were deleted."""
+        batch = rt.prune_batches(instance_id, keep_last, older_than, batch_size)
+        return self._runner.run_batches(batch, rt.PRUNE_START)
+
+    def purge_terminal(self, *, older_than: timedelta, batch_size: int = rt.DEFAULT_BATCH) -> int:
+        """Delete instances that finished more than ``older_than`` ago, with all their rows."""
+        batch = rt.purge_batches(older_than, batch_size)
+        return self._runner.run_batches(batch, None)

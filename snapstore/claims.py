@@ -24,8 +24,7 @@ Rules, all enforced in SQL (sql/queries/claims.sql):
   workers are claiming at the same moment, never the same instance twice.
 
 Every operation is a generator program (see `snapstore.operations`) built from the pure
-helpers below; the mixins are one-line shells over ``_run``, so the sync and async
-backends run exactly the same logic and SQL.
+helpers below; the backends' methods only run them.
 """
 
 from __future__ import annotations
@@ -50,7 +49,6 @@ from snapstore.errors import (
 )
 from snapstore.model import Claim, StoredSnapshot, WorkflowSnapshot, WorkflowStatus
 from snapstore.operations import Context, Fetch, Program, Step
-from snapstore.runner import AsyncRunner, SyncRunner
 
 DEFAULT_TTL: Final = 30.0
 """Seconds a lease lasts unless told otherwise; renew with `extend` well before."""
@@ -315,209 +313,9 @@ def next_dispatch_at_program() -> Program[datetime | None]:
     return None if row is None else row[0]
 
 
-# -- the two shells ------------------------------------------------------------------------
-
-
-class ClaimsMixin(SyncRunner):
-    """Distributed task claims: TTL leases, dispatch and fencing. (sync)
-
-    See the module docstring for the lease rules.
-    """
-
-    def claim(self, instance_id: str, worker_id: str, ttl: Seconds = DEFAULT_TTL) -> Claim | None:
-        """Lease ``instance_id`` for ``ttl`` (seconds or timedelta, server clock).
-
-        Returns None while another worker holds a live lease; takes over an expired one;
-        re-claiming one's own live lease issues a fresh token. Any non-terminal instance
-        can be claimed (InProgress or Paused, due or not): this is the explicit path,
-        dispatch is `find_available_tasks`. Raises `NotFoundError` for an unknown
-        instance and `TerminalStateError` for a finished one.
-        """
-        return self._run(claim_program(instance_id, worker_id, ttl))
-
-    def extend(self, claim: Claim, ttl: Seconds = DEFAULT_TTL) -> Claim:
-        """Renew a live lease to end ``ttl`` after the server's now (absolute, not added).
-
-        Returns the claim with its new ``expires_at``; raises `ClaimLostError` if the
-        lease already expired or was taken over.
-        """
-        return self._run(extend_program(claim, ttl))
-
-    def release(self, claim: Claim) -> bool:
-        """Drop the lease if this token still owns it (True), even if it had expired.
-
-        When the instance is then dispatchable, the wakeup channel is notified at commit
-        so another worker picks it up.
-        """
-        return self._run(release_program(self.ctx, claim))
-
-    def find_available_tasks(
-        self,
-        worker_id: str,
-        *,
-        limit: int = 10,
-        ttl: Seconds = DEFAULT_TTL,
-        tags: Iterable[str] | None = None,
-        aging_interval: Seconds = DEFAULT_AGING_INTERVAL,
-    ) -> list[ClaimedTask]:
-        """Atomically lease up to ``limit`` dispatchable instances, most urgent first.
-
-        ``tags``: what this worker can run; an instance is eligible only if all of its
-        tags are among them (None: any instance). ``aging_interval``: waiting that long
-        raises an instance one priority level. Each result carries its lease and the
-        checkpoint loaded under it.
-        """
-        return self._run(
-            dispatch_program(
-                DispatchQuery.build(
-                    worker_id, limit=limit, ttl=ttl, tags=tags, aging_interval=aging_interval
-                )
-            ),
-            transaction=True,
-        )
-
-    def claim_notified(
-        self,
-        instance_ids: Iterable[str],
-        worker_id: str,
-        *,
-        ttl: Seconds = DEFAULT_TTL,
-        tags: Iterable[str] | None = None,
-        limit: int | None = None,
-        aging_interval: Seconds = DEFAULT_AGING_INTERVAL,
-    ) -> list[ClaimedTask]:
-        """`find_available_tasks` restricted to ``instance_ids`` (e.g. those a wakeup
-        NOTIFY named): the ones still dispatchable for this worker are leased and loaded,
-        the rest (claimed by someone faster, not due, unknown) are skipped."""
-        return self._run(
-            dispatch_program(
-                DispatchQuery.build(
-                    worker_id,
-                    limit=limit,
-                    ttl=ttl,
-                    tags=tags,
-                    aging_interval=aging_interval,
-                    instance_ids=instance_ids,
-                )
-            ),
-            transaction=True,
-        )
-
-    def dispatchable_ids(
-        self,
-        *,
-        limit: int = 100,
-        tags: Iterable[str] | None = None,
-        aging_interval: Seconds = DEFAULT_AGING_INTERVAL,
-    ) -> list[str]:
-        """Instances dispatchable right now, in dispatch order, without leasing them.
-
-        Same predicate and order as `find_available_tasks`; rows that another worker is
-        leasing at this very moment are skipped.
-        """
-        return self._run(
-            dispatchable_ids_program(
-                DispatchQuery.build(
-                    PEEK_WORKER, limit=limit, tags=tags, aging_interval=aging_interval
-                )
-            )
-        )
-
-    def next_dispatch_at(self) -> datetime | None:
-        """When something may next become dispatchable without a NOTIFY (a timer or
-        backoff coming due, a lease running out), by the server clock; None if nothing
-        is pending. A poller sleeps until then (or until a wakeup), then dispatches."""
-        return self._run(next_dispatch_at_program())
-
-
-class AsyncClaimsMixin(AsyncRunner):
-    """Distributed task claims: TTL leases, dispatch and fencing. (async twin of
-    `ClaimsMixin`; same programs, same SQL, same documentation)"""
-
-    async def claim(
-        self, instance_id: str, worker_id: str, ttl: Seconds = DEFAULT_TTL
-    ) -> Claim | None:
-        """See `ClaimsMixin.claim`."""
-        return await self._run(claim_program(instance_id, worker_id, ttl))
-
-    async def extend(self, claim: Claim, ttl: Seconds = DEFAULT_TTL) -> Claim:
-        """See `ClaimsMixin.extend`."""
-        return await self._run(extend_program(claim, ttl))
-
-    async def release(self, claim: Claim) -> bool:
-        """See `ClaimsMixin.release`."""
-        return await self._run(release_program(self.ctx, claim))
-
-    async def find_available_tasks(
-        self,
-        worker_id: str,
-        *,
-        limit: int = 10,
-        ttl: Seconds = DEFAULT_TTL,
-        tags: Iterable[str] | None = None,
-        aging_interval: Seconds = DEFAULT_AGING_INTERVAL,
-    ) -> list[ClaimedTask]:
-        """See `ClaimsMixin.find_available_tasks`."""
-        return await self._run(
-            dispatch_program(
-                DispatchQuery.build(
-                    worker_id, limit=limit, ttl=ttl, tags=tags, aging_interval=aging_interval
-                )
-            ),
-            transaction=True,
-        )
-
-    async def claim_notified(
-        self,
-        instance_ids: Iterable[str],
-        worker_id: str,
-        *,
-        ttl: Seconds = DEFAULT_TTL,
-        tags: Iterable[str] | None = None,
-        limit: int | None = None,
-        aging_interval: Seconds = DEFAULT_AGING_INTERVAL,
-    ) -> list[ClaimedTask]:
-        """See `ClaimsMixin.claim_notified`."""
-        return await self._run(
-            dispatch_program(
-                DispatchQuery.build(
-                    worker_id,
-                    limit=limit,
-                    ttl=ttl,
-                    tags=tags,
-                    aging_interval=aging_interval,
-                    instance_ids=instance_ids,
-                )
-            ),
-            transaction=True,
-        )
-
-    async def dispatchable_ids(
-        self,
-        *,
-        limit: int = 100,
-        tags: Iterable[str] | None = None,
-        aging_interval: Seconds = DEFAULT_AGING_INTERVAL,
-    ) -> list[str]:
-        """See `ClaimsMixin.dispatchable_ids`."""
-        return await self._run(
-            dispatchable_ids_program(
-                DispatchQuery.build(
-                    PEEK_WORKER, limit=limit, tags=tags, aging_interval=aging_interval
-                )
-            )
-        )
-
-    async def next_dispatch_at(self) -> datetime | None:
-        """See `ClaimsMixin.next_dispatch_at`."""
-        return await self._run(next_dispatch_at_program())
-
-
 __all__ = [
     "DEFAULT_AGING_INTERVAL",
     "DEFAULT_TTL",
-    "AsyncClaimsMixin",
     "ClaimedTask",
-    "ClaimsMixin",
     "DispatchQuery",
 ]

@@ -17,7 +17,7 @@ import msgspec
 from snapstore.backend import PostgresBackend
 from snapstore.codecs import JsonCodec, registered_codecs
 from snapstore.errors import SnapstoreError
-from snapstore.migrate import print_sql
+from snapstore.migrations import print_sql
 from snapstore.model import WorkflowStatus
 from snapstore.queries import DEFAULT_SCHEMA
 from snapstore.testing import DSN_ENV

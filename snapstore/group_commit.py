@@ -103,6 +103,10 @@ def _outcome(slot: _Slot[E]) -> SaveResult:
 class GroupCommitter:
     """Thread-safe group committer; ``flush`` saves a batch in one transaction."""
 
+    ON_BY_DEFAULT: Final = False
+    """Handing a save to another thread costs a thread wake-up, which outweighs the
+    shared commit until many threads save at once."""
+
     def __init__(
         self,
         flush: Callable[[list[PreparedSave]], Sequence[SaveResult]],
@@ -144,6 +148,10 @@ class GroupCommitter:
 
 class AsyncGroupCommitter:
     """The asyncio twin of `GroupCommitter` (one event loop)."""
+
+    ON_BY_DEFAULT: Final = True
+    """With many coroutines on a few connections, saves that share commits outpace
+    one commit each (same contract; see README "Semantics")."""
 
     def __init__(
         self,

@@ -6,13 +6,13 @@ without long locks; the current checkpoint of a live instance is never removed.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Final
+from typing import Any, Final
 
 from snapstore import statements as st
 from snapstore.errors import ValidationError
 from snapstore.operations import Batch, Fetch, Program, Step
-from snapstore.runner import AsyncRunner, SyncRunner
 
 DEFAULT_BATCH: Final = 1000
 
@@ -34,8 +34,6 @@ def prune_history(
     batch: int,
     after: tuple[str, int],
 ) -> Program[Batch]:
-    if instance_id is not None:
-        st.id_params(instance_id)
     params = {
         "instance_id": instance_id,
         "keep_last": keep_last,
@@ -60,52 +58,20 @@ def purge_terminal(older_than: timedelta, batch: int, after: datetime | None) ->
     return Batch(int(row[0]), rows[-1][1] if len(rows) == batch else None)
 
 
-class RetentionMixin(SyncRunner):
-    """Retention on `PostgresBackend`."""
-
-    def prune_history(
-        self,
-        *,
-        keep_last: int = 1,
-        older_than: timedelta | None = None,
-        instance_id: str | None = None,
-        batch_size: int = DEFAULT_BATCH,
-    ) -> int:
-        """Delete checkpoints beyond the last ``keep_last`` per instance (and older than
-        ``older_than``, if given); returns how many were deleted."""
-        _check(batch_size, keep_last)
-        return self._run_batches(
-            lambda after: prune_history(instance_id, keep_last, older_than, batch_size, after),
-            PRUNE_START,
-        )
-
-    def purge_terminal(self, *, older_than: timedelta, batch_size: int = DEFAULT_BATCH) -> int:
-        """Delete instances that finished more than ``older_than`` ago, with all their rows."""
-        _check(batch_size)
-        return self._run_batches(lambda after: purge_terminal(older_than, batch_size, after), None)
+BatchFactory = Callable[[Any], Program[Batch]]
 
 
-class AsyncRetentionMixin(AsyncRunner):
-    """Retention on `AsyncPostgresBackend`."""
+def prune_batches(
+    instance_id: str | None, keep_last: int, older_than: timedelta | None, batch_size: int
+) -> BatchFactory:
+    """The batches of `prune_history`, arguments checked before any runs."""
+    _check(batch_size, keep_last)
+    if instance_id is not None:
+        st.id_params(instance_id)
+    return lambda after: prune_history(instance_id, keep_last, older_than, batch_size, after)
 
-    async def prune_history(
-        self,
-        *,
-        keep_last: int = 1,
-        older_than: timedelta | None = None,
-        instance_id: str | None = None,
-        batch_size: int = DEFAULT_BATCH,
-    ) -> int:
-        _check(batch_size, keep_last)
-        return await self._run_batches(
-            lambda after: prune_history(instance_id, keep_last, older_than, batch_size, after),
-            PRUNE_START,
-        )
 
-    async def purge_terminal(
-        self, *, older_than: timedelta, batch_size: int = DEFAULT_BATCH
-    ) -> int:
-        _check(batch_size)
-        return await self._run_batches(
-            lambda after: purge_terminal(older_than, batch_size, after), None
-        )
+def purge_batches(older_than: timedelta, batch_size: int) -> BatchFactory:
+    """The batches of `purge_terminal`, arguments checked before any runs."""
+    _check(batch_size)
+    return lambda after: purge_terminal(older_than, batch_size, after)

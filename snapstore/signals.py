@@ -14,8 +14,8 @@ name) and the engine consumes it together with its next checkpoint (`consume_eve
 
 Every write program first locks the instance's snapshot row (``lock_instance``), so
 signal and event programs on one instance are serialised with each other and with
-saves. All logic lives in the generator programs and pure functions below; the sync
-and async mixins only run them, like `snapstore.operations`.
+saves. All logic lives in the generator programs and pure functions below; the
+backends' methods only run them, like those of `snapstore.operations`.
 """
 
 from __future__ import annotations
@@ -47,7 +47,6 @@ from snapstore.model import (
     WorkflowStatus,
 )
 from snapstore.operations import Context, Fetch, Program, Step
-from snapstore.runner import AsyncRunner, SyncRunner
 
 DEFAULT_EVENT_PAGE: Final = 100
 
@@ -118,8 +117,6 @@ class _Target(msgspec.Struct, frozen=True):
     position_kind: str
 
 
-_CANCEL: Final = SignalKind.CANCEL
-_PAUSE: Final = SignalKind.PAUSE
 _APPLIED_STATUS: Final = {
     SignalKind.CANCEL: WorkflowStatus.CANCELLED,
     SignalKind.PAUSE: WorkflowStatus.PAUSED,
@@ -458,163 +455,3 @@ def park(
         snapshot = resumed_by_event(snapshot, event.payload)
     version = yield from ops.save(ctx, snapshot, expected_version, claim)
     return ParkResult(version=version, snapshot=snapshot, event=event)
-
-
-# --- I/O shells ----------------------------------------------------------------------------
-# Each method only builds a program and runs it (in one transaction when it writes).
-
-
-class SignalsMixin(SyncRunner):
-    """Cancel/pause signals and buffered external events. (sync)"""
-
-    def store_signal(
-        self, instance_id: str, kind: SignalKind | str, reason: str | None = None
-    ) -> Signal:
-        """Record a pending signal as is (no claim check; see `cancel`/`pause` for that).
-        `ValidationError` for an unknown kind, `NotFoundError`, `TerminalStateError`."""
-        return self._run(store_signal(instance_id, kind, reason), transaction=True)
-
-    def get_signals(self, instance_id: str) -> list[Signal]:
-        """The pending signals of an instance (`NotFoundError` if it does not exist)."""
-        return self._run(read_signals(instance_id, None))
-
-    def get_signal(self, instance_id: str, kind: SignalKind | str) -> Signal | None:
-        """The pending ``kind`` signal, or None."""
-        return self._run(read_signal(instance_id, kind))
-
-    def clear_signal(self, instance_id: str, kind: SignalKind | str | None = None) -> bool:
-        """Drop the pending ``kind`` signal (every kind when None); whether one existed."""
-        return self._run(clear_signal(instance_id, kind), transaction=True)
-
-    def cancel(self, instance_id: str, reason: str | None = None) -> SignalOutcome:
-        """Cancel now (APPLIED) unless a live claim holds the instance (PENDING)."""
-        return self._run(request(self.ctx, instance_id, _CANCEL, reason), transaction=True)
-
-    def pause(self, instance_id: str, reason: str | None = None) -> SignalOutcome:
-        """Pause now (APPLIED) unless a live claim holds the instance (PENDING)."""
-        return self._run(request(self.ctx, instance_id, _PAUSE, reason), transaction=True)
-
-    def unpause(self, instance_id: str) -> SignalOutcome:
-        """Resume a Paused instance (APPLIED) or withdraw a pending pause (WITHDRAWN)."""
-        return self._run(unpause(self.ctx, instance_id), transaction=True)
-
-    def check_and_cancel(self, instance_id: str, claim: Claim | None = None) -> Signal | None:
-        """Apply a pending cancel (fenced by ``claim``); the signal applied, or None."""
-        return self._run(check_and_apply(self.ctx, instance_id, _CANCEL, claim), transaction=True)
-
-    def check_and_pause(self, instance_id: str, claim: Claim | None = None) -> Signal | None:
-        """Apply a pending pause (fenced by ``claim``); the signal applied, or None."""
-        return self._run(check_and_apply(self.ctx, instance_id, _PAUSE, claim), transaction=True)
-
-    def send_event(self, instance_id: str, name: str, payload: Any = None) -> EventOutcome:
-        """Resume the instance if parked on ``name`` (RESUMED), else buffer it (BUFFERED)."""
-        return self._run(send_event(self.ctx, instance_id, name, payload), transaction=True)
-
-    def peek_events(
-        self, instance_id: str, name: str | None = None, *, limit: int = DEFAULT_EVENT_PAGE
-    ) -> list[Event]:
-        """Buffered events (of ``name``, or all), oldest first, without consuming them."""
-        return self._run(peek_events(instance_id, name, limit))
-
-    def consume_event(
-        self,
-        event_id: int,
-        snapshot: WorkflowSnapshot,
-        expected_version: int,
-        *,
-        claim: Claim | None = None,
-    ) -> int:
-        """Consume a peeked event and save the checkpoint it led to, atomically."""
-        return self._run(
-            consume_event(self.ctx, event_id, snapshot, expected_version, claim), transaction=True
-        )
-
-    def park(
-        self,
-        snapshot: WorkflowSnapshot,
-        expected_version: int | None,
-        *,
-        claim: Claim | None = None,
-    ) -> ParkResult:
-        """Save an AtSignal checkpoint, or resume at once with an already buffered event."""
-        return self._run(park(self.ctx, snapshot, expected_version, claim), transaction=True)
-
-
-class AsyncSignalsMixin(AsyncRunner):
-    """Cancel/pause signals and buffered external events. (async)"""
-
-    async def store_signal(
-        self, instance_id: str, kind: SignalKind | str, reason: str | None = None
-    ) -> Signal:
-        """Record a pending signal as is (no claim check; see `cancel`/`pause` for that).
-        `ValidationError` for an unknown kind, `NotFoundError`, `TerminalStateError`."""
-        return await self._run(store_signal(instance_id, kind, reason), transaction=True)
-
-    async def get_signals(self, instance_id: str) -> list[Signal]:
-        """The pending signals of an instance (`NotFoundError` if it does not exist)."""
-        return await self._run(read_signals(instance_id, None))
-
-    async def get_signal(self, instance_id: str, kind: SignalKind | str) -> Signal | None:
-        """The pending ``kind`` signal, or None."""
-        return await self._run(read_signal(instance_id, kind))
-
-    async def clear_signal(self, instance_id: str, kind: SignalKind | str | None = None) -> bool:
-        """Drop the pending ``kind`` signal (every kind when None); whether one existed."""
-        return await self._run(clear_signal(instance_id, kind), transaction=True)
-
-    async def cancel(self, instance_id: str, reason: str | None = None) -> SignalOutcome:
-        """Cancel now (APPLIED) unless a live claim holds the instance (PENDING)."""
-        return await self._run(request(self.ctx, instance_id, _CANCEL, reason), transaction=True)
-
-    async def pause(self, instance_id: str, reason: str | None = None) -> SignalOutcome:
-        """Pause now (APPLIED) unless a live claim holds the instance (PENDING)."""
-        return await self._run(request(self.ctx, instance_id, _PAUSE, reason), transaction=True)
-
-    async def unpause(self, instance_id: str) -> SignalOutcome:
-        """Resume a Paused instance (APPLIED) or withdraw a pending pause (WITHDRAWN)."""
-        return await self._run(unpause(self.ctx, instance_id), transaction=True)
-
-    async def check_and_cancel(self, instance_id: str, claim: Claim | None = None) -> Signal | None:
-        """Apply a pending cancel (fenced by ``claim``); the signal applied, or None."""
-        return await self._run(
-            check_and_apply(self.ctx, instance_id, _CANCEL, claim), transaction=True
-        )
-
-    async def check_and_pause(self, instance_id: str, claim: Claim | None = None) -> Signal | None:
-        """Apply a pending pause (fenced by ``claim``); the signal applied, or None."""
-        return await self._run(
-            check_and_apply(self.ctx, instance_id, _PAUSE, claim), transaction=True
-        )
-
-    async def send_event(self, instance_id: str, name: str, payload: Any = None) -> EventOutcome:
-        """Resume the instance if parked on ``name`` (RESUMED), else buffer it (BUFFERED)."""
-        return await self._run(send_event(self.ctx, instance_id, name, payload), transaction=True)
-
-    async def peek_events(
-        self, instance_id: str, name: str | None = None, *, limit: int = DEFAULT_EVENT_PAGE
-    ) -> list[Event]:
-        """Buffered events (of ``name``, or all), oldest first, without consuming them."""
-        return await self._run(peek_events(instance_id, name, limit))
-
-    async def consume_event(
-        self,
-        event_id: int,
-        snapshot: WorkflowSnapshot,
-        expected_version: int,
-        *,
-        claim: Claim | None = None,
-    ) -> int:
-        """Consume a peeked event and save the checkpoint it led to, atomically."""
-        return await self._run(
-            consume_event(self.ctx, event_id, snapshot, expected_version, claim), transaction=True
-        )
-
-    async def park(
-        self,
-        snapshot: WorkflowSnapshot,
-        expected_version: int | None,
-        *,
-        claim: Claim | None = None,
-    ) -> ParkResult:
-        """Save an AtSignal checkpoint, or resume at once with an already buffered event."""
-        return await self._run(park(self.ctx, snapshot, expected_version, claim), transaction=True)

@@ -17,7 +17,7 @@ import psycopg
 import pytest
 
 from snapstore import JsonCodec, MigrationError, PostgresBackend
-from snapstore.migrate import LOCK_SQL, MigrationPlan, load_migrations, print_sql
+from snapstore.migrations import LOCK_SQL, MigrationPlan, load_migrations, print_sql
 from snapstore.queries import bind_schema, sql_dir
 from tests.stores import KINDS, Kind, isolated_schema, open_store, opened, snap
 

@@ -140,7 +140,7 @@ def test_a_rolled_back_save_is_not_remembered(backend: PostgresBackend[JsonCodec
         raise RuntimeError("the enclosing transaction fails after the save")
 
     with pytest.raises(RuntimeError):
-        backend._run(save_then_fail(), transaction=True)
+        backend._runner.run(save_then_fail(), transaction=True)
     assert backend.ctx.tasks.known("r", version + 1) == UNKNOWN
     assert backend.ctx.tasks.known("r", version) != UNKNOWN
     stored = backend.load("r")

@@ -54,7 +54,6 @@ from snapstore.wakeup import (
     WakeupListener,
     WakeupOptions,
     WakeupQueue,
-    WakeupSettings,
     WakeupStats,
     next_poll_in,
     supervise,
@@ -153,7 +152,7 @@ class Side:
             return await self.backend.save(snapshot, expected_version)
         return await asyncio.to_thread(self.backend.save, snapshot, expected_version)
 
-    async def listen(self, **settings: Unpack[WakeupSettings]) -> ListenerView:
+    async def listen(self, **settings: Unpack[WakeupOptions]) -> ListenerView:
         view: ListenerView
         if isinstance(self.backend, AsyncPostgresBackend):
             view = await self.backend.wakeups(**settings)
@@ -507,7 +506,7 @@ async def test_close_stops_cleanly(side: Side, admin: psycopg.Connection[Any]) -
 
     await eventually(gone, "the LISTEN connection to end")
     if isinstance(listener, ThreadListenerView):
-        assert not listener.listener._thread.is_alive()
+        assert not listener.listener._worker.running
 
 
 @session_loop
@@ -531,7 +530,7 @@ async def test_bad_conninfo_fails_at_start(side: Side, dsn: str) -> None:
 
 
 def test_options_are_validated() -> None:
-    bad: list[WakeupSettings] = [
+    bad: list[WakeupOptions] = [
         {"maxsize": 0},
         {"poll_interval": 0},
         {"backoff_initial": 0},
@@ -539,7 +538,7 @@ def test_options_are_validated() -> None:
     ]
     for settings in bad:
         with pytest.raises(ConfigurationError):
-            WakeupOptions(**settings)
+            ListenerPlan.build(queries_for("snapstore"), settings)
 
 
 def test_queue_keeps_arrival_order_and_counts_every_outcome() -> None:
@@ -615,7 +614,7 @@ def test_poll_cursor_walks_the_due_set_and_wraps_around() -> None:
 
 
 def test_listen_connection_is_autocommit_named_and_keeps_the_callers_choices() -> None:
-    plan = ListenerPlan.build(queries_for("snapstore"), "me")
+    plan = ListenerPlan.build(queries_for("snapstore"), {"application_name": "me"})
     assert plan.listen.as_string(None) == 'LISTEN "snapstore_wakeup:snapstore"'
     pool_kwargs = {"autocommit": False, "application_name": "pool", "connect_timeout": 2}
     kwargs = plan.connect_kwargs("host=h keepalives_idle=7", pool_kwargs)

@@ -1,0 +1,44 @@
+"""Bring a schema up to date (async source of the generated sync `snapstore.migrate`).
+
+Migrations run in one transaction under a per-schema advisory lock, so any
+number of processes may connect at once; a fast read-only check skips the lock
+when the schema is already current (runtime roles need no DDL rights then).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from psycopg import AsyncConnection
+from psycopg.rows import tuple_row
+
+from snapstore.migrations import (
+    EXISTS_SQL,
+    LOCK_SQL,
+    MigrationPlan,
+    applied_versions,
+    load_migrations,
+    pending,
+)
+
+
+async def migrate(conn: AsyncConnection[Any], schema: str) -> list[int]:
+    """Bring ``schema`` up to date; return the versions applied now."""
+    plan = MigrationPlan(schema)
+    migrations = load_migrations()
+    cur = conn.cursor(row_factory=tuple_row)  # whatever rows the connection is set to give
+    await cur.execute(EXISTS_SQL, plan.exists_params)
+    row = await cur.fetchone()
+    if row and row[0]:
+        await cur.execute(plan.applied)
+        if not pending(applied_versions(await cur.fetchall()), migrations):
+            return []
+    async with conn.transaction():
+        await cur.execute(LOCK_SQL, plan.lock_params)
+        await cur.execute(plan.bootstrap)
+        await cur.execute(plan.applied)
+        todo = pending(applied_versions(await cur.fetchall()), migrations)
+        for m in todo:
+            await cur.execute(plan.ddl(m))
+            await cur.execute(plan.record, plan.record_params(m))
+    return [m.version for m in todo]
