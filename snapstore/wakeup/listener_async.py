@@ -208,9 +208,7 @@ class AsyncWakeupListener:
         assert self._conn is not None
         deadline = time.monotonic() + timeout
         while not self._worker.stopping and (left := deadline - time.monotonic()) > 0:
-            async for notify in self._conn.notifies(
-                timeout=min(left, ASYNC_STOP_CHECK_INTERVAL)
-            ):
+            async for notify in self._conn.notifies(timeout=min(left, ASYNC_STOP_CHECK_INTERVAL)):
                 if notify.channel == self.plan.channel and notify.payload:
                     self._offer((notify.payload,), polled=False)
 

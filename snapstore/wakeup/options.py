@@ -134,4 +134,3 @@ class ListenerPlan:
             if key not in given and key not in kwargs:
                 kwargs[key] = value
         return kwargs
-
