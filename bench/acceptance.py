@@ -200,7 +200,8 @@ def pgqueuer_check(result: dict[str, Any]) -> dict[str, Any]:
         return verdicts.verdict(
             name, None, False, PGQUEUER_FRACTION, "", group="peer", missing=missing
         )
-    assert ours is not None and theirs is not None
+    assert ours is not None
+    assert theirs is not None
     ratio = float(ours) / float(theirs)
     windows = (states.get("backlog") or {}).get("claims_per_s_windows") or []
     small_ours = (states.get("small") or {}).get("claims_per_s")
@@ -282,7 +283,10 @@ def langgraph_check(result: dict[str, Any]) -> dict[str, Any]:
             codec=codec,
             missing="; ".join(dict.fromkeys(reasons)),  # peers off: said once
         )
-    assert shape is not None and peer is not None and ours is not None and theirs is not None
+    assert shape is not None
+    assert peer is not None
+    assert ours is not None
+    assert theirs is not None
     ratio = float(ours) / float(theirs)
     windows = shape.get("windows") or []
     form = shape.get("shape") or {}

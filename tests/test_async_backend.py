@@ -50,7 +50,8 @@ async def test_sync_and_async_backends_share_one_schema(
         ]:
             assert without_timestamps(read_sync) == without_timestamps(read_async)
     stored = await abackend.load("wf-1")
-    assert stored is not None and stored.snapshot.input == "from sync"
+    assert stored is not None
+    assert stored.snapshot.input == "from sync"
 
 
 async def test_many_coroutines_share_a_small_pool(
@@ -114,4 +115,5 @@ async def test_a_save_cancelled_while_blocked_leaves_a_consistent_store(
     for _ in range(4):
         version = await abackend.save(advance(first, input=stored.version), stored.version)
         stored = await abackend.load("wf-1")
-        assert stored is not None and stored.version == version
+        assert stored is not None
+        assert stored.version == version

@@ -84,7 +84,9 @@ async def test_create_returns_version_1_and_a_second_create_conflicts(store: Sto
     assert (info.value.instance_id, info.value.expected_version) == ("wf-1", None)
     assert info.value.actual_version == 1
     loaded = await store.load("wf-1")
-    assert loaded is not None and loaded.snapshot == first and loaded.version == 1
+    assert loaded is not None
+    assert loaded.snapshot == first
+    assert loaded.version == 1
     assert await store.count("history") == 1
 
 
@@ -97,7 +99,8 @@ async def test_stale_expected_version_conflicts_and_names_both_versions(store: S
             await store.save(advance(s1, input="lost"), expected_version=stale)
         assert (info.value.expected_version, info.value.actual_version) == (stale, 2)
     loaded = await store.load("wf-1")
-    assert loaded is not None and loaded.snapshot.input == 2
+    assert loaded is not None
+    assert loaded.snapshot.input == 2
     assert [h.version for h in await store.history("wf-1")] == [1, 2]
 
 
@@ -179,7 +182,8 @@ async def test_task_outputs_are_stored_once_in_the_tasks_table(store: Store) -> 
     blob = await store.scalar("SELECT data FROM @schema@.history")
     assert b"SIDECAR-ONLY" not in bytes(blob)
     loaded = await store.load("wf-1")
-    assert loaded is not None and loaded.snapshot == first  # outputs hydrated back
+    assert loaded is not None
+    assert loaded.snapshot == first
 
     # Re-saving the same task results must not rewrite their rows (no WAL per save).
     before = await task_xmins(store, "wf-1")
@@ -190,7 +194,8 @@ async def test_task_outputs_are_stored_once_in_the_tasks_table(store: Store) -> 
     changed = dict(first.task_results, a=TaskResult(output={"rows": []}, attempts=2))
     await store.save(advance(first, task_results=changed), expected_version=2)
     after = await task_xmins(store, "wf-1")
-    assert after["b"] == before["b"] and after["a"] != before["a"]
+    assert after["b"] == before["b"]
+    assert after["a"] != before["a"]
     assert await store.load_task_result("wf-1", "a") == changed["a"]
 
 
@@ -211,7 +216,8 @@ async def test_tasks_dropped_from_a_later_snapshot_are_not_hydrated(store: Store
     second = advance(first, task_results={"b": first.task_results["b"]})
     await store.save(second, expected_version=1)
     loaded = await store.load("wf-1")
-    assert loaded is not None and loaded.snapshot == second
+    assert loaded is not None
+    assert loaded.snapshot == second
 
 
 # --- terminal guard --------------------------------------------------------------------
@@ -246,7 +252,9 @@ async def test_terminal_instances_are_never_written_again(
     assert await store.count("history") == 2
     assert await task_xmins(store, "wf-1") == xmins
     loaded = await store.load("wf-1")
-    assert loaded is not None and loaded.snapshot == done and loaded.version == 2
+    assert loaded is not None
+    assert loaded.snapshot == done
+    assert loaded.version == 2
 
 
 async def test_an_instance_may_be_created_terminal_and_paused_is_not_terminal(
@@ -518,6 +526,7 @@ async def test_ids_at_the_length_limit_and_not_started_positions_round_trip(
     longest = snap("é" * 255, position=NotStarted())
     await store.save(longest)
     loaded = await store.load("é" * 255)
-    assert loaded is not None and loaded.snapshot == longest
+    assert loaded is not None
+    assert loaded.snapshot == longest
     summary = (await store.list()).items[0]
     assert (summary.current_task_id, summary.position_kind) == (None, "NotStarted")

@@ -62,7 +62,8 @@ def test_every_workload_ran_and_saved(bench_run: dict[str, Any]) -> None:
             assert run["skipped"]
             continue
         assert run["errors"] == {}, (run["workload"], run["first_errors"])
-        assert run["saves"] > 0 and run["saves_per_s"] > 0, run["workload"]
+        assert run["saves"] > 0, run["workload"]
+        assert run["saves_per_s"] > 0, run["workload"]
         assert run["window_s"] >= 1.0
         assert run["blob_bytes_mean"] > 0
         assert run["wal_bytes_per_save"] > 0
@@ -94,18 +95,21 @@ def test_environment_ceilings_and_verdicts(bench_run: dict[str, Any]) -> None:
     assert bench_run["environment"]["machine"]["cpu_count"] >= 1
     ceilings = bench_run["ceilings"]
     for name in ("raw_single", "raw_grouped_tx", "raw_batch", "raw_workflow_json"):
-        assert ceilings[name]["saves_per_s"] > 0 and ceilings[name]["failed"] == 0
+        assert ceilings[name]["saves_per_s"] > 0
+        assert ceilings[name]["failed"] == 0
     assert ceilings["raw_workflow_json"]["shape"] == "workflow"
     for name in ("pgbench_single", "pgbench_grouped_tx"):  # present, or the reason it is not
         assert "saves_per_s" in ceilings[name] or ceilings[name]["error"]
     assert bench_run["warnings"] == []  # every schema of the run: statement parse-cached
     verdicts = bench_run["acceptance"]
     main = [v for v in verdicts if v["group"] in ("single-save", "grouped")]
-    assert len(main) == 2 and all(isinstance(v["passed"], bool) for v in verdicts)
+    assert len(main) == 2
+    assert all(isinstance(v["passed"], bool) for v in verdicts)
     assert all(v["verdict"] in ("PASS", "FAIL", "not measured") for v in verdicts)
     assert all(not v["passed"] for v in verdicts if v["verdict"] == "not measured")
     stdout = bench_run["_stdout"]
-    assert "single-save path" in stdout and ("PASS" in stdout or "FAIL" in stdout)
+    assert "single-save path" in stdout
+    assert ("PASS" in stdout or "FAIL" in stdout)
     out: Path = bench_run["_out"]
     for suffix in (".json", ".md", ".png"):
         assert (out / f"latest{suffix}").stat().st_size > 0
@@ -114,10 +118,13 @@ def test_environment_ceilings_and_verdicts(bench_run: dict[str, Any]) -> None:
 @pytest.mark.slow
 def test_single_save_runs_as_alternating_window_pairs(bench_run: dict[str, Any]) -> None:
     pairs = bench_run["single_save"]["json"]
-    assert pairs["pairs"] == 2 and len(pairs["store_windows"]) == 2
-    assert len(pairs["reference_windows"]) == 2 and pairs["errors"] == []
+    assert pairs["pairs"] == 2
+    assert len(pairs["store_windows"]) == 2
+    assert len(pairs["reference_windows"]) == 2
+    assert pairs["errors"] == []
     assert pairs["order"] == ["store", "reference", "reference", "store"]
-    assert pairs["ratio"] > 0 and pairs["ratio_min"] <= pairs["ratio"] * 1.0001
+    assert pairs["ratio"] > 0
+    assert pairs["ratio_min"] <= pairs["ratio"] * 1.0001
     assert pairs["ratio"] <= pairs["ratio_max"] * 1.0001
     saves = next(r for r in bench_run["runs"] if r["workload"] == "saves")
     assert saves["saves_per_s"] == pairs["store_median"]
@@ -125,7 +132,8 @@ def test_single_save_runs_as_alternating_window_pairs(bench_run: dict[str, Any])
     replay = bench_run["ceilings"]["raw_workflow_json"]
     assert replay["saves_per_s"] == pairs["reference_median"]
     single = next(v for v in bench_run["acceptance"] if v["group"] == "single-save")
-    assert single["value"] == pairs["ratio"] and single["spread"] == [
+    assert single["value"] == pairs["ratio"]
+    assert single["spread"] == [
         pairs["ratio_min"],
         pairs["ratio_max"],
     ]
@@ -137,17 +145,21 @@ def test_scale_workloads_ran_at_tiny_size(bench_run: dict[str, Any]) -> None:
     from bench import suite
 
     scale = bench_run["scale"]
-    assert scale["size"] == "tiny" and scale["repeats"] == 1
+    assert scale["size"] == "tiny"
+    assert scale["repeats"] == 1
     assert list(scale["workloads"]) == list(suite.SCALE_WORKLOADS)
     for name, found in scale["workloads"].items():
         assert not found.get("failed"), (name, found.get("failed"))
-        assert found["figures"] and found["checks"], name
+        assert found["figures"], name
+        assert found["checks"], name
         for fig in found["figures"].values():
-            assert "value" in fig and fig["unit"]
+            assert "value" in fig
+            assert fig["unit"]
     scale_verdicts = [v for v in bench_run["acceptance"] if v["group"] == "scale"]
     assert len(scale_verdicts) == len(scale["checks"]) > 0
     md = (bench_run["_out"] / "latest.md").read_text()
-    assert "## Scale workloads" in md and "## Peers" in md
+    assert "## Scale workloads" in md
+    assert "## Peers" in md
     for found in scale["workloads"].values():
         for key in found["figures"]:
             assert f"| {key} |" in md
@@ -156,11 +168,13 @@ def test_scale_workloads_ran_at_tiny_size(bench_run: dict[str, Any]) -> None:
 
 @pytest.mark.slow
 def test_peers_off_are_not_measured_never_passed(bench_run: dict[str, Any]) -> None:
-    assert bench_run["peers"]["enabled"] is False and bench_run["peers"]["reason"]
+    assert bench_run["peers"]["enabled"] is False
+    assert bench_run["peers"]["reason"]
     peer_verdicts = [v for v in bench_run["acceptance"] if v["group"] == "peer"]
     assert len(peer_verdicts) == 2  # PgQueuer, and LangGraph for the one codec
     for v in peer_verdicts:
-        assert v["verdict"] == "not measured" and v["passed"] is False
+        assert v["verdict"] == "not measured"
+        assert v["passed"] is False
         assert "peers off" in v["detail"]
     assert "NOT MEASURED" in bench_run["_stdout"]
 
@@ -191,7 +205,9 @@ def test_pgbench_script_uses_only_its_own_variables(dsn: str) -> None:
         script = ceiling.pgbench_script(conn, "bench_script_probe", 2)
     names = set(re.findall(r"(?<![:\w]):([A-Za-z_]\w*)", script))
     assert names == {"client_id", "iid0", "iid1", "v0_version", "v1_version"}
-    assert script.count("\\gset") == 2 and "BEGIN;" in script and "COMMIT;" in script
+    assert script.count("\\gset") == 2
+    assert "BEGIN;" in script
+    assert "COMMIT;" in script
 
 
 def test_percentile_is_nearest_rank() -> None:
@@ -215,7 +231,8 @@ def test_the_workflow_replay_sends_what_the_store_sends() -> None:
     assert [len(s.params["task_ids"]) for s in saves] == [0] + [1] * shape.steps
     assert [s.checks_created_at for s in saves] == [False, False] + [True] * (shape.steps - 1)
     deltas = [s.params["base_version"] is not None for s in saves[1:]]
-    assert any(deltas) and not all(deltas)
+    assert any(deltas)
+    assert not all(deltas)
     assert list(saves[0].params["status"]) == ["InProgress"]
     assert saves[-1].params["status"] == "Completed"
 
@@ -227,8 +244,10 @@ def test_snapstore_on_the_langgraph_shape_saves_and_drops_its_schema(dsn: str) -
 
     prefix = f"bs{uuid.uuid4().hex[:5]}_"
     found = scale_shape.measure(dsn, prefix, "t", threads=2, windows=2, seconds=0.2, warmup=0.1)
-    assert "error" not in found and found["errors"] == {}, found
-    assert len(found["windows"]) == 2 and found["saves_per_s"] > 0
+    assert "error" not in found, found
+    assert found["errors"] == {}, found
+    assert len(found["windows"]) == 2
+    assert found["saves_per_s"] > 0
     with psycopg.connect(dsn, autocommit=True) as conn:
         left = conn.execute(
             "SELECT count(*) FROM pg_namespace WHERE nspname = %s", (f"{prefix}shape",)

@@ -178,9 +178,11 @@ def _by_name(checks: list[dict[str, Any]], fragment: str) -> dict[str, Any]:
 
 def test_paired_windows_give_medians_ratio_and_spread() -> None:
     found = verdicts.paired([100.0, 80.0, 90.0], [100.0, 100.0, 120.0])
-    assert found["store_median"] == 90.0 and found["reference_median"] == 100.0
+    assert found["store_median"] == 90.0
+    assert found["reference_median"] == 100.0
     assert found["ratio"] == 0.9
-    assert found["ratio_min"] == 0.75 and found["ratio_max"] == 1.0
+    assert found["ratio_min"] == 0.75
+    assert found["ratio_max"] == 1.0
     assert found["pairs"] == 3
     assert verdicts.paired([], [])["ratio"] is None
     assert verdicts.median_index([3.0, 1.0, 2.0]) == 2
@@ -190,12 +192,14 @@ def test_single_save_verdict_is_on_the_median_ratio_not_one_window() -> None:
     # One window pair far below 75% (a burst on the machine) does not fail the median.
     passing = acceptance.check(_result([2000.0, 1200.0, 2100.0], [2500.0, 2600.0, 2550.0]))
     single = _by_name(passing, "single-save path")
-    assert single["verdict"] == "PASS" and single["passed"] is True
+    assert single["verdict"] == "PASS"
+    assert single["passed"] is True
     assert single["value"] == pytest.approx(2000.0 / 2550.0, abs=1e-4)
     assert "target inside the window spread" in single["detail"]
     failing = acceptance.check(_result([1500.0, 1600.0, 1550.0], [2500.0, 2600.0, 2550.0]))
     single = _by_name(failing, "single-save path")
-    assert single["verdict"] == "FAIL" and single["passed"] is False
+    assert single["verdict"] == "FAIL"
+    assert single["passed"] is False
     assert "every window pair below the target" in single["detail"]
 
 
@@ -203,7 +207,8 @@ def test_missing_single_save_windows_are_not_measured() -> None:
     result = _result([], [])
     result["runs"] = [r for r in result["runs"] if r["workload"] != "saves"]
     single = _by_name(acceptance.check(result), "single-save path")
-    assert single["verdict"] == "not measured" and single["passed"] is False
+    assert single["verdict"] == "not measured"
+    assert single["passed"] is False
     assert single["detail"].startswith("not measured")
 
 
@@ -215,7 +220,8 @@ def test_peer_install_failure_is_not_measured_with_the_reason() -> None:
     checks = acceptance.check(_result([2000.0], [2500.0], peers_runs=runs))
     for fragment, why in (("PgQueuer", "no network"), ("LangGraph", "offline")):
         found = _by_name(checks, fragment)
-        assert found["verdict"] == "not measured" and found["passed"] is False
+        assert found["verdict"] == "not measured"
+        assert found["passed"] is False
         assert why in found["detail"]
     md = report.markdown({**_result([2000.0], [2500.0], peers_runs=runs), "acceptance": checks})
     assert "error: " + INSTALL_ERROR in md
@@ -223,25 +229,31 @@ def test_peer_install_failure_is_not_measured_with_the_reason() -> None:
     text = report.summary(
         {**_result([2000.0], [2500.0], peers_runs=runs), "acceptance": checks}, []
     )
-    assert "NOT MEASURED  single save >= LangGraph" in text and "no network" in text
+    assert "NOT MEASURED  single save >= LangGraph" in text
+    assert "no network" in text
 
 
 def test_peer_verdicts_compare_snapstore_medians_with_the_peer() -> None:
     runs = {"pgqueuer_backlog": PGQ_BACKLOG, "langgraph_put": LG_PUT}
     checks = acceptance.check(_result([2000.0, 2100.0], [2500.0, 2600.0], peers_runs=runs))
     pgq = _by_name(checks, "PgQueuer")
-    assert pgq["verdict"] == "PASS" and pgq["value"] == pytest.approx(1000.0 / 1800.0)
+    assert pgq["verdict"] == "PASS"
+    assert pgq["value"] == pytest.approx(1000.0 / 1800.0)
     assert "1,000,000 backlog" in pgq["name"]
     assert "median of 3 windows of 1.5 s, 1,700-1,900" in pgq["detail"]
     lg = _by_name(checks, "LangGraph")
     # snapstore's figure is its median on LangGraph's shape, not the saves workload's 2,050.
     assert SHAPE["saves_per_s"] == 1590.0
-    assert lg["verdict"] == "PASS" and lg["store"] == 1590.0 and lg["reference"] == 1500.0
+    assert lg["verdict"] == "PASS"
+    assert lg["store"] == 1590.0
+    assert lg["reference"] == 1500.0
     assert lg["value"] == pytest.approx(1590.0 / 1500.0)
     assert lg["name"].endswith("[json]")
-    assert "10 outputs of 195 B" in lg["detail"] and "10 outputs of 200 B" in lg["detail"]
+    assert "10 outputs of 195 B" in lg["detail"]
+    assert "10 outputs of 200 B" in lg["detail"]
     assert "before LangGraph 1,650, after LangGraph 1,550" in lg["detail"]
-    assert "the saves workload (json" in lg["detail"] and "2,050 saves/s" in lg["detail"]
+    assert "the saves workload (json" in lg["detail"]
+    assert "2,050 saves/s" in lg["detail"]
     slow_shape = scale_shape.pooled({"before": {"windows": [1400.0]}, "after": {"windows": []}})
     lost = acceptance.check(_result([2000.0], [2500.0], peers_runs=runs, shape=slow_shape))
     assert _by_name(lost, "LangGraph")["verdict"] == "FAIL"  # 1,400 < 1,500, whatever saves did
@@ -257,9 +269,11 @@ def test_peers_off_and_crashed_scale_workloads_are_not_measured() -> None:
     checks = acceptance.check(result)
     for fragment in ("PgQueuer", "LangGraph"):
         found = _by_name(checks, fragment)
-        assert found["verdict"] == "not measured" and "--no-peers" in found["detail"]
+        assert found["verdict"] == "not measured"
+        assert "--no-peers" in found["detail"]
     crashed = _by_name(checks, "scale retention")
-    assert crashed["verdict"] == "not measured" and "boom" in crashed["detail"]
+    assert crashed["verdict"] == "not measured"
+    assert "boom" in crashed["detail"]
     scale = [c for c in checks if c["group"] == "scale" and c.get("workload") == "dispatch_backlog"]
     assert [c["verdict"] for c in scale] == ["PASS", "not measured"]
 
@@ -281,8 +295,11 @@ def test_report_lists_scale_and_peer_figures_next_to_target_and_reference(
     )
     assert "small 1,100.0" in md
     assert "| retention | FAILED |" in md
-    assert "1,800 jobs/s" in md and "1,500 puts/s" in md and "error: exit 1" in md
-    assert "| snapstore_shape | 1,590 saves/s |" in md and "10 outputs x 195 B" in md
+    assert "1,800 jobs/s" in md
+    assert "1,500 puts/s" in md
+    assert "error: exit 1" in md
+    assert "| snapstore_shape | 1,590 saves/s |" in md
+    assert "10 outputs x 195 B" in md
     assert md.index("| snapstore_shape |") < md.index("| langgraph_put |")
     assert "## Single save vs its statements replayed raw" in md
     paths = report.write(result, tmp_path, "run-test")
@@ -306,7 +323,9 @@ def test_compare_covers_single_save_ratio_and_scale_figures() -> None:
 
 def test_quick_and_default_plans() -> None:
     default = cli.config_from(cli.run_parser().parse_args([]))
-    assert default.peers and default.scale_size == "default" and default.repeats == 5
+    assert default.peers
+    assert default.scale_size == "default"
+    assert default.repeats == 5
     assert set(default.scale) == {
         "dispatch_backlog",
         "task_growth",
@@ -315,10 +334,13 @@ def test_quick_and_default_plans() -> None:
         "async_saves",
     }
     quick = cli.config_from(cli.run_parser().parse_args(["--quick"]))
-    assert not quick.peers and quick.scale_size == "small"
-    assert quick.repeats >= 3 and quick.duration < default.duration
+    assert not quick.peers
+    assert quick.scale_size == "small"
+    assert quick.repeats >= 3
+    assert quick.duration < default.duration
     forced = cli.config_from(cli.run_parser().parse_args(["--quick", "--peers", "--no-scale"]))
-    assert forced.peers and forced.scale == ()
+    assert forced.peers
+    assert forced.scale == ()
     large = cli.config_from(cli.run_parser().parse_args(["--scale-size", "large"]))
     assert large.scale_size == "large"
 
@@ -343,7 +365,8 @@ def test_langgraph_verdict_is_one_json_verdict_and_needs_the_shape_run() -> None
     result = _result([2000.0], [2500.0], peers_runs=runs)
     result["config"]["codecs"] = ["json", "msgpack", "cbor"]
     lg = [c for c in acceptance.check(result) if "LangGraph" in c["name"]]
-    assert len(lg) == 1 and lg[0]["codec"] == "json"
+    assert len(lg) == 1
+    assert lg[0]["codec"] == "json"
     assert "step mode (put_writes + put): 880 steps/s, 900 puts/s" in lg[0]["detail"]
     crashed = scale_shape.pooled(
         {"before": {"error": "RuntimeError('gone')"}, "after": {"error": "RuntimeError('x')"}}
@@ -355,7 +378,8 @@ def test_langgraph_verdict_is_one_json_verdict_and_needs_the_shape_run() -> None
         found = _by_name(
             acceptance.check(_result([2000.0], [2500.0], peers_runs=runs, shape=shape)), "LangGraph"
         )
-        assert found["verdict"] == "not measured" and found["passed"] is False
+        assert found["verdict"] == "not measured"
+        assert found["passed"] is False
         assert why in found["detail"]
 
 
@@ -381,8 +405,10 @@ def test_langgraph_runs_on_the_shape_between_two_snapstore_halves(
     found, shape = peer_plan.run_langgraph(runner, 8, 0.5, lambda label: contextlib.nullcontext())
     assert calls == ["snapstore before", "langgraph put", "langgraph step", "snapstore after"]
     assert set(found) == {"langgraph_put", "langgraph_step"}
-    assert shape["saves_per_s"] == 20.0 and shape["windows"] == [10.0, 30.0, 10.0, 30.0]
-    assert set(shape["halves"]) == {"before", "after"} and shape["threads"] == 8
+    assert shape["saves_per_s"] == 20.0
+    assert shape["windows"] == [10.0, 30.0, 10.0, 30.0]
+    assert set(shape["halves"]) == {"before", "after"}
+    assert shape["threads"] == 8
     command = peers.peer_command("langgraph", Path("/v"), "postgresql://x", **options)
     for flag, value in (("--channels", "10"), ("--value-bytes", "200"), ("--steps", "10")):
         assert command[command.index(flag) + 1] == value

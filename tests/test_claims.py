@@ -176,7 +176,8 @@ async def test_a_live_lease_is_not_taken_over_but_an_expired_one_is(claims: Clai
 
     await claims.expire(first)
     stolen = await claims.claim("a", "w2")
-    assert stolen is not None and stolen.worker_id == "w2"
+    assert stolen is not None
+    assert stolen.worker_id == "w2"
     assert stolen.token != first.token
     assert await claims.lease_row("a") == ("w2", stolen.token, stolen.expires_at, None)
 
@@ -185,7 +186,8 @@ async def test_reclaiming_ones_own_live_lease_issues_a_fresh_token(claims: Claim
     await claims.seed(snap("a"))
     old = await claims.claim("a", "w1")
     new = await claims.claim("a", "w1")
-    assert old is not None and new is not None
+    assert old is not None
+    assert new is not None
     assert new.token != old.token
     with pytest.raises(ClaimLostError):
         await claims.save(snap("a"), 1, claim=old)
@@ -274,7 +276,8 @@ async def test_fenced_save_succeeds_while_live_and_is_refused_after_loss(
 
     assert await claims.save(snap("a", position=AtTask("t3")), 3, claim=thief) == 4
     stored = await claims.store.load("a")
-    assert stored is not None and stored.snapshot.position == AtTask("t3")
+    assert stored is not None
+    assert stored.snapshot.position == AtTask("t3")
 
 
 async def test_a_finishing_save_drops_its_lease(claims: Claims) -> None:
@@ -326,7 +329,8 @@ async def test_release_notifies_when_the_instance_is_dispatchable(claims: Claims
     later = now() + timedelta(hours=1)
     await claims.seed(snap("due"), snap("sleeping", position=AtDelay("t", later)))
     due, sleeping = await claims.claim("due", "w1"), await claims.claim("sleeping", "w1")
-    assert due is not None and sleeping is not None
+    assert due is not None
+    assert sleeping is not None
     channel = wakeup_channel(claims.store.schema)
     listener = await notifications(dsn, channel)
     try:
@@ -368,7 +372,8 @@ async def test_dispatch_leases_and_loads_the_checkpoint(claims: Claims) -> None:
     await claims.seed(original)
     (task,) = await claims.find("w1", limit=5)
     assert task.error is None
-    assert task.claim.worker_id == "w1" and task.claim.task_id == "t2"
+    assert task.claim.worker_id == "w1"
+    assert task.claim.task_id == "t2"
     assert without_timestamps(task.stored) == without_timestamps(await claims.store.load("a"))
     assert task.snapshot == original
     assert await claims.lease_row("a") == ("w1", task.claim.token, task.claim.expires_at, "t2")
@@ -481,7 +486,8 @@ async def test_paused_finished_and_leased_instances_are_not_dispatched(
 
     await claims.expire(held)  # an expired lease makes the instance dispatchable again
     (again,) = await claims.find("w2")
-    assert again.instance_id == "held" and again.claim.token != held.token
+    assert again.instance_id == "held"
+    assert again.claim.token != held.token
 
 
 async def test_filters_apply_before_the_limit(claims: Claims) -> None:
@@ -506,10 +512,12 @@ async def test_an_undecodable_checkpoint_does_not_block_dispatch(claims: Claims)
         "UPDATE @schema@.history SET data = '\\x00'::bytea WHERE instance_id = 'bad'"
     )
     bad, good = await claims.find(limit=5)
-    assert bad.instance_id == "bad" and isinstance(bad.error, DecodeError)
+    assert bad.instance_id == "bad"
+    assert isinstance(bad.error, DecodeError)
     with pytest.raises(DecodeError):
         _ = bad.stored
-    assert good.error is None and good.snapshot.instance_id == "good"
+    assert good.error is None
+    assert good.snapshot.instance_id == "good"
     assert await claims.store.count("claims") == 2  # the bad one stays leased, not retried
 
 

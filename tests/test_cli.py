@@ -35,13 +35,16 @@ def test_ls_show_history_task(
     seeded: PostgresBackend[JsonCodec], dsn: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     code, out, _ = run(capsys, dsn, "ls")
-    assert code == 0 and [line.split("\t")[0] for line in out.splitlines()] == ["wf-1", "wf-2"]
+    assert code == 0
+    assert [line.split("\t")[0] for line in out.splitlines()] == ["wf-1", "wf-2"]
     code, out, _ = run(capsys, dsn, "ls", "--limit", "1", "--json")
     page = json.loads(out)
-    assert [i["instance_id"] for i in page["items"]] == ["wf-1"] and page["next_cursor"]
+    assert [i["instance_id"] for i in page["items"]] == ["wf-1"]
+    assert page["next_cursor"]
     code, out, _ = run(capsys, dsn, "show", "wf-1")
     shown = json.loads(out)
-    assert shown["version"] == 2 and shown["snapshot"]["task_results"]["a"]["output"] == {"n": 1}
+    assert shown["version"] == 2
+    assert shown["snapshot"]["task_results"]["a"]["output"] == {"n": 1}
     code, out, _ = run(capsys, dsn, "history", "wf-1")
     assert [h["version"] for h in json.loads(out)] == [1, 2]
     code, out, _ = run(capsys, dsn, "task", "wf-1", "a")
@@ -54,12 +57,14 @@ def test_errors_are_reported_not_raised(
     with pytest.raises(SystemExit, match="no instance"):
         run(capsys, dsn, "show", "nope")
     code = main(["ls", "--dsn", dsn, "--schema", "Bad-Name"])
-    assert code == 1 and "ConfigurationError" in capsys.readouterr().err
+    assert code == 1
+    assert "ConfigurationError" in capsys.readouterr().err
 
 
 def test_print_sql_and_codecs(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["migrate", "--print-sql", "--schema", "audit_x"]) == 0
     ddl = capsys.readouterr().out
-    assert 'CREATE TABLE "audit_x".snapshots' in ddl and "@schema@" not in ddl
+    assert 'CREATE TABLE "audit_x".snapshots' in ddl
+    assert "@schema@" not in ddl
     assert main(["codecs"]) == 0
     assert {c["name"] for c in json.loads(capsys.readouterr().out)} >= {"json", "msgpack", "cbor"}

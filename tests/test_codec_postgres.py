@@ -101,7 +101,9 @@ def test_backend_writes_its_codec_as_bytea_envelopes(
         snapshot.instance_id,
     )
     assert (name, kind) == (codec.name, "bytea")
-    assert isinstance(data, bytes) and data[:3] == b"SNP" and data[4] == codec.codec_id
+    assert isinstance(data, bytes)
+    assert data[:3] == b"SNP"
+    assert data[4] == codec.codec_id
     assert data == encode_snapshot(codec, snapshot)  # the envelope, byte for byte
     (summary_codec,) = query(
         db, schema, "SELECT codec FROM {}.snapshots WHERE instance_id = %s", snapshot.instance_id
@@ -114,10 +116,13 @@ def test_backend_writes_its_codec_as_bytea_envelopes(
         " WHERE instance_id = %s AND task_id = 'audit'",
         snapshot.instance_id,
     )
-    assert kind == "bytea" and output[4] == codec.codec_id and output[5] == FLAG_VALUE
+    assert kind == "bytea"
+    assert output[4] == codec.codec_id
+    assert output[5] == FLAG_VALUE
     assert same(open_value(output), VALUE)
     stored = backend.load(snapshot.instance_id)
-    assert stored is not None and stored.codec == codec.name
+    assert stored is not None
+    assert stored.codec == codec.name
     assert same(stored.snapshot, snapshot)
 
 
@@ -139,14 +144,17 @@ def test_blob_written_by_one_codec_loads_with_another(
     snapshot = fresh()
     stores[writer.name].save(snapshot)
     old = stores[reader.name].load(snapshot.instance_id)
-    assert old is not None and old.codec == writer.name
+    assert old is not None
+    assert old.codec == writer.name
     assert same(old.snapshot, snapshot)
     task = stores[reader.name].load_task_result(snapshot.instance_id, "audit")
-    assert task is not None and same(task.output, VALUE)
+    assert task is not None
+    assert same(task.output, VALUE)
 
     stores[reader.name].save(snapshot, expected_version=1)
     new = stores[writer.name].load(snapshot.instance_id)
-    assert new is not None and new.codec == reader.name
+    assert new is not None
+    assert new.codec == reader.name
     assert same(new.snapshot, snapshot)
     history = stores[writer.name].history(snapshot.instance_id)
     assert [h.codec for h in history] == [writer.name, reader.name]
@@ -177,7 +185,8 @@ def test_any_snapshot_survives_postgres_and_a_codec_switch(
     snapshot = fresh(snapshot)
     stores[writer.name].save(snapshot)
     stored = stores[reader.name].load(snapshot.instance_id)
-    assert stored is not None and stored.codec == writer.name
+    assert stored is not None
+    assert stored.codec == writer.name
     assert same(stored.snapshot, snapshot), f"{stored.snapshot!r}\n!=\n{snapshot!r}"
 
 
@@ -220,7 +229,8 @@ def test_corrupt_history_row_raises_decode_error_naming_instance_and_version(
         backend.load(snapshot.instance_id)
     assert type(caught.value) is error
     assert (caught.value.instance_id, caught.value.version) == (snapshot.instance_id, 2)
-    assert repr(snapshot.instance_id) in str(caught.value) and "version 2" in str(caught.value)
+    assert repr(snapshot.instance_id) in str(caught.value)
+    assert "version 2" in str(caught.value)
     with pytest.raises(error, match="version 2"):
         backend.history(snapshot.instance_id)
     assert len(backend.history(snapshot.instance_id, limit=1)) == 1  # version 1 is intact

@@ -177,7 +177,8 @@ def test_memory_backend_reads_blobs_of_the_previous_codec(writer: Codec, reader:
     assert same(stored.snapshot, RICH)
     store.save(RICH, expected_version=1)
     latest = store.load(RICH.instance_id)
-    assert latest is not None and latest.codec == reader.name
+    assert latest is not None
+    assert latest.codec == reader.name
     assert same(latest.snapshot, RICH)
     history = store.history(RICH.instance_id)
     assert [h.codec for h in history] == [writer.name, reader.name]
@@ -221,7 +222,8 @@ def test_corrupt_snapshot_blob_raises_decode_error_naming_the_checkpoint(
         decode_snapshot(blob, instance_id="inst-ü", version=7)
     assert type(caught.value) is error
     assert (caught.value.instance_id, caught.value.version) == ("inst-ü", 7)
-    assert "'inst-ü'" in str(caught.value) and "version 7" in str(caught.value)
+    assert "'inst-ü'" in str(caught.value)
+    assert "version 7" in str(caught.value)
 
 
 @codecs
@@ -385,7 +387,8 @@ def _fake_codec(codec_id: Any, name: Any) -> Codec:
 def test_registered_custom_codec_blobs_are_decodable() -> None:
     custom = register_codec(ReversedJsonCodec())
     assert register_codec(ReversedJsonCodec()) is custom  # idempotent per class
-    assert codec_for_id(200) is custom and codec_for_name("reversed-json-test") is custom
+    assert codec_for_id(200) is custom
+    assert codec_for_name("reversed-json-test") is custom
     blob = encode_snapshot(custom, RICH)
     assert blob[4] == 200
     codec, snapshot = decode_snapshot(blob, with_outputs(RICH, custom))
@@ -396,7 +399,8 @@ def test_registered_custom_codec_blobs_are_decodable() -> None:
     store.save(RICH)
     store.codec = codec_instance(JsonCodec)
     stored = store.load(RICH.instance_id)
-    assert stored is not None and stored.codec == "reversed-json-test"
+    assert stored is not None
+    assert stored.codec == "reversed-json-test"
     assert same(stored.snapshot, RICH)
 
 

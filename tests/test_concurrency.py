@@ -77,9 +77,9 @@ def test_threads_racing_with_cas_retries_lose_no_update(
                     try:
                         backend.save(bump(stored.snapshot, n), expected_version=stored.version)
                         break
-                    except ConflictError as exc:
-                        assert exc.actual_version is not None
-                        assert exc.actual_version > stored.version  # someone else won
+                    except ConflictError as exc:  # expected: retry on the newer version
+                        assert exc.actual_version is not None  # noqa: PT017
+                        assert exc.actual_version > stored.version  # noqa: PT017
         except BaseException as exc:
             errors.append(exc)
 
@@ -91,14 +91,16 @@ def test_threads_racing_with_cas_retries_lose_no_update(
     assert errors == []
 
     final = backend.load("hot")
-    assert final is not None and final.version == WRITERS * INCREMENTS + 1
+    assert final is not None
+    assert final.version == WRITERS * INCREMENTS + 1
     history = backend.history("hot")
     check_outcome(
         [(h.version, h.snapshot.input["counter"]) for h in history], final.snapshot.output
     )
     # Each writer's task row holds the counter of its last successful save.
     outputs = {r.output for r in final.snapshot.task_results.values()}
-    assert max(outputs) == WRITERS * INCREMENTS and len(outputs) == WRITERS
+    assert max(outputs) == WRITERS * INCREMENTS
+    assert len(outputs) == WRITERS
 
 
 def test_racing_creates_yield_exactly_one_winner(backend: PostgresBackend[JsonCodec]) -> None:
@@ -141,7 +143,8 @@ async def test_asyncio_tasks_racing_with_cas_retries_lose_no_update(dsn: str, sc
 
         await asyncio.gather(*(writer(n) for n in range(WRITERS)))
         final = await backend.load("hot")
-        assert final is not None and final.version == WRITERS * INCREMENTS + 1
+        assert final is not None
+        assert final.version == WRITERS * INCREMENTS + 1
         history = await backend.history("hot")
         check_outcome(
             [(h.version, h.snapshot.input["counter"]) for h in history], final.snapshot.output

@@ -71,7 +71,8 @@ def test_subscripting_with_a_codec_class_is_cached_and_a_real_subclass(base: Any
     for codec_type in CODECS:
         special = base[codec_type]
         assert special is base[codec_type]
-        assert issubclass(special, base) and special is not base
+        assert issubclass(special, base)
+        assert special is not base
         assert special.codec_type is codec_type
     assert base[JsonCodec] is not base[MsgpackCodec]
     assert not issubclass(PostgresBackend[JsonCodec], AsyncPostgresBackend)
@@ -92,7 +93,8 @@ async def test_connect_writes_every_blob_with_the_bracketed_codec(
         await store.save(first)
         await store.save(advance(first, input=None), expected_version=1)
         loaded = await store.load("wf-1")
-        assert loaded is not None and loaded.codec == codec_type.name
+        assert loaded is not None
+        assert loaded.codec == codec_type.name
         assert {h.codec for h in await store.history("wf-1")} == {codec_type.name}
         columns = await store.sql(
             "SELECT DISTINCT s.codec, h.codec FROM @schema@.snapshots s "
@@ -108,7 +110,8 @@ async def test_an_explicit_codec_instance_overrides_the_bracketed_class(
         assert store.codec.name == "cbor"
         await store.save(snap())
         loaded = await store.load("wf-1")
-        assert loaded is not None and loaded.codec == "cbor"
+        assert loaded is not None
+        assert loaded.codec == "cbor"
 
 
 async def test_blobs_stay_readable_after_switching_the_write_codec(
@@ -128,7 +131,8 @@ async def test_blobs_stay_readable_after_switching_the_write_codec(
                 ("cbor", 2),
             ]
             loaded = await store.load("wf-1")
-            assert loaded is not None and (loaded.codec, loaded.version) == ("cbor", 3)
+            assert loaded is not None
+            assert (loaded.codec, loaded.version) == ("cbor", 3)
 
 
 # --- schema names --------------------------------------------------------------------------
@@ -184,7 +188,8 @@ async def test_schema_names_that_are_sql_keywords_work_because_they_are_quoted(
         await store.truncate_all()
         await store.save(snap())
         loaded = await store.load("wf-1")
-        assert loaded is not None and loaded.version == 1
+        assert loaded is not None
+        assert loaded.version == 1
         tables = await store.sql(
             "SELECT table_name FROM information_schema.tables WHERE table_schema = %(s)s",
             {"s": name},
@@ -202,7 +207,8 @@ async def test_two_schemas_in_one_database_are_isolated(dsn: str, kind: Kind) ->
             await right.save(snap(input="right"))
             await right.save(snap(input="right"), 1)
             left_loaded, right_loaded = await left.load("wf-1"), await right.load("wf-1")
-            assert left_loaded is not None and right_loaded is not None
+            assert left_loaded is not None
+            assert right_loaded is not None
             assert (left_loaded.snapshot.input, left_loaded.version) == ("left", 1)
             assert (right_loaded.snapshot.input, right_loaded.version) == ("right", 2)
             await left.truncate_all()
@@ -242,12 +248,12 @@ async def show(store: Store, setting: str) -> str:
     return str(rows[0][0])
 
 
-@pytest.mark.parametrize("timeout", [0.25, timedelta(milliseconds=250)], ids=["float", "delta"])
+@pytest.mark.parametrize("limit", [0.25, timedelta(milliseconds=250)], ids=["float", "delta"])
 async def test_statement_timeout_cancels_long_statements_on_pool_connections(
-    dsn: str, schema: str, kind: Kind, timeout: float | timedelta
+    dsn: str, schema: str, kind: Kind, limit: float | timedelta
 ) -> None:
     async with opened(
-        kind, dsn, schema=schema, statement_timeout=timeout, application_name="cfg-test"
+        kind, dsn, schema=schema, statement_timeout=limit, application_name="cfg-test"
     ) as store:
         assert await show(store, "statement_timeout") == "250ms"
         assert await show(store, "application_name") == "cfg-test"
@@ -263,7 +269,8 @@ async def test_without_a_statement_timeout_the_server_default_applies(
     with psycopg.connect(dsn) as conn:
         default = conn.execute("SHOW statement_timeout").fetchone()
     async with opened(kind, dsn, schema=schema) as store:
-        assert default is not None and await show(store, "statement_timeout") == default[0]
+        assert default is not None
+        assert await show(store, "statement_timeout") == default[0]
 
 
 async def test_closing_an_owned_backend_closes_its_pool(dsn: str, schema: str, kind: Kind) -> None:
@@ -323,7 +330,8 @@ def test_a_borrowed_pool_whose_connections_return_dicts_still_works(dsn: str, sc
         assert backend.save(first) == 1
         assert backend.save(advance(first, error="retrying"), 1) == 2
         stored = backend.load("wf-1")
-        assert stored is not None and stored.version == 2
+        assert stored is not None
+        assert stored.version == 2
         assert [e.version for e in backend.history("wf-1")] == [1, 2]
         assert [s.instance_id for s in backend.list().items] == ["wf-1"]
         with backend.wakeups(poll_interval=3600) as wakeups:  # its connection: the pool's kwargs
@@ -344,7 +352,8 @@ async def test_a_borrowed_async_pool_whose_connections_return_dicts_still_works(
         assert await backend.save(with_tasks()) == 1
         assert await backend.save(with_tasks(), 1) == 2
         stored = await backend.load("wf-1")
-        assert stored is not None and stored.version == 2
+        assert stored is not None
+        assert stored.version == 2
 
 
 def test_a_killed_pooled_connection_fails_one_save_and_loses_nothing(dsn: str, schema: str) -> None:
@@ -362,5 +371,6 @@ def test_a_killed_pooled_connection_fails_one_save_and_loses_nothing(dsn: str, s
             backend.save(advance(snap(), error="lost connection"), 1)
         assert backend.save(advance(snap(), error="retried"), 1) == 2
         stored = backend.load("wf-1")
-        assert stored is not None and stored.snapshot.error == "retried"
+        assert stored is not None
+        assert stored.snapshot.error == "retried"
         assert [e.version for e in backend.history("wf-1")] == [1, 2]

@@ -80,10 +80,14 @@ def test_a_long_workflow_writes_deltas_and_reads_back_every_checkpoint(
     # are no bigger than early ones (but for a digit more in a task id or a number)
     early = [len(blob) for v, _, blob in deltas if v <= 20]
     late = [len(blob) for v, _, blob in deltas if v > STEPS - 20]
-    assert early and late and max(late) <= max(early) + 8
+    assert early
+    assert late
+    assert max(late) <= max(early) + 8
     assert [h.snapshot for h in backend.history("long")] == [strip_outputs(s) for s in saved]
     stored = backend.load("long")
-    assert stored is not None and stored.version == STEPS and stored.snapshot == saved[-1]
+    assert stored is not None
+    assert stored.version == STEPS
+    assert stored.snapshot == saved[-1]
     # any window of history, starting inside a chain, decodes from the chain's start
     window = backend.history("long", after_version=37, limit=5)
     assert [h.version for h in window] == [38, 39, 40, 41, 42]
@@ -100,7 +104,8 @@ def test_a_cache_miss_writes_a_whole_checkpoint(
     version, base, blob = history_rows(backend)[-1]
     assert (version, base, is_delta(blob)) == (11, None, False)
     stored = backend.load("long")
-    assert stored is not None and stored.snapshot == nxt
+    assert stored is not None
+    assert stored.snapshot == nxt
 
 
 @pytest.mark.parametrize("batch", [1, 7, 1000])  # chains cut by batches, or whole in one
@@ -126,9 +131,11 @@ def test_prune_keeps_exactly_the_last_versions_visible_and_every_one_readable(
         version = backend.save(run_more, expected_version=version)
     assert backend.prune_history(keep_last=1, batch_size=batch) == 44
     (last,) = backend.history("long")
-    assert last.version == version and last.snapshot == strip_outputs(run_more)
+    assert last.version == version
+    assert last.snapshot == strip_outputs(run_more)
     stored = backend.load("long")
-    assert stored is not None and stored.snapshot == run_more
+    assert stored is not None
+    assert stored.snapshot == run_more
 
 
 def test_finishing_and_readers_agree(backend: PostgresBackend[JsonCodec]) -> None:
@@ -136,7 +143,8 @@ def test_finishing_and_readers_agree(backend: PostgresBackend[JsonCodec]) -> Non
     done = msgspec.structs.replace(step(saved[-1], 20), status=WorkflowStatus.COMPLETED)
     backend.save(done, expected_version=20)
     stored = backend.load("long")
-    assert stored is not None and stored.snapshot == done
+    assert stored is not None
+    assert stored.snapshot == done
     assert backend.history("long")[-1].snapshot == strip_outputs(done)
 
 
@@ -159,7 +167,8 @@ def test_checkpoints_written_before_deltas_stay_readable(
         )
     with PostgresBackend[JsonCodec].connect(dsn, schema=backend.schema) as fresh:
         stored = fresh.load("long")
-        assert stored is not None and stored.version == 1
+        assert stored is not None
+        assert stored.version == 1
         current, version = stored.snapshot, 1
         expected = [strip_outputs(saved[0])]
         for n in range(1, 6):

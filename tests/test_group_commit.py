@@ -59,13 +59,15 @@ def test_save_many_reports_each_item_and_commits_the_rest(
     assert [r.version for r in results] == [1, 2, None, None, None, None, 1]
     errors = [type(r.error) for r in results]
     assert errors[2:6] == [ConflictError, TerminalStateError, NotFoundError, ValidationError]
-    assert results[0].ok and not results[2].ok
+    assert results[0].ok
+    assert not results[2].ok
     with pytest.raises(ConflictError):
         results[2].unwrap()
     assert [h.version for h in backend.history("a")] == [1, 2]
     assert backend.load("bad") is None
     stored = backend.load("a")
-    assert stored is not None and stored.snapshot == snap("a", 1)
+    assert stored is not None
+    assert stored.snapshot == snap("a", 1)
 
 
 def test_save_many_is_one_transaction(backend: PostgresBackend[JsonCodec]) -> None:
@@ -74,7 +76,8 @@ def test_save_many_is_one_transaction(backend: PostgresBackend[JsonCodec]) -> No
     with backend.pool.connection() as conn:
         query = sql.SQL("SELECT count(DISTINCT xmin::text) FROM {}.history")
         row = conn.execute(query.format(sql.Identifier(backend.schema))).fetchone()
-    assert row is not None and row[0] == 1
+    assert row is not None
+    assert row[0] == 1
 
 
 def _run_threads(targets: list[Callable[[], None]]) -> None:
@@ -98,10 +101,12 @@ def test_concurrent_saves_share_commits_and_lose_nothing(dsn: str, fresh_schema:
         _run_threads([functools.partial(_drive, b, f"w{i}") for i in range(THREADS)])
         for i in range(THREADS):
             stored = b.load(f"w{i}")
-            assert stored is not None and stored.snapshot == snap(f"w{i}", STEPS)
+            assert stored is not None
+            assert stored.snapshot == snap(f"w{i}", STEPS)
             assert [h.version for h in b.history(f"w{i}")] == list(range(1, STEPS + 2))
         stats = b.group_commit_stats
-        assert stats is not None and stats.saves == THREADS * (STEPS + 1)
+        assert stats is not None
+        assert stats.saves == THREADS * (STEPS + 1)
         assert stats.flushes <= stats.saves
 
 
@@ -141,7 +146,8 @@ async def test_async_group_commit(dsn: str, fresh_schema: str) -> None:
         results = await b.save_many([SaveRequest(snap("a0", 99), 1)])
         assert isinstance(results[0].error, ConflictError)
         stats = b.group_commit_stats
-        assert stats is not None and stats.saves == THREADS * (STEPS + 1)
+        assert stats is not None
+        assert stats.saves == THREADS * (STEPS + 1)
 
 
 async def test_async_backends_group_commits_unless_told_not_to(dsn: str, fresh_schema: str) -> None:

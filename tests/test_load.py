@@ -20,7 +20,8 @@ def test_an_output_bigger_than_one_load_part_reads_back_whole(
     snapshot = WorkflowSnapshot(instance_id="big", definition_hash="h", task_results=results)
     backend.save(snapshot)
     stored = backend.load("big")
-    assert stored is not None and stored.snapshot == snapshot
+    assert stored is not None
+    assert stored.snapshot == snapshot
 
 
 def test_load_parts_fold_into_one_buffer() -> None:
@@ -31,4 +32,5 @@ def test_load_parts_fold_into_one_buffer() -> None:
     fold.add(("i", "u", 0, None, 3, b"xyz"))
     (loaded,) = fold.result().values()
     assert loaded.outputs == {"t": bytearray(b"abcdefghij"), "u": b"xyz"}
-    assert loaded.chain == [(1, b"blob")] and loaded.version == 1
+    assert loaded.chain == [(1, b"blob")]
+    assert loaded.version == 1

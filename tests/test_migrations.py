@@ -153,7 +153,8 @@ def test_a_migration_waits_for_the_advisory_lock(dsn: str, schema: str) -> None:
             thread.start()
             while not _advisory_waiter(dsn):  # wait until the migrator queues on the lock
                 thread.join(0.02)
-            assert thread.is_alive() and results == []
+            assert thread.is_alive()
+            assert results == []
             exists = holder.execute(b"SELECT to_regclass(%(table)s)", plan.exists_params)
             assert exists.fetchone() == (None,)
             holder.commit()  # releases the lock

@@ -31,7 +31,9 @@ def test_every_statement_is_sent_on_one_line_without_comments() -> None:
     queries = queries_for(DEFAULT_SCHEMA)
     for name in queries.names():
         text = queries[name].decode()
-        assert text and "\n" not in text and "--" not in text, name
+        assert text, name
+        assert "\n" not in text, name
+        assert "--" not in text, name
 
 
 LONGEST_SCHEMA = "s" * 63
@@ -49,14 +51,16 @@ def test_every_statement_has_a_positional_form_psycopg_need_not_parse(schema: st
     for name in queries.names():
         statement = queries.positional(name)
         text = statement.sql.decode()
-        assert "%(" not in text and len(set(statement.names)) == len(statement.names), name
+        assert "%(" not in text, name
+        assert len(set(statement.names)) == len(statement.names), name
         assert text.count("$") >= len(statement.names), name
 
 
 def test_positional_numbers_each_name_once() -> None:
     got = positional("SELECT %(a)s, %(b)b, %(a)s")
     assert got == Positional(b"SELECT $1, $2, $1", ("a", "b"))
-    assert got.args({"b": 2, "a": 1}) == [1, 2] and got.args(None) is None
+    assert got.args({"b": 2, "a": 1}) == [1, 2]
+    assert got.args(None) is None
 
 
 def test_a_store_on_the_longest_schema_name_saves_and_loads(dsn: str) -> None:
@@ -68,7 +72,8 @@ def test_a_store_on_the_longest_schema_name_saves_and_loads(dsn: str) -> None:
         for _ in range(6):  # past psycopg's prepare threshold
             version = backend.save(snap("long-schema"), expected_version=version)
         stored = backend.load("long-schema")
-        assert stored is not None and stored.version == version == 7
+        assert stored is not None
+        assert stored.version == version == 7
 
 
 @contextlib.contextmanager
@@ -85,4 +90,5 @@ def test_shared_parts_are_spliced_in_and_are_no_statements() -> None:
     assert not [n for n in queries.names() if n.startswith("part_")]
     assert all(b"@part_" not in queries[n] for n in queries.names())
     upsert = b"ON CONFLICT(instance_id,task_id)DO UPDATE SET"
-    assert upsert in queries["save_one"] and upsert in queries["save_snapshots"]
+    assert upsert in queries["save_one"]
+    assert upsert in queries["save_snapshots"]

@@ -44,7 +44,8 @@ def test_prune_keeps_last_n_and_the_current_checkpoint(backend: PostgresBackend[
     assert backend.prune_history(keep_last=3, batch_size=4) == 14  # 7 each, several batches
     assert [h.version for h in backend.history("a")] == [8, 9, 10]
     stored = backend.load("a")
-    assert stored is not None and stored.snapshot == snap("a", 9)
+    assert stored is not None
+    assert stored.snapshot == snap("a", 9)
     assert backend.prune_history(keep_last=1, instance_id="b") == 2
     assert [h.version for h in backend.history("b")] == [10]
     assert [h.version for h in backend.history("a")] == [8, 9, 10]
@@ -70,7 +71,8 @@ def test_purge_removes_only_old_terminal_instances(backend: PostgresBackend[Json
         )
     assert backend.purge_terminal(older_than=timedelta(days=1), batch_size=2) == 5
     assert [s.instance_id for s in backend.list().items] == ["live"]
-    assert backend.history("done0") == [] and backend.load_task_result("done0", "t0") is None
+    assert backend.history("done0") == []
+    assert backend.load_task_result("done0", "t0") is None
     assert backend.load("live") is not None
 
 

@@ -122,7 +122,8 @@ def test_save_one_writes_what_the_batch_statement_writes(
         many = scenario(backend, "many", batched)
         notified = [n.payload for n in listener.notifies(timeout=0.5)]
     assert one == many
-    assert one.count("ConflictError") == 1 and "ClaimLostError" in one
+    assert one.count("ConflictError") == 1
+    assert "ClaimLostError" in one
     assert rows(backend, "solo") == rows(backend, "many")
     # created, re-tagged, due again after the timer, released: announced; staying due,
     # the timer itself and saves under a lease: not

@@ -272,7 +272,8 @@ async def test_cancel_is_pending_while_a_live_claim_holds_the_instance(twin: Twi
     assert await twin.cancel(IID, "user asked") is SignalOutcome.PENDING
     assert twin.row()[:2] == (1, "InProgress")
     signal = await twin.get_signal(IID, "cancel")
-    assert signal is not None and signal.reason == "user asked"
+    assert signal is not None
+    assert signal.reason == "user asked"
 
     assert await twin.check_and_pause(IID, claim) is None  # other kinds are not applied
     applied = await twin.check_and_cancel(IID, claim)
@@ -356,7 +357,8 @@ async def test_pause_is_pending_under_a_live_claim(twin: Twin) -> None:
     assert await twin.pause(IID, "maintenance") is SignalOutcome.PENDING
     assert twin.row()[:2] == (1, "InProgress")
     applied = await twin.check_and_pause(IID, claim)
-    assert applied is not None and applied.reason == "maintenance"
+    assert applied is not None
+    assert applied.reason == "maintenance"
     assert twin.row()[:2] == (2, "Paused")
     assert await twin.get_signals(IID) == []
     assert await twin.unpause(IID) is SignalOutcome.APPLIED
@@ -391,7 +393,8 @@ async def test_event_resumes_an_instance_parked_on_it(
     wakeups(listener)
     assert await twin.send_event(IID, "approval", {"by": "alice"}) is EventOutcome.RESUMED
     stored = await twin.load(IID)
-    assert stored is not None and stored.version == 2
+    assert stored is not None
+    assert stored.version == 2
     assert stored.snapshot.position == AtTask(task_id="approve")
     assert stored.snapshot.task_results["approve"] == TaskResult(
         status=TaskStatus.COMPLETED, output={"by": "alice"}
@@ -522,7 +525,8 @@ async def test_concurrent_events_resume_once_and_buffer_the_rest(twin: Twin) -> 
         outcomes = await asyncio.gather(*(wide.send_event(IID, "approval", p) for p in payloads))
     assert sorted(outcomes) == sorted([EventOutcome.RESUMED] + [EventOutcome.BUFFERED] * 7)
     stored = await twin.load(IID)
-    assert stored is not None and stored.version == 2
+    assert stored is not None
+    assert stored.version == 2
     assert stored.snapshot.position == AtTask(task_id="approve")
     delivered = stored.snapshot.task_results["approve"].output
     buffered = [e.payload for e in await twin.peek_events(IID)]
@@ -547,10 +551,12 @@ async def test_park_consumes_an_already_buffered_event(twin: Twin) -> None:
     result = await twin.park(PARKED, 1, claim=claim)
     assert isinstance(result, ParkResult)
     assert result.version == 2
-    assert result.event is not None and result.event.payload == "early"
+    assert result.event is not None
+    assert result.event.payload == "early"
     assert result.snapshot.position == AtTask(task_id="approve")
     stored = await twin.load(IID)
-    assert stored is not None and stored.snapshot == result.snapshot
+    assert stored is not None
+    assert stored.snapshot == result.snapshot
     assert await twin.peek_events(IID) == []
 
 

@@ -49,14 +49,17 @@ def test_each_task_row_is_written_by_the_save_that_introduced_it(
     ).format(s=sql.Identifier(backend.schema))
     with backend.pool.connection() as conn:
         rows = conn.execute(query).fetchall()
-    assert len(rows) == 30 and all(same for _, same in rows)
+    assert len(rows) == 30
+    assert all(same for _, same in rows)
     # ...because the next save would send only the new row, not all thirty again
     outputs["t30"] = "new"
     item = ops.prepare(backend.ctx, snap("long", outputs), version, None)
-    assert item.task_ids == ["t30"] and len(item.all_task_rows) == 31
+    assert item.task_ids == ["t30"]
+    assert len(item.all_task_rows) == 31
     stored = backend.load("long")
     del outputs["t30"]
-    assert stored is not None and stored.snapshot == snap("long", outputs)
+    assert stored is not None
+    assert stored.snapshot == snap("long", outputs)
 
 
 def test_changed_results_are_written_and_other_writers_are_not_masked(
@@ -71,12 +74,14 @@ def test_changed_results_are_written_and_other_writers_are_not_masked(
         v3 = backend.save(snap("x", {"a": 1, "b": 0}), expected_version=v2)
         assert (v1, v2, v3) == (1, 2, 3)
         result = backend.load_task_result("x", "a")
-        assert result is not None and result.output == 1
+        assert result is not None
+        assert result.output == 1
         # an equal-but-changed-back result after our own save is written too
         v4 = backend.save(snap("x", {"a": 5, "b": 0}), expected_version=v3)
         backend.save(snap("x", {"a": 1, "b": 0}), expected_version=v4)
         final = other.load("x")
-        assert final is not None and final.snapshot == snap("x", {"a": 1, "b": 0})
+        assert final is not None
+        assert final.snapshot == snap("x", {"a": 1, "b": 0})
 
 
 def test_in_place_mutation_of_an_output_is_still_written(
@@ -87,7 +92,8 @@ def test_in_place_mutation_of_an_output_is_still_written(
     output["n"] = 2  # the frozen TaskResult still holds this very dict
     backend.save(snap("m", {"a": output}), expected_version=version)
     result = backend.load_task_result("m", "a")
-    assert result is not None and result.output == {"n": 2}
+    assert result is not None
+    assert result.output == {"n": 2}
 
 
 def test_cache_keeps_the_newest_version_and_is_bounded() -> None:
@@ -96,11 +102,13 @@ def test_cache_keeps_the_newest_version_and_is_bounded() -> None:
     life = datetime(2026, 1, 1, tzinfo=UTC)
     cache.remember("i", 3, life, results)
     cache.remember("i", 2, life, {})  # an older save finishing late must not win
-    assert cache.known("i", 3) == Known(life, results) and cache.known("i", 2) == UNKNOWN
+    assert cache.known("i", 3) == Known(life, results)
+    assert cache.known("i", 2) == UNKNOWN
     assert cache.known("i", None) == UNKNOWN
     cache.remember("j", 1, life, results)
     cache.remember("k", 1, life, results)  # evicts "i", the least recently used
-    assert cache.known("i", 3) == UNKNOWN and cache.known("k", 1) == Known(life, results)
+    assert cache.known("i", 3) == UNKNOWN
+    assert cache.known("k", 1) == Known(life, results)
     cache.forget("k")
     assert cache.known("k", 1) == UNKNOWN
 
@@ -121,14 +129,16 @@ def test_an_instance_recreated_elsewhere_up_to_the_same_version_is_a_conflict(
         with pytest.raises(ConflictError):
             backend.save(snap("aba", {"a": "mine", "b": "mine", "c": 0}), expected_version=v2)
         stored = other.load("aba")
-        assert stored is not None and stored.version == 2
+        assert stored is not None
+        assert stored.version == 2
         assert stored.snapshot == snap("aba", {"a": "theirs", "b": "theirs"})
         # the conflict made the cache forget: a retry from a fresh read sends every row
         fresh = backend.load("aba")
         assert fresh is not None
         v3 = backend.save(snap("aba", {"a": "mine", "b": "mine", "c": 0}), fresh.version)
         final = other.load("aba")
-        assert final is not None and final.version == v3
+        assert final is not None
+        assert final.version == v3
         assert final.snapshot == snap("aba", {"a": "mine", "b": "mine", "c": 0})
 
 
@@ -144,7 +154,8 @@ def test_a_rolled_back_save_is_not_remembered(backend: PostgresBackend[JsonCodec
     assert backend.ctx.tasks.known("r", version + 1) == UNKNOWN
     assert backend.ctx.tasks.known("r", version) != UNKNOWN
     stored = backend.load("r")
-    assert stored is not None and stored.version == version
+    assert stored is not None
+    assert stored.version == version
 
 
 def test_cache_keeps_digests_and_is_bounded_by_bytes(backend: PostgresBackend[JsonCodec]) -> None:
@@ -152,7 +163,8 @@ def test_cache_keeps_digests_and_is_bounded_by_bytes(backend: PostgresBackend[Js
     version = backend.save(snap("big", {"a": big}))
     known = backend.ctx.tasks.known("big", version)
     (row,) = known.rows.values()
-    assert row[-1] is not None and len(row[-1]) == 16  # a digest, not the 1 MB output
+    assert row[-1] is not None
+    assert len(row[-1]) == 16
     cache = TaskCache(max_bytes=20_000)
     life = datetime(2026, 1, 1, tzinfo=UTC)
     rows = {f"t{k}": ("Completed", 1, None, None, None, "e" * 100, b"d" * 16) for k in range(10)}
@@ -160,7 +172,8 @@ def test_cache_keeps_digests_and_is_bounded_by_bytes(backend: PostgresBackend[Js
         cache.remember(f"i{n}", 1, life, rows)
         instances, size = cache.size
         assert size <= 20_000
-    assert 1 <= instances < 10 and cache.known("i9", 1) != UNKNOWN  # the newest stay
+    assert 1 <= instances < 10
+    assert cache.known("i9", 1) != UNKNOWN
     assert cache.known("i0", 1) == UNKNOWN
 
 
@@ -234,7 +247,8 @@ def test_results_carried_over_are_recognised_and_changes_are_not() -> None:
     item = st.prepare_save(codec, first, None)
     results = {**first.task_results, "b": TaskResult(output=2)}
     found = st._new_tasks(results, item.prior)
-    assert found is not None and found[0] == ["b"]
+    assert found is not None
+    assert found[0] == ["b"]
     assert st._new_tasks({"a": TaskResult(output={"n": 1})}, item.prior) is None  # new object
     output["n"] = 2  # the same object, mutated in place
     assert st._new_tasks(results, item.prior) is None
@@ -248,6 +262,8 @@ def test_a_new_life_of_an_id_is_remembered_from_version_one() -> None:
     rows = {"a": ("Completed", 1, None, None, None, None, b"x")}
     cache.remember("i", 30, old, rows)
     cache.remember("i", 1, new, {})
-    assert cache.known("i", 1) == Known(new, {}) and cache.known("i", 30) == UNKNOWN
+    assert cache.known("i", 1) == Known(new, {})
+    assert cache.known("i", 30) == UNKNOWN
     cache.clear()
-    assert cache.known("i", 1) == UNKNOWN and cache.size == (0, 0)
+    assert cache.known("i", 1) == UNKNOWN
+    assert cache.size == (0, 0)
