@@ -109,7 +109,7 @@ def test_environment_ceilings_and_verdicts(bench_run: dict[str, Any]) -> None:
     assert all(not v["passed"] for v in verdicts if v["verdict"] == "not measured")
     stdout = bench_run["_stdout"]
     assert "single-save path" in stdout
-    assert ("PASS" in stdout or "FAIL" in stdout)
+    assert "PASS" in stdout or "FAIL" in stdout
     out: Path = bench_run["_out"]
     for suffix in (".json", ".md", ".png"):
         assert (out / f"latest{suffix}").stat().st_size > 0
