@@ -94,6 +94,7 @@ class WakeupListener:
 
     @property
     def channel(self) -> str:
+        """The NOTIFY channel of the backend's schema."""
         return self.plan.channel
 
     @property
@@ -103,6 +104,7 @@ class WakeupListener:
 
     @property
     def closed(self) -> bool:
+        """Whether the listener has stopped (closed, or failed for good)."""
         return self._closed
 
     def stats(self) -> WakeupStats:

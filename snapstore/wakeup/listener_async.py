@@ -92,6 +92,7 @@ class AsyncWakeupListener:
 
     @property
     def channel(self) -> str:
+        """The NOTIFY channel of the backend's schema."""
         return self.plan.channel
 
     @property
@@ -101,6 +102,7 @@ class AsyncWakeupListener:
 
     @property
     def closed(self) -> bool:
+        """Whether the listener has stopped (closed, or failed for good)."""
         return self._closed
 
     def stats(self) -> WakeupStats:
