@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from snapstore import AsyncPostgresBackend, AsyncWakeupListener, PostgresBackend, WakeupListener
-from snapstore._async_to_sync import NAMES, SOURCES, generate
+from snapstore._async_to_sync import NAMES, ROOT, SOURCES, generate
 
 PAIRS = [(AsyncPostgresBackend, PostgresBackend), (AsyncWakeupListener, WakeupListener)]
 DUNDERS = {"__aenter__": "__enter__", "__aexit__": "__exit__"}
@@ -41,8 +41,6 @@ def function(value: Any) -> Any:
 
 @pytest.mark.parametrize("source", sorted(SOURCES))
 def test_generated_modules_are_current(source: str) -> None:
-    from snapstore._async_to_sync import ROOT
-
     on_disk = (ROOT / SOURCES[source]).read_text(encoding="utf-8")
     assert on_disk == generate(source, SOURCES[source]), "run `make sync`"
 
@@ -57,8 +55,9 @@ def test_twins_expose_the_same_names_with_matching_signatures(
         twin = sync_api[DUNDERS.get(name, name)]
         assert type(value) is type(twin), name
         if isinstance(value, property):
-            assert as_sync(inspect.signature(value.fget).return_annotation) == str(
-                inspect.signature(twin.fget).return_annotation
+            mine_get, their_get = function(value), function(twin)
+            assert as_sync(inspect.signature(mine_get).return_annotation) == str(
+                inspect.signature(their_get).return_annotation
             ), name
             continue
         mine, theirs = inspect.signature(function(value)), inspect.signature(function(twin))
