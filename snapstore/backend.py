@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import builtins
 from collections.abc import Iterable, Sequence
-from datetime import datetime, timedelta
+from datetime import datetime
 from types import TracebackType
 from typing import Any, Generic, Self, TypeVar, Unpack
 
@@ -432,16 +432,17 @@ class PostgresBackend(CodecBound, Generic[C]):
         self,
         *,
         keep_last: int = 1,
-        older_than: timedelta | None = None,
+        older_than: Seconds | None = None,
         instance_id: str | None = None,
         batch_size: int = rt.DEFAULT_BATCH,
     ) -> int:
         """Delete checkpoints beyond the last ``keep_last`` per instance (and older than
-        ``older_than``, if given); returns how many were deleted."""
+        ``older_than``, seconds or timedelta, if given); returns how many were deleted."""
         batch = rt.prune_batches(instance_id, keep_last, older_than, batch_size)
         return self._runner.run_batches(batch, rt.PRUNE_START)
 
-    def purge_terminal(self, *, older_than: timedelta, batch_size: int = rt.DEFAULT_BATCH) -> int:
-        """Delete instances that finished more than ``older_than`` ago, with all their rows."""
+    def purge_terminal(self, *, older_than: Seconds, batch_size: int = rt.DEFAULT_BATCH) -> int:
+        """Delete instances that finished more than ``older_than`` (seconds or timedelta)
+        ago, with all their rows."""
         batch = rt.purge_batches(older_than, batch_size)
         return self._runner.run_batches(batch, None)

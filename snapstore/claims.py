@@ -30,7 +30,6 @@ helpers below; the backends' methods only run them.
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -38,6 +37,7 @@ from typing import Final
 
 import msgspec
 
+from snapstore import checks
 from snapstore import operations as ops
 from snapstore import statements as st
 from snapstore.errors import (
@@ -45,7 +45,6 @@ from snapstore.errors import (
     NotFoundError,
     SnapstoreError,
     TerminalStateError,
-    ValidationError,
 )
 from snapstore.model import Claim, StoredSnapshot, WorkflowSnapshot, WorkflowStatus
 from snapstore.operations import Context, Fetch, Program, Step
@@ -63,7 +62,7 @@ PEEK_WORKER: Final = "(peek)"
 MAX_DISPATCH: Final = st.MAX_PAGE_SIZE
 """Most instances one dispatch call may lease (bounds the statement and its locks)."""
 
-Seconds = float | timedelta
+Seconds = checks.Seconds
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,57 +105,16 @@ def _no_snapshot(instance_id: str) -> NotFoundError:
     return NotFoundError(f"instance {instance_id!r} has no snapshot")
 
 
-def lease_duration(ttl: Seconds, what: str = "ttl") -> timedelta:
-    """A positive, finite duration from seconds or a timedelta."""
-    if isinstance(ttl, timedelta):
-        duration = ttl
-    elif isinstance(ttl, bool) or not isinstance(ttl, int | float) or not math.isfinite(ttl):
-        raise ValidationError(f"{what} must be a finite number of seconds or a timedelta")
-    else:
-        try:
-            duration = timedelta(seconds=ttl)
-        except OverflowError as exc:
-            raise ValidationError(f"{what} of {ttl} seconds is too large") from exc
-    if duration <= timedelta(0):
-        raise ValidationError(f"{what} must be positive, got {duration}")
-    return duration
-
-
-def _check_limit(limit: int) -> int:
-    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_DISPATCH:
-        raise ValidationError(f"limit must be an int in 1..{MAX_DISPATCH}")
-    return limit
-
-
-def _check_claim(claim: Claim) -> Claim:
-    if not isinstance(claim, Claim):
-        raise ValidationError(f"expected a Claim, got {type(claim).__name__}")
-    return claim
-
-
-def worker_tags(tags: Iterable[str] | None) -> list[str] | None:
-    """The worker's tags as a list (None: accepts any instance). A bare str is refused
-    rather than read as its characters."""
-    if tags is None:
-        return None
-    if isinstance(tags, str):
-        raise ValidationError("tags must be an iterable of str, not a str")
-    found = list(tags)
-    if not all(isinstance(t, str) for t in found):
-        raise ValidationError("tags must be strings")
-    return found
-
-
 def claim_params(instance_id: str, worker_id: str, ttl: Seconds) -> st.Params:
     return {
         **st.id_params(instance_id),
-        "worker_id": st._check_id("worker_id", worker_id),
-        "ttl": lease_duration(ttl),
+        "worker_id": checks.check_id("worker_id", worker_id),
+        "ttl": checks.check_seconds(ttl, "ttl"),
     }
 
 
 def token_params(claim: Claim) -> st.Params:
-    return {"instance_id": _check_claim(claim).instance_id, "token": claim.token}
+    return {"instance_id": checks.check_claim(claim).instance_id, "token": claim.token}
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,19 +145,15 @@ class DispatchQuery:
         lease: bool = True,
     ) -> DispatchQuery:
         """``limit=None`` means "as many as ``instance_ids`` names" (capped)."""
-        ids = None
-        if instance_ids is not None:
-            if isinstance(instance_ids, str):
-                raise ValidationError("instance_ids must be an iterable of str, not a str")
-            ids = list(dict.fromkeys(st.id_params(i)["instance_id"] for i in instance_ids))
+        ids = None if instance_ids is None else checks.check_ids("instance_id", instance_ids)
         if limit is None:
             limit = min(len(ids), MAX_DISPATCH) if ids else MAX_DISPATCH
         return cls(
-            worker_id=st._check_id("worker_id", worker_id),
-            limit=_check_limit(limit),
-            ttl=lease_duration(ttl),
-            tags=worker_tags(tags),
-            aging_interval=lease_duration(aging_interval, "aging_interval"),
+            worker_id=checks.check_id("worker_id", worker_id),
+            limit=checks.check_limit(limit, MAX_DISPATCH),
+            ttl=checks.check_seconds(ttl, "ttl"),
+            tags=checks.check_tags(tags),
+            aging_interval=checks.check_seconds(aging_interval, "aging_interval"),
             instance_ids=ids,
             lease=lease,
         )
@@ -264,7 +218,8 @@ def claim_program(instance_id: str, worker_id: str, ttl: Seconds) -> Program[Cla
 
 
 def extend_program(claim: Claim, ttl: Seconds) -> Program[Claim]:
-    row = yield Step("extend_claim", {**token_params(claim), "ttl": lease_duration(ttl)})
+    params = {**token_params(claim), "ttl": checks.check_seconds(ttl, "ttl")}
+    row = yield Step("extend_claim", params)
     return renewed(claim, row)
 
 

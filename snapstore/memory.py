@@ -14,6 +14,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from snapstore import checks
 from snapstore import operations as ops
 from snapstore import statements as st
 from snapstore.codecs import Codec, JsonCodec, codec_instance, decode_snapshot
@@ -74,6 +75,7 @@ class MemoryBackend:
         """Same contract as `PostgresBackend.save` (claims are not modelled: no leases here)."""
         if claim is not None:
             raise ValidationError("MemoryBackend does not model claims")
+        checks.check_save(snapshot, expected_version, None)
         item = st.prepare_save(self.codec, snapshot, expected_version)
         with self._lock:
             return self._apply(item, snapshot)

@@ -16,6 +16,7 @@ from typing import Any, Final, NamedTuple, Protocol, TypeVar
 
 from psycopg import errors
 
+from snapstore import checks
 from snapstore import statements as st
 from snapstore.codecs import Codec
 from snapstore.errors import EncodeError, ValidationError
@@ -150,18 +151,31 @@ def save_batch(ctx: Context, items: Sequence[st.PreparedSave]) -> Program[list[S
 
 
 def prepare(
-    ctx: Context, snapshot: WorkflowSnapshot, expected_version: int | None, claim: Claim | None
+    ctx: Context,
+    snapshot: WorkflowSnapshot,
+    expected_version: int | None,
+    claim: Claim | None,
+    *,
+    checked: bool = False,
 ) -> st.PreparedSave:
-    """`statements.prepare_save`, skipping task rows the store is known to hold."""
-    known = ctx.tasks.known(getattr(snapshot, "instance_id", ""), expected_version)
+    """Check the arguments (unless the caller just did: ``checked``), then
+    `statements.prepare_save`, skipping task rows the store is known to hold."""
+    if not checked:
+        checks.check_save(snapshot, expected_version, claim)
+    known = ctx.tasks.known(snapshot.instance_id, expected_version)
     return st.prepare_save(ctx.codec, snapshot, expected_version, claim, known)
 
 
 def save(
-    ctx: Context, snapshot: WorkflowSnapshot, expected_version: int | None, claim: Claim | None
+    ctx: Context,
+    snapshot: WorkflowSnapshot,
+    expected_version: int | None,
+    claim: Claim | None,
+    *,
+    checked: bool = False,
 ) -> Program[int]:
     """CAS save: one statement; on failure, one read to name the precise error."""
-    item = prepare(ctx, snapshot, expected_version, claim)
+    item = prepare(ctx, snapshot, expected_version, claim, checked=checked)
     (result,) = yield from save_batch(ctx, [item])
     return result.unwrap()
 
@@ -169,14 +183,17 @@ def save(
 def prepare_many(
     ctx: Context, requests: Iterable[SaveRequest]
 ) -> tuple[list[st.PreparedSave], dict[int, SaveResult]]:
-    """Prepare each request; bad ones become error results instead of failing the batch."""
+    """Prepare each request; bad ones become error results instead of failing the batch.
+    Something that is not a `SaveRequest` at all refuses the whole call, before any I/O."""
+    requests = checks.check_requests(requests)
     prepared: list[st.PreparedSave] = []
     rejected: dict[int, SaveResult] = {}
     for index, req in enumerate(requests):
         try:
             prepared.append(prepare(ctx, req.snapshot, req.expected_version, req.claim))
         except (ValidationError, EncodeError) as exc:
-            rejected[index] = SaveResult(getattr(req.snapshot, "instance_id", "?"), None, exc)
+            instance_id = getattr(req.snapshot, "instance_id", None)  # a wrong snapshot has none
+            rejected[index] = SaveResult(str(instance_id or "?"), None, exc)
     return prepared, rejected
 
 
@@ -218,7 +235,7 @@ def load_task_result(instance_id: str, task_id: str) -> Program[TaskResult | Non
 
 
 def delete(instance_id: str, ctx: Context) -> Program[bool]:
-    st.id_params(instance_id)
+    checks.check_id("instance_id", instance_id)
     ctx.tasks.forget(instance_id)
     row = yield Step("delete_instances", {"instance_ids": [instance_id]})
     return bool(row[0])

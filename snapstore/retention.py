@@ -10,18 +10,10 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any, Final
 
-from snapstore import statements as st
-from snapstore.errors import ValidationError
+from snapstore import checks
 from snapstore.operations import Batch, Fetch, Program, Step
 
 DEFAULT_BATCH: Final = 1000
-
-
-def _check(batch_size: int, keep_last: int = 1) -> None:
-    if batch_size < 1:
-        raise ValidationError("batch_size must be >= 1")
-    if keep_last < 1:
-        raise ValidationError("keep_last must be >= 1: the current checkpoint is always kept")
 
 
 PRUNE_START: Final = ("", 0)  # before every (instance_id, version): ids are non-empty
@@ -62,16 +54,20 @@ BatchFactory = Callable[[Any], Program[Batch]]
 
 
 def prune_batches(
-    instance_id: str | None, keep_last: int, older_than: timedelta | None, batch_size: int
+    instance_id: str | None, keep_last: int, older_than: checks.Seconds | None, batch_size: int
 ) -> BatchFactory:
     """The batches of `prune_history`, arguments checked before any runs."""
-    _check(batch_size, keep_last)
+    checks.check_positive("batch_size", batch_size)
+    if keep_last != 1:  # say why 0 is refused
+        checks.check_positive("keep_last (the current checkpoint is always kept)", keep_last)
+    age = None if older_than is None else checks.check_seconds(older_than, "older_than", zero=True)
     if instance_id is not None:
-        st.id_params(instance_id)
-    return lambda after: prune_history(instance_id, keep_last, older_than, batch_size, after)
+        checks.check_id("instance_id", instance_id)
+    return lambda after: prune_history(instance_id, keep_last, age, batch_size, after)
 
 
-def purge_batches(older_than: timedelta, batch_size: int) -> BatchFactory:
+def purge_batches(older_than: checks.Seconds, batch_size: int) -> BatchFactory:
     """The batches of `purge_terminal`, arguments checked before any runs."""
-    _check(batch_size)
-    return lambda after: purge_terminal(older_than, batch_size, after)
+    checks.check_positive("batch_size", batch_size)
+    age = checks.check_seconds(older_than, "older_than", zero=True)
+    return lambda after: purge_terminal(age, batch_size, after)

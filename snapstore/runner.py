@@ -56,13 +56,17 @@ class Runner:
 
     def run(self, program: Program[R], *, transaction: bool = False) -> R:
         """Drive ``program`` to its result on one pooled connection."""
+        try:  # the program checks its arguments before its first step: before any I/O
+            step = next(program)
+        except StopIteration as done:  # nothing to ask the server
+            finished: R = done.value
+            return finished
         after: list[Callable[[], None]] = []
         with (
             self.pool.connection() as conn,
             conn.transaction() if transaction else nullcontext(),
         ):
             try:
-                step = next(program)
                 while True:
                     if isinstance(step, AfterCommit):
                         after.append(step.action)

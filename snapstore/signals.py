@@ -27,6 +27,7 @@ from typing import Any, Final
 
 import msgspec
 
+from snapstore import checks
 from snapstore import operations as ops
 from snapstore import statements as st
 from snapstore.codecs import Codec, open_value, seal_value
@@ -135,50 +136,46 @@ def signal_kind(kind: object) -> SignalKind:
         raise ValidationError(f"unknown signal kind {kind!r} (expected one of {names})") from None
 
 
-def _reason(reason: object) -> str | None:
-    if reason is None:
-        return None
-    if not isinstance(reason, str) or "\x00" in reason:
-        raise ValidationError("reason must be None or a str without NUL characters")
-    return reason
-
-
 def signal_params(instance_id: str, kind: object, reason: object = None) -> st.Params:
     return {
-        **st.id_params(instance_id),
+        "instance_id": checks.check_id("instance_id", instance_id),
         "kind": signal_kind(kind).value,
-        "reason": _reason(reason),
+        "reason": checks.check_text("reason", reason, optional=True),
     }
 
 
 def signal_filter_params(instance_id: str, kind: object | None) -> st.Params:
     """Parameters of the statements where a NULL kind means every kind."""
-    return {**st.id_params(instance_id), "kind": None if kind is None else signal_kind(kind).value}
+    return {
+        "instance_id": checks.check_id("instance_id", instance_id),
+        "kind": None if kind is None else signal_kind(kind).value,
+    }
 
 
 def event_params(codec: Codec, instance_id: str, name: str, payload: Any) -> st.Params:
     """Validates and seals the payload up front, so an unencodable event writes nothing."""
     return {
-        **st.id_params(instance_id),
-        "name": st._check_id("event name", name),
+        "instance_id": checks.check_id("instance_id", instance_id),
+        "name": checks.check_id("event name", name),
         "payload": seal_value(codec, payload),
     }
 
 
 def peek_params(instance_id: str, name: str | None, limit: int) -> st.Params:
-    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= st.MAX_PAGE_SIZE:
-        raise ValidationError(f"limit must be an int in 1..{st.MAX_PAGE_SIZE}")
     return {
-        **st.id_params(instance_id),
-        "name": None if name is None else st._check_id("event name", name),
-        "limit": limit,
+        "instance_id": checks.check_id("instance_id", instance_id),
+        "name": None if name is None else checks.check_id("event name", name),
+        "limit": checks.check_limit(limit),
     }
 
 
-def take_params(event_id: int, snapshot: WorkflowSnapshot) -> st.Params:
+def take_params(
+    event_id: int, snapshot: WorkflowSnapshot, expected_version: int, claim: Claim | None
+) -> st.Params:
+    """Checks the save that consumes the event too, before anything is read."""
     if isinstance(event_id, bool) or not isinstance(event_id, int):
         raise ValidationError("event_id must be the int id of a buffered Event")
-    st.validate_snapshot(snapshot)
+    checks.check_save(snapshot, expected_version, claim)
     return {"event_id": event_id, "instance_id": snapshot.instance_id}
 
 
@@ -229,7 +226,7 @@ def interpret_events(instance_id: str, rows: Sequence[st.Row]) -> list[Event]:
     return [interpret_event(instance_id, row[1:]) for row in rows if row[1] is not None]
 
 
-def is_parked_on(snapshot: WorkflowSnapshot, name: str) -> bool:
+def waits_for(snapshot: WorkflowSnapshot, name: str) -> bool:
     """Whether event ``name`` is what the instance waits for (so it resumes it)."""
     position = snapshot.position
     return (
@@ -253,9 +250,11 @@ def resumed_by_event(snapshot: WorkflowSnapshot, payload: Any) -> WorkflowSnapsh
     )
 
 
-def parked_on(snapshot: WorkflowSnapshot) -> str:
-    """The event name a checkpoint handed to `park` waits for."""
-    st.validate_snapshot(snapshot)
+def park_event_name(
+    snapshot: WorkflowSnapshot, expected_version: int | None, claim: Claim | None
+) -> str:
+    """The event name a checkpoint handed to `park` waits for (its save checked)."""
+    checks.check_save(snapshot, expected_version, claim)
     position = snapshot.position
     if snapshot.status is not WorkflowStatus.IN_PROGRESS or not isinstance(position, AtSignal):
         raise ValidationError("park needs an InProgress snapshot positioned AtSignal")
@@ -265,14 +264,17 @@ def parked_on(snapshot: WorkflowSnapshot) -> str:
 # --- programs -----------------------------------------------------------------------------
 
 
+# Programs whose name starts with "_" take arguments the public ones already checked.
+
+
 def _lock(instance_id: str) -> Program[_Target]:
-    row = yield Step("lock_instance", st.id_params(instance_id))
+    row = yield Step("lock_instance", {"instance_id": instance_id})
     return interpret_target(instance_id, row)
 
 
 def _claimed(target: _Target) -> Program[bool]:
     """Whether a live claim (a worker driving it) holds the instance; run after `_lock`."""
-    (claimed,) = yield Step("live_claim", st.id_params(target.instance_id))
+    (claimed,) = yield Step("live_claim", {"instance_id": target.instance_id})
     return bool(claimed)
 
 
@@ -300,7 +302,8 @@ def _set_status(
 
 
 def _clear(instance_id: str, kind: SignalKind | None) -> Program[bool]:
-    exists, removed = yield Step("delete_signals", signal_filter_params(instance_id, kind))
+    params = {"instance_id": instance_id, "kind": None if kind is None else kind.value}
+    exists, removed = yield Step("delete_signals", params)
     _exists(instance_id, bool(exists))
     return bool(removed)
 
@@ -324,18 +327,28 @@ def store_signal(instance_id: str, kind: SignalKind | str, reason: str | None) -
     )
 
 
+def _read_signals(params: st.Params) -> Program[list[Signal]]:
+    rows = yield Step("read_signals", params, Fetch.ALL)
+    return interpret_signals(params["instance_id"], rows)
+
+
 def read_signals(instance_id: str, kind: SignalKind | str | None) -> Program[list[Signal]]:
-    rows = yield Step("read_signals", signal_filter_params(instance_id, kind), Fetch.ALL)
-    return interpret_signals(instance_id, rows)
+    return (yield from _read_signals(signal_filter_params(instance_id, kind)))
 
 
-def read_signal(instance_id: str, kind: SignalKind | str) -> Program[Signal | None]:
-    signals = yield from read_signals(instance_id, signal_kind(kind))
+def _read_signal(instance_id: str, kind: SignalKind) -> Program[Signal | None]:
+    signals = yield from _read_signals({"instance_id": instance_id, "kind": kind.value})
     return signals[0] if signals else None
 
 
+def read_signal(instance_id: str, kind: SignalKind | str) -> Program[Signal | None]:
+    checked = signal_kind(kind)
+    return (yield from _read_signal(checks.check_id("instance_id", instance_id), checked))
+
+
 def clear_signal(instance_id: str, kind: SignalKind | str | None) -> Program[bool]:
-    return (yield from _clear(instance_id, None if kind is None else signal_kind(kind)))
+    checked = None if kind is None else signal_kind(kind)
+    return (yield from _clear(checks.check_id("instance_id", instance_id), checked))
 
 
 def request(
@@ -359,6 +372,7 @@ def request(
 def unpause(ctx: Context, instance_id: str) -> Program[SignalOutcome]:
     """Paused -> InProgress (the save NOTIFYs: the instance is dispatchable again), and
     any pause signal goes, so a worker cannot re-pause the instance from a stale request."""
+    checks.check_id("instance_id", instance_id)
     target = yield from _lock(instance_id)
     withdrawn = yield from _clear(instance_id, SignalKind.PAUSE)
     if target.status is WorkflowStatus.PAUSED:
@@ -374,8 +388,10 @@ def check_and_apply(
     clear it; the applied signal (with its reason), or None if none was pending. If the
     lease is lost the save raises `ClaimLostError`, the transaction rolls back and the
     signal stays pending for whoever holds the instance next."""
+    checks.check_id("instance_id", instance_id)
+    checks.check_optional_claim(claim)
     target = yield from _lock(instance_id)
-    signal = yield from read_signal(instance_id, kind)
+    signal = yield from _read_signal(instance_id, kind)
     if signal is not None:
         yield from _apply_signal(ctx, target, kind, claim)
     return signal
@@ -386,13 +402,13 @@ def _take_oldest(instance_id: str, name: str) -> Program[Event | None]:
     return None if row is None else interpret_event(instance_id, row)
 
 
-def _parked(target: _Target, name: str) -> Program[WorkflowSnapshot | None]:
+def _waiting_for(target: _Target, name: str) -> Program[WorkflowSnapshot | None]:
     """The locked instance's checkpoint if it waits for event ``name``, else None. The
     narrow row's status and position kind spare decoding the blob in the common case."""
     if target.status is not WorkflowStatus.IN_PROGRESS or target.position_kind != "AtSignal":
         return None
     snapshot = yield from _load_locked(target)
-    return snapshot if is_parked_on(snapshot, name) else None
+    return snapshot if waits_for(snapshot, name) else None
 
 
 def send_event(ctx: Context, instance_id: str, name: str, payload: Any) -> Program[EventOutcome]:
@@ -403,7 +419,7 @@ def send_event(ctx: Context, instance_id: str, name: str, payload: Any) -> Progr
     `park`), the oldest of them resumes the instance and this one queues behind: FIFO."""
     params = event_params(ctx.codec, instance_id, name, payload)
     target = yield from _lock(instance_id)
-    parked = yield from _parked(target, name)
+    parked = yield from _waiting_for(target, name)
     older = None if parked is None else (yield from _take_oldest(instance_id, name))
     if parked is None or older is not None:
         yield Step("push_event", params, Fetch.NONE)
@@ -428,7 +444,7 @@ def consume_event(
 ) -> Program[int]:
     """Delete event ``event_id`` and save ``snapshot`` in one transaction. A failed save
     raises its typed error and rolls the delete back, so the event stays buffered."""
-    params = take_params(event_id, snapshot)
+    params = take_params(event_id, snapshot, expected_version, claim)
     if (yield Step("take_event", params)) is None:
         if (yield Step("event_state", params)) is None:
             raise NotFoundError(
@@ -436,7 +452,7 @@ def consume_event(
                 " (already consumed, or never sent to this instance)"
             )
         raise ValidationError(f"event {event_id} is not the oldest buffered event of its name")
-    return (yield from ops.save(ctx, snapshot, expected_version, claim))
+    return (yield from ops.save(ctx, snapshot, expected_version, claim, checked=True))
 
 
 def park(
@@ -448,10 +464,10 @@ def park(
     Checking `peek_events` and then saving the parked checkpoint separately can lose an
     event sent in between (buffered because the instance was not yet parked); holding
     the instance lock across the check and the save closes that window."""
-    name = parked_on(snapshot)
-    yield Step("lock_instance", st.id_params(snapshot.instance_id))
+    name = park_event_name(snapshot, expected_version, claim)
+    yield Step("lock_instance", {"instance_id": snapshot.instance_id})
     event = yield from _take_oldest(snapshot.instance_id, name)
-    if event is not None:
+    if event is not None:  # a new checkpoint, checked by its save
         snapshot = resumed_by_event(snapshot, event.payload)
-    version = yield from ops.save(ctx, snapshot, expected_version, claim)
+    version = yield from ops.save(ctx, snapshot, expected_version, claim, checked=event is None)
     return ParkResult(version=version, snapshot=snapshot, event=event)

@@ -19,7 +19,7 @@ from typing import Any, Final, NamedTuple
 import msgspec
 from psycopg.types.numeric import Int2, Int4, Int8
 
-from snapstore import arrays
+from snapstore import arrays, checks
 from snapstore.codecs import (
     Codec,
     decode_chain,
@@ -41,20 +41,12 @@ from snapstore.errors import (
     ValidationError,
 )
 from snapstore.model import (
-    MAX_PRIORITY,
-    MIN_PRIORITY,
     TERMINAL_STATUSES,
     AtDelay,
-    AtFork,
-    AtJoin,
     AtSignal,
     Claim,
     HistoryEntry,
-    InLoop,
-    NotStarted,
     Page,
-    Position,
-    RetryState,
     SnapshotSummary,
     StoredSnapshot,
     TaskResult,
@@ -64,151 +56,11 @@ from snapstore.model import (
     position_task_id,
 )
 
-MAX_ID_LENGTH: Final = 255
-MAX_COUNT: Final = 2**31 - 1  # PostgreSQL integer
-MAX_VERSION: Final = 2**63 - 1  # PostgreSQL bigint
 _TAGS_JSON: Final = msgspec.json.Encoder()
-MAX_PAGE_SIZE: Final = 1000
+MAX_PAGE_SIZE: Final = checks.MAX_PAGE_SIZE
 TERMINAL_NAMES: Final = frozenset(s.value for s in TERMINAL_STATUSES)
 Params = dict[str, Any]
 Row = Sequence[Any]
-
-
-def _check_id(kind: str, value: object) -> str:
-    if not isinstance(value, str) or not value or len(value) > MAX_ID_LENGTH:
-        raise ValidationError(f"{kind} must be a non-empty str of at most {MAX_ID_LENGTH} chars")
-    if "\x00" in value:
-        raise ValidationError(f"{kind} must not contain NUL characters")
-    return value
-
-
-def _check_text(kind: str, value: object, *, optional: bool = False) -> None:
-    """A value bound to a text column: a str (or None) without NUL, which text cannot hold."""
-    if value is None and optional:
-        return
-    if not isinstance(value, str):
-        raise ValidationError(f"{kind} must be a str{' or None' if optional else ''}")
-    if "\x00" in value:
-        raise ValidationError(f"{kind} must not contain NUL characters")
-
-
-def _check_count(kind: str, value: object) -> None:
-    """Counts are stored as ``integer``: a larger one must fail here, not mid-save."""
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_COUNT:
-        raise ValidationError(f"{kind} must be an int in 0..{MAX_COUNT}, got {value!r}")
-
-
-def _check_time(kind: str, value: object, *, optional: bool = True, aware: bool = False) -> None:
-    """``aware`` for times the server schedules by: a naive one would be read in the
-    session's time zone, silently shifting a timer or a retry."""
-    if value is None and optional:
-        return
-    if not isinstance(value, datetime):
-        raise ValidationError(f"{kind} must be a datetime{' or None' if optional else ''}")
-    if aware and value.utcoffset() is None:
-        raise ValidationError(f"{kind} must be timezone-aware")
-
-
-def _check_names(kind: str, values: object) -> None:
-    if not isinstance(values, tuple | list):
-        raise ValidationError(f"{kind} must be a tuple of str")
-    for value in values:
-        _check_text(kind, value)
-
-
-def _check_position(position: Position) -> None:
-    if not isinstance(position, Position):
-        raise ValidationError(f"position must be a Position, got {position!r}")
-    if isinstance(position, NotStarted):
-        return
-    _check_text("position task_id", position.task_id)
-    if isinstance(position, AtDelay):
-        _check_time("AtDelay.wake_at", position.wake_at, optional=False, aware=True)
-    elif isinstance(position, AtSignal):
-        _check_text("AtSignal.signal_name", position.signal_name)
-    elif isinstance(position, AtFork):
-        _check_names("AtFork.branches", position.branches)
-    elif isinstance(position, AtJoin):
-        _check_names("AtJoin.waiting_for", position.waiting_for)
-    elif isinstance(position, InLoop):
-        _check_count("InLoop.iteration", position.iteration)
-
-
-def _check_task_result(task_id: str, result: object) -> None:
-    where = f"task_results[{task_id!r}]"
-    if not isinstance(result, TaskResult):
-        raise ValidationError(f"{where} must be a TaskResult")
-    if not isinstance(result.status, TaskStatus):
-        raise ValidationError(f"{where}.status must be a TaskStatus, got {result.status!r}")
-    _check_count(f"{where}.attempts", result.attempts)
-    _check_text(f"{where}.error", result.error, optional=True)
-    _check_text(f"{where}.worker_id", result.worker_id, optional=True)
-    _check_time(f"{where}.started_at", result.started_at)
-    _check_time(f"{where}.completed_at", result.completed_at)
-
-
-def _check_retry(task_id: str, retry: object) -> None:
-    where = f"retries[{task_id!r}]"
-    if not isinstance(retry, RetryState):
-        raise ValidationError(f"{where} must be a RetryState")
-    _check_count(f"{where}.attempts", retry.attempts)
-    _check_time(f"{where}.next_attempt_at", retry.next_attempt_at, aware=True)
-    _check_text(f"{where}.last_error", retry.last_error, optional=True)
-
-
-def check_task_results(
-    results: Mapping[str, TaskResult], tasks: Iterable[str] | None = None
-) -> None:
-    """Check the task results named by ``tasks`` (None: all of them)."""
-    for task_id in results if tasks is None else tasks:
-        _check_id("task id", task_id)
-        _check_task_result(task_id, results[task_id])
-
-
-def validate_snapshot(snapshot: WorkflowSnapshot, tasks: Iterable[str] | None = None) -> None:
-    """Reject a snapshot the store could not faithfully keep, before any I/O.
-
-    msgspec does not type-check Struct constructors, so a wrong type would otherwise
-    surface as a driver error mid-save or, for blob-only fields, as a checkpoint that
-    saves fine and then fails to decode on every load. ``tasks``: only these task
-    results are checked (the others are the very objects a checked save wrote).
-    """
-    if not isinstance(snapshot, WorkflowSnapshot):
-        raise ValidationError(f"expected WorkflowSnapshot, got {type(snapshot).__name__}")
-    _check_id("instance_id", snapshot.instance_id)
-    _check_text("definition_hash", snapshot.definition_hash)
-    _check_text("error", snapshot.error, optional=True)
-    if not isinstance(snapshot.trace_parent, str | None):
-        raise ValidationError("trace_parent must be a str or None")
-    _check_time("created_at", snapshot.created_at)
-    if not isinstance(snapshot.status, WorkflowStatus):
-        raise ValidationError(f"status must be a WorkflowStatus, got {snapshot.status!r}")
-    _check_position(snapshot.position)
-    _check_names("tags", snapshot.tags)
-    if not isinstance(snapshot.task_results, dict) or not isinstance(snapshot.retries, dict):
-        raise ValidationError("task_results and retries must be dicts keyed by task id")
-    prio = snapshot.priority
-    if (
-        isinstance(prio, bool)
-        or not isinstance(prio, int)
-        or not MIN_PRIORITY <= prio <= MAX_PRIORITY
-    ):
-        raise ValidationError(f"priority must be an int in {MIN_PRIORITY}..{MAX_PRIORITY}")
-    check_task_results(snapshot.task_results, tasks)
-    for task_id, retry in snapshot.retries.items():
-        _check_id("retry task id", task_id)
-        _check_retry(task_id, retry)
-
-
-def check_expected_version(expected_version: int | None) -> None:
-    if expected_version is not None and (
-        isinstance(expected_version, bool)
-        or not isinstance(expected_version, int)
-        or not 1 <= expected_version <= MAX_VERSION
-    ):
-        raise ValidationError(
-            f"expected_version must be None (create) or an int in 1..{MAX_VERSION}"
-        )
 
 
 # An instance parked on a signal waits for an event, not for a worker: it is due never.
@@ -444,7 +296,8 @@ def prepare_save(
     claim: Claim | None = None,
     known: Known = UNKNOWN,
 ) -> PreparedSave:
-    """Validate and encode a save; raises before any I/O if the input is bad.
+    """Encode a save whose arguments `checks.check_save` accepted, checking the task
+    results it looks at; raises before any I/O if the input is bad.
 
     ``known``: what the store holds at ``expected_version``. Task rows equal to its rows
     are not sent again: they are already right, which the save checks by also requiring
@@ -462,15 +315,6 @@ def prepare_save(
     C calls over the outputs; otherwise each carried-over output costs one msgpack
     encoding and one digest.
     """
-    validate_snapshot(snapshot, tasks=())  # the task results below, as far as needed
-    check_expected_version(expected_version)
-    if claim is not None:
-        if not isinstance(claim, Claim) or not isinstance(claim.token, uuid.UUID):
-            raise ValidationError(f"claim must be a Claim from claim(), got {claim!r}")
-        if claim.instance_id != snapshot.instance_id:
-            raise ValidationError(
-                f"claim is for {claim.instance_id!r}, snapshot is {snapshot.instance_id!r}"
-            )
     results = snapshot.task_results
     stored, stored_created_at, chain, prior = known.rows, known.created_at, known.chain, known.prior
     reusable = prior is not None and stored_created_at is not None and bool(stored)
@@ -483,7 +327,7 @@ def prepare_save(
             reused = _reused(results, prior)
         looked = [t for t in results if t not in reused]
         removed = [t for t in stored if t not in results]
-    check_task_results(results, looked)
+    checks.check_task_results(results, looked)
     everything = len(looked) == len(results)
     shown = (
         snapshot
@@ -674,18 +518,18 @@ def save_failure(item: PreparedSave, current: Row | None) -> SnapstoreError:
 
 
 def id_params(instance_id: str) -> Params:
-    return {"instance_id": _check_id("instance_id", instance_id)}
+    return {"instance_id": checks.check_id("instance_id", instance_id)}
 
 
 def task_params(instance_id: str, task_id: str) -> Params:
     return {
-        "instance_id": _check_id("instance_id", instance_id),
-        "task_id": _check_id("task_id", task_id),
+        "instance_id": checks.check_id("instance_id", instance_id),
+        "task_id": checks.check_id("task_id", task_id),
     }
 
 
 def ids_params(instance_ids: Sequence[str]) -> Params:
-    return {"instance_ids": [_check_id("instance_id", i) for i in instance_ids]}
+    return {"instance_ids": [checks.check_id("instance_id", i) for i in instance_ids]}
 
 
 def load_params(instance_ids: Sequence[str]) -> Params:
@@ -797,8 +641,7 @@ def decode_cursor(cursor: str) -> str:
 def list_params(
     statuses: Iterable[WorkflowStatus] | WorkflowStatus | None, limit: int, cursor: str | None
 ) -> Params:
-    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE_SIZE:
-        raise ValidationError(f"limit must be an int in 1..{MAX_PAGE_SIZE}")
+    checks.check_limit(limit)
     if isinstance(statuses, WorkflowStatus):
         statuses = [statuses]
     names = None if statuses is None else [WorkflowStatus(s).value for s in statuses]
