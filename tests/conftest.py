@@ -3,23 +3,16 @@
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import AsyncIterator, Iterator
 
-import psycopg
 import pytest
-from psycopg import sql
 
 from snapstore import AsyncPostgresBackend, JsonCodec, PostgresBackend
 from snapstore.testing import database_url
+from tests.twins import drop_schema, isolated_schema
 
 # Per-process, so concurrent runs against one shared server (SNAPSTORE_DSN) don't collide.
 TEST_SCHEMA = f"snapstore_test_{os.getpid()}"
-
-
-def _drop_schema(dsn: str, schema: str) -> None:
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
 
 
 @pytest.fixture(scope="session")
@@ -33,7 +26,7 @@ def dsn() -> Iterator[str]:
 def _session_backend(dsn: str) -> Iterator[PostgresBackend[JsonCodec]]:
     with PostgresBackend[JsonCodec].connect(dsn, schema=TEST_SCHEMA, max_size=20) as backend:
         yield backend
-    _drop_schema(dsn, TEST_SCHEMA)
+    drop_schema(dsn, TEST_SCHEMA)
 
 
 @pytest.fixture
@@ -51,9 +44,16 @@ async def abackend(dsn: str) -> AsyncIterator[AsyncPostgresBackend[JsonCodec]]:
         yield b
 
 
+@pytest.fixture(scope="module")
+def schema(dsn: str) -> Iterator[str]:
+    """A schema of the test module's own (dropped after): the server may be shared, and
+    a TRUNCATE from elsewhere must not land in the middle of a scenario."""
+    with isolated_schema(dsn) as name:
+        yield name
+
+
 @pytest.fixture
 def fresh_schema(dsn: str) -> Iterator[str]:
     """A unique schema name for tests that migrate or configure their own store (dropped after)."""
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    yield name
-    _drop_schema(dsn, name)
+    with isolated_schema(dsn) as name:
+        yield name

@@ -9,38 +9,32 @@ neither a half-written checkpoint nor a poisoned pool.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import psycopg
 import pytest
 
 from snapstore import AsyncPostgresBackend, JsonCodec, PostgresBackend
 from snapstore.queries import bind_schema
-from tests.stores import advance, isolated_schema, snap, with_tasks, without_timestamps
+from tests.twins import advance, snap, with_tasks, without_timestamps
 
 APP = "snapstore-async-test"
 
 
 @pytest.fixture
-def schema(dsn: str) -> Iterator[str]:
-    with isolated_schema(dsn) as name:
-        yield name
-
-
-@pytest.fixture
-async def abackend(dsn: str, schema: str) -> AsyncIterator[AsyncPostgresBackend[JsonCodec]]:
+async def abackend(dsn: str, fresh_schema: str) -> AsyncIterator[AsyncPostgresBackend[JsonCodec]]:
     async with await AsyncPostgresBackend[JsonCodec].connect(
-        dsn, schema=schema, max_size=4, application_name=APP
+        dsn, schema=fresh_schema, max_size=4, application_name=APP
     ) as backend:
         yield backend
 
 
 async def test_sync_and_async_backends_share_one_schema(
-    dsn: str, schema: str, abackend: AsyncPostgresBackend[JsonCodec]
+    dsn: str, fresh_schema: str, abackend: AsyncPostgresBackend[JsonCodec]
 ) -> None:
     first = with_tasks()
     await abackend.save(first)
-    with PostgresBackend[JsonCodec].connect(dsn, schema=schema) as sync:
+    with PostgresBackend[JsonCodec].connect(dsn, schema=fresh_schema) as sync:
         assert sync.save(advance(first, input="from sync"), expected_version=1) == 2
         for read_sync, read_async in [
             (sync.load("wf-1"), await abackend.load("wf-1")),
@@ -91,11 +85,11 @@ async def wait_until_blocked_on_a_lock(dsn: str) -> None:
 
 
 async def test_a_save_cancelled_while_blocked_leaves_a_consistent_store(
-    dsn: str, schema: str, abackend: AsyncPostgresBackend[JsonCodec]
+    dsn: str, fresh_schema: str, abackend: AsyncPostgresBackend[JsonCodec]
 ) -> None:
     first = with_tasks()
     await abackend.save(first)
-    lock = bind_schema("SELECT 1 FROM @schema@.snapshots FOR UPDATE", schema).encode()
+    lock = bind_schema("SELECT 1 FROM @schema@.snapshots FOR UPDATE", fresh_schema).encode()
     async with await psycopg.AsyncConnection.connect(dsn) as holder:
         await holder.execute(lock)  # row locked until this transaction ends
         save = asyncio.create_task(abackend.save(advance(first, input="late"), 1))

@@ -8,7 +8,7 @@ the store's own read path.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -33,13 +33,12 @@ from snapstore import (
 )
 from snapstore.codecs.snapshot import strip_outputs
 from snapstore.model import TERMINAL_STATUSES, NotStarted
-from tests.stores import (
+from tests.twins import (
     CHILD_TABLES,
     KINDS,
     Kind,
-    Store,
+    Twin,
     advance,
-    isolated_schema,
     open_store,
     snap,
     with_tasks,
@@ -48,14 +47,8 @@ from tests.stores import (
 T0 = datetime(2030, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
 
 
-@pytest.fixture(scope="module")
-def schema(dsn: str) -> Iterator[str]:
-    with isolated_schema(dsn) as name:
-        yield name
-
-
 @pytest.fixture(params=KINDS)
-async def store(request: pytest.FixtureRequest, dsn: str, schema: str) -> AsyncIterator[Store]:
+async def store(request: pytest.FixtureRequest, dsn: str, schema: str) -> AsyncIterator[Twin]:
     """An emptied store on this module's schema, once per backend twin."""
     kind: Kind = request.param
     opened = await open_store(kind, dsn, schema=schema)
@@ -64,7 +57,7 @@ async def store(request: pytest.FixtureRequest, dsn: str, schema: str) -> AsyncI
     await opened.close()
 
 
-async def task_xmins(store: Store, instance_id: str) -> dict[str, str]:
+async def task_xmins(store: Twin, instance_id: str) -> dict[str, str]:
     """The creating transaction of each task row: it changes iff the row was rewritten."""
     rows = await store.sql(
         "SELECT task_id, xmin::text FROM @schema@.tasks WHERE instance_id = %(iid)s",
@@ -76,7 +69,7 @@ async def task_xmins(store: Store, instance_id: str) -> dict[str, str]:
 # --- save: create, compare-and-set, history ------------------------------------------
 
 
-async def test_create_returns_version_1_and_a_second_create_conflicts(store: Store) -> None:
+async def test_create_returns_version_1_and_a_second_create_conflicts(store: Twin) -> None:
     first = snap(input={"n": 1})
     assert await store.save(first) == 1
     with pytest.raises(ConflictError) as info:
@@ -90,7 +83,7 @@ async def test_create_returns_version_1_and_a_second_create_conflicts(store: Sto
     assert await store.count("history") == 1
 
 
-async def test_stale_expected_version_conflicts_and_names_both_versions(store: Store) -> None:
+async def test_stale_expected_version_conflicts_and_names_both_versions(store: Twin) -> None:
     s1 = snap()
     await store.save(s1)
     assert await store.save(advance(s1, input=2), expected_version=1) == 2
@@ -104,14 +97,14 @@ async def test_stale_expected_version_conflicts_and_names_both_versions(store: S
     assert [h.version for h in await store.history("wf-1")] == [1, 2]
 
 
-async def test_expecting_a_version_of_a_missing_instance_is_not_found(store: Store) -> None:
+async def test_expecting_a_version_of_a_missing_instance_is_not_found(store: Twin) -> None:
     with pytest.raises(NotFoundError):
         await store.save(snap("ghost"), expected_version=1)
     assert set((await store.row_counts()).values()) == {0}
 
 
 async def test_every_save_appends_one_gapless_history_row_with_the_same_blob(
-    store: Store,
+    store: Twin,
 ) -> None:
     saved: list[WorkflowSnapshot] = []
     current = with_tasks()
@@ -137,7 +130,7 @@ async def test_every_save_appends_one_gapless_history_row_with_the_same_blob(
 
 
 async def test_history_reads_in_version_order_with_after_version_and_limit(
-    store: Store,
+    store: Twin,
 ) -> None:
     base = snap()
     await store.save(base)
@@ -158,7 +151,7 @@ async def test_history_reads_in_version_order_with_after_version_and_limit(
     [{"limit": -1}, {"limit": True}, {"limit": 1.5}, {"after_version": "1"}],
     ids=repr,
 )
-async def test_history_rejects_bad_bounds(store: Store, kwargs: dict[str, Any]) -> None:
+async def test_history_rejects_bad_bounds(store: Twin, kwargs: dict[str, Any]) -> None:
     """Caught before the query: PostgreSQL would fail on some, and silently coerce others."""
     await store.save(snap())
     with pytest.raises(ValidationError):
@@ -168,7 +161,7 @@ async def test_history_rejects_bad_bounds(store: Store, kwargs: dict[str, Any]) 
 # --- tasks sidecar ---------------------------------------------------------------------
 
 
-async def test_task_outputs_are_stored_once_in_the_tasks_table(store: Store) -> None:
+async def test_task_outputs_are_stored_once_in_the_tasks_table(store: Twin) -> None:
     first = with_tasks()
     await store.save(first)
     rows = await store.sql(
@@ -199,7 +192,7 @@ async def test_task_outputs_are_stored_once_in_the_tasks_table(store: Store) -> 
     assert await store.load_task_result("wf-1", "a") == changed["a"]
 
 
-async def test_load_task_result_returns_each_task_with_its_output(store: Store) -> None:
+async def test_load_task_result_returns_each_task_with_its_output(store: Twin) -> None:
     snapshot = with_tasks()
     await store.save(snapshot)
     for task_id, result in snapshot.task_results.items():
@@ -210,7 +203,7 @@ async def test_load_task_result_returns_each_task_with_its_output(store: Store) 
         await store.load_task_result("wf-1", "")
 
 
-async def test_tasks_dropped_from_a_later_snapshot_are_not_hydrated(store: Store) -> None:
+async def test_tasks_dropped_from_a_later_snapshot_are_not_hydrated(store: Twin) -> None:
     first = with_tasks()
     await store.save(first)
     second = advance(first, task_results={"b": first.task_results["b"]})
@@ -225,7 +218,7 @@ async def test_tasks_dropped_from_a_later_snapshot_are_not_hydrated(store: Store
 
 @pytest.mark.parametrize("terminal", sorted(TERMINAL_STATUSES))
 async def test_terminal_instances_are_never_written_again(
-    store: Store, terminal: WorkflowStatus
+    store: Twin, terminal: WorkflowStatus
 ) -> None:
     running = with_tasks()
     await store.save(running)
@@ -258,7 +251,7 @@ async def test_terminal_instances_are_never_written_again(
 
 
 async def test_an_instance_may_be_created_terminal_and_paused_is_not_terminal(
-    store: Store,
+    store: Twin,
 ) -> None:
     await store.save(snap("done", status=WorkflowStatus.CANCELLED))
     with pytest.raises(TerminalStateError):
@@ -271,7 +264,7 @@ async def test_an_instance_may_be_created_terminal_and_paused_is_not_terminal(
 # --- load ------------------------------------------------------------------------------
 
 
-async def test_load_round_trips_every_field(store: Store) -> None:
+async def test_load_round_trips_every_field(store: Twin) -> None:
     snapshot = with_tasks(
         "ünïcødé/☃",
         position=AtDelay("c", wake_at=T0),
@@ -295,7 +288,7 @@ async def test_load_round_trips_every_field(store: Store) -> None:
 # --- delete ----------------------------------------------------------------------------
 
 
-async def insert_child_rows(store: Store, instance_id: str) -> None:
+async def insert_child_rows(store: Twin, instance_id: str) -> None:
     """Signals, events and claims have no API in the core store yet: write them by hand."""
     params = {"iid": instance_id}
     await store.sql(
@@ -313,7 +306,7 @@ async def insert_child_rows(store: Store, instance_id: str) -> None:
     )
 
 
-async def test_delete_removes_the_instance_and_all_its_child_rows(store: Store) -> None:
+async def test_delete_removes_the_instance_and_all_its_child_rows(store: Twin) -> None:
     for iid in ("doomed", "kept"):
         await store.save(with_tasks(iid))
         await store.save(with_tasks(iid, input=2), expected_version=1)
@@ -333,7 +326,7 @@ async def test_delete_removes_the_instance_and_all_its_child_rows(store: Store) 
     assert [h.version for h in await store.history("doomed")] == [1]
 
 
-async def test_truncate_all_empties_every_table(store: Store) -> None:
+async def test_truncate_all_empties_every_table(store: Twin) -> None:
     await store.save(with_tasks())
     await insert_child_rows(store, "wf-1")
     assert min((await store.row_counts()).values()) > 0
@@ -349,7 +342,7 @@ UNICODE_IDS = [
 ]  # fmt: skip
 
 
-async def test_list_filters_by_status_without_decoding(store: Store) -> None:
+async def test_list_filters_by_status_without_decoding(store: Twin) -> None:
     statuses = list(WorkflowStatus)
     for n in range(10):
         status = statuses[n % len(statuses)]
@@ -378,9 +371,7 @@ async def test_list_filters_by_status_without_decoding(store: Store) -> None:
 
 
 @pytest.mark.parametrize("limit", [1, 2, 3, 7, 11, 22, 100])
-async def test_keyset_pagination_walks_every_id_once_in_byte_order(
-    store: Store, limit: int
-) -> None:
+async def test_keyset_pagination_walks_every_id_once_in_byte_order(store: Twin, limit: int) -> None:
     for iid in UNICODE_IDS:
         status = WorkflowStatus.PAUSED if len(iid.encode()) > 1 else WorkflowStatus.IN_PROGRESS
         await store.save(snap(iid, status=status))
@@ -419,7 +410,7 @@ async def test_keyset_pagination_walks_every_id_once_in_byte_order(
     ],
     ids=repr,
 )
-async def test_list_rejects_bad_arguments(store: Store, kwargs: dict[str, Any]) -> None:
+async def test_list_rejects_bad_arguments(store: Twin, kwargs: dict[str, Any]) -> None:
     with pytest.raises(ValidationError):
         await store.list(**kwargs)
 
@@ -482,14 +473,14 @@ BAD_SNAPSHOTS: dict[str, Callable[[], WorkflowSnapshot]] = {
 
 @pytest.mark.parametrize("make", BAD_SNAPSHOTS.values(), ids=BAD_SNAPSHOTS.keys())
 async def test_invalid_snapshots_raise_validation_error_and_write_nothing(
-    store: Store, make: Callable[[], WorkflowSnapshot]
+    store: Twin, make: Callable[[], WorkflowSnapshot]
 ) -> None:
     with pytest.raises(ValidationError):
         await store.save(make())
     assert set((await store.row_counts()).values()) == {0}
 
 
-async def test_bad_updates_leave_the_stored_checkpoint_untouched(store: Store) -> None:
+async def test_bad_updates_leave_the_stored_checkpoint_untouched(store: Twin) -> None:
     await store.save(with_tasks())
     before = {t: await store.rows(t) for t in ("snapshots", "tasks")}
     for make in BAD_SNAPSHOTS.values():
@@ -502,13 +493,13 @@ async def test_bad_updates_leave_the_stored_checkpoint_untouched(store: Store) -
         await store.save(with_tasks(input={"x": object()}), expected_version=1)
     for expected in (0, -1, True, "1", 2**63):
         with pytest.raises(ValidationError):
-            await store.save(with_tasks(), expected_version=expected)  # type: ignore[arg-type]
+            await store.save(with_tasks(), expected_version=expected)
     assert {t: await store.rows(t) for t in before} == before
     assert await store.count("history") == 1
 
 
 @pytest.mark.parametrize("bad_id", ["", "x" * 256, "a\x00", 3, None], ids=repr)
-async def test_reads_and_deletes_validate_instance_ids(store: Store, bad_id: Any) -> None:
+async def test_reads_and_deletes_validate_instance_ids(store: Twin, bad_id: Any) -> None:
     calls = [
         store.load(bad_id),
         store.delete(bad_id),
@@ -521,7 +512,7 @@ async def test_reads_and_deletes_validate_instance_ids(store: Store, bad_id: Any
 
 
 async def test_ids_at_the_length_limit_and_not_started_positions_round_trip(
-    store: Store,
+    store: Twin,
 ) -> None:
     longest = snap("é" * 255, position=NotStarted())
     await store.save(longest)

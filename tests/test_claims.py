@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -41,31 +41,15 @@ from snapstore.errors import ClaimLostError
 from snapstore.model import TERMINAL_STATUSES, Claim
 from snapstore.queries import wakeup_channel
 from snapstore.signals import EventOutcome
-from tests.stores import KINDS, Kind, Store, isolated_schema, opened, snap, without_timestamps
+from tests.twins import KINDS, Kind, Twin, opened, snap, without_timestamps
 
 LONG = 600.0  # seconds: a lease that stays live for the whole test
 SHORT = 0.2  # seconds: a lease the test waits out (by polling the server clock)
 PATIENCE = 30.0  # seconds before a wait for the server clock is declared hung
 
 
-@pytest.fixture(scope="module")
-def schema(dsn: str) -> Iterator[str]:
-    with isolated_schema(dsn) as name:
-        yield name
-
-
-class Claims:
-    """The claims API of either twin as coroutines, plus the store's raw SQL."""
-
-    def __init__(self, store: Store) -> None:
-        self.store = store
-        self.kind: Kind = store.kind
-
-    async def _call(self, name: str, *args: Any, **kwargs: Any) -> Any:
-        method = getattr(self.store.backend, name)
-        if self.kind == "sync":
-            return await asyncio.to_thread(method, *args, **kwargs)
-        return await method(*args, **kwargs)
+class Claims(Twin):
+    """The twin with this module's defaults (leases that outlive the test) and helpers."""
 
     async def save(
         self,
@@ -73,45 +57,29 @@ class Claims:
         expected_version: int | None = None,
         claim: Claim | None = None,
     ) -> int:
-        version: int = await self._call("save", snapshot, expected_version, claim=claim)
+        version: int = await self.call("save", snapshot, expected_version, claim=claim)
         return version
 
     async def claim(self, instance_id: str, worker_id: str, ttl: float = LONG) -> Claim | None:
-        found: Claim | None = await self._call("claim", instance_id, worker_id, ttl)
+        found: Claim | None = await self.call("claim", instance_id, worker_id, ttl)
         return found
-
-    async def extend(self, claim: Claim, ttl: float | timedelta) -> Claim:
-        renewed: Claim = await self._call("extend", claim, ttl)
-        return renewed
-
-    async def release(self, claim: Claim) -> bool:
-        released: bool = await self._call("release", claim)
-        return released
 
     async def find(self, worker_id: str = "w1", **kwargs: Any) -> list[ClaimedTask]:
         kwargs.setdefault("ttl", LONG)
-        tasks: list[ClaimedTask] = await self._call("find_available_tasks", worker_id, **kwargs)
+        tasks: list[ClaimedTask] = await self.call("find_available_tasks", worker_id, **kwargs)
         return tasks
 
     async def claim_notified(
         self, ids: Iterable[str], worker_id: str = "w1", **kwargs: Any
     ) -> list[ClaimedTask]:
         kwargs.setdefault("ttl", LONG)
-        tasks: list[ClaimedTask] = await self._call("claim_notified", ids, worker_id, **kwargs)
+        tasks: list[ClaimedTask] = await self.call("claim_notified", ids, worker_id, **kwargs)
         return tasks
-
-    async def dispatchable_ids(self, **kwargs: Any) -> list[str]:
-        ids: list[str] = await self._call("dispatchable_ids", **kwargs)
-        return ids
-
-    async def next_dispatch_at(self) -> datetime | None:
-        when: datetime | None = await self._call("next_dispatch_at")
-        return when
 
     # -- helpers -----------------------------------------------------------------------
 
     async def lease_row(self, instance_id: str) -> tuple[Any, ...] | None:
-        rows = await self.store.sql(
+        rows = await self.sql(
             "SELECT worker_id, token, expires_at, task_id FROM @schema@.claims"
             " WHERE instance_id = %(i)s",
             {"i": instance_id},
@@ -120,14 +88,14 @@ class Claims:
 
     async def expire(self, claim: Claim) -> Claim:
         """Shrink the lease (extend is absolute) and wait until the server says it ran out."""
-        short = await self.extend(claim, SHORT)
+        short: Claim = await self.call("extend", claim, SHORT)
         await self.wait_past(short.expires_at)
         return short
 
     async def wait_past(self, moment: datetime) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + PATIENCE
-        while not await self.store.scalar("SELECT now() > %(t)s", {"t": moment}):
+        while not await self.scalar("SELECT now() > %(t)s", {"t": moment}):
             assert loop.time() < deadline, f"server clock never passed {moment}"
             await asyncio.sleep(0.02)
 
@@ -142,7 +110,7 @@ async def claims(request: pytest.FixtureRequest, dsn: str, schema: str) -> Async
     kind: Kind = request.param
     async with opened(kind, dsn, schema=schema, max_size=12) as store:
         await store.truncate_all()
-        yield Claims(store)
+        yield Claims(store.target)
 
 
 def now() -> datetime:
@@ -158,9 +126,9 @@ def ids(tasks: Iterable[ClaimedTask]) -> list[str]:
 
 async def test_claim_leases_by_the_server_clock_and_records_the_task(claims: Claims) -> None:
     await claims.seed(snap("a", position=AtTask("step-1")))
-    before = await claims.store.scalar("SELECT now()")
+    before = await claims.scalar("SELECT now()")
     lease = await claims.claim("a", "w1", LONG)
-    after = await claims.store.scalar("SELECT now()")
+    after = await claims.scalar("SELECT now()")
     assert lease is not None
     assert (lease.instance_id, lease.worker_id, lease.task_id) == ("a", "w1", "step-1")
     assert before + timedelta(seconds=LONG) <= lease.expires_at <= after + timedelta(seconds=LONG)
@@ -201,7 +169,7 @@ async def test_claim_refuses_unknown_and_finished_instances(claims: Claims) -> N
         await claims.seed(snap(f"done-{status}", status=status))
         with pytest.raises(TerminalStateError):
             await claims.claim(f"done-{status}", "w1")
-    assert await claims.store.count("claims") == 0
+    assert await claims.count("claims") == 0
     # Paused is not finished: it can be claimed explicitly (it is never dispatched).
     await claims.seed(snap("paused", status=WorkflowStatus.PAUSED))
     assert await claims.claim("paused", "w1") is not None
@@ -224,8 +192,8 @@ async def test_claim_validates_its_arguments(
 ) -> None:
     await claims.seed(snap("a"))
     with pytest.raises(ValidationError):
-        await claims._call(method, *args)
-    assert await claims.store.count("claims") == 0
+        await claims.call(method, *args)
+    assert await claims.count("claims") == 0
 
 
 async def test_extend_is_absolute_by_the_server_clock(claims: Claims) -> None:
@@ -235,7 +203,7 @@ async def test_extend_is_absolute_by_the_server_clock(claims: Claims) -> None:
     shorter = await claims.extend(lease, 60)  # absolute: shortens a longer lease
     assert shorter.expires_at < lease.expires_at
     assert shorter.token == lease.token
-    remaining = await claims.store.scalar(
+    remaining = await claims.scalar(
         "SELECT expires_at - now() FROM @schema@.claims WHERE instance_id = 'a'"
     )
     assert timedelta(0) < remaining <= timedelta(seconds=60)
@@ -272,10 +240,10 @@ async def test_fenced_save_succeeds_while_live_and_is_refused_after_loss(
     assert thief is not None
     with pytest.raises(ClaimLostError):  # stolen
         await claims.save(snap("a", position=AtTask("t3")), 3, claim=expired)
-    assert await claims.store.count("history", "a") == 3  # nothing written by the refusals
+    assert await claims.count("history", "a") == 3  # nothing written by the refusals
 
     assert await claims.save(snap("a", position=AtTask("t3")), 3, claim=thief) == 4
-    stored = await claims.store.load("a")
+    stored = await claims.load("a")
     assert stored is not None
     assert stored.snapshot.position == AtTask("t3")
 
@@ -331,7 +299,7 @@ async def test_release_notifies_when_the_instance_is_dispatchable(claims: Claims
     due, sleeping = await claims.claim("due", "w1"), await claims.claim("sleeping", "w1")
     assert due is not None
     assert sleeping is not None
-    channel = wakeup_channel(claims.store.schema)
+    channel = wakeup_channel(claims.schema)
     listener = await notifications(dsn, channel)
     try:
         assert await claims.release(sleeping)  # not dispatchable: no NOTIFY
@@ -340,7 +308,7 @@ async def test_release_notifies_when_the_instance_is_dispatchable(claims: Claims
         assert await next_notification(listener) == (channel, "due")
     finally:
         await listener.close()
-    assert await claims.store.count("claims") == 0
+    assert await claims.count("claims") == 0
     assert not await claims.release(due)  # already gone
 
 
@@ -374,7 +342,7 @@ async def test_dispatch_leases_and_loads_the_checkpoint(claims: Claims) -> None:
     assert task.error is None
     assert task.claim.worker_id == "w1"
     assert task.claim.task_id == "t2"
-    assert without_timestamps(task.stored) == without_timestamps(await claims.store.load("a"))
+    assert without_timestamps(task.stored) == without_timestamps(await claims.load("a"))
     assert task.snapshot == original
     assert await claims.lease_row("a") == ("w1", task.claim.token, task.claim.expires_at, "t2")
     assert await claims.find("w2") == []  # leased: not dispatchable any more
@@ -465,7 +433,7 @@ async def test_an_instance_parked_on_a_signal_waits_for_its_event(claims: Claims
     await claims.seed(snap("parked", position=AtSignal("t1", "approve")))
     assert await claims.dispatchable_ids() == []
     assert await claims.next_dispatch_at() is None  # no timer: only an event wakes it
-    outcome = await claims._call("send_event", "parked", "approve", {"ok": True})
+    outcome = await claims.call("send_event", "parked", "approve", {"ok": True})
     assert outcome == EventOutcome.RESUMED
     assert ids(await claims.find()) == ["parked"]
 
@@ -508,9 +476,7 @@ async def test_filters_apply_before_the_limit(claims: Claims) -> None:
 
 async def test_an_undecodable_checkpoint_does_not_block_dispatch(claims: Claims) -> None:
     await claims.seed(snap("bad", priority=1), snap("good", priority=2))
-    await claims.store.sql(
-        "UPDATE @schema@.history SET data = '\\x00'::bytea WHERE instance_id = 'bad'"
-    )
+    await claims.sql("UPDATE @schema@.history SET data = '\\x00'::bytea WHERE instance_id = 'bad'")
     bad, good = await claims.find(limit=5)
     assert bad.instance_id == "bad"
     assert isinstance(bad.error, DecodeError)
@@ -518,7 +484,7 @@ async def test_an_undecodable_checkpoint_does_not_block_dispatch(claims: Claims)
         _ = bad.stored
     assert good.error is None
     assert good.snapshot.instance_id == "good"
-    assert await claims.store.count("claims") == 2  # the bad one stays leased, not retried
+    assert await claims.count("claims") == 2  # the bad one stays leased, not retried
 
 
 async def test_claim_notified_uses_the_dispatch_predicate_on_the_named_ids(
@@ -547,7 +513,7 @@ async def test_dispatchable_ids_reports_without_leasing(claims: Claims) -> None:
     await claims.seed(snap("a", priority=2), snap("b", priority=1))
     assert await claims.dispatchable_ids(limit=1) == ["b"]
     assert await claims.dispatchable_ids() == ["b", "a"]
-    assert await claims.store.count("claims") == 0
+    assert await claims.count("claims") == 0
 
 
 async def test_next_dispatch_at_is_the_next_timer_or_lease_expiry(claims: Claims) -> None:
@@ -577,24 +543,24 @@ async def test_concurrent_workers_never_share_an_instance_and_drain_the_queue(
     results = await asyncio.gather(*(worker(f"w{n}") for n in range(8)))
     every = list(itertools.chain.from_iterable(results))
     assert len(every) == len(set(every)) == total
-    assert await claims.store.count("claims") == total
-    owners = await claims.store.sql("SELECT instance_id, worker_id FROM @schema@.claims")
+    assert await claims.count("claims") == total
+    owners = await claims.sql("SELECT instance_id, worker_id FROM @schema@.claims")
     assert {iid: w for iid, w in owners} == {
         iid: f"w{n}" for n, mine in enumerate(results) for iid in mine
     }
 
 
 async def test_dispatch_is_served_by_the_partial_index(claims: Claims) -> None:
-    await claims.store.sql(
+    await claims.sql(
         "INSERT INTO @schema@.snapshots (instance_id, status, definition_hash, position_kind,"
         " version, codec, data_hash)"
         " SELECT 'wf-' || n, CASE WHEN n % 50 = 0 THEN 'InProgress' ELSE 'Completed' END,"
         " 'd', 'NotStarted', 1, 'json', '\\x00'::bytea FROM generate_series(1, 5000) AS n"
     )
-    await claims.store.sql("ANALYZE @schema@.snapshots")
-    statement = claims.store.backend.queries["dispatch"].decode()
+    await claims.sql("ANALYZE @schema@.snapshots")
+    statement = claims.backend.queries["dispatch"].decode()
     query = DispatchQuery.build("w1", limit=10, tags=["gpu"])
-    plan = "\n".join(r[0] for r in await claims.store.sql("EXPLAIN " + statement, query.params()))
+    plan = "\n".join(r[0] for r in await claims.sql("EXPLAIN " + statement, query.params()))
     assert "Seq Scan on snapshots" not in plan, plan
     assert "snapshots_dispatch_idx" in plan, plan
 

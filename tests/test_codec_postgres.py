@@ -47,15 +47,6 @@ codecs = pytest.mark.parametrize("codec", CODECS, ids=CODEC_IDS)
 
 
 @pytest.fixture(scope="module")
-def schema(dsn: str) -> Iterator[str]:
-    """A schema of this module's own, dropped afterwards (the server is shared)."""
-    name = f"t_codec_{uuid.uuid4().hex[:12]}"
-    yield name
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(name)))
-
-
-@pytest.fixture(scope="module")
 def stores(dsn: str, schema: str) -> Iterator[Stores]:
     """One backend per codec on the same schema, built the documented way."""
     opened: Stores = {

@@ -23,16 +23,10 @@ from snapstore import (
     TaskResult,
     WorkflowSnapshot,
 )
-from tests.stores import advance, isolated_schema, snap
+from tests.twins import advance, snap
 
 WRITERS = 16
 INCREMENTS = 8  # per writer
-
-
-@pytest.fixture(scope="module")
-def schema(dsn: str) -> Iterator[str]:
-    with isolated_schema(dsn) as name:
-        yield name
 
 
 @pytest.fixture

@@ -29,14 +29,12 @@ from snapstore import (
     MsgpackCodec,
     PostgresBackend,
 )
-from tests.stores import (
+from tests.twins import (
     ASYNC_BACKENDS,
     KINDS,
     SYNC_BACKENDS,
-    AsyncStore,
     Kind,
-    Store,
-    SyncStore,
+    Twin,
     advance,
     isolated_schema,
     open_store,
@@ -49,12 +47,6 @@ CODECS: list[type[Codec]] = [JsonCodec, MsgpackCodec, CborCodec]
 # Nothing listens on port 1: any attempt to connect would fail with a pool timeout,
 # not with ConfigurationError.
 UNREACHABLE = "postgresql://snapstore@127.0.0.1:1/nowhere?connect_timeout=1"
-
-
-@pytest.fixture
-def schema(dsn: str) -> Iterator[str]:
-    with isolated_schema(dsn) as name:
-        yield name
 
 
 @pytest.fixture(params=KINDS)
@@ -80,9 +72,9 @@ def test_subscripting_with_a_codec_class_is_cached_and_a_real_subclass(base: Any
 
 @pytest.mark.parametrize("codec_type", CODECS, ids=lambda c: c.name)
 async def test_connect_writes_every_blob_with_the_bracketed_codec(
-    dsn: str, schema: str, kind: Kind, codec_type: type[Codec]
+    dsn: str, fresh_schema: str, kind: Kind, codec_type: type[Codec]
 ) -> None:
-    async with opened(kind, dsn, schema=schema, codec_type=codec_type) as store:
+    async with opened(kind, dsn, schema=fresh_schema, codec_type=codec_type) as store:
         expected_class = (SYNC_BACKENDS if kind == "sync" else ASYNC_BACKENDS)[codec_type]
         assert type(store.backend) is expected_class
         assert isinstance(
@@ -104,9 +96,9 @@ async def test_connect_writes_every_blob_with_the_bracketed_codec(
 
 
 async def test_an_explicit_codec_instance_overrides_the_bracketed_class(
-    dsn: str, schema: str, kind: Kind
+    dsn: str, fresh_schema: str, kind: Kind
 ) -> None:
-    async with opened(kind, dsn, schema=schema, codec=CborCodec()) as store:
+    async with opened(kind, dsn, schema=fresh_schema, codec=CborCodec()) as store:
         assert store.codec.name == "cbor"
         await store.save(snap())
         loaded = await store.load("wf-1")
@@ -115,15 +107,15 @@ async def test_an_explicit_codec_instance_overrides_the_bracketed_class(
 
 
 async def test_blobs_stay_readable_after_switching_the_write_codec(
-    dsn: str, schema: str, kind: Kind
+    dsn: str, fresh_schema: str, kind: Kind
 ) -> None:
     """Decoding goes by the envelope's codec id, not by the reader's configured codec."""
     first = snap(input={"k": "v"})
     for version, codec_type in enumerate(CODECS):
-        async with opened(kind, dsn, schema=schema, codec_type=codec_type) as store:
+        async with opened(kind, dsn, schema=fresh_schema, codec_type=codec_type) as store:
             await store.save(advance(first, input=version), expected_version=version or None)
     for codec_type in CODECS:
-        async with opened(kind, dsn, schema=schema, codec_type=codec_type) as store:
+        async with opened(kind, dsn, schema=fresh_schema, codec_type=codec_type) as store:
             history = await store.history("wf-1")
             assert [(h.codec, h.snapshot.input) for h in history] == [
                 ("json", 0),
@@ -137,7 +129,15 @@ async def test_blobs_stay_readable_after_switching_the_write_codec(
 
 # --- schema names --------------------------------------------------------------------------
 
-BAD_SCHEMAS = ["Bad", "1x", "a-b", 'x"; drop schema public cascade; --', "pg_foo", "a" * 64, ""]
+BAD_SCHEMAS = [
+    "Bad",
+    "1x",
+    "a-b",
+    'x"; drop schema public cascade; --',
+    "pg_foo",
+    "a" * 64,
+    "",
+]
 
 
 @pytest.mark.parametrize("name", BAD_SCHEMAS, ids=repr)
@@ -243,17 +243,17 @@ async def test_bad_options_are_rejected_before_connecting(
         await open_store(kind, UNREACHABLE, open_timeout=2, **options)
 
 
-async def show(store: Store, setting: str) -> str:
+async def show(store: Twin, setting: str) -> str:
     rows = await store.sql(pgsql.SQL("SHOW {}").format(pgsql.Identifier(setting)))
     return str(rows[0][0])
 
 
 @pytest.mark.parametrize("limit", [0.25, timedelta(milliseconds=250)], ids=["float", "delta"])
 async def test_statement_timeout_cancels_long_statements_on_pool_connections(
-    dsn: str, schema: str, kind: Kind, limit: float | timedelta
+    dsn: str, fresh_schema: str, kind: Kind, limit: float | timedelta
 ) -> None:
     async with opened(
-        kind, dsn, schema=schema, statement_timeout=limit, application_name="cfg-test"
+        kind, dsn, schema=fresh_schema, statement_timeout=limit, application_name="cfg-test"
     ) as store:
         assert await show(store, "statement_timeout") == "250ms"
         assert await show(store, "application_name") == "cfg-test"
@@ -264,56 +264,58 @@ async def test_statement_timeout_cancels_long_statements_on_pool_connections(
 
 
 async def test_without_a_statement_timeout_the_server_default_applies(
-    dsn: str, schema: str, kind: Kind
+    dsn: str, fresh_schema: str, kind: Kind
 ) -> None:
     with psycopg.connect(dsn) as conn:
         default = conn.execute("SHOW statement_timeout").fetchone()
-    async with opened(kind, dsn, schema=schema) as store:
+    async with opened(kind, dsn, schema=fresh_schema) as store:
         assert default is not None
         assert await show(store, "statement_timeout") == default[0]
 
 
-async def test_closing_an_owned_backend_closes_its_pool(dsn: str, schema: str, kind: Kind) -> None:
-    store = await open_store(kind, dsn, schema=schema)
+async def test_closing_an_owned_backend_closes_its_pool(
+    dsn: str, fresh_schema: str, kind: Kind
+) -> None:
+    store = await open_store(kind, dsn, schema=fresh_schema)
     assert not store.pool_closed
     await store.close()
     assert store.pool_closed
 
 
-def test_sync_context_manager_closes_the_owned_pool(dsn: str, schema: str) -> None:
-    with PostgresBackend[JsonCodec].connect(dsn, schema=schema) as backend:
+def test_sync_context_manager_closes_the_owned_pool(dsn: str, fresh_schema: str) -> None:
+    with PostgresBackend[JsonCodec].connect(dsn, schema=fresh_schema) as backend:
         backend.save(snap())
     assert backend.pool.closed
 
 
-async def test_async_context_manager_closes_the_owned_pool(dsn: str, schema: str) -> None:
-    async with await AsyncPostgresBackend[JsonCodec].connect(dsn, schema=schema) as backend:
+async def test_async_context_manager_closes_the_owned_pool(dsn: str, fresh_schema: str) -> None:
+    async with await AsyncPostgresBackend[JsonCodec].connect(dsn, schema=fresh_schema) as backend:
         await backend.save(snap())
     assert backend.pool.closed
 
 
-def test_a_borrowed_sync_pool_is_left_open(dsn: str, schema: str) -> None:
+def test_a_borrowed_sync_pool_is_left_open(dsn: str, fresh_schema: str) -> None:
     with ConnectionPool(dsn, kwargs={"autocommit": True}, min_size=1, max_size=2) as pool:
-        with PostgresBackend[JsonCodec].from_pool(pool, schema=schema) as backend:
+        with PostgresBackend[JsonCodec].from_pool(pool, schema=fresh_schema) as backend:
             backend.save(snap())
         assert not pool.closed
         backend.close()
         assert not pool.closed
-        again = SyncStore(PostgresBackend[JsonCodec].from_pool(pool, schema=schema))
+        again = Twin(PostgresBackend[JsonCodec].from_pool(pool, schema=fresh_schema))
         assert again.backend.load("wf-1") is not None
         assert again.backend.migrate() == []
 
 
-async def test_a_borrowed_async_pool_is_left_open(dsn: str, schema: str) -> None:
+async def test_a_borrowed_async_pool_is_left_open(dsn: str, fresh_schema: str) -> None:
     pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
         dsn, kwargs={"autocommit": True}, min_size=1, max_size=2, open=False
     )
     async with pool:
-        backend = await AsyncPostgresBackend[JsonCodec].from_pool(pool, schema=schema)
+        backend = await AsyncPostgresBackend[JsonCodec].from_pool(pool, schema=fresh_schema)
         async with backend:
             await backend.save(snap())
         assert not pool.closed
-        again = AsyncStore(await AsyncPostgresBackend[JsonCodec].from_pool(pool, schema=schema))
+        again = Twin(await AsyncPostgresBackend[JsonCodec].from_pool(pool, schema=fresh_schema))
         assert await again.load("wf-1") is not None
     assert pool.closed
 
@@ -321,11 +323,13 @@ async def test_a_borrowed_async_pool_is_left_open(dsn: str, schema: str) -> None
 # --- connections of a borrowed pool -------------------------------------------------------
 
 
-def test_a_borrowed_pool_whose_connections_return_dicts_still_works(dsn: str, schema: str) -> None:
+def test_a_borrowed_pool_whose_connections_return_dicts_still_works(
+    dsn: str, fresh_schema: str
+) -> None:
     """The store reads rows by position; its cursors ask for tuples whatever the pool set."""
     kwargs = {"autocommit": True, "row_factory": dict_row}
     with ConnectionPool(dsn, kwargs=kwargs, min_size=1, max_size=1) as pool:
-        backend = PostgresBackend[JsonCodec].from_pool(pool, schema=schema)
+        backend = PostgresBackend[JsonCodec].from_pool(pool, schema=fresh_schema)
         first = with_tasks()
         assert backend.save(first) == 1
         assert backend.save(advance(first, error="retrying"), 1) == 2
@@ -344,11 +348,11 @@ def test_a_borrowed_pool_whose_connections_return_dicts_still_works(dsn: str, sc
 
 
 async def test_a_borrowed_async_pool_whose_connections_return_dicts_still_works(
-    dsn: str, schema: str
+    dsn: str, fresh_schema: str
 ) -> None:
     kwargs = {"autocommit": True, "row_factory": dict_row}
     async with AsyncConnectionPool(dsn, kwargs=kwargs, min_size=1, max_size=1) as pool:
-        backend = await AsyncPostgresBackend[JsonCodec].from_pool(pool, schema=schema)
+        backend = await AsyncPostgresBackend[JsonCodec].from_pool(pool, schema=fresh_schema)
         assert await backend.save(with_tasks()) == 1
         assert await backend.save(with_tasks(), 1) == 2
         stored = await backend.load("wf-1")
@@ -356,11 +360,13 @@ async def test_a_borrowed_async_pool_whose_connections_return_dicts_still_works(
         assert stored.version == 2
 
 
-def test_a_killed_pooled_connection_fails_one_save_and_loses_nothing(dsn: str, schema: str) -> None:
+def test_a_killed_pooled_connection_fails_one_save_and_loses_nothing(
+    dsn: str, fresh_schema: str
+) -> None:
     """The save that ran on the dead connection raises; the pool replaces the connection
     (and with it the cursor the store kept on it) and the retry lands."""
     with ConnectionPool(dsn, kwargs={"autocommit": True}, min_size=1, max_size=1) as pool:
-        backend = PostgresBackend[JsonCodec].from_pool(pool, schema=schema)
+        backend = PostgresBackend[JsonCodec].from_pool(pool, schema=fresh_schema)
         assert backend.save(snap()) == 1
         with pool.connection() as conn:
             row = conn.execute("SELECT pg_backend_pid()").fetchone()

@@ -12,48 +12,37 @@ from psycopg import sql
 
 from snapstore import (
     AsyncPostgresBackend,
-    AtTask,
     ConflictError,
     JsonCodec,
     MsgpackCodec,
     NotFoundError,
     PostgresBackend,
-    TaskResult,
     TerminalStateError,
     ValidationError,
     WorkflowSnapshot,
     WorkflowStatus,
 )
 from snapstore.model import SaveRequest
+from tests.twins import at_step
 
 THREADS = 12
 STEPS = 15
 
 
-def snap(iid: str, step: int = 0, **kw: object) -> WorkflowSnapshot:
-    return WorkflowSnapshot(
-        instance_id=iid,
-        definition_hash="h",
-        position=AtTask(task_id=f"t{step}"),
-        task_results={f"t{i}": TaskResult(output={"i": i}) for i in range(step)},
-        **kw,  # type: ignore[arg-type]
-    )
-
-
 def test_save_many_reports_each_item_and_commits_the_rest(
     backend: PostgresBackend[JsonCodec],
 ) -> None:
-    backend.save(snap("done", status=WorkflowStatus.COMPLETED))
-    backend.save(snap("old"))
+    backend.save(at_step("done", status=WorkflowStatus.COMPLETED))
+    backend.save(at_step("old", 0))
     results = backend.save_many(
         [
-            SaveRequest(snap("a")),
-            SaveRequest(snap("a", 1), 1),  # second round: depends on the first
-            SaveRequest(snap("old", 1), 7),  # stale
-            SaveRequest(snap("done", 1), 1),  # terminal
-            SaveRequest(snap("ghost"), 3),  # missing
-            SaveRequest(snap("bad", priority=0)),  # invalid, rejected before I/O
-            SaveRequest(snap("b")),
+            SaveRequest(at_step("a", 0)),
+            SaveRequest(at_step("a", 1), 1),  # second round: depends on the first
+            SaveRequest(at_step("old", 1), 7),  # stale
+            SaveRequest(at_step("done", 1), 1),  # terminal
+            SaveRequest(at_step("ghost", 0), 3),  # missing
+            SaveRequest(at_step("bad", priority=0)),  # invalid, rejected before I/O
+            SaveRequest(at_step("b", 0)),
         ]
     )
     assert [r.version for r in results] == [1, 2, None, None, None, None, 1]
@@ -67,12 +56,12 @@ def test_save_many_reports_each_item_and_commits_the_rest(
     assert backend.load("bad") is None
     stored = backend.load("a")
     assert stored is not None
-    assert stored.snapshot == snap("a", 1)
+    assert stored.snapshot == at_step("a", 1)
 
 
 def test_save_many_is_one_transaction(backend: PostgresBackend[JsonCodec]) -> None:
     """All items share one commit: one transaction id across the history rows."""
-    backend.save_many([SaveRequest(snap(f"x{i}")) for i in range(20)])
+    backend.save_many([SaveRequest(at_step(f"x{i}")) for i in range(20)])
     with backend.pool.connection() as conn:
         query = sql.SQL("SELECT count(DISTINCT xmin::text) FROM {}.history")
         row = conn.execute(query.format(sql.Identifier(backend.schema))).fetchone()
@@ -89,9 +78,9 @@ def _run_threads(targets: list[Callable[[], None]]) -> None:
 
 
 def _drive(b: PostgresBackend[MsgpackCodec], iid: str) -> None:
-    version = b.save(snap(iid))
+    version = b.save(at_step(iid, 0))
     for step in range(1, STEPS + 1):
-        version = b.save(snap(iid, step), expected_version=version)
+        version = b.save(at_step(iid, step), expected_version=version)
 
 
 def test_concurrent_saves_share_commits_and_lose_nothing(dsn: str, fresh_schema: str) -> None:
@@ -102,7 +91,7 @@ def test_concurrent_saves_share_commits_and_lose_nothing(dsn: str, fresh_schema:
         for i in range(THREADS):
             stored = b.load(f"w{i}")
             assert stored is not None
-            assert stored.snapshot == snap(f"w{i}", STEPS)
+            assert stored.snapshot == at_step(f"w{i}", STEPS)
             assert [h.version for h in b.history(f"w{i}")] == list(range(1, STEPS + 2))
         stats = b.group_commit_stats
         assert stats is not None
@@ -113,13 +102,13 @@ def test_concurrent_saves_share_commits_and_lose_nothing(dsn: str, fresh_schema:
 def test_grouped_conflicts_are_reported_per_caller(dsn: str, fresh_schema: str) -> None:
     """Racing CAS writers through the committer: exactly one wins each version."""
     with PostgresBackend[JsonCodec].connect(dsn, schema=fresh_schema, group_commit=True) as b:
-        b.save(snap("hot"))
+        b.save(at_step("hot", 0))
         outcomes: list[str] = []
         lock = threading.Lock()
 
         def race() -> None:
             try:
-                b.save(snap("hot", 1), expected_version=1)
+                b.save(at_step("hot", 1), expected_version=1)
                 result = "won"
             except ConflictError:
                 result = "lost"
@@ -136,14 +125,14 @@ async def test_async_group_commit(dsn: str, fresh_schema: str) -> None:
     ) as b:
 
         async def drive(iid: str) -> None:
-            version = await b.save(snap(iid))
+            version = await b.save(at_step(iid, 0))
             for step in range(1, STEPS + 1):
-                version = await b.save(snap(iid, step), expected_version=version)
+                version = await b.save(at_step(iid, step), expected_version=version)
 
         await asyncio.gather(*(drive(f"a{i}") for i in range(THREADS)))
         for i in range(THREADS):
             assert len(await b.history(f"a{i}")) == STEPS + 1
-        results = await b.save_many([SaveRequest(snap("a0", 99), 1)])
+        results = await b.save_many([SaveRequest(at_step("a0", 99), 1)])
         assert isinstance(results[0].error, ConflictError)
         stats = b.group_commit_stats
         assert stats is not None

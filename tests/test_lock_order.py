@@ -26,7 +26,7 @@ from snapstore import (
     TaskResult,
     WorkflowSnapshot,
 )
-from tests.stores import isolated_schema
+from tests.twins import isolated_schema, snap
 
 WORKERS = 8
 INSTANCES = 6
@@ -42,13 +42,9 @@ def backend(dsn: str) -> Iterator[PostgresBackend[JsonCodec]]:
         yield b
 
 
-def _snap(iid: str, step: int) -> WorkflowSnapshot:
-    return WorkflowSnapshot(
-        instance_id=iid,
-        definition_hash="h",
-        position=AtTask(task_id=f"t{step}"),
-        task_results={f"t{step}": TaskResult(output=step)},
-    )
+def _one_task(iid: str, step: int) -> WorkflowSnapshot:
+    results = {f"t{step}": TaskResult(output=step)}
+    return snap(iid, position=AtTask(task_id=f"t{step}"), task_results=results)
 
 
 def _worker(
@@ -63,7 +59,8 @@ def _worker(
                 claim = backend.extend(task.claim, ttl=5)
                 # Another worker's explicit claim() below may have taken it over.
                 with contextlib.suppress(ConflictError, ClaimLostError):
-                    backend.save(_snap(claim.instance_id, step), task.stored.version, claim=claim)
+                    nxt = _one_task(claim.instance_id, step)
+                    backend.save(nxt, task.stored.version, claim=claim)
                 backend.release(claim)
             explicit = backend.claim(ids[step % INSTANCES], name, ttl=5)
             if explicit is not None:
@@ -74,7 +71,7 @@ def _worker(
 
 def test_claim_operations_never_deadlock(backend: PostgresBackend[JsonCodec]) -> None:
     for k in range(INSTANCES):
-        backend.save(_snap(f"i{k}", 0))
+        backend.save(_one_task(f"i{k}", 0))
     errors: list[BaseException] = []
     deadline = time.monotonic() + SECONDS
     threads = [

@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import multiprocessing
 import threading
-from collections.abc import Iterator
 from multiprocessing.synchronize import Barrier
 from typing import Any
 
@@ -19,15 +18,9 @@ import pytest
 from snapstore import JsonCodec, MigrationError, PostgresBackend
 from snapstore.migrations import LOCK_SQL, MigrationPlan, load_migrations, print_sql
 from snapstore.queries import bind_schema, sql_dir
-from tests.stores import KINDS, Kind, isolated_schema, open_store, opened, snap
+from tests.twins import KINDS, Kind, open_store, opened, snap
 
 WORKERS = 8
-
-
-@pytest.fixture
-def schema(dsn: str) -> Iterator[str]:
-    with isolated_schema(dsn) as name:
-        yield name
 
 
 @pytest.fixture(params=KINDS)
@@ -51,13 +44,15 @@ def all_versions() -> list[int]:
     return [m.version for m in load_migrations()]
 
 
-def bound(query: str, schema: str) -> bytes:
-    return bind_schema(query, schema).encode()
+def bound(query: str, fresh_schema: str) -> bytes:
+    return bind_schema(query, fresh_schema).encode()
 
 
-def recorded(dsn: str, schema: str) -> list[tuple[Any, ...]]:
+def recorded(dsn: str, fresh_schema: str) -> list[tuple[Any, ...]]:
     """The rows of the schema's migrations table, in version order."""
-    query = bound("SELECT version, name, checksum FROM @schema@.migrations ORDER BY 1", schema)
+    query = bound(
+        "SELECT version, name, checksum FROM @schema@.migrations ORDER BY 1", fresh_schema
+    )
     with psycopg.connect(dsn) as conn:
         return conn.execute(query).fetchall()
 
@@ -75,80 +70,82 @@ def test_migration_files_are_numbered_from_one_without_gaps() -> None:
 
 
 async def test_connect_applies_and_records_every_migration_once(
-    dsn: str, schema: str, kind: Kind
+    dsn: str, fresh_schema: str, kind: Kind
 ) -> None:
-    store = await open_store(kind, dsn, schema=schema, run_migrations=False)
+    store = await open_store(kind, dsn, schema=fresh_schema, run_migrations=False)
     try:
         assert await store.migrate() == all_versions()
-        assert recorded(dsn, schema) == expected_rows()
+        assert recorded(dsn, fresh_schema) == expected_rows()
         before = await store.sql("SELECT version, applied_at, xmin::text FROM @schema@.migrations")
         assert await store.migrate() == []
     finally:
         await store.close()
     # Re-connecting to a current schema is a no-op: nothing is re-applied or rewritten.
-    async with opened(kind, dsn, schema=schema) as again:
+    async with opened(kind, dsn, schema=fresh_schema) as again:
         assert await again.migrate() == []
         after = await again.sql("SELECT version, applied_at, xmin::text FROM @schema@.migrations")
         assert after == before
         await again.save(snap())
 
 
-async def test_only_pending_migrations_are_applied(dsn: str, schema: str, kind: Kind) -> None:
+async def test_only_pending_migrations_are_applied(dsn: str, fresh_schema: str, kind: Kind) -> None:
     """A schema at version 1 (installed by an older release) gets only the later files."""
-    plan = MigrationPlan(schema)
+    plan = MigrationPlan(fresh_schema)
     first = load_migrations()[0]
     with psycopg.connect(dsn) as conn, conn.transaction():
         conn.execute(plan.bootstrap)
         conn.execute(plan.ddl(first))
         conn.execute(plan.record, plan.record_params(first))
-    async with opened(kind, dsn, schema=schema, run_migrations=False) as store:
+    async with opened(kind, dsn, schema=fresh_schema, run_migrations=False) as store:
         assert await store.migrate() == all_versions()[1:]
-    assert recorded(dsn, schema) == expected_rows()
+    assert recorded(dsn, fresh_schema) == expected_rows()
 
 
 @pytest.mark.parametrize("tamper", ["checksum", "future"])
 async def test_a_schema_this_release_did_not_write_is_refused(
-    dsn: str, schema: str, kind: Kind, tamper: str
+    dsn: str, fresh_schema: str, kind: Kind, tamper: str
 ) -> None:
     """An edited migration or a newer schema must stop start-up, not be half-trusted."""
-    async with opened(kind, dsn, schema=schema):
+    async with opened(kind, dsn, schema=fresh_schema):
         pass
     if tamper == "checksum":
         query = "UPDATE @schema@.migrations SET checksum = md5(checksum) WHERE version = 1"
-        execute(dsn, bound(query, schema))
+        execute(dsn, bound(query, fresh_schema))
     else:
         future = {"version": len(all_versions()) + 1, "name": "future", "checksum": "0" * 64}
-        execute(dsn, MigrationPlan(schema).record, future)
-    before = recorded(dsn, schema)
+        execute(dsn, MigrationPlan(fresh_schema).record, future)
+    before = recorded(dsn, fresh_schema)
     with pytest.raises(MigrationError, match="changed" if tamper == "checksum" else "unknown"):
-        await open_store(kind, dsn, schema=schema)
-    assert recorded(dsn, schema) == before
+        await open_store(kind, dsn, schema=fresh_schema)
+    assert recorded(dsn, fresh_schema) == before
 
 
-def test_print_sql_is_the_ddl_with_the_schema_bound(dsn: str, schema: str) -> None:
-    text = print_sql(schema)
+def test_print_sql_is_the_ddl_with_the_schema_bound(dsn: str, fresh_schema: str) -> None:
+    text = print_sql(fresh_schema)
     assert "@schema@" not in text
-    assert f'CREATE TABLE "{schema}".snapshots' in text
+    assert f'CREATE TABLE "{fresh_schema}".snapshots' in text
     for version, name, checksum in expected_rows():
         assert f"-- migration {version:04d}_{name} (sha256 {checksum})" in text
 
 
-def test_print_sql_applied_by_hand_is_a_current_schema(dsn: str, schema: str) -> None:
+def test_print_sql_applied_by_hand_is_a_current_schema(dsn: str, fresh_schema: str) -> None:
     """Reviewed-and-applied DDL must leave a schema the library accepts as is."""
-    execute(dsn, print_sql(schema).encode())
-    assert recorded(dsn, schema) == expected_rows()
-    with PostgresBackend[JsonCodec].connect(dsn, schema=schema) as backend:
+    execute(dsn, print_sql(fresh_schema).encode())
+    assert recorded(dsn, fresh_schema) == expected_rows()
+    with PostgresBackend[JsonCodec].connect(dsn, schema=fresh_schema) as backend:
         assert backend.migrate() == []
         assert backend.save(snap()) == 1
 
 
-def test_a_migration_waits_for_the_advisory_lock(dsn: str, schema: str) -> None:
+def test_a_migration_waits_for_the_advisory_lock(dsn: str, fresh_schema: str) -> None:
     """While another session holds the schema's lock, a migrator creates nothing."""
-    plan = MigrationPlan(schema)
+    plan = MigrationPlan(fresh_schema)
     results: list[list[int]] = []
     with psycopg.connect(dsn) as holder:
         holder.execute(LOCK_SQL, plan.lock_params)  # held until this transaction ends
-        with PostgresBackend[JsonCodec].connect(dsn, schema=schema, run_migrations=False) as b:
+        with PostgresBackend[JsonCodec].connect(
+            dsn, schema=fresh_schema, run_migrations=False
+        ) as b:
             thread = threading.Thread(target=lambda: results.append(b.migrate()))
             thread.start()
             while not _advisory_waiter(dsn):  # wait until the migrator queues on the lock
@@ -171,11 +168,13 @@ def _advisory_waiter(dsn: str) -> bool:
 
 
 def _connect_and_migrate(
-    dsn: str, schema: str, barrier: Barrier, results: multiprocessing.Queue[Any], n: int
+    dsn: str, fresh_schema: str, barrier: Barrier, results: multiprocessing.Queue[Any], n: int
 ) -> None:
     """One process: open a pool, wait for all the others, then migrate and save."""
     try:
-        with PostgresBackend[JsonCodec].connect(dsn, schema=schema, run_migrations=False) as b:
+        with PostgresBackend[JsonCodec].connect(
+            dsn, schema=fresh_schema, run_migrations=False
+        ) as b:
             barrier.wait(timeout=60)
             applied = b.migrate()
             b.save(snap(f"proc-{n}"))
@@ -186,13 +185,13 @@ def _connect_and_migrate(
 
 @pytest.mark.slow
 def test_eight_processes_migrating_a_fresh_schema_at_once_apply_it_exactly_once(
-    dsn: str, schema: str
+    dsn: str, fresh_schema: str
 ) -> None:
     ctx = multiprocessing.get_context("spawn")
     barrier = ctx.Barrier(WORKERS)
     results: multiprocessing.Queue[Any] = ctx.Queue()
     procs = [
-        ctx.Process(target=_connect_and_migrate, args=(dsn, schema, barrier, results, n))
+        ctx.Process(target=_connect_and_migrate, args=(dsn, fresh_schema, barrier, results, n))
         for n in range(WORKERS)
     ]
     for p in procs:
@@ -203,8 +202,8 @@ def test_eight_processes_migrating_a_fresh_schema_at_once_apply_it_exactly_once(
     assert [error for _, _, error in outcomes] == [None] * WORKERS
     applied = sorted(tuple(a) for _, a, _ in outcomes)
     assert applied == [()] * (WORKERS - 1) + [tuple(all_versions())]
-    assert recorded(dsn, schema) == expected_rows()
-    with PostgresBackend[JsonCodec].connect(dsn, schema=schema) as backend:
+    assert recorded(dsn, fresh_schema) == expected_rows()
+    with PostgresBackend[JsonCodec].connect(dsn, schema=fresh_schema) as backend:
         assert sorted(s.instance_id for s in backend.list().items) == sorted(
             f"proc-{n}" for n in range(WORKERS)
         )

@@ -10,7 +10,7 @@ from psycopg import _queries
 
 from snapstore import JsonCodec, PostgresBackend
 from snapstore.queries import DEFAULT_SCHEMA, Positional, compact, positional, queries_for
-from tests.stores import drop_schema, snap
+from tests.twins import drop_schema, snap
 
 
 def test_compact_drops_comments_and_spare_whitespace_but_never_touches_literals() -> None:

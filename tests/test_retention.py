@@ -9,32 +9,25 @@ from psycopg import sql
 
 from snapstore import (
     AsyncPostgresBackend,
-    AtTask,
     JsonCodec,
     PostgresBackend,
-    TaskResult,
     ValidationError,
     WorkflowSnapshot,
     WorkflowStatus,
 )
+from tests.twins import at_step
 
 
-def snap(
+def checkpoint(
     iid: str, step: int, status: WorkflowStatus = WorkflowStatus.IN_PROGRESS
 ) -> WorkflowSnapshot:
-    return WorkflowSnapshot(
-        instance_id=iid,
-        definition_hash="h",
-        status=status,
-        position=AtTask(task_id=f"t{step}"),
-        task_results={f"t{i}": TaskResult(output=i) for i in range(step)},
-    )
+    return at_step(iid, step, status=status)
 
 
 def advance(b: PostgresBackend[JsonCodec], iid: str, steps: int) -> int:
-    version = b.save(snap(iid, 0))
+    version = b.save(checkpoint(iid, 0))
     for step in range(1, steps):
-        version = b.save(snap(iid, step), expected_version=version)
+        version = b.save(checkpoint(iid, step), expected_version=version)
     return version
 
 
@@ -45,7 +38,7 @@ def test_prune_keeps_last_n_and_the_current_checkpoint(backend: PostgresBackend[
     assert [h.version for h in backend.history("a")] == [8, 9, 10]
     stored = backend.load("a")
     assert stored is not None
-    assert stored.snapshot == snap("a", 9)
+    assert stored.snapshot == checkpoint("a", 9)
     assert backend.prune_history(keep_last=1, instance_id="b") == 2
     assert [h.version for h in backend.history("b")] == [10]
     assert [h.version for h in backend.history("a")] == [8, 9, 10]
@@ -60,7 +53,7 @@ def test_prune_respects_age(backend: PostgresBackend[JsonCodec]) -> None:
 def test_purge_removes_only_old_terminal_instances(backend: PostgresBackend[JsonCodec]) -> None:
     for i in range(5):
         version = advance(backend, f"done{i}", 3)
-        backend.save(snap(f"done{i}", 3, WorkflowStatus.COMPLETED), expected_version=version)
+        backend.save(checkpoint(f"done{i}", 3, WorkflowStatus.COMPLETED), expected_version=version)
     advance(backend, "live", 3)
     assert backend.purge_terminal(older_than=timedelta(hours=1)) == 0
     with backend.pool.connection() as conn:  # age the finished ones
@@ -84,9 +77,9 @@ def test_bad_arguments(backend: PostgresBackend[JsonCodec]) -> None:
 
 
 async def test_async_retention(abackend: AsyncPostgresBackend[JsonCodec]) -> None:
-    version = await abackend.save(snap("x", 0))
+    version = await abackend.save(checkpoint("x", 0))
     for step in range(1, 4):
-        version = await abackend.save(snap("x", step), expected_version=version)
+        version = await abackend.save(checkpoint("x", step), expected_version=version)
     assert await abackend.prune_history(keep_last=2) == 2
     assert [h.version for h in await abackend.history("x")] == [3, 4]
     assert await abackend.purge_terminal(older_than=timedelta(0)) == 0

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import inspect
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import datetime
 from typing import Any
 
@@ -33,7 +33,7 @@ from snapstore import (
 )
 from snapstore.errors import ClaimLostError, ConflictError, EncodeError
 from snapstore.model import Claim
-from snapstore.queries import bind_schema, wakeup_channel
+from snapstore.queries import wakeup_channel
 from snapstore.signals import (
     Event,
     EventOutcome,
@@ -42,66 +42,39 @@ from snapstore.signals import (
     SignalKind,
     SignalOutcome,
 )
+from tests.twins import Twin, snap
 
 IID = "wf-1"
 
 
-class Twin:
-    """One backend, either flavour, with every method awaitable.
+async def insert_claim(twin: Twin, instance_id: str = IID, *, live: bool = True) -> Claim:
+    """Insert a claims row that is live (expires in an hour) or already expired."""
+    token = uuid.uuid4()
+    offset = "1 hour" if live else "-1 second"
+    ((expires_at,),) = await twin.sql(
+        "INSERT INTO @schema@.claims (instance_id, worker_id, token, expires_at)"
+        " VALUES (%(iid)s, 'worker-1', %(token)s, now() + %(offset)s::interval)"
+        " RETURNING expires_at",
+        {"iid": instance_id, "token": token, "offset": offset},
+    )
+    return Claim(instance_id=instance_id, worker_id="worker-1", token=token, expires_at=expires_at)
 
-    ``await twin.cancel(...)`` calls the same-named backend method. ``sql`` runs raw
-    SQL on its own connection so assertions see exactly what the store committed.
-    """
 
-    def __init__(self, backend: Any, dsn: str) -> None:
-        self.backend = backend
-        self.dsn = dsn
-        self.schema: str = backend.schema
+async def row_of(twin: Twin, instance_id: str = IID) -> tuple[int, str, datetime | None]:
+    """(version, status, completed_at) of the snapshots row."""
+    ((version, status, completed_at),) = await twin.sql(
+        "SELECT version, status, completed_at FROM @schema@.snapshots WHERE instance_id = %(iid)s",
+        {"iid": instance_id},
+    )
+    return int(version), status, completed_at
 
-    def __getattr__(self, name: str) -> Callable[..., Awaitable[Any]]:
-        method = getattr(self.backend, name)
 
-        async def call(*args: Any, **kwargs: Any) -> Any:
-            if inspect.iscoroutinefunction(method):
-                return await method(*args, **kwargs)
-            return await asyncio.to_thread(method, *args, **kwargs)
-
-        return call
-
-    def sql(self, query: str, params: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
-        with psycopg.connect(self.dsn, autocommit=True) as conn:
-            cur = conn.execute(bind_schema(query, self.schema).encode(), params)
-            return cur.fetchall() if cur.description else []
-
-    def claim(self, instance_id: str = IID, *, live: bool = True) -> Claim:
-        """Insert a claims row that is live (expires in an hour) or already expired."""
-        token = uuid.uuid4()
-        offset = "1 hour" if live else "-1 second"
-        ((expires_at,),) = self.sql(
-            "INSERT INTO @schema@.claims (instance_id, worker_id, token, expires_at)"
-            " VALUES (%(iid)s, 'worker-1', %(token)s, now() + %(offset)s::interval)"
-            " RETURNING expires_at",
-            {"iid": instance_id, "token": token, "offset": offset},
-        )
-        return Claim(
-            instance_id=instance_id, worker_id="worker-1", token=token, expires_at=expires_at
-        )
-
-    def row(self, instance_id: str = IID) -> tuple[int, str, datetime | None]:
-        """(version, status, completed_at) of the snapshots row."""
-        ((version, status, completed_at),) = self.sql(
-            "SELECT version, status, completed_at FROM @schema@.snapshots"
-            " WHERE instance_id = %(iid)s",
-            {"iid": instance_id},
-        )
-        return int(version), status, completed_at
-
-    def history_statuses(self, instance_id: str = IID) -> list[str]:
-        rows = self.sql(
-            "SELECT status FROM @schema@.history WHERE instance_id = %(iid)s ORDER BY version",
-            {"iid": instance_id},
-        )
-        return [r[0] for r in rows]
+async def history_statuses(twin: Twin, instance_id: str = IID) -> list[str]:
+    rows = await twin.sql(
+        "SELECT status FROM @schema@.history WHERE instance_id = %(iid)s ORDER BY version",
+        {"iid": instance_id},
+    )
+    return [r[0] for r in rows]
 
 
 async def _maybe_await(value: Any) -> Any:
@@ -115,23 +88,21 @@ async def widened(twin: Twin, connections: int) -> AsyncIterator[Twin]:
     on demand would mostly queue them on its first connection)."""
     backend = await _maybe_await(
         type(twin.backend).connect(
-            twin.dsn, schema=twin.schema, min_size=connections, max_size=connections
+            twin.target.pool.conninfo,
+            schema=twin.schema,
+            min_size=connections,
+            max_size=connections,
         )
     )
     try:
-        yield Twin(backend, twin.dsn)
+        yield Twin(backend)
     finally:
         await _maybe_await(backend.close())
 
 
 @pytest.fixture(params=["sync", "async"])
 def twin(request: pytest.FixtureRequest, dsn: str) -> Twin:
-    return Twin(request.getfixturevalue("backend" if request.param == "sync" else "abackend"), dsn)
-
-
-def snap(instance_id: str = IID, **fields: Any) -> WorkflowSnapshot:
-    fields.setdefault("definition_hash", "def-1")
-    return WorkflowSnapshot(instance_id=instance_id, **fields)
+    return Twin(request.getfixturevalue("backend" if request.param == "sync" else "abackend"))
 
 
 PARKED = snap(position=AtSignal(task_id="approve", signal_name="approval"))
@@ -188,7 +159,7 @@ async def test_store_get_clear_signals(twin: Twin) -> None:
     assert await twin.get_signal(IID, SignalKind.PAUSE) is None
     assert await twin.clear_signal(IID) is True
     assert await twin.get_signals(IID) == []
-    assert twin.row()[0] == 1  # signal rows never touch the checkpoint
+    assert (await row_of(twin))[0] == 1  # signal rows never touch the checkpoint
 
 
 async def test_repeated_signal_keeps_the_first_request(twin: Twin) -> None:
@@ -205,7 +176,7 @@ async def test_unknown_signal_kind_is_rejected(twin: Twin, kind: Any) -> None:
         await twin.store_signal(IID, kind)
     with pytest.raises(ValidationError):
         await twin.get_signal(IID, kind)
-    assert twin.sql("SELECT count(*) FROM @schema@.signals") == [(0,)]
+    assert (await twin.sql("SELECT count(*) FROM @schema@.signals")) == [(0,)]
 
 
 async def test_signals_of_unknown_instance(twin: Twin) -> None:
@@ -239,9 +210,9 @@ async def test_signals_on_terminal_instance_are_refused(twin: Twin, status: Work
     ):
         with pytest.raises(TerminalStateError):
             await call
-    assert twin.row()[0] == 1
-    assert twin.sql("SELECT count(*) FROM @schema@.signals") == [(0,)]
-    assert twin.sql("SELECT count(*) FROM @schema@.events") == [(0,)]
+    assert (await row_of(twin))[0] == 1
+    assert (await twin.sql("SELECT count(*) FROM @schema@.signals")) == [(0,)]
+    assert (await twin.sql("SELECT count(*) FROM @schema@.events")) == [(0,)]
 
 
 # --- cancel ---------------------------------------------------------------------------------
@@ -250,10 +221,10 @@ async def test_signals_on_terminal_instance_are_refused(twin: Twin, status: Work
 async def test_cancel_applies_at_once_without_claim(twin: Twin) -> None:
     await create(twin)
     assert await twin.cancel(IID, "user asked") is SignalOutcome.APPLIED
-    version, status, completed_at = twin.row()
+    version, status, completed_at = await row_of(twin)
     assert (version, status) == (2, "Cancelled")
     assert completed_at is not None
-    assert twin.history_statuses() == ["InProgress", "Cancelled"]
+    assert (await history_statuses(twin)) == ["InProgress", "Cancelled"]
     assert await twin.get_signals(IID) == []
     with pytest.raises(TerminalStateError):  # and it stays cancelled
         await twin.save(snap(), 2)
@@ -261,16 +232,16 @@ async def test_cancel_applies_at_once_without_claim(twin: Twin) -> None:
 
 async def test_cancel_with_expired_claim_applies_at_once(twin: Twin) -> None:
     await create(twin)
-    twin.claim(live=False)
+    (await insert_claim(twin, live=False))
     assert await twin.cancel(IID) is SignalOutcome.APPLIED
     assert await status_of(twin) is WorkflowStatus.CANCELLED
 
 
 async def test_cancel_is_pending_while_a_live_claim_holds_the_instance(twin: Twin) -> None:
     await create(twin)
-    claim = twin.claim()
+    claim = await insert_claim(twin)
     assert await twin.cancel(IID, "user asked") is SignalOutcome.PENDING
-    assert twin.row()[:2] == (1, "InProgress")
+    assert (await row_of(twin))[:2] == (1, "InProgress")
     signal = await twin.get_signal(IID, "cancel")
     assert signal is not None
     assert signal.reason == "user asked"
@@ -278,45 +249,45 @@ async def test_cancel_is_pending_while_a_live_claim_holds_the_instance(twin: Twi
     assert await twin.check_and_pause(IID, claim) is None  # other kinds are not applied
     applied = await twin.check_and_cancel(IID, claim)
     assert applied == signal
-    assert twin.row()[:2] == (2, "Cancelled")
-    assert twin.history_statuses() == ["InProgress", "Cancelled"]
+    assert (await row_of(twin))[:2] == (2, "Cancelled")
+    assert (await history_statuses(twin)) == ["InProgress", "Cancelled"]
     assert await twin.get_signals(IID) == []
 
 
 async def test_check_and_cancel_without_pending_signal_writes_nothing(twin: Twin) -> None:
     await create(twin)
-    assert await twin.check_and_cancel(IID, twin.claim()) is None
+    assert await twin.check_and_cancel(IID, (await insert_claim(twin))) is None
     assert await twin.check_and_cancel(IID) is None
-    assert twin.row()[:2] == (1, "InProgress")
+    assert (await row_of(twin))[:2] == (1, "InProgress")
 
 
 async def test_check_and_cancel_with_lost_claim_keeps_the_signal(twin: Twin) -> None:
     await create(twin)
-    claim = twin.claim()
+    claim = await insert_claim(twin)
     assert await twin.cancel(IID) is SignalOutcome.PENDING
-    twin.sql("UPDATE @schema@.claims SET expires_at = now() - interval '1 second'")
+    (await twin.sql("UPDATE @schema@.claims SET expires_at = now() - interval '1 second'"))
     with pytest.raises(ClaimLostError):
         await twin.check_and_cancel(IID, claim)
-    assert twin.row()[:2] == (1, "InProgress")
+    assert (await row_of(twin))[:2] == (1, "InProgress")
     assert await twin.get_signal(IID, "cancel") is not None
 
 
 async def test_cancel_on_paused_applies_even_with_a_live_claim(twin: Twin) -> None:
     await create(twin)
     assert await twin.pause(IID) is SignalOutcome.APPLIED
-    twin.claim()  # a paused instance is driven by nobody, whatever the lease says
+    (await insert_claim(twin))  # a paused instance is driven by nobody, whatever the lease says
     assert await twin.cancel(IID) is SignalOutcome.APPLIED
-    assert twin.row()[:2] == (3, "Cancelled")
-    assert twin.history_statuses() == ["InProgress", "Paused", "Cancelled"]
+    assert (await row_of(twin))[:2] == (3, "Cancelled")
+    assert (await history_statuses(twin)) == ["InProgress", "Paused", "Cancelled"]
 
 
 async def test_applied_cancel_clears_every_pending_signal(twin: Twin) -> None:
     await create(twin)
-    claim = twin.claim()
+    claim = await insert_claim(twin)
     assert await twin.pause(IID) is SignalOutcome.PENDING
     assert await twin.cancel(IID) is SignalOutcome.PENDING
     assert await twin.check_and_cancel(IID, claim) is not None
-    assert twin.sql("SELECT count(*) FROM @schema@.signals") == [(0,)]
+    assert (await twin.sql("SELECT count(*) FROM @schema@.signals")) == [(0,)]
 
 
 async def test_cancel_keeps_task_outputs(twin: Twin) -> None:
@@ -339,40 +310,40 @@ async def test_pause_applies_at_once_and_unpause_resumes(
     await create(twin)
     wakeups(listener)  # drop the creation's wakeup
     assert await twin.pause(IID, "maintenance") is SignalOutcome.APPLIED
-    assert twin.row()[:2] == (2, "Paused")
+    assert (await row_of(twin))[:2] == (2, "Paused")
     assert await twin.pause(IID) is SignalOutcome.UNCHANGED
-    assert twin.row()[0] == 2
+    assert (await row_of(twin))[0] == 2
     assert wakeups(listener) == []  # a paused instance is not dispatchable
 
     assert await twin.unpause(IID) is SignalOutcome.APPLIED
-    assert twin.row()[:2] == (3, "InProgress")
-    assert twin.history_statuses() == ["InProgress", "Paused", "InProgress"]
+    assert (await row_of(twin))[:2] == (3, "InProgress")
+    assert (await history_statuses(twin)) == ["InProgress", "Paused", "InProgress"]
     assert wakeups(listener) == [IID]  # dispatchable again: workers are told
     assert await twin.unpause(IID) is SignalOutcome.UNCHANGED
 
 
 async def test_pause_is_pending_under_a_live_claim(twin: Twin) -> None:
     await create(twin)
-    claim = twin.claim()
+    claim = await insert_claim(twin)
     assert await twin.pause(IID, "maintenance") is SignalOutcome.PENDING
-    assert twin.row()[:2] == (1, "InProgress")
+    assert (await row_of(twin))[:2] == (1, "InProgress")
     applied = await twin.check_and_pause(IID, claim)
     assert applied is not None
     assert applied.reason == "maintenance"
-    assert twin.row()[:2] == (2, "Paused")
+    assert (await row_of(twin))[:2] == (2, "Paused")
     assert await twin.get_signals(IID) == []
     assert await twin.unpause(IID) is SignalOutcome.APPLIED
-    assert twin.row()[:2] == (3, "InProgress")
+    assert (await row_of(twin))[:2] == (3, "InProgress")
 
 
 async def test_unpause_clears_the_pause_signal(twin: Twin) -> None:
     await create(twin)
-    claim = twin.claim()
+    claim = await insert_claim(twin)
     assert await twin.pause(IID) is SignalOutcome.PENDING
     assert await twin.unpause(IID) is SignalOutcome.WITHDRAWN
     assert await twin.get_signal(IID, "pause") is None
     assert await twin.check_and_pause(IID, claim) is None  # the worker finds nothing to apply
-    assert twin.row()[:2] == (1, "InProgress")
+    assert (await row_of(twin))[:2] == (1, "InProgress")
 
 
 async def test_unpause_of_paused_instance_drops_a_stale_pause_signal(twin: Twin) -> None:
@@ -417,7 +388,7 @@ async def test_event_is_buffered_unless_the_instance_waits_for_it(
 ) -> None:
     await create(twin, snapshot)
     assert await twin.send_event(IID, "approval", [1, 2]) is EventOutcome.BUFFERED
-    assert twin.row()[0] == 1
+    assert (await row_of(twin))[0] == 1
     (event,) = await twin.peek_events(IID)
     assert isinstance(event, Event)
     assert (event.instance_id, event.name, event.payload) == (IID, "approval", [1, 2])
@@ -429,7 +400,7 @@ async def test_events_of_unknown_instance(twin: Twin) -> None:
         await twin.send_event("nope", "approval")
     with pytest.raises(NotFoundError):
         await twin.peek_events("nope")
-    assert twin.sql("SELECT count(*) FROM @schema@.events") == [(0,)]
+    assert (await twin.sql("SELECT count(*) FROM @schema@.events")) == [(0,)]
 
 
 async def test_event_validation_writes_nothing(twin: Twin) -> None:
@@ -440,7 +411,7 @@ async def test_event_validation_writes_nothing(twin: Twin) -> None:
         await twin.send_event(IID, "approval", object())
     with pytest.raises(ValidationError):
         await twin.peek_events(IID, limit=0)
-    assert twin.row()[0] == 1
+    assert (await row_of(twin))[0] == 1
     assert await twin.peek_events(IID) == []
 
 
@@ -472,7 +443,7 @@ async def test_consume_refuses_to_skip_an_older_event(twin: Twin) -> None:
     _, newer = await twin.peek_events(IID)
     with pytest.raises(ValidationError):
         await twin.consume_event(newer.id, snap(), 1)
-    assert twin.row()[0] == 1
+    assert (await row_of(twin))[0] == 1
     assert len(await twin.peek_events(IID)) == 2
 
 
@@ -485,24 +456,24 @@ async def test_consume_and_advance_is_atomic(twin: Twin) -> None:
     with pytest.raises(ConflictError):
         await twin.consume_event(event.id, snap(input="ok"), 1)
     assert await twin.peek_events(IID) == [event]  # not consumed
-    assert twin.row()[0] == 2
+    assert (await row_of(twin))[0] == 2
 
     assert await twin.consume_event(event.id, snap(input="ok"), 2) == 3
     assert await twin.peek_events(IID) == []
     with pytest.raises(NotFoundError):  # consumed exactly once
         await twin.consume_event(event.id, snap(input="again"), 3)
-    assert twin.row()[0] == 3
+    assert (await row_of(twin))[0] == 3
 
 
 async def test_consume_fenced_by_a_lost_claim_keeps_the_event(twin: Twin) -> None:
     await create(twin)
-    claim = twin.claim(live=False)
+    claim = await insert_claim(twin, live=False)
     await twin.send_event(IID, "approval", "ok")
     (event,) = await twin.peek_events(IID)
     with pytest.raises(ClaimLostError):
         await twin.consume_event(event.id, snap(input="ok"), 1, claim=claim)
     assert await twin.peek_events(IID) == [event]
-    live = twin.claim("wf-2")
+    live = await insert_claim(twin, "wf-2")
     with pytest.raises(ValidationError):  # a claim on another instance fences nothing here
         await twin.consume_event(event.id, snap(input="ok"), 1, claim=live)
     assert await twin.peek_events(IID) == [event]
@@ -546,7 +517,7 @@ async def test_event_for_parked_instance_respects_older_buffered_ones(twin: Twin
 
 async def test_park_consumes_an_already_buffered_event(twin: Twin) -> None:
     await create(twin)
-    claim = twin.claim()
+    claim = await insert_claim(twin)
     await twin.send_event(IID, "approval", "early")
     result = await twin.park(PARKED, 1, claim=claim)
     assert isinstance(result, ParkResult)
@@ -566,7 +537,7 @@ async def test_park_without_buffered_event_waits_for_send(twin: Twin) -> None:
     result = await twin.park(PARKED, 1)
     assert (result.version, result.event, result.snapshot) == (2, None, PARKED)
     assert await twin.send_event(IID, "approval", "now") is EventOutcome.RESUMED
-    assert twin.row()[0] == 3
+    assert (await row_of(twin))[0] == 3
     assert [e.name for e in await twin.peek_events(IID)] == ["other"]
 
 
@@ -578,4 +549,4 @@ async def test_park_failure_leaves_the_event_buffered(twin: Twin) -> None:
     with pytest.raises(ValidationError):
         await twin.park(snap(), 1)  # not positioned AtSignal
     assert [e.payload for e in await twin.peek_events(IID)] == ["early"]
-    assert twin.row()[0] == 1
+    assert (await row_of(twin))[0] == 1

@@ -30,7 +30,7 @@ from snapstore import (
 )
 from snapstore.model import TERMINAL_STATUSES
 from tests import strategies as sst
-from tests.stores import advance, isolated_schema, without_timestamps
+from tests.twins import advance, isolated_schema, without_timestamps
 
 R = TypeVar("R")
 

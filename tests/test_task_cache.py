@@ -23,25 +23,22 @@ from snapstore import operations as ops
 from snapstore import statements as st
 from snapstore.codecs import codec_instance
 from snapstore.task_cache import UNKNOWN, Known, TaskCache
+from tests import twins
 
 
-def snap(iid: str, outputs: dict[str, object]) -> WorkflowSnapshot:
-    return WorkflowSnapshot(
-        instance_id=iid,
-        definition_hash="h",
-        position=AtTask(task_id=f"t{len(outputs)}"),
-        task_results={t: TaskResult(output=o) for t, o in outputs.items()},
-    )
+def with_outputs(iid: str, outputs: dict[str, object]) -> WorkflowSnapshot:
+    results = {t: TaskResult(output=o) for t, o in outputs.items()}
+    return twins.snap(iid, position=AtTask(task_id=f"t{len(outputs)}"), task_results=results)
 
 
 def test_each_task_row_is_written_by_the_save_that_introduced_it(
     backend: PostgresBackend[JsonCodec],
 ) -> None:
     outputs: dict[str, object] = {}
-    version = backend.save(snap("long", outputs))
+    version = backend.save(with_outputs("long", outputs))
     for step in range(30):
         outputs[f"t{step}"] = {"step": step}
-        version = backend.save(snap("long", outputs), expected_version=version)
+        version = backend.save(with_outputs("long", outputs), expected_version=version)
     query = sql.SQL(
         "SELECT t.task_id, t.xmin::text = h.xmin::text FROM {s}.tasks t "
         "JOIN {s}.history h ON h.instance_id = t.instance_id "
@@ -53,44 +50,44 @@ def test_each_task_row_is_written_by_the_save_that_introduced_it(
     assert all(same for _, same in rows)
     # ...because the next save would send only the new row, not all thirty again
     outputs["t30"] = "new"
-    item = ops.prepare(backend.ctx, snap("long", outputs), version, None)
+    item = ops.prepare(backend.ctx, with_outputs("long", outputs), version, None)
     assert item.task_ids == ["t30"]
     assert len(item.all_task_rows) == 31
     stored = backend.load("long")
     del outputs["t30"]
     assert stored is not None
-    assert stored.snapshot == snap("long", outputs)
+    assert stored.snapshot == with_outputs("long", outputs)
 
 
 def test_changed_results_are_written_and_other_writers_are_not_masked(
     dsn: str, backend: PostgresBackend[JsonCodec]
 ) -> None:
     with PostgresBackend[JsonCodec].connect(dsn, schema=backend.schema) as other:
-        v1 = backend.save(snap("x", {"a": 1}))
+        v1 = backend.save(with_outputs("x", {"a": 1}))
         stored = other.load("x")
         assert stored is not None
-        v2 = other.save(snap("x", {"a": 2}), expected_version=stored.version)
+        v2 = other.save(with_outputs("x", {"a": 2}), expected_version=stored.version)
         # backend remembers version 1 only, so it must send row "a" again
-        v3 = backend.save(snap("x", {"a": 1, "b": 0}), expected_version=v2)
+        v3 = backend.save(with_outputs("x", {"a": 1, "b": 0}), expected_version=v2)
         assert (v1, v2, v3) == (1, 2, 3)
         result = backend.load_task_result("x", "a")
         assert result is not None
         assert result.output == 1
         # an equal-but-changed-back result after our own save is written too
-        v4 = backend.save(snap("x", {"a": 5, "b": 0}), expected_version=v3)
-        backend.save(snap("x", {"a": 1, "b": 0}), expected_version=v4)
+        v4 = backend.save(with_outputs("x", {"a": 5, "b": 0}), expected_version=v3)
+        backend.save(with_outputs("x", {"a": 1, "b": 0}), expected_version=v4)
         final = other.load("x")
         assert final is not None
-        assert final.snapshot == snap("x", {"a": 1, "b": 0})
+        assert final.snapshot == with_outputs("x", {"a": 1, "b": 0})
 
 
 def test_in_place_mutation_of_an_output_is_still_written(
     backend: PostgresBackend[JsonCodec],
 ) -> None:
     output = {"n": 1}
-    version = backend.save(snap("m", {"a": output}))
+    version = backend.save(with_outputs("m", {"a": output}))
     output["n"] = 2  # the frozen TaskResult still holds this very dict
-    backend.save(snap("m", {"a": output}), expected_version=version)
+    backend.save(with_outputs("m", {"a": output}), expected_version=version)
     result = backend.load_task_result("m", "a")
     assert result is not None
     assert result.output == {"n": 2}
@@ -120,33 +117,35 @@ def test_an_instance_recreated_elsewhere_up_to_the_same_version_is_a_conflict(
     another process deleted and recreated: skipping task rows on the strength of the
     version alone would pair this checkpoint with the other instance's outputs."""
     with PostgresBackend[JsonCodec].connect(dsn, schema=backend.schema) as other:
-        v1 = backend.save(snap("aba", {"a": "mine"}))
-        v2 = backend.save(snap("aba", {"a": "mine", "b": "mine"}), expected_version=v1)
+        v1 = backend.save(with_outputs("aba", {"a": "mine"}))
+        v2 = backend.save(with_outputs("aba", {"a": "mine", "b": "mine"}), expected_version=v1)
         assert other.delete("aba")
-        w1 = other.save(snap("aba", {"a": "theirs"}))
-        w2 = other.save(snap("aba", {"a": "theirs", "b": "theirs"}), expected_version=w1)
+        w1 = other.save(with_outputs("aba", {"a": "theirs"}))
+        w2 = other.save(with_outputs("aba", {"a": "theirs", "b": "theirs"}), expected_version=w1)
         assert (v2, w2) == (2, 2)
         with pytest.raises(ConflictError):
-            backend.save(snap("aba", {"a": "mine", "b": "mine", "c": 0}), expected_version=v2)
+            backend.save(
+                with_outputs("aba", {"a": "mine", "b": "mine", "c": 0}), expected_version=v2
+            )
         stored = other.load("aba")
         assert stored is not None
         assert stored.version == 2
-        assert stored.snapshot == snap("aba", {"a": "theirs", "b": "theirs"})
+        assert stored.snapshot == with_outputs("aba", {"a": "theirs", "b": "theirs"})
         # the conflict made the cache forget: a retry from a fresh read sends every row
         fresh = backend.load("aba")
         assert fresh is not None
-        v3 = backend.save(snap("aba", {"a": "mine", "b": "mine", "c": 0}), fresh.version)
+        v3 = backend.save(with_outputs("aba", {"a": "mine", "b": "mine", "c": 0}), fresh.version)
         final = other.load("aba")
         assert final is not None
         assert final.version == v3
-        assert final.snapshot == snap("aba", {"a": "mine", "b": "mine", "c": 0})
+        assert final.snapshot == with_outputs("aba", {"a": "mine", "b": "mine", "c": 0})
 
 
 def test_a_rolled_back_save_is_not_remembered(backend: PostgresBackend[JsonCodec]) -> None:
-    version = backend.save(snap("r", {"a": 1}))
+    version = backend.save(with_outputs("r", {"a": 1}))
 
     def save_then_fail() -> ops.Program[None]:
-        yield from ops.save(backend.ctx, snap("r", {"a": 2}), version, None)
+        yield from ops.save(backend.ctx, with_outputs("r", {"a": 2}), version, None)
         raise RuntimeError("the enclosing transaction fails after the save")
 
     with pytest.raises(RuntimeError):
@@ -160,7 +159,7 @@ def test_a_rolled_back_save_is_not_remembered(backend: PostgresBackend[JsonCodec
 
 def test_cache_keeps_digests_and_is_bounded_by_bytes(backend: PostgresBackend[JsonCodec]) -> None:
     big = "x" * 1_000_000
-    version = backend.save(snap("big", {"a": big}))
+    version = backend.save(with_outputs("big", {"a": big}))
     known = backend.ctx.tasks.known("big", version)
     (row,) = known.rows.values()
     assert row[-1] is not None
@@ -178,9 +177,9 @@ def test_cache_keeps_digests_and_is_bounded_by_bytes(backend: PostgresBackend[Js
 
 
 def test_a_finished_instance_is_forgotten(backend: PostgresBackend[JsonCodec]) -> None:
-    version = backend.save(snap("f", {"a": 1}))
+    version = backend.save(with_outputs("f", {"a": 1}))
     assert backend.ctx.tasks.known("f", version) != UNKNOWN
-    done = msgspec.structs.replace(snap("f", {"a": 1}), status=WorkflowStatus.COMPLETED)
+    done = msgspec.structs.replace(with_outputs("f", {"a": 1}), status=WorkflowStatus.COMPLETED)
     final = backend.save(done, expected_version=version)
     assert backend.ctx.tasks.known("f", final) == UNKNOWN
     assert backend.ctx.tasks.known("f", version) == UNKNOWN
@@ -220,7 +219,7 @@ def test_reused_results_are_prepared_exactly_as_if_all_were_looked_at(
     life = datetime(2026, 1, 1, tzinfo=UTC)
     outputs: list[dict[str, int]] = []
     results: dict[str, TaskResult] = {}
-    current = snap("p", {})
+    current = with_outputs("p", {})
     item = st.prepare_save(codec, current, None)
     version = 1
     for action, k in steps:
@@ -243,7 +242,7 @@ def test_reused_results_are_prepared_exactly_as_if_all_were_looked_at(
 def test_results_carried_over_are_recognised_and_changes_are_not() -> None:
     codec = codec_instance(JsonCodec)
     output = {"n": 1}
-    first = snap("q", {"a": output})
+    first = with_outputs("q", {"a": output})
     item = st.prepare_save(codec, first, None)
     results = {**first.task_results, "b": TaskResult(output=2)}
     found = st._new_tasks(results, item.prior)

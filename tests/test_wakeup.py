@@ -23,7 +23,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol, Unpack, cast
+from typing import Any, Unpack, cast
 
 import psycopg
 import pytest
@@ -35,7 +35,6 @@ from snapstore import (
     AtDelay,
     JsonCodec,
     PostgresBackend,
-    WorkflowSnapshot,
     WorkflowStatus,
 )
 from snapstore.errors import ConfigurationError
@@ -51,13 +50,13 @@ from snapstore.wakeup import (
     Poll,
     PollCursor,
     Sleep,
-    WakeupListener,
     WakeupOptions,
     WakeupQueue,
     WakeupStats,
     next_poll_in,
     supervise,
 )
+from tests.twins import Twin, snap
 
 # The backends of the fixtures live on the session loop (see pyproject.toml).
 session_loop = pytest.mark.asyncio(loop_scope="session")
@@ -65,10 +64,6 @@ session_loop = pytest.mark.asyncio(loop_scope="session")
 DEADLINE = 30.0
 SLOW_POLL = 3600.0  # "no periodic poll during this test": only NOTIFY and (re)connect polls
 FAST_POLL = 0.1
-
-
-def snap(instance_id: str, **fields: Any) -> WorkflowSnapshot:
-    return WorkflowSnapshot(instance_id=instance_id, definition_hash="def", **fields)
 
 
 def balanced(stats: WakeupStats) -> bool:
@@ -91,90 +86,24 @@ async def eventually(condition: Callable[[], bool | Awaitable[bool]], what: str)
 # --- one interface over both shells --------------------------------------------------------
 
 
-class ListenerView(Protocol):
-    """What the scenarios use of a listener; `AsyncWakeupListener` is one as is."""
+class Side(Twin):
+    """A backend of either flavour on a fresh schema; closes its listeners afterwards."""
 
-    @property
-    def backend_pid(self) -> int | None: ...
+    def __init__(self, backend: Any) -> None:
+        super().__init__(backend)
+        self.listeners: list[Twin] = []
 
-    @property
-    def closed(self) -> bool: ...
-
-    def stats(self) -> WakeupStats: ...
-
-    async def get(
-        self, timeout: float | None = None, *, max_items: int | None = None
-    ) -> list[str]: ...
-
-    async def close(self) -> None: ...
-
-
-class ThreadListenerView:
-    """A `WakeupListener` seen through the async interface of the scenarios."""
-
-    def __init__(self, listener: WakeupListener) -> None:
-        self.listener = listener
-
-    @property
-    def backend_pid(self) -> int | None:
-        return self.listener.backend_pid
-
-    @property
-    def closed(self) -> bool:
-        return self.listener.closed
-
-    def stats(self) -> WakeupStats:
-        return self.listener.stats()
-
-    async def get(self, timeout: float | None = None, *, max_items: int | None = None) -> list[str]:
-        return await asyncio.to_thread(self.listener.get, timeout, max_items=max_items)
-
-    async def close(self) -> None:
-        await asyncio.to_thread(self.listener.close)
-
-
-class Side:
-    """A backend of either shell on a fresh schema; closes its listeners afterwards."""
-
-    def __init__(
-        self, shell: str, backend: PostgresBackend[JsonCodec] | AsyncPostgresBackend[JsonCodec]
-    ) -> None:
-        self.shell = shell
-        self.backend = backend
-        self.listeners: list[ListenerView] = []
-
-    @property
-    def schema(self) -> str:
-        return self.backend.schema
-
-    async def save(self, snapshot: WorkflowSnapshot, expected_version: int | None = None) -> int:
-        if isinstance(self.backend, AsyncPostgresBackend):
-            return await self.backend.save(snapshot, expected_version)
-        return await asyncio.to_thread(self.backend.save, snapshot, expected_version)
-
-    async def listen(self, **settings: Unpack[WakeupOptions]) -> ListenerView:
-        view: ListenerView
-        if isinstance(self.backend, AsyncPostgresBackend):
-            view = await self.backend.wakeups(**settings)
-        else:
-            sync_backend = self.backend
-            view = ThreadListenerView(
-                await asyncio.to_thread(lambda: sync_backend.wakeups(**settings))
-            )
-        self.listeners.append(view)
-        return view
+    async def listen(self, **settings: Unpack[WakeupOptions]) -> Twin:
+        listener: Twin = await self.call("wakeups", **settings)
+        self.listeners.append(listener)
+        return listener
 
     def backend_stats(self) -> WakeupStats:
-        return self.backend.wakeup_stats()
-
-    async def close_wakeups(self) -> None:
-        if isinstance(self.backend, AsyncPostgresBackend):
-            await self.backend.close_wakeups()
-        else:
-            await asyncio.to_thread(self.backend.close_wakeups)
+        stats: WakeupStats = self.wakeup_stats()
+        return stats
 
 
-async def collect(listener: ListenerView, expected: set[str]) -> list[str]:
+async def collect(listener: Twin, expected: set[str]) -> list[str]:
     """Everything ``listener`` delivers until ``expected`` has all been seen."""
     seen: list[str] = []
     end = time.monotonic() + DEADLINE
@@ -183,11 +112,6 @@ async def collect(listener: ListenerView, expected: set[str]) -> list[str]:
             pytest.fail(f"never delivered: {sorted(expected - set(seen))}")
         seen += await listener.get(timeout=0.2)
     return seen
-
-
-def drop_schema(dsn: str, schema: str) -> None:
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
 
 
 @pytest.fixture(params=["thread", "asyncio"])
@@ -201,17 +125,13 @@ async def side(request: pytest.FixtureRequest, dsn: str, fresh_schema: str) -> A
         backend = await AsyncPostgresBackend[JsonCodec].connect(
             dsn, schema=fresh_schema, max_size=4
         )
-    result = Side(request.param, backend)
+    result = Side(backend)
     try:
         yield result
     finally:
         for listener in result.listeners:
             await listener.close()
-        if isinstance(backend, AsyncPostgresBackend):
-            await backend.close()
-        else:
-            backend.close()
-        drop_schema(dsn, fresh_schema)
+        await result.close()
 
 
 @pytest.fixture
@@ -219,7 +139,6 @@ def store(dsn: str, fresh_schema: str) -> Iterator[PostgresBackend[JsonCodec]]:
     """A sync backend on a fresh schema, for the SQL-level NOTIFY tests."""
     with PostgresBackend[JsonCodec].connect(dsn, schema=fresh_schema, max_size=4) as backend:
         yield backend
-    drop_schema(dsn, fresh_schema)
 
 
 @pytest.fixture
@@ -505,8 +424,7 @@ async def test_close_stops_cleanly(side: Side, admin: psycopg.Connection[Any]) -
         return row.fetchone() == (0,)
 
     await eventually(gone, "the LISTEN connection to end")
-    if isinstance(listener, ThreadListenerView):
-        assert not listener.listener._worker.running
+    assert not listener.target._worker.running
 
 
 @session_loop
