@@ -36,9 +36,9 @@ from psycopg.types.numeric import Int8
 from bench import db
 from bench.workflows import Shape, linear
 from snapstore import JsonCodec, arrays
-from snapstore import statements as st
+from snapstore import rows as rw
 from snapstore.codecs import codec_instance
-from snapstore.queries import queries_for, wakeup_channel
+from snapstore.sql_catalog import queries_for, wakeup_channel
 
 # Stands in for the instance's created_at while encoding; the replay sends the real one.
 _CREATED_PLACEHOLDER: Final = datetime(2000, 1, 1, tzinfo=UTC)
@@ -52,8 +52,8 @@ def _template(schema: str, instance_id: str) -> dict[str, Any]:
     """Parameters of one linear step (a task result and a small output), encoded once."""
     definition = linear(Shape())
     snapshot, _ = definition.step(definition.create(instance_id))
-    item = st.prepare_save(codec_instance(JsonCodec), snapshot, 1)
-    return st.save_batch_params([item], wakeup_channel(schema))
+    item = rw.prepare_save(codec_instance(JsonCodec), snapshot, 1)
+    return rw.save_batch_params([item], wakeup_channel(schema))
 
 
 def _with(params: dict[str, Any], instance_id: str, expected: int | None) -> dict[str, Any]:
@@ -179,19 +179,19 @@ def workflow_saves(schema: str, codec: str) -> list[_Save]:
     encoder = codec_instance(db.CODECS[codec])
     channel = wakeup_channel(schema)
     snapshot = definition.create("raw-workflow")
-    known = st.UNKNOWN
+    known = rw.UNKNOWN
     version: int | None = None
     saves: list[_Save] = []
     while True:
-        item = st.prepare_save(encoder, snapshot, version, None, known)
+        item = rw.prepare_save(encoder, snapshot, version, None, known)
         relies = item.expected_created_at is not None
         if version is None:
-            saves.append(_Save(SAVE_STATEMENT, st.save_batch_params([item], channel), relies))
+            saves.append(_Save(SAVE_STATEMENT, rw.save_batch_params([item], channel), relies))
         else:
-            saves.append(_Save(ONE_STATEMENT, st.save_one_params(item, channel), relies))
+            saves.append(_Save(ONE_STATEMENT, rw.save_one_params(item, channel), relies))
         if snapshot.status.is_terminal:
             return saves
-        known = st.Known(_CREATED_PLACEHOLDER, item.all_task_rows, item.chain, item.prior)
+        known = rw.Known(_CREATED_PLACEHOLDER, item.all_task_rows, item.chain, item.prior)
         version = 1 if version is None else version + 1
         snapshot, _ = definition.step(snapshot)
 

@@ -1,5 +1,5 @@
 """The PostgreSQL backend: its whole public API in one class, each method a thin
-shell that builds a program (`snapstore.operations`, `snapstore.signals`,
+shell that builds a program (`snapstore.programs`, `snapstore.signals`,
 `snapstore.claims`, `snapstore.retention`) and runs it.
 
 This asyncio backend is the source; the sync `snapstore.backend` is generated
@@ -17,10 +17,10 @@ from typing import Any, Generic, Self, TypeVar, Unpack
 from psycopg_pool import AsyncConnectionPool
 
 from snapstore import claims as cl
-from snapstore import operations as ops
+from snapstore import programs
 from snapstore import retention as rt
+from snapstore import rows as rw
 from snapstore import signals as sg
-from snapstore import statements as st
 from snapstore.claims import ClaimedTask, DispatchQuery, Seconds
 from snapstore.codecs import Codec, codec_instance
 from snapstore.config import CodecBound, ConnectOptions, plan_connect
@@ -37,9 +37,9 @@ from snapstore.model import (
     WorkflowSnapshot,
     WorkflowStatus,
 )
-from snapstore.queries import DEFAULT_SCHEMA, queries_for, validate_schema
 from snapstore.runner_async import AsyncRunner
 from snapstore.signals import Event, EventOutcome, ParkResult, Signal, SignalKind, SignalOutcome
+from snapstore.sql_catalog import DEFAULT_SCHEMA, queries_for, validate_schema
 from snapstore.wakeup import ListenerPlan, WakeupOptions, WakeupRegistry, WakeupStats
 from snapstore.wakeup.listener_async import AsyncWakeupListener
 
@@ -67,7 +67,7 @@ class AsyncPostgresBackend(CodecBound, Generic[C]):
         self.schema = validate_schema(schema)
         self.codec: Codec = codec if codec is not None else codec_instance(self.codec_type)
         self.queries = queries_for(self.schema)
-        self.ctx = ops.Context(self.codec, self.schema)
+        self.ctx = programs.Context(self.codec, self.schema)
         self._pool = pool
         self._owns_pool = owns_pool
         self._runner = AsyncRunner(pool, self.queries)
@@ -158,8 +158,10 @@ class AsyncPostgresBackend(CodecBound, Generic[C]):
         saves share one commit; the contract is unchanged.
         """
         if self._committer is None:
-            return await self._runner.run(ops.save(self.ctx, snapshot, expected_version, claim))
-        item = ops.prepare(self.ctx, snapshot, expected_version, claim)
+            return await self._runner.run(
+                programs.save(self.ctx, snapshot, expected_version, claim)
+            )
+        item = programs.prepare(self.ctx, snapshot, expected_version, claim)
         return (await self._committer.submit(item)).unwrap()
 
     async def save_many(self, requests: Sequence[SaveRequest]) -> builtins.list[SaveResult]:
@@ -168,21 +170,21 @@ class AsyncPostgresBackend(CodecBound, Generic[C]):
         A failed item (conflict, terminal, invalid...) is reported in its result and
         does not stop the others.
         """
-        prepared, rejected = ops.prepare_many(self.ctx, requests)
+        prepared, rejected = programs.prepare_many(self.ctx, requests)
         saved = await self._flush(prepared) if prepared else []
-        return ops.merge_results(len(requests), rejected, saved)
+        return programs.merge_results(len(requests), rejected, saved)
 
-    async def _flush(self, items: builtins.list[st.PreparedSave]) -> builtins.list[SaveResult]:
+    async def _flush(self, items: builtins.list[rw.PreparedSave]) -> builtins.list[SaveResult]:
         """One commit of prepared saves (a group-commit batch or a `save_many`); a
         deadlock with a concurrent batch is retried."""
-        transaction = ops.needs_transaction(items)
-        for attempt in range(1, ops.MAX_BATCH_ATTEMPTS + 1):
+        transaction = programs.needs_transaction(items)
+        for attempt in range(1, programs.MAX_BATCH_ATTEMPTS + 1):
             try:
                 return await self._runner.run(
-                    ops.save_batch(self.ctx, items), transaction=transaction
+                    programs.save_batch(self.ctx, items), transaction=transaction
                 )
-            except ops.RETRYABLE_ERRORS:
-                if attempt == ops.MAX_BATCH_ATTEMPTS:
+            except programs.RETRYABLE_ERRORS:
+                if attempt == programs.MAX_BATCH_ATTEMPTS:
                     raise
         raise AssertionError("unreachable")
 
@@ -193,15 +195,15 @@ class AsyncPostgresBackend(CodecBound, Generic[C]):
 
     async def load(self, instance_id: str) -> StoredSnapshot | None:
         """The latest checkpoint with task outputs hydrated, or None."""
-        return await self._runner.run(ops.load(instance_id))
+        return await self._runner.run(programs.load(instance_id))
 
     async def load_task_result(self, instance_id: str, task_id: str) -> TaskResult | None:
         """One task's stored result (with output), or None."""
-        return await self._runner.run(ops.load_task_result(instance_id, task_id))
+        return await self._runner.run(programs.load_task_result(instance_id, task_id))
 
     async def delete(self, instance_id: str) -> bool:
         """Remove an instance and every row that belongs to it; False if absent."""
-        return await self._runner.run(ops.delete(instance_id, self.ctx))
+        return await self._runner.run(programs.delete(instance_id, self.ctx))
 
     async def list(
         self,
@@ -211,17 +213,17 @@ class AsyncPostgresBackend(CodecBound, Generic[C]):
         cursor: str | None = None,
     ) -> Page:
         """Instances ordered by id, without decoding blobs; follow ``next_cursor``."""
-        return await self._runner.run(ops.list_snapshots(status, limit, cursor))
+        return await self._runner.run(programs.list_snapshots(status, limit, cursor))
 
     async def history(
         self, instance_id: str, *, after_version: int = 0, limit: int | None = None
     ) -> builtins.list[HistoryEntry]:
         """Checkpoints in version order (task outputs are not part of history blobs)."""
-        return await self._runner.run(ops.history(instance_id, after_version, limit))
+        return await self._runner.run(programs.history(instance_id, after_version, limit))
 
     async def truncate_all(self) -> None:
         """Empty every table of the schema. For tests."""
-        await self._runner.run(ops.truncate_all(self.ctx))
+        await self._runner.run(programs.truncate_all(self.ctx))
 
     # --- signals (see `snapstore.signals`) -------------------------------------------------
 

@@ -236,7 +236,7 @@ def check_save(
     snapshot: WorkflowSnapshot, expected_version: int | None, claim: Claim | None
 ) -> None:
     """A save's arguments, but for its task results: the save checks those itself, as
-    far as it must look at them (see `statements.prepare_save`)."""
+    far as it must look at them (see `rows.prepare_save`)."""
     check_snapshot(snapshot, tasks=())
     check_expected_version(expected_version)
     if claim is not None:

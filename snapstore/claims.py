@@ -23,7 +23,7 @@ Rules, all enforced in SQL (sql/queries/claims.sql):
   ``FOR UPDATE SKIP LOCKED``. It may return fewer than ``limit`` instances while other
   workers are claiming at the same moment, never the same instance twice.
 
-Every operation is a generator program (see `snapstore.operations`) built from the pure
+Every operation is a generator program (see `snapstore.programs`) built from the pure
 helpers below; the backends' methods only run them.
 """
 
@@ -37,9 +37,8 @@ from typing import Final
 
 import msgspec
 
-from snapstore import checks
-from snapstore import operations as ops
-from snapstore import statements as st
+from snapstore import checks, programs
+from snapstore import rows as rw
 from snapstore.errors import (
     ClaimLostError,
     NotFoundError,
@@ -47,7 +46,7 @@ from snapstore.errors import (
     TerminalStateError,
 )
 from snapstore.model import Claim, StoredSnapshot, WorkflowSnapshot, WorkflowStatus
-from snapstore.operations import Context, Fetch, Program, Step
+from snapstore.programs import Context, Fetch, Program, Step
 
 DEFAULT_TTL: Final = 30.0
 """Seconds a lease lasts unless told otherwise; renew with `extend` well before."""
@@ -59,7 +58,7 @@ instance overtakes fresh priority-1 work after about four minutes due."""
 PEEK_WORKER: Final = "(peek)"
 """The worker id a report-only dispatch query carries; it never reaches a lease."""
 
-MAX_DISPATCH: Final = st.MAX_PAGE_SIZE
+MAX_DISPATCH: Final = rw.MAX_PAGE_SIZE
 """Most instances one dispatch call may lease (bounds the statement and its locks)."""
 
 Seconds = checks.Seconds
@@ -105,15 +104,15 @@ def _no_snapshot(instance_id: str) -> NotFoundError:
     return NotFoundError(f"instance {instance_id!r} has no snapshot")
 
 
-def claim_params(instance_id: str, worker_id: str, ttl: Seconds) -> st.Params:
+def claim_params(instance_id: str, worker_id: str, ttl: Seconds) -> rw.Params:
     return {
-        **st.id_params(instance_id),
+        **rw.id_params(instance_id),
         "worker_id": checks.check_id("worker_id", worker_id),
         "ttl": checks.check_seconds(ttl, "ttl"),
     }
 
 
-def token_params(claim: Claim) -> st.Params:
+def token_params(claim: Claim) -> rw.Params:
     return {"instance_id": checks.check_claim(claim).instance_id, "token": claim.token}
 
 
@@ -163,7 +162,7 @@ class DispatchQuery:
         """True when the hint names no instance at all: nothing to ask the server."""
         return self.instance_ids is not None and not self.instance_ids
 
-    def params(self) -> st.Params:
+    def params(self) -> rw.Params:
         return {
             "worker_id": self.worker_id,
             "limit": self.limit,
@@ -175,7 +174,7 @@ class DispatchQuery:
         }
 
 
-def interpret_claim(instance_id: str, worker_id: str, row: st.Row | None) -> Claim | None:
+def interpret_claim(instance_id: str, worker_id: str, row: rw.Row | None) -> Claim | None:
     """The `Claim` from a ``claim_instance`` row: None if another worker holds a live
     lease; `NotFoundError` / `TerminalStateError` when the instance cannot be claimed."""
     if row is None:
@@ -194,7 +193,7 @@ def interpret_claim(instance_id: str, worker_id: str, row: st.Row | None) -> Cla
     )
 
 
-def leased_claims(worker_id: str, rows: Sequence[st.Row]) -> list[Claim]:
+def leased_claims(worker_id: str, rows: Sequence[rw.Row]) -> list[Claim]:
     """Claims from ``dispatch`` rows (instance_id, task_id, token, expires_at)."""
     return [
         Claim(instance_id=iid, worker_id=worker_id, token=token, expires_at=expires, task_id=task)
@@ -202,7 +201,7 @@ def leased_claims(worker_id: str, rows: Sequence[st.Row]) -> list[Claim]:
     ]
 
 
-def renewed(claim: Claim, row: st.Row | None) -> Claim:
+def renewed(claim: Claim, row: rw.Row | None) -> Claim:
     """The claim with its new expiry from an ``extend_claim`` row; no row: lease lost."""
     if row is None:
         raise ClaimLostError(claim.instance_id, "lease expired or taken over; claim it again")
@@ -228,11 +227,11 @@ def release_program(ctx: Context, claim: Claim) -> Program[bool]:
     return bool(row[0])
 
 
-def claimed_task(claim: Claim, loaded: st.Loaded | None) -> ClaimedTask:
+def claimed_task(claim: Claim, loaded: rw.Loaded | None) -> ClaimedTask:
     """A just-leased instance with its checkpoint; one that cannot be read becomes the
     task's ``error`` instead of failing the whole dispatch."""
     try:
-        stored = st.interpret_load(claim.instance_id, loaded)
+        stored = rw.interpret_load(claim.instance_id, loaded)
     except SnapstoreError as exc:
         return ClaimedTask(claim, error=exc)
     if stored is None:  # cannot happen while the row is locked; say so if it does
@@ -253,7 +252,7 @@ def dispatch_program(query: DispatchQuery) -> Program[list[ClaimedTask]]:
     claims = leased_claims(query.worker_id, rows)
     if not claims:
         return []
-    loaded = yield from ops.load_many([c.instance_id for c in claims])
+    loaded = yield from programs.load_many([c.instance_id for c in claims])
     return [claimed_task(c, loaded.get(c.instance_id)) for c in claims]
 
 

@@ -19,7 +19,7 @@ from snapstore.codecs import JsonCodec, registered_codecs
 from snapstore.errors import SnapstoreError
 from snapstore.migrations import print_sql
 from snapstore.model import WorkflowStatus
-from snapstore.queries import DEFAULT_SCHEMA
+from snapstore.sql_catalog import DEFAULT_SCHEMA
 from snapstore.testing import DSN_ENV
 
 Backend = PostgresBackend[JsonCodec]

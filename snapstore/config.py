@@ -14,7 +14,7 @@ from typing import Any, ClassVar, Final, TypedDict
 
 from snapstore.codecs import Codec, JsonCodec
 from snapstore.errors import ConfigurationError
-from snapstore.queries import DEFAULT_SCHEMA, validate_schema
+from snapstore.sql_catalog import DEFAULT_SCHEMA, validate_schema
 
 DEFAULT_APPLICATION_NAME: Final = "snapstore"
 

@@ -17,7 +17,7 @@ from typing import Final, Generic, TypeVar
 
 from snapstore.errors import ConfigurationError
 from snapstore.model import SaveResult
-from snapstore.statements import PreparedSave
+from snapstore.rows import PreparedSave
 
 DEFAULT_MAX_BATCH: Final = 256
 DEFAULT_MAX_FLUSHES: Final = 2

@@ -14,9 +14,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from snapstore import checks
-from snapstore import operations as ops
-from snapstore import statements as st
+from snapstore import checks, programs
+from snapstore import rows as rw
 from snapstore.codecs import Codec, JsonCodec, codec_instance, decode_snapshot
 from snapstore.errors import (
     ConflictError,
@@ -63,7 +62,7 @@ class MemoryBackend:
         self.codec = codec if codec is not None else codec_instance(JsonCodec)
         self._lock = threading.Lock()
         self._instances: dict[str, _Instance] = {}
-        self._ctx = ops.Context(self.codec, "memory")
+        self._ctx = programs.Context(self.codec, "memory")
 
     def save(
         self,
@@ -76,13 +75,13 @@ class MemoryBackend:
         if claim is not None:
             raise ValidationError("MemoryBackend does not model claims")
         checks.check_save(snapshot, expected_version, None)
-        item = st.prepare_save(self.codec, snapshot, expected_version)
+        item = rw.prepare_save(self.codec, snapshot, expected_version)
         with self._lock:
             return self._apply(item, snapshot)
 
     def save_many(self, requests: Sequence[SaveRequest]) -> builtins.list[SaveResult]:
         """Same contract as `PostgresBackend.save_many`: all or nothing is applied at once."""
-        prepared, rejected = ops.prepare_many(self._ctx, requests)
+        prepared, rejected = programs.prepare_many(self._ctx, requests)
         results = iter(prepared)
         out: builtins.list[SaveResult] = []
         with self._lock:
@@ -97,7 +96,7 @@ class MemoryBackend:
                     out.append(SaveResult(item.instance_id, None, exc))
         return out
 
-    def _apply(self, item: st.PreparedSave, snapshot: Snapshot) -> int:
+    def _apply(self, item: rw.PreparedSave, snapshot: Snapshot) -> int:
         iid, expected_version = item.instance_id, item.expected_version
         now = datetime.now(UTC)
         current = self._instances.get(iid)
@@ -128,7 +127,7 @@ class MemoryBackend:
         return version
 
     def load(self, instance_id: str) -> StoredSnapshot | None:
-        st.id_params(instance_id)
+        rw.id_params(instance_id)
         with self._lock:
             current = self._instances.get(instance_id)
             if current is None:
@@ -142,7 +141,7 @@ class MemoryBackend:
         )
 
     def load_task_result(self, instance_id: str, task_id: str) -> TaskResult | None:
-        st.task_params(instance_id, task_id)
+        rw.task_params(instance_id, task_id)
         with self._lock:
             current = self._instances.get(instance_id)
             if current is None or task_id not in current.tasks:
@@ -158,10 +157,10 @@ class MemoryBackend:
             result.error,
             blob,
         )
-        return st.interpret_task_result(instance_id, task_id, row)
+        return rw.interpret_task_result(instance_id, task_id, row)
 
     def delete(self, instance_id: str) -> bool:
-        st.id_params(instance_id)
+        rw.id_params(instance_id)
         with self._lock:
             return self._instances.pop(instance_id, None) is not None
 
@@ -172,7 +171,7 @@ class MemoryBackend:
         limit: int = 100,
         cursor: str | None = None,
     ) -> Page:
-        params = st.list_params(status, limit, cursor)
+        params = rw.list_params(status, limit, cursor)
         wanted, after = params["statuses"], params["after"]
         with self._lock:
             rows = sorted(
@@ -182,12 +181,12 @@ class MemoryBackend:
                 and (after is None or iid > after)
             )
         summaries = [s for _, s in rows[: params["limit"]]]
-        return st.interpret_list([_summary_row(s) for s in summaries], limit)
+        return rw.interpret_list([_summary_row(s) for s in summaries], limit)
 
     def history(
         self, instance_id: str, *, after_version: int = 0, limit: int | None = None
     ) -> builtins.list[HistoryEntry]:
-        st.history_params(instance_id, after_version, limit)
+        rw.history_params(instance_id, after_version, limit)
         with self._lock:
             current = self._instances.get(instance_id)
             entries = [] if current is None else builtins.list(current.history)
@@ -205,14 +204,14 @@ class MemoryBackend:
             )
             for h in chosen
         ]
-        return st.interpret_history(rows)
+        return rw.interpret_history(rows)
 
     def truncate_all(self) -> None:
         with self._lock:
             self._instances.clear()
 
 
-def _summary(item: st.PreparedSave, version: int, now: datetime) -> SnapshotSummary:
+def _summary(item: rw.PreparedSave, version: int, now: datetime) -> SnapshotSummary:
     return SnapshotSummary(
         instance_id=item.instance_id,
         status=WorkflowStatus(item.status),

@@ -14,7 +14,7 @@ from typing import Any, Final
 from psycopg import sql as pgsql
 
 from snapstore.errors import MigrationError
-from snapstore.queries import bind_schema, quote_schema, sql_dir, validate_schema
+from snapstore.sql_catalog import bind_schema, quote_schema, sql_dir, validate_schema
 
 _FILE: Final = re.compile(r"(\d{4})_([a-z0-9_]+)\.sql")
 LOCK_SQL: Final = b"SELECT pg_advisory_xact_lock(hashtextextended(%(key)s, 0))"

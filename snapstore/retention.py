@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 from typing import Any, Final
 
 from snapstore import checks
-from snapstore.operations import Batch, Fetch, Program, Step
+from snapstore.programs import Batch, Fetch, Program, Step
 
 DEFAULT_BATCH: Final = 1000
 

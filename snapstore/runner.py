@@ -1,6 +1,6 @@
 # Generated from snapstore/runner_async.py by snapstore/_async_to_sync.py: do not edit.
 # Change the async source, then run `make sync`.
-"""The I/O shell that drives `snapstore.operations` programs (source of the
+"""The I/O shell that drives `snapstore.programs` programs (source of the
 generated sync `snapstore.runner`).
 
 A program yields `Step`s; the shell runs each on one pooled connection (inside
@@ -12,7 +12,7 @@ Each pooled connection keeps one cursor for the hot statements (`Step.hot`): a
 cursor's adaptation context caches the dumpers and loaders it has looked up, and
 a new one per save cost about 50 us of client CPU (binding some 30 array
 parameters afresh). It is a raw cursor, fed the statements in `$n` form
-(`queries.positional`): psycopg parses nothing, whatever their length. Every
+(`sql_catalog.positional`): psycopg parses nothing, whatever their length. Every
 cursor returns plain tuples, whatever row factory the connections of a borrowed
 pool were given.
 """
@@ -28,8 +28,8 @@ from psycopg import Connection, Cursor, RawCursor
 from psycopg.rows import tuple_row
 from psycopg_pool import ConnectionPool
 
-from snapstore.operations import STREAM_ROWS, AfterCommit, Batch, Fetch, Program
-from snapstore.queries import Queries
+from snapstore.programs import STREAM_ROWS, AfterCommit, Batch, Fetch, Program
+from snapstore.sql_catalog import Queries
 
 R = TypeVar("R")
 

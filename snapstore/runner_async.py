@@ -1,4 +1,4 @@
-"""The I/O shell that drives `snapstore.operations` programs (async source of the
+"""The I/O shell that drives `snapstore.programs` programs (async source of the
 generated sync `snapstore.runner`).
 
 A program yields `Step`s; the shell runs each on one pooled connection (inside
@@ -10,7 +10,7 @@ Each pooled connection keeps one cursor for the hot statements (`Step.hot`): a
 cursor's adaptation context caches the dumpers and loaders it has looked up, and
 a new one per save cost about 50 us of client CPU (binding some 30 array
 parameters afresh). It is a raw cursor, fed the statements in `$n` form
-(`queries.positional`): psycopg parses nothing, whatever their length. Every
+(`sql_catalog.positional`): psycopg parses nothing, whatever their length. Every
 cursor returns plain tuples, whatever row factory the connections of a borrowed
 pool were given.
 """
@@ -26,8 +26,8 @@ from psycopg import AsyncConnection, AsyncCursor, AsyncRawCursor
 from psycopg.rows import tuple_row
 from psycopg_pool import AsyncConnectionPool
 
-from snapstore.operations import STREAM_ROWS, AfterCommit, Batch, Fetch, Program
-from snapstore.queries import Queries
+from snapstore.programs import STREAM_ROWS, AfterCommit, Batch, Fetch, Program
+from snapstore.sql_catalog import Queries
 
 R = TypeVar("R")
 

@@ -15,7 +15,7 @@ name) and the engine consumes it together with its next checkpoint (`consume_eve
 Every write program first locks the instance's snapshot row (``lock_instance``), so
 signal and event programs on one instance are serialised with each other and with
 saves. All logic lives in the generator programs and pure functions below; the
-backends' methods only run them, like those of `snapstore.operations`.
+backends' methods only run them, like those of `snapstore.programs`.
 """
 
 from __future__ import annotations
@@ -27,9 +27,8 @@ from typing import Any, Final
 
 import msgspec
 
-from snapstore import checks
-from snapstore import operations as ops
-from snapstore import statements as st
+from snapstore import checks, programs
+from snapstore import rows as rw
 from snapstore.codecs import Codec, open_value, seal_value
 from snapstore.errors import (
     ConflictError,
@@ -47,7 +46,7 @@ from snapstore.model import (
     WorkflowSnapshot,
     WorkflowStatus,
 )
-from snapstore.operations import Context, Fetch, Program, Step
+from snapstore.programs import Context, Fetch, Program, Step
 
 DEFAULT_EVENT_PAGE: Final = 100
 
@@ -136,7 +135,7 @@ def signal_kind(kind: object) -> SignalKind:
         raise ValidationError(f"unknown signal kind {kind!r} (expected one of {names})") from None
 
 
-def signal_params(instance_id: str, kind: object, reason: object = None) -> st.Params:
+def signal_params(instance_id: str, kind: object, reason: object = None) -> rw.Params:
     return {
         "instance_id": checks.check_id("instance_id", instance_id),
         "kind": signal_kind(kind).value,
@@ -144,7 +143,7 @@ def signal_params(instance_id: str, kind: object, reason: object = None) -> st.P
     }
 
 
-def signal_filter_params(instance_id: str, kind: object | None) -> st.Params:
+def signal_filter_params(instance_id: str, kind: object | None) -> rw.Params:
     """Parameters of the statements where a NULL kind means every kind."""
     return {
         "instance_id": checks.check_id("instance_id", instance_id),
@@ -152,7 +151,7 @@ def signal_filter_params(instance_id: str, kind: object | None) -> st.Params:
     }
 
 
-def event_params(codec: Codec, instance_id: str, name: str, payload: Any) -> st.Params:
+def event_params(codec: Codec, instance_id: str, name: str, payload: Any) -> rw.Params:
     """Validates and seals the payload up front, so an unencodable event writes nothing."""
     return {
         "instance_id": checks.check_id("instance_id", instance_id),
@@ -161,7 +160,7 @@ def event_params(codec: Codec, instance_id: str, name: str, payload: Any) -> st.
     }
 
 
-def peek_params(instance_id: str, name: str | None, limit: int) -> st.Params:
+def peek_params(instance_id: str, name: str | None, limit: int) -> rw.Params:
     return {
         "instance_id": checks.check_id("instance_id", instance_id),
         "name": None if name is None else checks.check_id("event name", name),
@@ -171,7 +170,7 @@ def peek_params(instance_id: str, name: str | None, limit: int) -> st.Params:
 
 def take_params(
     event_id: int, snapshot: WorkflowSnapshot, expected_version: int, claim: Claim | None
-) -> st.Params:
+) -> rw.Params:
     """Checks the save that consumes the event too, before anything is read."""
     if isinstance(event_id, bool) or not isinstance(event_id, int):
         raise ValidationError("event_id must be the int id of a buffered Event")
@@ -179,7 +178,7 @@ def take_params(
     return {"event_id": event_id, "instance_id": snapshot.instance_id}
 
 
-def interpret_target(instance_id: str, row: st.Row | None) -> _Target:
+def interpret_target(instance_id: str, row: rw.Row | None) -> _Target:
     """The locked row; signals and events need an existing, non-terminal instance."""
     if row is None:
         raise NotFoundError(f"instance {instance_id!r} does not exist")
@@ -194,7 +193,7 @@ def _exists(instance_id: str, exists: bool) -> None:
         raise NotFoundError(f"instance {instance_id!r} does not exist")
 
 
-def interpret_signals(instance_id: str, rows: Sequence[st.Row]) -> list[Signal]:
+def interpret_signals(instance_id: str, rows: Sequence[rw.Row]) -> list[Signal]:
     _exists(instance_id, bool(rows and rows[0][0]))
     return [
         Signal(instance_id=instance_id, kind=SignalKind(kind), reason=reason, created_at=at)
@@ -210,7 +209,7 @@ def _open_payload(instance_id: str, event_id: int, payload: bytes | None) -> Any
         raise DecodeError(f"event {event_id}: {exc}", instance_id=instance_id) from exc
 
 
-def interpret_event(instance_id: str, row: st.Row) -> Event:
+def interpret_event(instance_id: str, row: rw.Row) -> Event:
     event_id, name, payload, created_at = row
     return Event(
         id=int(event_id),
@@ -221,7 +220,7 @@ def interpret_event(instance_id: str, row: st.Row) -> Event:
     )
 
 
-def interpret_events(instance_id: str, rows: Sequence[st.Row]) -> list[Event]:
+def interpret_events(instance_id: str, rows: Sequence[rw.Row]) -> list[Event]:
     _exists(instance_id, bool(rows and rows[0][0]))
     return [interpret_event(instance_id, row[1:]) for row in rows if row[1] is not None]
 
@@ -280,7 +279,7 @@ def _claimed(target: _Target) -> Program[bool]:
 
 def _load_locked(target: _Target) -> Program[WorkflowSnapshot]:
     """The current checkpoint of the instance `_lock` locked (task outputs hydrated)."""
-    stored = yield from ops.load(target.instance_id)
+    stored = yield from programs.load(target.instance_id)
     if stored is None or stored.version != target.version:  # impossible while we hold the lock
         raise ConflictError(target.instance_id, target.version, stored.version if stored else None)
     return stored.snapshot
@@ -290,7 +289,7 @@ def _set_status(
     ctx: Context, target: _Target, status: WorkflowStatus, claim: Claim | None
 ) -> Program[int]:
     """A checkpoint of the locked instance that changes only its status. It goes through
-    `operations.save` (CAS on the locked version, fenced by ``claim``), so the new version,
+    `programs.save` (CAS on the locked version, fenced by ``claim``), so the new version,
     history row, completed_at and wakeup NOTIFY are exactly those of a normal save.
 
     Programs here make the save their last statement: the save records what it wrote in
@@ -298,7 +297,7 @@ def _set_status(
     behind the cache's back."""
     snapshot = yield from _load_locked(target)
     changed = msgspec.structs.replace(snapshot, status=status)
-    return (yield from ops.save(ctx, changed, target.version, claim))
+    return (yield from programs.save(ctx, changed, target.version, claim))
 
 
 def _clear(instance_id: str, kind: SignalKind | None) -> Program[bool]:
@@ -327,7 +326,7 @@ def store_signal(instance_id: str, kind: SignalKind | str, reason: str | None) -
     )
 
 
-def _read_signals(params: st.Params) -> Program[list[Signal]]:
+def _read_signals(params: rw.Params) -> Program[list[Signal]]:
     rows = yield Step("read_signals", params, Fetch.ALL)
     return interpret_signals(params["instance_id"], rows)
 
@@ -426,7 +425,7 @@ def send_event(ctx: Context, instance_id: str, name: str, payload: Any) -> Progr
     if parked is None:
         return EventOutcome.BUFFERED
     value = payload if older is None else older.payload
-    yield from ops.save(ctx, resumed_by_event(parked, value), target.version, None)
+    yield from programs.save(ctx, resumed_by_event(parked, value), target.version, None)
     return EventOutcome.RESUMED
 
 
@@ -452,7 +451,7 @@ def consume_event(
                 " (already consumed, or never sent to this instance)"
             )
         raise ValidationError(f"event {event_id} is not the oldest buffered event of its name")
-    return (yield from ops.save(ctx, snapshot, expected_version, claim, checked=True))
+    return (yield from programs.save(ctx, snapshot, expected_version, claim, checked=True))
 
 
 def park(
@@ -469,5 +468,7 @@ def park(
     event = yield from _take_oldest(snapshot.instance_id, name)
     if event is not None:  # a new checkpoint, checked by its save
         snapshot = resumed_by_event(snapshot, event.payload)
-    version = yield from ops.save(ctx, snapshot, expected_version, claim, checked=event is None)
+    version = yield from programs.save(
+        ctx, snapshot, expected_version, claim, checked=event is None
+    )
     return ParkResult(version=version, snapshot=snapshot, event=event)

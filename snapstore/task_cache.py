@@ -29,7 +29,7 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Final, NamedTuple
 
-from snapstore.statements import (
+from snapstore.rows import (
     ENTRY_OVERHEAD,
     UNKNOWN,
     Known,

@@ -15,7 +15,7 @@ import psycopg
 import pytest
 
 from snapstore import AsyncPostgresBackend, JsonCodec, PostgresBackend
-from snapstore.queries import bind_schema
+from snapstore.sql_catalog import bind_schema
 from tests.twins import advance, snap, with_tasks, without_timestamps
 
 APP = "snapstore-async-test"

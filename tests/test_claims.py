@@ -39,8 +39,8 @@ from snapstore import (
 from snapstore.claims import MAX_DISPATCH, ClaimedTask, DispatchQuery
 from snapstore.errors import ClaimLostError
 from snapstore.model import TERMINAL_STATUSES, Claim
-from snapstore.queries import wakeup_channel
 from snapstore.signals import EventOutcome
+from snapstore.sql_catalog import wakeup_channel
 from tests.twins import KINDS, Kind, Twin, opened, snap, without_timestamps
 
 LONG = 600.0  # seconds: a lease that stays live for the whole test

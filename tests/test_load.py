@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 
-from snapstore import JsonCodec, PostgresBackend, TaskResult, WorkflowSnapshot, statements
-from snapstore.statements import LoadedRows
+from snapstore import JsonCodec, PostgresBackend, TaskResult, WorkflowSnapshot, rows
+from snapstore.rows import LoadedRows
 
 
 def test_an_output_bigger_than_one_load_part_reads_back_whole(
@@ -13,8 +13,8 @@ def test_an_output_bigger_than_one_load_part_reads_back_whole(
 ) -> None:
     """load_snapshots sends an output in parts of LOAD_CHUNK bytes, streamed and put
     together in the client: the parts must join up exactly, compressible or not."""
-    random_text = os.urandom(statements.LOAD_CHUNK // 2 + 12345).hex()  # > 1 part, incompressible
-    repeated = "ab" * (statements.LOAD_CHUNK + 7)  # > 2 parts, compresses in TOAST
+    random_text = os.urandom(rows.LOAD_CHUNK // 2 + 12345).hex()  # > 1 part, incompressible
+    repeated = "ab" * (rows.LOAD_CHUNK + 7)  # > 2 parts, compresses in TOAST
     results = {"r": TaskResult(output=random_text), "c": TaskResult(output=repeated)}
     results["small"] = TaskResult(output={"n": 1})
     snapshot = WorkflowSnapshot(instance_id="big", definition_hash="h", task_results=results)

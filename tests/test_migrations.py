@@ -17,7 +17,7 @@ import pytest
 
 from snapstore import JsonCodec, MigrationError, PostgresBackend
 from snapstore.migrations import LOCK_SQL, MigrationPlan, load_migrations, print_sql
-from snapstore.queries import bind_schema, sql_dir
+from snapstore.sql_catalog import bind_schema, sql_dir
 from tests.twins import KINDS, Kind, open_store, opened, snap
 
 WORKERS = 8

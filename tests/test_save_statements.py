@@ -28,7 +28,7 @@ from snapstore import (
     WorkflowSnapshot,
     WorkflowStatus,
 )
-from snapstore.queries import wakeup_channel
+from snapstore.sql_catalog import wakeup_channel
 
 Saver = Callable[[WorkflowSnapshot, int | None, Any], int]
 WAKE_AT = datetime.now(UTC) + timedelta(hours=1)  # one timer for both runs

@@ -33,7 +33,6 @@ from snapstore import (
 )
 from snapstore.errors import ClaimLostError, ConflictError, EncodeError
 from snapstore.model import Claim
-from snapstore.queries import wakeup_channel
 from snapstore.signals import (
     Event,
     EventOutcome,
@@ -42,6 +41,7 @@ from snapstore.signals import (
     SignalKind,
     SignalOutcome,
 )
+from snapstore.sql_catalog import wakeup_channel
 from tests.twins import Twin, snap
 
 IID = "wf-1"

@@ -18,9 +18,9 @@ from snapstore import (
     TaskResult,
     WorkflowSnapshot,
     WorkflowStatus,
+    programs,
 )
-from snapstore import operations as ops
-from snapstore import statements as st
+from snapstore import rows as rw
 from snapstore.codecs import codec_instance
 from snapstore.task_cache import UNKNOWN, Known, TaskCache
 from tests import twins
@@ -50,7 +50,7 @@ def test_each_task_row_is_written_by_the_save_that_introduced_it(
     assert all(same for _, same in rows)
     # ...because the next save would send only the new row, not all thirty again
     outputs["t30"] = "new"
-    item = ops.prepare(backend.ctx, with_outputs("long", outputs), version, None)
+    item = programs.prepare(backend.ctx, with_outputs("long", outputs), version, None)
     assert item.task_ids == ["t30"]
     assert len(item.all_task_rows) == 31
     stored = backend.load("long")
@@ -144,8 +144,8 @@ def test_an_instance_recreated_elsewhere_up_to_the_same_version_is_a_conflict(
 def test_a_rolled_back_save_is_not_remembered(backend: PostgresBackend[JsonCodec]) -> None:
     version = backend.save(with_outputs("r", {"a": 1}))
 
-    def save_then_fail() -> ops.Program[None]:
-        yield from ops.save(backend.ctx, with_outputs("r", {"a": 2}), version, None)
+    def save_then_fail() -> programs.Program[None]:
+        yield from programs.save(backend.ctx, with_outputs("r", {"a": 2}), version, None)
         raise RuntimeError("the enclosing transaction fails after the save")
 
     with pytest.raises(RuntimeError):
@@ -185,7 +185,7 @@ def test_a_finished_instance_is_forgotten(backend: PostgresBackend[JsonCodec]) -
     assert backend.ctx.tasks.known("f", version) == UNKNOWN
 
 
-def _fields(item: st.PreparedSave) -> tuple[object, ...]:
+def _fields(item: rw.PreparedSave) -> tuple[object, ...]:
     return (
         item.data,
         item.base_version,
@@ -220,7 +220,7 @@ def test_reused_results_are_prepared_exactly_as_if_all_were_looked_at(
     outputs: list[dict[str, int]] = []
     results: dict[str, TaskResult] = {}
     current = with_outputs("p", {})
-    item = st.prepare_save(codec, current, None)
+    item = rw.prepare_save(codec, current, None)
     version = 1
     for action, k in steps:
         if action == "add" or not results:
@@ -233,8 +233,8 @@ def test_reused_results_are_prepared_exactly_as_if_all_were_looked_at(
             results[task] = TaskResult(output=results[task].output, attempts=2)
         current = msgspec.structs.replace(current, task_results=dict(results))
         known = Known(life, item.all_task_rows, item.chain, item.prior)
-        fast = st.prepare_save(codec, current, version, None, known)
-        slow = st.prepare_save(codec, current, version, None, known._replace(prior=None))
+        fast = rw.prepare_save(codec, current, version, None, known)
+        slow = rw.prepare_save(codec, current, version, None, known._replace(prior=None))
         assert _fields(fast) == _fields(slow)
         item, version = fast, version + 1
 
@@ -243,14 +243,14 @@ def test_results_carried_over_are_recognised_and_changes_are_not() -> None:
     codec = codec_instance(JsonCodec)
     output = {"n": 1}
     first = with_outputs("q", {"a": output})
-    item = st.prepare_save(codec, first, None)
+    item = rw.prepare_save(codec, first, None)
     results = {**first.task_results, "b": TaskResult(output=2)}
-    found = st._new_tasks(results, item.prior)
+    found = rw._new_tasks(results, item.prior)
     assert found is not None
     assert found[0] == ["b"]
-    assert st._new_tasks({"a": TaskResult(output={"n": 1})}, item.prior) is None  # new object
+    assert rw._new_tasks({"a": TaskResult(output={"n": 1})}, item.prior) is None  # new object
     output["n"] = 2  # the same object, mutated in place
-    assert st._new_tasks(results, item.prior) is None
+    assert rw._new_tasks(results, item.prior) is None
 
 
 def test_a_new_life_of_an_id_is_remembered_from_version_one() -> None:

@@ -39,7 +39,7 @@ from snapstore import (
 )
 from snapstore.errors import ConfigurationError
 from snapstore.model import Claim
-from snapstore.queries import queries_for, wakeup_channel
+from snapstore.sql_catalog import queries_for, wakeup_channel
 from snapstore.wakeup import (
     TIMER_GRACE,
     Backoff,

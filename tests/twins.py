@@ -45,7 +45,7 @@ from snapstore.model import (
     TaskStatus,
     WorkflowSnapshot,
 )
-from snapstore.queries import bind_schema, quote_schema
+from snapstore.sql_catalog import bind_schema, quote_schema
 
 Kind = Literal["sync", "async"]
 KINDS: Final[tuple[Kind, ...]] = ("sync", "async")

@@ -12,7 +12,7 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import tuple_row
 
 from snapstore.errors import ConfigurationError
-from snapstore.queries import Queries, wakeup_channel
+from snapstore.sql_catalog import Queries, wakeup_channel
 
 POLL_QUERY: Final = "wakeup_poll"
 NEXT_DUE_QUERY: Final = "next_dispatch_at"

@@ -1,4 +1,5 @@
-"""Pure functions that build statement parameters and interpret result rows.
+"""Parameters in, rows out: the pure functions that build statement parameters (a
+save's encoding included) and interpret result rows.
 
 Both `PostgresBackend` and `AsyncPostgresBackend` call these; they only add I/O.
 Keeping the logic here means the sync and async stores cannot drift apart.

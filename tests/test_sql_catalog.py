@@ -9,7 +9,7 @@ import pytest
 from psycopg import _queries
 
 from snapstore import JsonCodec, PostgresBackend
-from snapstore.queries import DEFAULT_SCHEMA, Positional, compact, positional, queries_for
+from snapstore.sql_catalog import DEFAULT_SCHEMA, Positional, compact, positional, queries_for
 from tests.twins import drop_schema, snap
 
 

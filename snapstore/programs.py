@@ -17,7 +17,7 @@ from typing import Any, Final, NamedTuple, Protocol, TypeVar
 from psycopg import errors
 
 from snapstore import checks
-from snapstore import statements as st
+from snapstore import rows as rw
 from snapstore.codecs import Codec
 from snapstore.errors import EncodeError, ValidationError
 from snapstore.model import (
@@ -31,7 +31,7 @@ from snapstore.model import (
     WorkflowSnapshot,
     WorkflowStatus,
 )
-from snapstore.queries import wakeup_channel
+from snapstore.sql_catalog import wakeup_channel
 from snapstore.task_cache import Stored, TaskCache
 
 R = TypeVar("R")
@@ -67,12 +67,12 @@ class Fold(Protocol):
     """Takes a statement's rows one by one (`Fetch.FOLD`), so a big result never sits in
     the client whole before it is reduced."""
 
-    def add(self, row: st.Row) -> None: ...
+    def add(self, row: rw.Row) -> None: ...
 
     def result(self) -> Any: ...
 
 
-STREAM_ROWS: Final = st.LOAD_ROWS  # rows per result while folding
+STREAM_ROWS: Final = rw.LOAD_ROWS  # rows per result while folding
 
 
 class Step(NamedTuple):
@@ -85,7 +85,7 @@ class Step(NamedTuple):
     """
 
     query: str
-    params: st.Params | None = None
+    params: rw.Params | None = None
     fetch: Fetch = Fetch.ONE
     hot: bool = False
     binary: bool = False
@@ -109,40 +109,40 @@ class Batch(NamedTuple):
     resume: Any = None
 
 
-def save_batch(ctx: Context, items: Sequence[st.PreparedSave]) -> Program[list[SaveResult]]:
+def save_batch(ctx: Context, items: Sequence[rw.PreparedSave]) -> Program[list[SaveResult]]:
     """Save prepared items; per-item outcomes. Run it in one transaction for one commit."""
     results: list[SaveResult | None] = [None] * len(items)
-    for round_ in st.save_rounds(items):
+    for round_ in rw.save_rounds(items):
         batch = [items[i] for i in round_]
         if len(batch) == 1 and batch[0].expected_version is not None:  # the common save
-            params = st.save_one_params(batch[0], ctx.channel)
+            params = rw.save_one_params(batch[0], ctx.channel)
             found = yield Step("save_one", params, Fetch.ALL, hot=True)
             rows = [(1, version, created_at) for version, created_at in found]
         else:
-            params = st.save_batch_params(batch, ctx.channel)
+            params = rw.save_batch_params(batch, ctx.channel)
             rows = yield Step("save_snapshots", params, Fetch.ALL, hot=True)
-        outcomes = st.saved_versions(rows, len(batch))
+        outcomes = rw.saved_versions(rows, len(batch))
         failed = [item for item, o in zip(batch, outcomes, strict=True) if o is None]
         states = iter(
-            (yield Step("current_states", st.states_params(failed), Fetch.ALL)) if failed else ()
+            (yield Step("current_states", rw.states_params(failed), Fetch.ALL)) if failed else ()
         )
         stored: list[Stored] = []
         for index, item, saved in zip(round_, batch, outcomes, strict=True):
             if saved is None:
                 ctx.tasks.forget(item.instance_id)
                 results[index] = SaveResult(
-                    item.instance_id, None, st.save_failure(item, next(states))
+                    item.instance_id, None, rw.save_failure(item, next(states))
                 )
                 continue
             results[index] = SaveResult(item.instance_id, saved.version)
-            if item.status in st.TERMINAL_NAMES:  # finished: no later save can use its rows
+            if item.status in rw.TERMINAL_NAMES:  # finished: no later save can use its rows
                 ctx.tasks.forget(item.instance_id)
             else:
                 stored.append(
                     Stored(
                         item.instance_id,
                         saved.version,
-                        st.Known(saved.created_at, item.all_task_rows, item.chain, item.prior),
+                        rw.Known(saved.created_at, item.all_task_rows, item.chain, item.prior),
                     )
                 )
         if stored:
@@ -157,13 +157,13 @@ def prepare(
     claim: Claim | None,
     *,
     checked: bool = False,
-) -> st.PreparedSave:
+) -> rw.PreparedSave:
     """Check the arguments (unless the caller just did: ``checked``), then
-    `statements.prepare_save`, skipping task rows the store is known to hold."""
+    `rows.prepare_save`, skipping task rows the store is known to hold."""
     if not checked:
         checks.check_save(snapshot, expected_version, claim)
     known = ctx.tasks.known(snapshot.instance_id, expected_version)
-    return st.prepare_save(ctx.codec, snapshot, expected_version, claim, known)
+    return rw.prepare_save(ctx.codec, snapshot, expected_version, claim, known)
 
 
 def save(
@@ -182,11 +182,11 @@ def save(
 
 def prepare_many(
     ctx: Context, requests: Iterable[SaveRequest]
-) -> tuple[list[st.PreparedSave], dict[int, SaveResult]]:
+) -> tuple[list[rw.PreparedSave], dict[int, SaveResult]]:
     """Prepare each request; bad ones become error results instead of failing the batch.
     Something that is not a `SaveRequest` at all refuses the whole call, before any I/O."""
     requests = checks.check_requests(requests)
-    prepared: list[st.PreparedSave] = []
+    prepared: list[rw.PreparedSave] = []
     rejected: dict[int, SaveResult] = {}
     for index, req in enumerate(requests):
         try:
@@ -197,13 +197,13 @@ def prepare_many(
     return prepared, rejected
 
 
-def needs_transaction(items: Sequence[st.PreparedSave]) -> bool:
+def needs_transaction(items: Sequence[rw.PreparedSave]) -> bool:
     """Whether `save_batch` must run inside BEGIN/COMMIT to commit once.
 
     One round is one statement, which autocommit already makes atomic: skipping
     BEGIN and COMMIT saves two round trips per commit.
     """
-    return len(st.save_rounds(items)) > 1
+    return len(rw.save_rounds(items)) > 1
 
 
 def merge_results(
@@ -217,21 +217,21 @@ def merge_results(
 
 def load(instance_id: str) -> Program[StoredSnapshot | None]:
     rows = yield from load_many([instance_id])
-    return st.interpret_load(instance_id, rows.get(instance_id))
+    return rw.interpret_load(instance_id, rows.get(instance_id))
 
 
-def load_many(instance_ids: Sequence[str]) -> Program[dict[str, st.Loaded]]:
+def load_many(instance_ids: Sequence[str]) -> Program[dict[str, rw.Loaded]]:
     """What ``load_snapshots`` read of the instances that exist, by id; interpret each
-    with `statements.interpret_load` (one undecodable blob must not hide the rest)."""
-    loaded: dict[str, st.Loaded] = yield Step(
-        "load_snapshots", st.load_params(instance_ids), Fetch.FOLD, binary=True, fold=st.LoadedRows
+    with `rows.interpret_load` (one undecodable blob must not hide the rest)."""
+    loaded: dict[str, rw.Loaded] = yield Step(
+        "load_snapshots", rw.load_params(instance_ids), Fetch.FOLD, binary=True, fold=rw.LoadedRows
     )
     return loaded
 
 
 def load_task_result(instance_id: str, task_id: str) -> Program[TaskResult | None]:
-    row = yield Step("load_task_result", st.task_params(instance_id, task_id))
-    return st.interpret_task_result(instance_id, task_id, row)
+    row = yield Step("load_task_result", rw.task_params(instance_id, task_id))
+    return rw.interpret_task_result(instance_id, task_id, row)
 
 
 def delete(instance_id: str, ctx: Context) -> Program[bool]:
@@ -244,15 +244,15 @@ def delete(instance_id: str, ctx: Context) -> Program[bool]:
 def list_snapshots(
     statuses: Iterable[WorkflowStatus] | WorkflowStatus | None, limit: int, cursor: str | None
 ) -> Program[Page]:
-    rows = yield Step("list_snapshots", st.list_params(statuses, limit, cursor), Fetch.ALL)
-    return st.interpret_list(rows, limit)
+    rows = yield Step("list_snapshots", rw.list_params(statuses, limit, cursor), Fetch.ALL)
+    return rw.interpret_list(rows, limit)
 
 
 def history(instance_id: str, after_version: int, limit: int | None) -> Program[list[HistoryEntry]]:
     rows = yield Step(
-        "read_history", st.history_params(instance_id, after_version, limit), Fetch.ALL
+        "read_history", rw.history_params(instance_id, after_version, limit), Fetch.ALL
     )
-    return st.interpret_history(rows)
+    return rw.interpret_history(rows)
 
 
 def truncate_all(ctx: Context) -> Program[None]:
