@@ -79,13 +79,27 @@ _TEXT_KEYWORDS: Final = re.compile(r"\b(?:await|async) (?=\S)")
 _DROPPED_BEFORE: Final = frozenset({"def", "with", "for"})
 
 
+# Text kinds whose words are renamed; FSTRING_MIDDLE is the literal text of an
+# f-string on Python 3.12+ (one STRING token before), so both read the same.
+_TEXT_TOKENS: Final = frozenset(
+    {tokenize.STRING, tokenize.COMMENT, getattr(tokenize, "FSTRING_MIDDLE", tokenize.STRING)}
+)
+_ASYNC_LEFTOVER: Final = re.compile(r"^(?:asyncio|Async[A-Z]\w*|anext|aiter|__a\w+__)$")
+
+
 def _tokens(text: str) -> list[tokenize.TokenInfo]:
     return list(tokenize.generate_tokens(io.StringIO(text).readline))
 
 
+def _lines(text: str) -> list[str]:
+    """Physical lines as tokenize counts them (``str.splitlines`` also breaks on
+    characters such as U+2028 that may sit inside a string)."""
+    return io.StringIO(text).readlines()
+
+
 def _marked_lines(text: str) -> str:
     """Apply the ``# sync:`` and ``# async-only`` markers, line by line."""
-    lines = text.splitlines(keepends=True)
+    lines = _lines(text)
     dropped: set[int] = set()
     for token in _tokens(text):
         if token.type != tokenize.COMMENT:
@@ -109,7 +123,7 @@ def _in_text(text: str) -> str:
 
 def _rewritten(text: str) -> str:
     """Token edits: keywords dropped, names renamed (comments and layout kept)."""
-    lines = text.splitlines(keepends=True)
+    lines = _lines(text)
     offsets = [0]
     for line in lines:
         offsets.append(offsets[-1] + len(line))
@@ -132,7 +146,7 @@ def _rewritten(text: str) -> str:
                 position = offsets[following.start[0] - 1] + following.start[1]
         elif token.type == tokenize.NAME:
             out.append(NAMES.get(token.string, token.string))
-        elif token.type in (tokenize.STRING, tokenize.COMMENT):
+        elif token.type in _TEXT_TOKENS:
             out.append(_in_text(token.string))
         else:
             out.append(token.string)
@@ -154,10 +168,20 @@ def _ruff(args: list[str], text: str, filename: str) -> str:
     return done.stdout
 
 
+def _check_sync(code: str, source: str) -> None:
+    """Refuse output that still names an async construct: it would build coroutines
+    nobody awaits. Map the name in `NAMES` or move the code into a hand-written pair."""
+    left = {t.string for t in _tokens(code) if t.type == tokenize.NAME}
+    found = sorted(name for name in left if _ASYNC_LEFTOVER.match(name))
+    if found:
+        raise SystemExit(f"{source}: no sync spelling for {', '.join(found)}")
+
+
 def generate(source: str, target: str) -> str:
     """The sync module for ``source``, exactly as it must be on disk."""
     text = (ROOT / source).read_text(encoding="utf-8")
     code = HEADER.format(source=source) + _rewritten(_marked_lines(text))
+    _check_sync(code, source)
     code = _ruff(["check", "--fix-only", "--select", "I,F401", "--quiet"], code, target)
     return _ruff(["format", "--quiet"], code, target)
 

@@ -4,8 +4,8 @@
 shell that builds a program (`snapstore.programs`, `snapstore.signals`,
 `snapstore.claims`, `snapstore.retention`) and runs it.
 
-This asyncio backend is the source; the sync `snapstore.backend` is generated
-from it (``make sync``), so both run exactly the same logic and SQL.
+The sync backend is generated from the asyncio one (``make sync``), so both run
+exactly the same logic and SQL.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Final
 
@@ -185,14 +185,44 @@ def check_limit(limit: object, maximum: int = MAX_PAGE_SIZE, what: str = "limit"
     return limit
 
 
-def check_claim(claim: object) -> Claim:
-    if not isinstance(claim, Claim):
-        raise ValidationError(f"expected a Claim, got {type(claim).__name__}")
+def check_claim(claim: object, instance_id: str | None = None) -> Claim:
+    """A `Claim` as `claim()` made it (of ``instance_id``, when given)."""
+    if not isinstance(claim, Claim) or not isinstance(claim.token, uuid.UUID):
+        raise ValidationError(f"claim must be a Claim from claim(), got {claim!r}")
+    check_id("claim instance_id", claim.instance_id)
+    if instance_id is not None and claim.instance_id != instance_id:
+        raise ValidationError(f"claim is for {claim.instance_id!r}, not {instance_id!r}")
     return claim
 
 
-def check_optional_claim(claim: object) -> Claim | None:
-    return None if claim is None else check_claim(claim)
+def check_optional_claim(claim: object, instance_id: str | None = None) -> Claim | None:
+    return None if claim is None else check_claim(claim, instance_id)
+
+
+def check_version(kind: str, value: object, *, minimum: int = 0) -> int:
+    """A version number (bigint): an int in ``minimum``..MAX_VERSION."""
+    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= MAX_VERSION:
+        raise ValidationError(f"{kind} must be an int in {minimum}..{MAX_VERSION}, got {value!r}")
+    return value
+
+
+def check_statuses(statuses: object) -> list[str] | None:
+    """Status filters as their names: one `WorkflowStatus` (or its name), an iterable
+    of them, or None for every status."""
+    if statuses is None:
+        return None
+    if isinstance(statuses, WorkflowStatus | str):
+        statuses = [statuses]
+    if not isinstance(statuses, Iterable):
+        raise ValidationError("status must be a WorkflowStatus or an iterable of them")
+    names = []
+    for status in statuses:
+        try:
+            names.append(WorkflowStatus(status).value)
+        except ValueError:
+            known = ", ".join(s.value for s in WorkflowStatus)
+            raise ValidationError(f"unknown status {status!r} (one of {known})") from None
+    return names
 
 
 def check_seconds(value: object, what: str, *, zero: bool = False) -> timedelta:
@@ -239,13 +269,7 @@ def check_save(
     far as it must look at them (see `rows.prepare_save`)."""
     check_snapshot(snapshot, tasks=())
     check_expected_version(expected_version)
-    if claim is not None:
-        if not isinstance(claim, Claim) or not isinstance(claim.token, uuid.UUID):
-            raise ValidationError(f"claim must be a Claim from claim(), got {claim!r}")
-        if claim.instance_id != snapshot.instance_id:
-            raise ValidationError(
-                f"claim is for {claim.instance_id!r}, snapshot is {snapshot.instance_id!r}"
-            )
+    check_optional_claim(claim, snapshot.instance_id)
 
 
 def check_positive(kind: str, value: object) -> int:
@@ -257,8 +281,8 @@ def check_positive(kind: str, value: object) -> int:
 
 def check_requests(requests: object) -> list[SaveRequest]:
     """The items of a `save_many` call: `SaveRequest` objects, in a sequence."""
-    if isinstance(requests, str | bytes) or not isinstance(requests, Iterable):
-        raise ValidationError("save_many needs a sequence of SaveRequest")
+    if isinstance(requests, str | bytes) or not isinstance(requests, Sequence):
+        raise ValidationError("save_many needs a sequence (list, tuple) of SaveRequest")
     found = list(requests)
     for index, request in enumerate(found):
         if not isinstance(request, SaveRequest):

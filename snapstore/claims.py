@@ -252,7 +252,7 @@ def dispatch_program(query: DispatchQuery) -> Program[list[ClaimedTask]]:
     claims = leased_claims(query.worker_id, rows)
     if not claims:
         return []
-    loaded = yield from programs.load_many([c.instance_id for c in claims])
+    loaded = yield from programs.load_many([c.instance_id for c in claims], checked=True)
     return [claimed_task(c, loaded.get(c.instance_id)) for c in claims]
 
 

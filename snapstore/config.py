@@ -12,18 +12,22 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, ClassVar, Final, TypedDict
 
+from snapstore import checks
 from snapstore.codecs import Codec, JsonCodec
-from snapstore.errors import ConfigurationError
+from snapstore.errors import ConfigurationError, ValidationError
 from snapstore.sql_catalog import DEFAULT_SCHEMA, validate_schema
 
 DEFAULT_APPLICATION_NAME: Final = "snapstore"
 
 
-def coerce_timeout(value: float | timedelta | None) -> timedelta | None:
-    """Accept seconds or a timedelta."""
-    if value is None or isinstance(value, timedelta):
-        return value
-    return timedelta(seconds=value)
+def _duration(name: str, value: object) -> timedelta | None:
+    """A positive, finite duration from seconds or a timedelta (None: not set)."""
+    if value is None:
+        return None
+    try:
+        return checks.check_seconds(value, name)
+    except ValidationError as exc:
+        raise ConfigurationError(str(exc)) from None
 
 
 class ConnectOptions(TypedDict, total=False):
@@ -66,14 +70,22 @@ def plan_connect(options: ConnectOptions) -> ConnectPlan:
             f"pool sizes must satisfy 0 <= min_size <= max_size, max_size >= 1 "
             f"(got {min_size}, {max_size})"
         )
-    timeout = coerce_timeout(options.get("statement_timeout"))
-    if timeout is not None and timeout <= timedelta(0):
-        raise ConfigurationError("statement_timeout must be positive")
+    timeout = _duration("statement_timeout", options.get("statement_timeout"))
+    open_timeout = _duration("open_timeout", options.get("open_timeout", 30.0))
+    threshold = options.get("prepare_threshold", 5)
+    if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, int)):
+        raise ConfigurationError(f"prepare_threshold must be None or an int (got {threshold!r})")
+    name = options.get("application_name", DEFAULT_APPLICATION_NAME)
+    if not isinstance(name, str) or "\x00" in name:
+        raise ConfigurationError(f"application_name must be a str (got {name!r})")
+    for flag in ("run_migrations", "group_commit"):
+        if not isinstance(options.get(flag, True), bool | None):
+            raise ConfigurationError(f"{flag} must be a bool")
     # Autocommit, so one statement is one commit.
     connection: dict[str, Any] = {
         "autocommit": True,
-        "prepare_threshold": options.get("prepare_threshold", 5),
-        "application_name": options.get("application_name", DEFAULT_APPLICATION_NAME),
+        "prepare_threshold": threshold,
+        "application_name": name,
     }
     if timeout is not None:
         ms = max(1, int(timeout.total_seconds() * 1000))
@@ -93,7 +105,7 @@ def plan_connect(options: ConnectOptions) -> ConnectPlan:
             "owns_pool": True,
         },
         run_migrations=options.get("run_migrations", True),
-        open_timeout=options.get("open_timeout", 30.0),
+        open_timeout=30.0 if open_timeout is None else open_timeout.total_seconds(),
     )
 
 
@@ -126,6 +138,5 @@ __all__ = [
     "DEFAULT_SCHEMA",
     "CodecBound",
     "ConnectOptions",
-    "coerce_timeout",
     "plan_connect",
 ]

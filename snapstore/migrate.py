@@ -1,6 +1,6 @@
 # Generated from snapstore/migrate_async.py by snapstore/_async_to_sync.py: do not edit.
 # Change the async source, then run `make sync`.
-"""Bring a schema up to date (source of the generated sync `snapstore.migrate`).
+"""Bring a schema up to date.
 
 Migrations run in one transaction under a per-schema advisory lock, so any
 number of processes may connect at once; a fast read-only check skips the lock

@@ -1,4 +1,4 @@
-"""Bring a schema up to date (async source of the generated sync `snapstore.migrate`).
+"""Bring a schema up to date.
 
 Migrations run in one transaction under a per-schema advisory lock, so any
 number of processes may connect at once; a fast read-only check skips the lock

@@ -185,7 +185,7 @@ def prepare_many(
 ) -> tuple[list[rw.PreparedSave], dict[int, SaveResult]]:
     """Prepare each request; bad ones become error results instead of failing the batch.
     Something that is not a `SaveRequest` at all refuses the whole call, before any I/O."""
-    requests = checks.check_requests(requests)
+    requests = checks.check_requests(requests)  # before the backend counts them
     prepared: list[rw.PreparedSave] = []
     rejected: dict[int, SaveResult] = {}
     for index, req in enumerate(requests):
@@ -220,11 +220,14 @@ def load(instance_id: str) -> Program[StoredSnapshot | None]:
     return rw.interpret_load(instance_id, rows.get(instance_id))
 
 
-def load_many(instance_ids: Sequence[str]) -> Program[dict[str, rw.Loaded]]:
+def load_many(
+    instance_ids: Sequence[str], *, checked: bool = False
+) -> Program[dict[str, rw.Loaded]]:
     """What ``load_snapshots`` read of the instances that exist, by id; interpret each
     with `rows.interpret_load` (one undecodable blob must not hide the rest)."""
+    params = rw.load_params(instance_ids, checked=checked)
     loaded: dict[str, rw.Loaded] = yield Step(
-        "load_snapshots", rw.load_params(instance_ids), Fetch.FOLD, binary=True, fold=rw.LoadedRows
+        "load_snapshots", params, Fetch.FOLD, binary=True, fold=rw.LoadedRows
     )
     return loaded
 

@@ -58,8 +58,7 @@ def prune_batches(
 ) -> BatchFactory:
     """The batches of `prune_history`, arguments checked before any runs."""
     checks.check_positive("batch_size", batch_size)
-    if keep_last != 1:  # say why 0 is refused
-        checks.check_positive("keep_last (the current checkpoint is always kept)", keep_last)
+    checks.check_positive("keep_last (the current checkpoint is always kept)", keep_last)
     age = None if older_than is None else checks.check_seconds(older_than, "older_than", zero=True)
     if instance_id is not None:
         checks.check_id("instance_id", instance_id)

@@ -533,8 +533,10 @@ def ids_params(instance_ids: Sequence[str]) -> Params:
     return {"instance_ids": [checks.check_id("instance_id", i) for i in instance_ids]}
 
 
-def load_params(instance_ids: Sequence[str]) -> Params:
-    return {**ids_params(instance_ids), "chunk": LOAD_CHUNK}
+def load_params(instance_ids: Sequence[str], *, checked: bool = False) -> Params:
+    """``checked``: the ids are known good (the server just returned them)."""
+    ids = {"instance_ids": list(instance_ids)} if checked else ids_params(instance_ids)
+    return {**ids, "chunk": LOAD_CHUNK}
 
 
 LOAD_CHUNK: Final = 16 * 2**20  # bytes of one output per row of load_snapshots
@@ -643,9 +645,9 @@ def list_params(
     statuses: Iterable[WorkflowStatus] | WorkflowStatus | None, limit: int, cursor: str | None
 ) -> Params:
     checks.check_limit(limit)
-    if isinstance(statuses, WorkflowStatus):
-        statuses = [statuses]
-    names = None if statuses is None else [WorkflowStatus(s).value for s in statuses]
+    names = checks.check_statuses(statuses)
+    if cursor is not None and not isinstance(cursor, str):
+        raise ValidationError("cursor must be None or the next_cursor of a Page")
     return {
         "statuses": names,
         "after": None if cursor is None else decode_cursor(cursor),
@@ -676,10 +678,9 @@ def interpret_list(rows: Sequence[Row], limit: int) -> Page:
 
 
 def history_params(instance_id: str, after_version: int, limit: int | None) -> Params:
-    if isinstance(after_version, bool) or not isinstance(after_version, int):
-        raise ValidationError("after_version must be an int")
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
-        raise ValidationError("limit must be None or an int >= 0")
+    checks.check_version("after_version", after_version)
+    if limit is not None:
+        checks.check_version("limit", limit)
     return {
         **id_params(instance_id),
         "after_version": after_version,

@@ -1,12 +1,11 @@
 # Generated from snapstore/runner_async.py by snapstore/_async_to_sync.py: do not edit.
 # Change the async source, then run `make sync`.
-"""The I/O shell that drives `snapstore.programs` programs (source of the
-generated sync `snapstore.runner`).
+"""The I/O shell that drives `snapstore.programs` programs.
 
 A program yields `Step`s; the shell runs each on one pooled connection (inside
 one transaction when asked) and sends the fetched rows back. `AfterCommit`
 actions are held until the work has committed. Backend methods only build
-programs and call ``_run``.
+programs and hand them to ``run``.
 
 Each pooled connection keeps one cursor for the hot statements (`Step.hot`): a
 cursor's adaptation context caches the dumpers and loaders it has looked up, and

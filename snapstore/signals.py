@@ -172,8 +172,8 @@ def take_params(
     event_id: int, snapshot: WorkflowSnapshot, expected_version: int, claim: Claim | None
 ) -> rw.Params:
     """Checks the save that consumes the event too, before anything is read."""
-    if isinstance(event_id, bool) or not isinstance(event_id, int):
-        raise ValidationError("event_id must be the int id of a buffered Event")
+    checks.check_version("event_id", event_id, minimum=1)
+    checks.check_version("expected_version", expected_version, minimum=1)
     checks.check_save(snapshot, expected_version, claim)
     return {"event_id": event_id, "instance_id": snapshot.instance_id}
 
@@ -388,7 +388,7 @@ def check_and_apply(
     lease is lost the save raises `ClaimLostError`, the transaction rolls back and the
     signal stays pending for whoever holds the instance next."""
     checks.check_id("instance_id", instance_id)
-    checks.check_optional_claim(claim)
+    checks.check_optional_claim(claim, instance_id)
     target = yield from _lock(instance_id)
     signal = yield from _read_signal(instance_id, kind)
     if signal is not None:

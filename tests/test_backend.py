@@ -1,7 +1,7 @@
 """The core store contract, run against real PostgreSQL through both backends.
 
 Every test takes the `store` fixture, parametrized over the sync and async twins (see
-`tests.stores`), so both are held to one set of expectations. Where the contract is about
+`tests.twins`), so both are held to one set of expectations. Where the contract is about
 what was (or was not) committed, the tests read the tables directly instead of trusting
 the store's own read path.
 """
@@ -359,6 +359,8 @@ async def test_list_filters_by_status_without_decoding(store: Twin) -> None:
     both = await store.list([WorkflowStatus.FAILED, WorkflowStatus.PAUSED])
     assert [s.instance_id for s in both.items] == ["i2", "i4", "i7", "i9"]
     assert (await store.list([])).items == []
+    by_name = await store.list("Paused")  # a status name is one status, not its letters
+    assert by_name == await store.list(WorkflowStatus.PAUSED)
 
     summary = every.items[0]
     assert (summary.definition_hash, summary.current_task_id, summary.position_kind) == (

@@ -1,6 +1,6 @@
 """Claims against real PostgreSQL through both backends: leases, fencing, dispatch.
 
-Every scenario is written once and runs on the sync and the async twin (`tests.stores`).
+Every scenario is written once and runs on the sync and the async twin (`tests.twins`).
 The sync twin is driven through `asyncio.to_thread`, so scenarios that gather several
 workers really run them concurrently on both twins.
 

@@ -29,6 +29,7 @@ from snapstore import (
     MsgpackCodec,
     PostgresBackend,
 )
+from snapstore.config import plan_connect
 from tests.twins import (
     ASYNC_BACKENDS,
     KINDS,
@@ -233,6 +234,12 @@ async def test_two_schemas_in_one_database_are_isolated(dsn: str, kind: Kind) ->
         {"statement_timeout": -1.0},
         {"statement_timeout": timedelta(0)},
         {"no_such_option": 1},
+        {"statement_timeout": "1s"},
+        {"statement_timeout": float("nan")},
+        {"application_name": 5},
+        {"prepare_threshold": "5"},
+        {"run_migrations": "yes"},
+        {"group_commit": 1},
     ],
     ids=repr,
 )
@@ -241,6 +248,12 @@ async def test_bad_options_are_rejected_before_connecting(
 ) -> None:
     with pytest.raises(ConfigurationError):
         await open_store(kind, UNREACHABLE, open_timeout=2, **options)
+
+
+@pytest.mark.parametrize("value", [-1, 0, "2", float("inf")], ids=repr)
+def test_a_bad_open_timeout_is_a_configuration_error(value: Any) -> None:
+    with pytest.raises(ConfigurationError):
+        plan_connect({"open_timeout": value})
 
 
 async def show(store: Twin, setting: str) -> str:

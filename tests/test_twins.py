@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from snapstore import AsyncPostgresBackend, AsyncWakeupListener, PostgresBackend, WakeupListener
-from snapstore._async_to_sync import NAMES, ROOT, SOURCES, generate
+from snapstore._async_to_sync import NAMES, ROOT, SOURCES, _check_sync, _marked_lines, generate
 
 PAIRS = [(AsyncPostgresBackend, PostgresBackend), (AsyncWakeupListener, WakeupListener)]
 DUNDERS = {"__aenter__": "__enter__", "__aexit__": "__exit__"}
@@ -89,3 +89,17 @@ def test_every_public_method_has_a_docstring_in_one_convention(cls: type) -> Non
         assert first.endswith((".", ".)")), f"{cls.__name__}.{name}: {first!r}"
         assert "(async)" not in doc, f"{cls.__name__}.{name}"
         assert "(sync)" not in doc, f"{cls.__name__}.{name}"
+
+
+def test_markers_apply_to_the_line_tokenize_counts() -> None:
+    """A string holding U+2028 (a line break for str.splitlines, not for Python) must
+    not shift which line a marker drops."""
+    text = 'a = "p\u2028q"\nb = 1\nc = 2  # async-only\n'
+    assert _marked_lines(text) == 'a = "p\u2028q"\nb = 1\n'
+    assert _marked_lines("x = await f()  # sync: x = g()\n") == "x = g()\n"
+
+
+def test_output_that_still_names_an_async_construct_is_refused() -> None:
+    with pytest.raises(SystemExit, match="asyncio"):
+        _check_sync("import asyncio\nasyncio.sleep(1)\n", "src.py")
+    _check_sync('"""asyncio in a docstring is prose."""\nx = 1\n', "src.py")

@@ -9,7 +9,7 @@ Nor does it rewrite every earlier task's metadata: a checkpoint may be a *delta*
 tasks that changed since the version before it and whose ``removed_tasks`` names
 those that were dropped; every other field is whole. A delta is read by applying
 it to the checkpoint before it (`apply_delta`), back to the last whole checkpoint of
-its chain (the writer's rule, in statements.py, keeps chains short).
+its chain (the writer's rule, in rows.py, keeps chains short).
 """
 
 from __future__ import annotations

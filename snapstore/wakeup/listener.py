@@ -55,6 +55,7 @@ class WakeupListener:
     def __init__(
         self, plan: ListenerPlan, conninfo: Any, pool_kwargs: Any, registry: WakeupRegistry
     ) -> None:
+        """State only: `start` connects and runs it (``backend.wakeups`` calls both)."""
         self.plan = plan
         self._conninfo_source = plan.conninfo if plan.conninfo is not None else conninfo
         self._kwargs_source = pool_kwargs
@@ -128,7 +129,8 @@ class WakeupListener:
         """Stop the background work and close the connection. Idempotent."""
         self._worker.stop()
         if not self._closed:
-            self._disconnect()
+            if not self._worker.running:  # else the stuck loop still uses the connection
+                self._disconnect()
             self._finish()
 
     def __enter__(self) -> Self:

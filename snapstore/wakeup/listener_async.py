@@ -53,6 +53,7 @@ class AsyncWakeupListener:
     def __init__(
         self, plan: ListenerPlan, conninfo: Any, pool_kwargs: Any, registry: WakeupRegistry
     ) -> None:
+        """State only: `start` connects and runs it (``backend.wakeups`` calls both)."""
         self.plan = plan
         self._conninfo_source = plan.conninfo if plan.conninfo is not None else conninfo
         self._kwargs_source = pool_kwargs
@@ -126,7 +127,8 @@ class AsyncWakeupListener:
         """Stop the background work and close the connection. Idempotent."""
         await self._worker.stop()
         if not self._closed:
-            await self._disconnect()
+            if not self._worker.running:  # else the stuck loop still uses the connection
+                await self._disconnect()
             self._finish()
 
     async def __aenter__(self) -> Self:

@@ -147,7 +147,7 @@ SELECT LEAST(
     (SELECT min(s.available_at) FROM @schema@.snapshots AS s
      WHERE s.status = 'InProgress' AND s.available_at > now()
        -- Parked AtSignal rows wait for an event, at the end of time (PARKED_UNTIL in
-       -- statements.py): the bound stops the index scan before them.
+       -- rows.py): the bound stops the index scan before them.
        AND s.available_at < '9999-12-31 23:59:59.999999+00'::timestamptz
        AND s.position_kind <> 'AtSignal'),
     (SELECT c.expires_at FROM @schema@.claims AS c
