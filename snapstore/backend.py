@@ -25,6 +25,7 @@ from snapstore import rows as rw
 from snapstore import signals as sg
 from snapstore.claims import ClaimedTask, DispatchQuery, Seconds
 from snapstore.codecs import Codec, codec_instance
+from snapstore.codecs.registry import require_registered
 from snapstore.config import CodecBound, ConnectOptions, plan_connect
 from snapstore.group_commit import GroupCommitStats, GroupCommitter
 from snapstore.migrate import migrate
@@ -67,7 +68,9 @@ class PostgresBackend(CodecBound, Generic[C]):
     ) -> None:
         """Wrap ``pool`` (use `connect` or `from_pool` rather than calling this)."""
         self.schema = validate_schema(schema)
-        self.codec: Codec = codec if codec is not None else codec_instance(self.codec_type)
+        self.codec: Codec = (
+            codec_instance(self.codec_type) if codec is None else require_registered(codec)
+        )
         self.queries = queries_for(self.schema)
         self.ctx = programs.Context(self.codec, self.schema)
         self._pool = pool

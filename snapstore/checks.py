@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Final
 
 from snapstore.errors import ValidationError
@@ -40,28 +40,46 @@ MAX_ID_LENGTH: Final = 255
 MAX_COUNT: Final = 2**31 - 1  # PostgreSQL integer
 MAX_VERSION: Final = 2**63 - 1  # PostgreSQL bigint
 MAX_PAGE_SIZE: Final = 1000
+MAX_TEXT_LENGTH: Final = 1 << 20
+"""Characters of one text column value (an error message, a tag...)."""
+MAX_DURATION: Final = timedelta(days=36_525)
+"""A lease, an age, an aging interval: about a century."""
+LATEST_SCHEDULE: Final = datetime(9999, 12, 31, tzinfo=UTC)
+"""Timers and retries must come before this; parked instances wait at the end of time."""
 
 Seconds = float | timedelta
 """A duration, as seconds or a timedelta."""
 
 
-def check_id(kind: str, value: object) -> str:
-    if not isinstance(value, str) or not value or len(value) > MAX_ID_LENGTH:
-        raise ValidationError(f"{kind} must be a non-empty str of at most {MAX_ID_LENGTH} chars")
+def _storable(kind: str, value: str) -> str:
+    """Text PostgreSQL can hold: no NUL, valid UTF-8 (a lone surrogate is not)."""
     if "\x00" in value:
         raise ValidationError(f"{kind} must not contain NUL characters")
+    if not value.isascii():
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            message = f"{kind} must be valid Unicode (a lone surrogate is not)"
+            raise ValidationError(message) from None
     return value
 
 
+def check_id(kind: str, value: object) -> str:
+    if not isinstance(value, str) or not value or len(value) > MAX_ID_LENGTH:
+        raise ValidationError(f"{kind} must be a non-empty str of at most {MAX_ID_LENGTH} chars")
+    return _storable(kind, value)
+
+
 def check_text(kind: str, value: object, *, optional: bool = False) -> str | None:
-    """A value bound to a text column: a str (or None) without NUL, which text cannot hold."""
+    """A value bound to a text column: a str (or None) without NUL, in UTF-8, of at most
+    `MAX_TEXT_LENGTH` characters (a column value is sent and returned whole)."""
     if value is None and optional:
         return None
     if not isinstance(value, str):
         raise ValidationError(f"{kind} must be a str{' or None' if optional else ''}")
-    if "\x00" in value:
-        raise ValidationError(f"{kind} must not contain NUL characters")
-    return value
+    if len(value) > MAX_TEXT_LENGTH:
+        raise ValidationError(f"{kind} is longer than {MAX_TEXT_LENGTH} characters")
+    return _storable(kind, value)
 
 
 def check_count(kind: str, value: object) -> None:
@@ -72,13 +90,23 @@ def check_count(kind: str, value: object) -> None:
 
 def check_time(kind: str, value: object, *, optional: bool = True, aware: bool = False) -> None:
     """``aware`` for times the server schedules by: a naive one would be read in the
-    session's time zone, silently shifting a timer or a retry."""
+    session's time zone, silently shifting a timer or a retry. An aware time must be
+    one Python can read back in UTC (9999-12-31T23:30-05:00 is year 10000 there), and
+    a scheduling one must come before the end of time that marks parked instances."""
     if value is None and optional:
         return
     if not isinstance(value, datetime):
         raise ValidationError(f"{kind} must be a datetime{' or None' if optional else ''}")
-    if aware and value.utcoffset() is None:
-        raise ValidationError(f"{kind} must be timezone-aware")
+    if value.utcoffset() is None:
+        if aware:
+            raise ValidationError(f"{kind} must be timezone-aware")
+        return
+    try:
+        utc = value.astimezone(UTC)
+    except OverflowError:
+        raise ValidationError(f"{kind} {value.isoformat()} is past year 9999 in UTC") from None
+    if aware and utc >= LATEST_SCHEDULE:
+        raise ValidationError(f"{kind} must be before {LATEST_SCHEDULE.isoformat()}")
 
 
 def check_names(kind: str, values: object) -> None:
@@ -226,8 +254,9 @@ def check_statuses(statuses: object) -> list[str] | None:
 
 
 def check_seconds(value: object, what: str, *, zero: bool = False) -> timedelta:
-    """A positive (or, with ``zero``, non-negative) finite duration, from seconds or a
-    timedelta."""
+    """A positive (or, with ``zero``, non-negative) finite duration of at most
+    `MAX_DURATION`, from seconds or a timedelta: the server adds it to now(), and the
+    sum must stay a time Python can read back."""
     if isinstance(value, timedelta):
         duration = value
     elif isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
@@ -239,6 +268,8 @@ def check_seconds(value: object, what: str, *, zero: bool = False) -> timedelta:
             raise ValidationError(f"{what} of {value} seconds is too large") from exc
     if duration < timedelta(0) or (duration == timedelta(0) and not zero):
         raise ValidationError(f"{what} must be {'>= 0' if zero else 'positive'}, got {duration}")
+    if duration > MAX_DURATION:
+        raise ValidationError(f"{what} must be at most {MAX_DURATION.days} days, got {duration}")
     return duration
 
 

@@ -592,6 +592,17 @@ class LoadedRows:
         }  # fmt: skip
 
 
+def readable(snapshot: WorkflowSnapshot) -> WorkflowSnapshot:
+    """A decoded checkpoint the writer would have accepted; anything else (priority 9,
+    NUL in an id: a blob written by another tool, or corrupted consistently with its
+    checksum) is a `DecodeError`, not a value the engine then trips over."""
+    try:
+        checks.check_snapshot(snapshot)
+    except ValidationError as exc:
+        raise DecodeError(f"stored checkpoint is not one snapstore writes: {exc}") from None
+    return snapshot
+
+
 def interpret_load(instance_id: str, loaded: Loaded | None) -> StoredSnapshot | None:
     """A `StoredSnapshot` from what ``load_snapshots`` read (None: no such instance)."""
     if loaded is None:
@@ -599,6 +610,7 @@ def interpret_load(instance_id: str, loaded: Loaded | None) -> StoredSnapshot | 
     *_, (version, codec, snapshot) = decode_chain(loaded.chain, instance_id=instance_id)
     try:
         snapshot = hydrate_outputs(snapshot, loaded.outputs)
+        readable(snapshot)
     except DecodeError as exc:
         raise exc.located(instance_id=instance_id, version=version) from exc
     return StoredSnapshot(
@@ -688,6 +700,15 @@ def history_params(instance_id: str, after_version: int, limit: int | None) -> P
     }
 
 
+def _located_readable(
+    snapshot: WorkflowSnapshot, instance_id: str, version: int
+) -> WorkflowSnapshot:
+    try:
+        return readable(snapshot)
+    except DecodeError as exc:
+        raise exc.located(instance_id=instance_id, version=version) from exc
+
+
 def interpret_history(rows: Sequence[Row]) -> list[HistoryEntry]:
     """``read_history`` rows as entries; rows marked as context (the last column: the
     start of the first entry's delta chain) are only decoded from."""
@@ -706,7 +727,7 @@ def interpret_history(rows: Sequence[Row]) -> list[HistoryEntry]:
                 status=WorkflowStatus(status),
                 current_task_id=task_id,
                 codec=codec.name,
-                snapshot=snapshot,
+                snapshot=_located_readable(snapshot, instance_id, version),
                 created_at=created_at,
             )
         )

@@ -8,7 +8,7 @@ refused first. Both twins run every case.
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -16,6 +16,7 @@ from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 from snapstore import (
     AsyncPostgresBackend,
+    AtDelay,
     AtSignal,
     Claim,
     JsonCodec,
@@ -36,8 +37,22 @@ PARKED = snap("wf-1", position=AtSignal(task_id="t", signal_name="go"))
 OTHER = Claim(instance_id="wf-2", worker_id="w", token=uuid.uuid4(), expires_at=CLAIM.expires_at)
 NOT_A_TOKEN = Claim(instance_id="wf-1", worker_id="w", token="t", expires_at=CLAIM.expires_at)  # type: ignore[arg-type]
 
+LONE = "a\ud800b"  # a lone surrogate: a Python str that is not Unicode text
+YEAR_10000 = datetime(9999, 12, 31, 23, 30, tzinfo=timezone(timedelta(hours=-5)))
+
 # (method, args, kwargs): one bad argument each.
 BAD_CALLS: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = [
+    ("save", (snap(LONE),), {}),
+    ("save", (snap("wf-1", tags=(LONE,)),), {}),
+    ("save", (snap("wf-1", error="x" * (2**20 + 1)),), {}),
+    ("save", (snap("wf-1", position=AtDelay(task_id="t", wake_at=YEAR_10000)),), {}),
+    ("load", (LONE,), {}),
+    ("send_event", ("wf-1", LONE), {}),
+    ("claim", ("wf-1", LONE), {}),
+    ("claim", ("wf-1", "w", timedelta(days=3_650_000)), {}),
+    ("find_available_tasks", ("w",), {"tags": [LONE]}),
+    ("find_available_tasks", ("w",), {"ttl": 1e12}),
+    ("cancel", ("wf-1", LONE), {}),
     ("save", (snap(""),), {}),
     ("save", (GOOD, 0), {}),
     ("save", (GOOD, 1), {"claim": "not a claim"}),

@@ -31,10 +31,11 @@ from snapstore.codecs import (
     registered_codecs,
     seal_value,
 )
-from snapstore.codecs.envelope import FLAG_VALUE, HEADER_SIZE, seal_document
+from snapstore.codecs.envelope import FLAG_VALUE, HEADER_SIZE, MAX_DEPTH, seal_document
 from snapstore.codecs.snapshot import strip_outputs
 from snapstore.errors import ConfigurationError, DecodeError, EncodeError, UnknownCodecError
 from snapstore.model import Position, TaskResult, WorkflowSnapshot, WorkflowStatus
+from snapstore.rows import readable
 from tests.codec_support import (
     CODEC_IDS,
     CODEC_PAIR_IDS,
@@ -482,3 +483,71 @@ def test_unsupported_values_raise_encode_error(codec: Codec, value: Any) -> None
 def test_json_and_msgpack_refuse_ints_beyond_64_bits(codec: Codec, number: int) -> None:
     with pytest.raises(EncodeError):
         seal_value(codec, number)
+
+
+# --- limits the writer shares with every reader ---------------------------------------------
+
+
+def nested(depth: int) -> object:
+    value: object = 1
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize("codec", CODECS, ids=CODEC_IDS)
+def test_one_nesting_limit_for_every_codec_and_what_it_writes_it_reads(codec: Codec) -> None:
+    deepest = nested(MAX_DEPTH - 1)  # the list holding the output adds no level: values
+    assert open_value(seal_value(codec, deepest)) == deepest
+    for too_deep in (MAX_DEPTH + 1, 2_000, 20_000):  # cbor2 crashed the process at 10,000
+        with pytest.raises(EncodeError, match="nests deeper"):
+            seal_value(codec, nested(too_deep))
+    with pytest.raises(EncodeError, match="nests deeper"):
+        encode_snapshot(codec, msgspec.structs.replace(RICH, input=nested(MAX_DEPTH)))
+
+
+def test_the_depth_probe_falls_back_for_what_orjson_cannot_encode() -> None:
+    """CBOR carries integers past 64 bits: the C probe refuses them, the walk does not."""
+    (cbor,) = (c for c in CODECS if c.name == "cbor")
+    assert open_value(seal_value(cbor, [[2**100]])) == [[2**100]]
+    with pytest.raises(EncodeError, match="nests deeper"):
+        seal_value(cbor, [2**100, nested(MAX_DEPTH + 5)])
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{"priority": 9}, {"instance_id": "a\x00b"}, {"tags": ("t\x00",)}],
+    ids=["priority-9", "nul-in-id", "nul-in-tag"],
+)
+def test_the_reader_refuses_what_the_writer_refuses(change: dict[str, Any]) -> None:
+    """A blob another tool wrote (checksum intact) still cannot hand the engine a
+    checkpoint save() would have refused."""
+    bad = msgspec.structs.replace(RICH, **change)
+    blob = encode_snapshot(codec_instance(JsonCodec), bad)
+    _, decoded = decode_snapshot(blob, with_outputs(bad, codec_instance(JsonCodec)))
+    with pytest.raises(DecodeError, match="not one snapstore writes"):
+        readable(decoded)
+
+
+class _Shapeless:
+    codec_id = 210
+    name = "shapeless-test"
+
+    def dumps(self, doc: Any) -> bytes:
+        return b""
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: _fake_codec(7, "reserved-id-test"),
+        lambda: _Shapeless(),
+        lambda: _fake_codec(205, "bad\nname"),
+    ],
+    ids=["reserved-id", "no-builtin-types-or-loads", "unprintable-name"],
+)
+def test_codecs_are_validated_when_registered(make: Callable[[], Any]) -> None:
+    before = registered_codecs()
+    with pytest.raises(ConfigurationError):
+        register_codec(make())
+    assert registered_codecs() == before

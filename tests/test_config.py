@@ -96,6 +96,19 @@ async def test_connect_writes_every_blob_with_the_bracketed_codec(
         assert columns == [(codec_type.name, codec_type.name)]
 
 
+async def test_a_codec_that_was_never_registered_is_refused_before_connecting(
+    kind: Kind,
+) -> None:
+    """Its blobs would carry an id this process cannot look up: unreadable at once."""
+
+    class Unregistered(JsonCodec):
+        codec_id = 220
+        name = "unregistered-test"
+
+    with pytest.raises(ConfigurationError, match="not registered"):
+        await open_store(kind, UNREACHABLE, open_timeout=2, codec=Unregistered())
+
+
 async def test_an_explicit_codec_instance_overrides_the_bracketed_class(
     dsn: str, fresh_schema: str, kind: Kind
 ) -> None:

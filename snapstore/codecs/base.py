@@ -16,7 +16,9 @@ class Codec(Protocol):
     ``builtin_types`` lists the non-JSON types the format carries natively
     (see `msgspec.to_builtins`); everything else is lowered to JSON-like values.
     A codec may also set ``reads_views = True`` when its ``loads`` accepts a
-    `memoryview` as well as bytes: the payload is then not copied out of the blob.
+    `memoryview` as well as bytes: the payload is then not copied out of the blob,
+    and ``limits_depth = True`` when its ``dumps`` itself refuses documents nesting
+    deeper than `envelope.MAX_DEPTH` (otherwise the envelope checks before encoding).
     """
 
     codec_id: ClassVar[int]

@@ -17,6 +17,7 @@ import zlib
 from typing import Any, Final, TypeVar
 
 import msgspec
+import orjson
 
 from snapstore.codecs.base import Codec
 from snapstore.codecs.registry import codec_for_id
@@ -36,12 +37,64 @@ HEADER_SIZE: Final = _HEADER.size
 FLAGS_OFFSET: Final = 5
 
 
+MAX_DEPTH: Final = 254
+"""Containers nested in one document, the same for every codec, checked before
+encoding. Each library has limits of its own: cbor2 cannot decode past about 400
+levels (and crashes the process encoding some 10,000), msgspec raises RecursionError
+near 1000, orjson refuses more than 254 while encoding. A blob its reader cannot
+read back must never be written, so every codec stops where orjson does. A
+snapshot's own structure takes a few of these levels."""
+
+_CONTAINERS: Final = (dict, list, tuple)
+_DEEP: Final = "Recursion limit reached"  # orjson's message past MAX_DEPTH
+
+
+def _too_deep() -> EncodeError:
+    return EncodeError(f"value nests deeper than {MAX_DEPTH} levels")
+
+
+def check_depth(doc: Any) -> None:
+    """`EncodeError` if containers nest deeper than `MAX_DEPTH`.
+
+    orjson walks the document in C and stops at exactly that depth, so it is the
+    probe (anything it cannot encode counts as a leaf); a document it refuses for
+    another reason (an integer past 64 bits, which CBOR carries) is walked in Python.
+    """
+    if type(doc) not in _CONTAINERS:
+        return
+    try:
+        orjson.dumps(doc, default=_leaf, option=orjson.OPT_NON_STR_KEYS)
+        return
+    except orjson.JSONEncodeError as exc:
+        if _DEEP in str(exc):
+            raise _too_deep() from None
+    level, current = 1, [doc]
+    while current:
+        if level > MAX_DEPTH:
+            raise _too_deep()
+        deeper: list[Any] = []
+        for container in current:
+            items = container.values() if type(container) is dict else container
+            deeper.extend(v for v in items if type(v) in _CONTAINERS)
+        level, current = level + 1, deeper
+
+
+def _leaf(value: Any) -> None:
+    return None
+
+
 def _seal(codec: Codec, flags: int, doc: Any) -> bytes:
+    if not getattr(codec, "limits_depth", False):
+        check_depth(doc)
     try:
         payload = codec.dumps(doc)
     except EncodeError:
         raise
+    except RecursionError:
+        raise _too_deep() from None
     except (TypeError, ValueError, OverflowError, msgspec.EncodeError) as exc:
+        if _DEEP in str(exc):
+            raise _too_deep() from None
         raise EncodeError(f"{codec.name} cannot encode this value: {exc}") from exc
     prefix = _PREFIX.pack(MAGIC, FORMAT_VERSION, codec.codec_id, flags)
     return prefix + _CRC.pack(zlib.crc32(payload, zlib.crc32(prefix))) + payload
@@ -56,6 +109,8 @@ def seal_value(codec: Codec, value: Any) -> bytes:
     """Envelope an arbitrary value (lowered to builtins the codec carries)."""
     try:
         doc = msgspec.to_builtins(value, builtin_types=codec.builtin_types)
+    except RecursionError:
+        raise _too_deep() from None
     except (TypeError, msgspec.EncodeError) as exc:
         raise EncodeError(f"{codec.name} cannot encode this value: {exc}") from exc
     return seal_lowered_value(codec, doc)

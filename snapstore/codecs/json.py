@@ -34,6 +34,7 @@ class JsonCodec:
     name: ClassVar[str] = "json"
     builtin_types: ClassVar[tuple[type, ...]] = ()
     reads_views: ClassVar[bool] = True
+    limits_depth: ClassVar[bool] = True  # orjson itself refuses more than MAX_DEPTH levels
 
     def dumps(self, doc: Any) -> bytes:
         payload = orjson.dumps(doc)
