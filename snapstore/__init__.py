@@ -7,6 +7,7 @@ from snapstore.codecs import CborCodec, Codec, JsonCodec, MsgpackCodec, register
 from snapstore.errors import (
     ClaimLostError,
     CodecError,
+    CommitUnknownError,
     ConfigurationError,
     ConflictError,
     DecodeError,
@@ -15,6 +16,7 @@ from snapstore.errors import (
     NotFoundError,
     SnapstoreError,
     TerminalStateError,
+    UnavailableError,
     UnknownCodecError,
     ValidationError,
 )
@@ -68,6 +70,7 @@ __all__ = [
     "ClaimedTask",
     "Codec",
     "CodecError",
+    "CommitUnknownError",
     "ConfigurationError",
     "ConflictError",
     "DecodeError",
@@ -100,6 +103,7 @@ __all__ = [
     "TaskResult",
     "TaskStatus",
     "TerminalStateError",
+    "UnavailableError",
     "UnknownCodecError",
     "ValidationError",
     "WakeupListener",

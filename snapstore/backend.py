@@ -16,7 +16,7 @@ from datetime import datetime
 from types import TracebackType
 from typing import Any, Generic, Self, TypeVar, Unpack
 
-from psycopg_pool import ConnectionPool
+from psycopg_pool import ConnectionPool, PoolTimeout
 
 from snapstore import claims as cl
 from snapstore import programs
@@ -27,6 +27,7 @@ from snapstore.claims import ClaimedTask, DispatchQuery, Seconds
 from snapstore.codecs import Codec, codec_instance
 from snapstore.codecs.registry import require_registered
 from snapstore.config import CodecBound, ConnectOptions, plan_connect
+from snapstore.errors import UnavailableError
 from snapstore.group_commit import GroupCommitStats, GroupCommitter
 from snapstore.migrate import migrate
 from snapstore.model import (
@@ -40,7 +41,7 @@ from snapstore.model import (
     WorkflowSnapshot,
     WorkflowStatus,
 )
-from snapstore.runner import Runner
+from snapstore.runner import Runner, check_connection, reach
 from snapstore.signals import Event, EventOutcome, ParkResult, Signal, SignalKind, SignalOutcome
 from snapstore.sql_catalog import DEFAULT_SCHEMA, queries_for, validate_schema
 from snapstore.wakeup import ListenerPlan, WakeupOptions, WakeupRegistry, WakeupStats
@@ -90,12 +91,21 @@ class PostgresBackend(CodecBound, Generic[C]):
         ``min_size``/``max_size`` (pool), ``statement_timeout`` (seconds or timedelta),
         ``application_name``, ``prepare_threshold``, ``codec`` (instance overriding the
         bracketed class), ``run_migrations``, ``open_timeout``, ``group_commit`` (default
-        on for the asyncio backend, off for the sync one).
+        on for the asyncio backend, off for the sync one), ``connect_timeout`` (default
+        5 s) and ``checkout_timeout`` (default 5 s: the wait for a pooled connection).
+
+        A server that cannot be reached is an `UnavailableError` carrying its reason,
+        within ``connect_timeout``; pooled connections are checked before each use.
         """
-        plan = plan_connect(options)
-        backend = cls(ConnectionPool(conninfo, **plan.pool_kwargs), **plan.backend_kwargs)
+        plan = plan_connect(options, conninfo)
+        pool = ConnectionPool(conninfo, check=check_connection, **plan.pool_kwargs)
+        backend = cls(pool, **plan.backend_kwargs)  # checks the rest: still no I/O
         try:
-            backend._pool.open(wait=True, timeout=plan.open_timeout)
+            reach(conninfo, plan.pool_kwargs["kwargs"])
+            try:
+                pool.open(wait=True, timeout=plan.open_timeout)
+            except PoolTimeout as exc:
+                raise UnavailableError(f"{exc} (server reachable, pool not filled)") from exc
             if plan.run_migrations:
                 backend.migrate()
         except BaseException:
@@ -198,11 +208,11 @@ class PostgresBackend(CodecBound, Generic[C]):
 
     def load(self, instance_id: str) -> StoredSnapshot | None:
         """The latest checkpoint with task outputs hydrated, or None."""
-        return self._runner.run(programs.load(instance_id))
+        return self._runner.run(programs.load(instance_id), writes=False)
 
     def load_task_result(self, instance_id: str, task_id: str) -> TaskResult | None:
         """One task's stored result (with output), or None."""
-        return self._runner.run(programs.load_task_result(instance_id, task_id))
+        return self._runner.run(programs.load_task_result(instance_id, task_id), writes=False)
 
     def delete(self, instance_id: str) -> bool:
         """Remove an instance and every row that belongs to it; False if absent."""
@@ -216,13 +226,13 @@ class PostgresBackend(CodecBound, Generic[C]):
         cursor: str | None = None,
     ) -> Page:
         """Instances ordered by id, without decoding blobs; follow ``next_cursor``."""
-        return self._runner.run(programs.list_snapshots(status, limit, cursor))
+        return self._runner.run(programs.list_snapshots(status, limit, cursor), writes=False)
 
     def history(
         self, instance_id: str, *, after_version: int = 0, limit: int | None = None
     ) -> builtins.list[HistoryEntry]:
         """Checkpoints in version order (task outputs are not part of history blobs)."""
-        return self._runner.run(programs.history(instance_id, after_version, limit))
+        return self._runner.run(programs.history(instance_id, after_version, limit), writes=False)
 
     def truncate_all(self) -> None:
         """Empty every table of the schema. For tests."""
@@ -242,11 +252,11 @@ class PostgresBackend(CodecBound, Generic[C]):
 
     def get_signals(self, instance_id: str) -> builtins.list[Signal]:
         """The pending signals of an instance (`NotFoundError` if it does not exist)."""
-        return self._runner.run(sg.read_signals(instance_id, None))
+        return self._runner.run(sg.read_signals(instance_id, None), writes=False)
 
     def get_signal(self, instance_id: str, kind: SignalKind | str) -> Signal | None:
         """The pending ``kind`` signal, or None."""
-        return self._runner.run(sg.read_signal(instance_id, kind))
+        return self._runner.run(sg.read_signal(instance_id, kind), writes=False)
 
     def clear_signal(self, instance_id: str, kind: SignalKind | str | None = None) -> bool:
         """Drop the pending ``kind`` signal (every kind when None); whether one existed."""
@@ -287,7 +297,7 @@ class PostgresBackend(CodecBound, Generic[C]):
         self, instance_id: str, name: str | None = None, *, limit: int = sg.DEFAULT_EVENT_PAGE
     ) -> builtins.list[Event]:
         """Buffered events (of ``name``, or all), oldest first, without consuming them."""
-        return self._runner.run(sg.peek_events(instance_id, name, limit))
+        return self._runner.run(sg.peek_events(instance_id, name, limit), writes=False)
 
     def consume_event(
         self,
@@ -402,13 +412,13 @@ class PostgresBackend(CodecBound, Generic[C]):
         query = DispatchQuery.build(
             cl.PEEK_WORKER, limit=limit, tags=tags, aging_interval=aging_interval
         )
-        return self._runner.run(cl.dispatchable_ids_program(query))
+        return self._runner.run(cl.dispatchable_ids_program(query), writes=False)
 
     def next_dispatch_at(self) -> datetime | None:
         """When something may next become dispatchable without a NOTIFY (a timer or
         backoff coming due, a lease running out), by the server clock; None if nothing
         is pending. A poller sleeps until then (or until a wakeup), then dispatches."""
-        return self._runner.run(cl.next_dispatch_at_program())
+        return self._runner.run(cl.next_dispatch_at_program(), writes=False)
 
     # --- wakeups (see `snapstore.wakeup`) --------------------------------------------------
 

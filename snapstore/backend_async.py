@@ -14,7 +14,7 @@ from datetime import datetime
 from types import TracebackType
 from typing import Any, Generic, Self, TypeVar, Unpack
 
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from snapstore import claims as cl
 from snapstore import programs
@@ -25,6 +25,7 @@ from snapstore.claims import ClaimedTask, DispatchQuery, Seconds
 from snapstore.codecs import Codec, codec_instance
 from snapstore.codecs.registry import require_registered
 from snapstore.config import CodecBound, ConnectOptions, plan_connect
+from snapstore.errors import UnavailableError
 from snapstore.group_commit import AsyncGroupCommitter, GroupCommitStats
 from snapstore.migrate_async import migrate
 from snapstore.model import (
@@ -38,7 +39,7 @@ from snapstore.model import (
     WorkflowSnapshot,
     WorkflowStatus,
 )
-from snapstore.runner_async import AsyncRunner
+from snapstore.runner_async import AsyncRunner, check_connection, reach
 from snapstore.signals import Event, EventOutcome, ParkResult, Signal, SignalKind, SignalOutcome
 from snapstore.sql_catalog import DEFAULT_SCHEMA, queries_for, validate_schema
 from snapstore.wakeup import ListenerPlan, WakeupOptions, WakeupRegistry, WakeupStats
@@ -88,12 +89,21 @@ class AsyncPostgresBackend(CodecBound, Generic[C]):
         ``min_size``/``max_size`` (pool), ``statement_timeout`` (seconds or timedelta),
         ``application_name``, ``prepare_threshold``, ``codec`` (instance overriding the
         bracketed class), ``run_migrations``, ``open_timeout``, ``group_commit`` (default
-        on for the asyncio backend, off for the sync one).
+        on for the asyncio backend, off for the sync one), ``connect_timeout`` (default
+        5 s) and ``checkout_timeout`` (default 5 s: the wait for a pooled connection).
+
+        A server that cannot be reached is an `UnavailableError` carrying its reason,
+        within ``connect_timeout``; pooled connections are checked before each use.
         """
-        plan = plan_connect(options)
-        backend = cls(AsyncConnectionPool(conninfo, **plan.pool_kwargs), **plan.backend_kwargs)
+        plan = plan_connect(options, conninfo)
+        pool = AsyncConnectionPool(conninfo, check=check_connection, **plan.pool_kwargs)
+        backend = cls(pool, **plan.backend_kwargs)  # checks the rest: still no I/O
         try:
-            await backend._pool.open(wait=True, timeout=plan.open_timeout)
+            await reach(conninfo, plan.pool_kwargs["kwargs"])
+            try:
+                await pool.open(wait=True, timeout=plan.open_timeout)
+            except PoolTimeout as exc:
+                raise UnavailableError(f"{exc} (server reachable, pool not filled)") from exc
             if plan.run_migrations:
                 await backend.migrate()
         except BaseException:
@@ -198,11 +208,11 @@ class AsyncPostgresBackend(CodecBound, Generic[C]):
 
     async def load(self, instance_id: str) -> StoredSnapshot | None:
         """The latest checkpoint with task outputs hydrated, or None."""
-        return await self._runner.run(programs.load(instance_id))
+        return await self._runner.run(programs.load(instance_id), writes=False)
 
     async def load_task_result(self, instance_id: str, task_id: str) -> TaskResult | None:
         """One task's stored result (with output), or None."""
-        return await self._runner.run(programs.load_task_result(instance_id, task_id))
+        return await self._runner.run(programs.load_task_result(instance_id, task_id), writes=False)
 
     async def delete(self, instance_id: str) -> bool:
         """Remove an instance and every row that belongs to it; False if absent."""
@@ -216,13 +226,15 @@ class AsyncPostgresBackend(CodecBound, Generic[C]):
         cursor: str | None = None,
     ) -> Page:
         """Instances ordered by id, without decoding blobs; follow ``next_cursor``."""
-        return await self._runner.run(programs.list_snapshots(status, limit, cursor))
+        return await self._runner.run(programs.list_snapshots(status, limit, cursor), writes=False)
 
     async def history(
         self, instance_id: str, *, after_version: int = 0, limit: int | None = None
     ) -> builtins.list[HistoryEntry]:
         """Checkpoints in version order (task outputs are not part of history blobs)."""
-        return await self._runner.run(programs.history(instance_id, after_version, limit))
+        return await self._runner.run(
+            programs.history(instance_id, after_version, limit), writes=False
+        )
 
     async def truncate_all(self) -> None:
         """Empty every table of the schema. For tests."""
@@ -242,11 +254,11 @@ class AsyncPostgresBackend(CodecBound, Generic[C]):
 
     async def get_signals(self, instance_id: str) -> builtins.list[Signal]:
         """The pending signals of an instance (`NotFoundError` if it does not exist)."""
-        return await self._runner.run(sg.read_signals(instance_id, None))
+        return await self._runner.run(sg.read_signals(instance_id, None), writes=False)
 
     async def get_signal(self, instance_id: str, kind: SignalKind | str) -> Signal | None:
         """The pending ``kind`` signal, or None."""
-        return await self._runner.run(sg.read_signal(instance_id, kind))
+        return await self._runner.run(sg.read_signal(instance_id, kind), writes=False)
 
     async def clear_signal(self, instance_id: str, kind: SignalKind | str | None = None) -> bool:
         """Drop the pending ``kind`` signal (every kind when None); whether one existed."""
@@ -287,7 +299,7 @@ class AsyncPostgresBackend(CodecBound, Generic[C]):
         self, instance_id: str, name: str | None = None, *, limit: int = sg.DEFAULT_EVENT_PAGE
     ) -> builtins.list[Event]:
         """Buffered events (of ``name``, or all), oldest first, without consuming them."""
-        return await self._runner.run(sg.peek_events(instance_id, name, limit))
+        return await self._runner.run(sg.peek_events(instance_id, name, limit), writes=False)
 
     async def consume_event(
         self,
@@ -402,13 +414,13 @@ class AsyncPostgresBackend(CodecBound, Generic[C]):
         query = DispatchQuery.build(
             cl.PEEK_WORKER, limit=limit, tags=tags, aging_interval=aging_interval
         )
-        return await self._runner.run(cl.dispatchable_ids_program(query))
+        return await self._runner.run(cl.dispatchable_ids_program(query), writes=False)
 
     async def next_dispatch_at(self) -> datetime | None:
         """When something may next become dispatchable without a NOTIFY (a timer or
         backoff coming due, a lease running out), by the server clock; None if nothing
         is pending. A poller sleeps until then (or until a wakeup), then dispatches."""
-        return await self._runner.run(cl.next_dispatch_at_program())
+        return await self._runner.run(cl.next_dispatch_at_program(), writes=False)
 
     # --- wakeups (see `snapstore.wakeup`) --------------------------------------------------
 

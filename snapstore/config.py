@@ -8,9 +8,12 @@ the codec; subscripting with a TypeVar keeps ordinary generic behaviour.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, ClassVar, Final, TypedDict
+
+from psycopg.conninfo import conninfo_to_dict
 
 from snapstore import checks
 from snapstore.codecs import Codec, JsonCodec
@@ -18,6 +21,7 @@ from snapstore.errors import ConfigurationError, ValidationError
 from snapstore.sql_catalog import DEFAULT_SCHEMA, validate_schema
 
 DEFAULT_APPLICATION_NAME: Final = "snapstore"
+MAX_TIMEOUT_MS: Final = 2**31 - 1  # statement_timeout is an int of milliseconds
 
 
 def _duration(name: str, value: object) -> timedelta | None:
@@ -43,6 +47,8 @@ class ConnectOptions(TypedDict, total=False):
     run_migrations: bool
     open_timeout: float
     group_commit: bool | None
+    connect_timeout: float
+    checkout_timeout: float
 
 
 @dataclass(frozen=True)
@@ -55,7 +61,7 @@ class ConnectPlan:
     open_timeout: float
 
 
-def plan_connect(options: ConnectOptions) -> ConnectPlan:
+def plan_connect(options: ConnectOptions, conninfo: str = "") -> ConnectPlan:
     """Validate ``connect`` options before anything is opened."""
     unknown = set(options) - set(ConnectOptions.__annotations__)
     if unknown:
@@ -72,6 +78,8 @@ def plan_connect(options: ConnectOptions) -> ConnectPlan:
         )
     timeout = _duration("statement_timeout", options.get("statement_timeout"))
     open_timeout = _duration("open_timeout", options.get("open_timeout", 30.0))
+    connect_timeout = _duration("connect_timeout", options.get("connect_timeout", 5.0))
+    checkout_timeout = _duration("checkout_timeout", options.get("checkout_timeout", 5.0))
     threshold = options.get("prepare_threshold", 5)
     if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, int)):
         raise ConfigurationError(f"prepare_threshold must be None or an int (got {threshold!r})")
@@ -89,13 +97,19 @@ def plan_connect(options: ConnectOptions) -> ConnectPlan:
     }
     if timeout is not None:
         ms = max(1, int(timeout.total_seconds() * 1000))
+        if ms > MAX_TIMEOUT_MS:
+            raise ConfigurationError(f"statement_timeout must be at most {MAX_TIMEOUT_MS} ms")
         connection["options"] = f"-c statement_timeout={ms}"
+    if connect_timeout is not None and "connect_timeout" not in conninfo_to_dict(conninfo):
+        # libpq counts whole seconds (and waits at least 2).
+        connection["connect_timeout"] = max(2, math.ceil(connect_timeout.total_seconds()))
     return ConnectPlan(
         pool_kwargs={
             "min_size": min_size,
             "max_size": max_size,
             "kwargs": connection,
             "open": False,
+            "timeout": 5.0 if checkout_timeout is None else checkout_timeout.total_seconds(),
             "name": f"snapstore-{schema}",
         },
         backend_kwargs={

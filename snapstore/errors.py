@@ -87,3 +87,15 @@ class NotFoundError(SnapstoreError, LookupError):
 
 class MigrationError(SnapstoreError):
     """The schema cannot be brought to the version this library needs."""
+
+
+class UnavailableError(SnapstoreError):
+    """The server could not be reached in time, or the connection was lost before
+    anything was written: nothing changed, and the call may be retried. The message
+    carries the server's (or the pool's) own words."""
+
+
+class CommitUnknownError(SnapstoreError):
+    """The connection was lost after a write was sent: it may or may not have
+    committed. A CAS save can be retried safely (a committed one then raises
+    `ConflictError`); read the instance to find out."""

@@ -18,15 +18,17 @@ pool were given.
 
 from __future__ import annotations
 
+import time
 import weakref
 from collections.abc import Callable
 from contextlib import nullcontext
 from typing import Any, Final, TypeVar
 
-from psycopg import Connection, Cursor, RawCursor
+from psycopg import Connection, Cursor, OperationalError, RawCursor
 from psycopg.rows import tuple_row
-from psycopg_pool import ConnectionPool
+from psycopg_pool import ConnectionPool, PoolTimeout
 
+from snapstore.errors import CommitUnknownError, UnavailableError
 from snapstore.programs import STREAM_ROWS, AfterCommit, Batch, Fetch, Program
 from snapstore.sql_catalog import Queries
 
@@ -46,6 +48,30 @@ def _kept_cursor(conn: Connection[Any]) -> Cursor[Any]:
     return cur
 
 
+IDLE_CHECK_AFTER: Final = 1.0
+"""Seconds a pooled connection may sit idle and still be handed out unprobed."""
+_LAST_USED: Final[weakref.WeakKeyDictionary[Connection[Any], float]] = weakref.WeakKeyDictionary()
+
+
+def check_connection(conn: Connection[Any]) -> None:
+    """The pool's check before handing a connection out: one that has been idle for a
+    while (long enough for a server restart to have killed it) is probed with an empty
+    query, so a dead one is replaced instead of failing the call; a busy connection
+    costs nothing."""
+    if time.monotonic() - _LAST_USED.get(conn, 0.0) > IDLE_CHECK_AFTER:
+        ConnectionPool.check_connection(conn)
+
+
+def reach(conninfo: str, kwargs: dict[str, Any]) -> None:
+    """Connect once, or raise `UnavailableError` with the server's own reason (a pool
+    would only time out, its cause in a log line)."""
+    try:
+        conn = Connection.connect(conninfo, **kwargs)
+    except OperationalError as exc:
+        raise UnavailableError(f"cannot connect: {exc}") from exc
+    conn.close()
+
+
 class Runner:
     """Runs programs on a pool's connections, with one schema's statements."""
 
@@ -53,18 +79,46 @@ class Runner:
         self.pool = pool
         self.queries = queries
 
-    def run(self, program: Program[R], *, transaction: bool = False) -> R:
-        """Drive ``program`` to its result on one pooled connection."""
+    def run(self, program: Program[R], *, transaction: bool = False, writes: bool = True) -> R:
+        """Drive ``program`` to its result on one pooled connection.
+
+        A connection that cannot be had, or is lost, is an `UnavailableError`, unless
+        a statement of a program that ``writes`` had already been sent: then the
+        outcome is a `CommitUnknownError`.
+        """
         try:  # the program checks its arguments before its first step: before any I/O
             step = next(program)
         except StopIteration as done:  # nothing to ask the server
             finished: R = done.value
             return finished
+        holder: list[Connection[Any]] = []
+        try:
+            return self._drive(program, step, transaction, holder)
+        except PoolTimeout as exc:
+            raise UnavailableError(
+                f"{exc} (pool {self.pool.name}, max_size {self.pool.max_size})"
+            ) from exc
+        except OperationalError as exc:
+            if holder and not holder[0].broken:
+                raise  # the server refused a statement: not a connection failure
+            if holder and writes:
+                raise CommitUnknownError(f"connection lost during a write: {exc}") from exc
+            raise UnavailableError(f"connection lost: {exc}") from exc
+
+    def _drive(
+        self,
+        program: Program[R],
+        step: Any,
+        transaction: bool,
+        holder: list[Connection[Any]],
+    ) -> R:
         after: list[Callable[[], None]] = []
         with (
             self.pool.connection() as conn,
             conn.transaction() if transaction else nullcontext(),
         ):
+            holder.append(conn)
+            _LAST_USED[conn] = time.monotonic()
             try:
                 while True:
                     if isinstance(step, AfterCommit):

@@ -16,15 +16,17 @@ pool were given.
 
 from __future__ import annotations
 
+import time
 import weakref
 from collections.abc import Callable
 from contextlib import nullcontext
 from typing import Any, Final, TypeVar
 
-from psycopg import AsyncConnection, AsyncCursor, AsyncRawCursor
+from psycopg import AsyncConnection, AsyncCursor, AsyncRawCursor, OperationalError
 from psycopg.rows import tuple_row
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
+from snapstore.errors import CommitUnknownError, UnavailableError
 from snapstore.programs import STREAM_ROWS, AfterCommit, Batch, Fetch, Program
 from snapstore.sql_catalog import Queries
 
@@ -44,6 +46,32 @@ def _kept_cursor(conn: AsyncConnection[Any]) -> AsyncCursor[Any]:
     return cur
 
 
+IDLE_CHECK_AFTER: Final = 1.0
+"""Seconds a pooled connection may sit idle and still be handed out unprobed."""
+_LAST_USED: Final[weakref.WeakKeyDictionary[AsyncConnection[Any], float]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+async def check_connection(conn: AsyncConnection[Any]) -> None:
+    """The pool's check before handing a connection out: one that has been idle for a
+    while (long enough for a server restart to have killed it) is probed with an empty
+    query, so a dead one is replaced instead of failing the call; a busy connection
+    costs nothing."""
+    if time.monotonic() - _LAST_USED.get(conn, 0.0) > IDLE_CHECK_AFTER:
+        await AsyncConnectionPool.check_connection(conn)
+
+
+async def reach(conninfo: str, kwargs: dict[str, Any]) -> None:
+    """Connect once, or raise `UnavailableError` with the server's own reason (a pool
+    would only time out, its cause in a log line)."""
+    try:
+        conn = await AsyncConnection.connect(conninfo, **kwargs)
+    except OperationalError as exc:
+        raise UnavailableError(f"cannot connect: {exc}") from exc
+    await conn.close()
+
+
 class AsyncRunner:
     """Runs programs on a pool's connections, with one schema's statements."""
 
@@ -51,18 +79,48 @@ class AsyncRunner:
         self.pool = pool
         self.queries = queries
 
-    async def run(self, program: Program[R], *, transaction: bool = False) -> R:
-        """Drive ``program`` to its result on one pooled connection."""
+    async def run(
+        self, program: Program[R], *, transaction: bool = False, writes: bool = True
+    ) -> R:
+        """Drive ``program`` to its result on one pooled connection.
+
+        A connection that cannot be had, or is lost, is an `UnavailableError`, unless
+        a statement of a program that ``writes`` had already been sent: then the
+        outcome is a `CommitUnknownError`.
+        """
         try:  # the program checks its arguments before its first step: before any I/O
             step = next(program)
         except StopIteration as done:  # nothing to ask the server
             finished: R = done.value
             return finished
+        holder: list[AsyncConnection[Any]] = []
+        try:
+            return await self._drive(program, step, transaction, holder)
+        except PoolTimeout as exc:
+            raise UnavailableError(
+                f"{exc} (pool {self.pool.name}, max_size {self.pool.max_size})"
+            ) from exc
+        except OperationalError as exc:
+            if holder and not holder[0].broken:
+                raise  # the server refused a statement: not a connection failure
+            if holder and writes:
+                raise CommitUnknownError(f"connection lost during a write: {exc}") from exc
+            raise UnavailableError(f"connection lost: {exc}") from exc
+
+    async def _drive(
+        self,
+        program: Program[R],
+        step: Any,
+        transaction: bool,
+        holder: list[AsyncConnection[Any]],
+    ) -> R:
         after: list[Callable[[], None]] = []
         async with (
             self.pool.connection() as conn,
             conn.transaction() if transaction else nullcontext(),
         ):
+            holder.append(conn)
+            _LAST_USED[conn] = time.monotonic()
             try:
                 while True:
                     if isinstance(step, AfterCommit):

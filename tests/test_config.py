@@ -7,6 +7,8 @@ nothing listens on), and good ones must really reach the server (checked with SH
 
 from __future__ import annotations
 
+import asyncio
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
@@ -30,6 +32,8 @@ from snapstore import (
     PostgresBackend,
 )
 from snapstore.config import plan_connect
+from snapstore.errors import CommitUnknownError, UnavailableError
+from snapstore.runner import IDLE_CHECK_AFTER
 from tests.twins import (
     ASYNC_BACKENDS,
     KINDS,
@@ -389,8 +393,9 @@ async def test_a_borrowed_async_pool_whose_connections_return_dicts_still_works(
 def test_a_killed_pooled_connection_fails_one_save_and_loses_nothing(
     dsn: str, fresh_schema: str
 ) -> None:
-    """The save that ran on the dead connection raises; the pool replaces the connection
-    (and with it the cursor the store kept on it) and the retry lands."""
+    """The save that ran on the dead connection of a borrowed pool (no check callback)
+    raises a typed CommitUnknownError; the pool replaces the connection (and with it
+    the cursor the store kept on it) and the retry lands."""
     with ConnectionPool(dsn, kwargs={"autocommit": True}, min_size=1, max_size=1) as pool:
         backend = PostgresBackend[JsonCodec].from_pool(pool, schema=fresh_schema)
         assert backend.save(snap()) == 1
@@ -399,10 +404,70 @@ def test_a_killed_pooled_connection_fails_one_save_and_loses_nothing(
             assert row is not None
         with psycopg.connect(dsn, autocommit=True) as admin:
             admin.execute("SELECT pg_terminate_backend(%s)", (row[0],))
-        with pytest.raises(psycopg.OperationalError):
+        with pytest.raises(CommitUnknownError, match="connection lost"):
             backend.save(advance(snap(), error="lost connection"), 1)
         assert backend.save(advance(snap(), error="retried"), 1) == 2
         stored = backend.load("wf-1")
         assert stored is not None
         assert stored.snapshot.error == "retried"
         assert [e.version for e in backend.history("wf-1")] == [1, 2]
+
+
+def _backend_pid(backend: PostgresBackend[JsonCodec]) -> int:
+    with backend.pool.connection() as conn:
+        row = conn.execute("SELECT pg_backend_pid()").fetchone()
+        assert row is not None
+        return int(row[0])
+
+
+def test_a_lost_connection_during_a_read_is_unavailable(dsn: str, fresh_schema: str) -> None:
+    with ConnectionPool(dsn, kwargs={"autocommit": True}, min_size=1, max_size=1) as pool:
+        backend = PostgresBackend[JsonCodec].from_pool(pool, schema=fresh_schema)
+        backend.save(snap())
+        pid = _backend_pid(backend)
+        with psycopg.connect(dsn, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        with pytest.raises(UnavailableError, match="connection lost"):
+            backend.load("wf-1")
+        assert backend.load("wf-1") is not None  # the pool replaced it
+
+
+def test_an_owned_pool_checks_connections_before_use(dsn: str, fresh_schema: str) -> None:
+    """A connection killed while idle (past `IDLE_CHECK_AFTER`, as after a server
+    restart) is replaced at checkout: no call fails on it."""
+    with PostgresBackend[JsonCodec].connect(
+        dsn, schema=fresh_schema, min_size=1, max_size=1
+    ) as backend:
+        backend.save(snap())
+        pid = _backend_pid(backend)
+        with psycopg.connect(dsn, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        time.sleep(IDLE_CHECK_AFTER + 0.2)  # idle long enough to be probed, not a timing
+        assert backend.save(advance(snap(), error="after the kill"), 1) == 2
+
+
+async def test_a_missing_database_fails_fast_with_the_servers_reason(dsn: str, kind: Kind) -> None:
+    missing = make_conninfo(dsn, dbname=f"missing_{uuid.uuid4().hex[:8]}")
+    with pytest.raises(UnavailableError, match="does not exist"):
+        await open_store(kind, missing)
+
+
+async def test_an_exhausted_pool_is_unavailable_within_the_checkout_timeout(
+    dsn: str, fresh_schema: str, kind: Kind
+) -> None:
+    async with opened(
+        kind, dsn, schema=fresh_schema, min_size=1, max_size=1, checkout_timeout=0.5
+    ) as store:
+        pool = store.target.pool
+        if kind == "sync":
+            held = await asyncio.to_thread(pool.getconn)
+        else:
+            held = await pool.getconn()
+        try:
+            with pytest.raises(UnavailableError, match="max_size 1"):
+                await store.load("wf-1")
+        finally:
+            if kind == "sync":
+                await asyncio.to_thread(pool.putconn, held)
+            else:
+                await pool.putconn(held)
