@@ -29,6 +29,7 @@ from snapstore.codecs.registry import require_registered
 from snapstore.config import CodecBound, ConnectOptions, plan_connect
 from snapstore.errors import UnavailableError
 from snapstore.group_commit import GroupCommitStats, GroupCommitter
+from snapstore.limits import Limits
 from snapstore.migrate import migrate
 from snapstore.model import (
     Claim,
@@ -66,6 +67,7 @@ class PostgresBackend(CodecBound, Generic[C]):
         codec: Codec | None = None,
         owns_pool: bool = False,
         group_commit: bool | None = None,
+        limits: Limits | None = None,
     ) -> None:
         """Wrap ``pool`` (use `connect` or `from_pool` rather than calling this)."""
         self.schema = validate_schema(schema)
@@ -73,7 +75,7 @@ class PostgresBackend(CodecBound, Generic[C]):
             codec_instance(self.codec_type) if codec is None else require_registered(codec)
         )
         self.queries = queries_for(self.schema)
-        self.ctx = programs.Context(self.codec, self.schema)
+        self.ctx = programs.Context(self.codec, self.schema, limits=limits or Limits())
         self._pool = pool
         self._owns_pool = owns_pool
         self._runner = Runner(pool, self.queries)
@@ -92,7 +94,8 @@ class PostgresBackend(CodecBound, Generic[C]):
         ``application_name``, ``prepare_threshold``, ``codec`` (instance overriding the
         bracketed class), ``run_migrations``, ``open_timeout``, ``group_commit`` (default
         on for the asyncio backend, off for the sync one), ``connect_timeout`` (default
-        5 s) and ``checkout_timeout`` (default 5 s: the wait for a pooled connection).
+        5 s), ``checkout_timeout`` (default 5 s: the wait for a pooled connection),
+        ``max_value_bytes`` and ``max_checkpoint_bytes`` (see `snapstore.limits`).
 
         A server that cannot be reached is an `UnavailableError` carrying its reason,
         within ``connect_timeout``; pooled connections are checked before each use.
@@ -122,9 +125,13 @@ class PostgresBackend(CodecBound, Generic[C]):
         codec: Codec | None = None,
         run_migrations: bool = True,
         group_commit: bool | None = None,
+        limits: Limits | None = None,
     ) -> Self:
-        """Use a pool the caller owns (and closes). Its connections should be autocommit."""
-        backend = cls(pool, schema=schema, codec=codec, group_commit=group_commit)
+        """Use a pool the caller owns (and closes). Its connections should be autocommit.
+
+        ``limits``: see `snapstore.limits` (defaults: 256 MiB per value, 512 MiB per
+        checkpoint)."""
+        backend = cls(pool, schema=schema, codec=codec, group_commit=group_commit, limits=limits)
         if run_migrations:
             backend.migrate()
         return backend

@@ -27,6 +27,7 @@ from snapstore.codecs.registry import require_registered
 from snapstore.config import CodecBound, ConnectOptions, plan_connect
 from snapstore.errors import UnavailableError
 from snapstore.group_commit import AsyncGroupCommitter, GroupCommitStats
+from snapstore.limits import Limits
 from snapstore.migrate_async import migrate
 from snapstore.model import (
     Claim,
@@ -64,6 +65,7 @@ class AsyncPostgresBackend(CodecBound, Generic[C]):
         codec: Codec | None = None,
         owns_pool: bool = False,
         group_commit: bool | None = None,
+        limits: Limits | None = None,
     ) -> None:
         """Wrap ``pool`` (use `connect` or `from_pool` rather than calling this)."""
         self.schema = validate_schema(schema)
@@ -71,7 +73,7 @@ class AsyncPostgresBackend(CodecBound, Generic[C]):
             codec_instance(self.codec_type) if codec is None else require_registered(codec)
         )
         self.queries = queries_for(self.schema)
-        self.ctx = programs.Context(self.codec, self.schema)
+        self.ctx = programs.Context(self.codec, self.schema, limits=limits or Limits())
         self._pool = pool
         self._owns_pool = owns_pool
         self._runner = AsyncRunner(pool, self.queries)
@@ -90,7 +92,8 @@ class AsyncPostgresBackend(CodecBound, Generic[C]):
         ``application_name``, ``prepare_threshold``, ``codec`` (instance overriding the
         bracketed class), ``run_migrations``, ``open_timeout``, ``group_commit`` (default
         on for the asyncio backend, off for the sync one), ``connect_timeout`` (default
-        5 s) and ``checkout_timeout`` (default 5 s: the wait for a pooled connection).
+        5 s), ``checkout_timeout`` (default 5 s: the wait for a pooled connection),
+        ``max_value_bytes`` and ``max_checkpoint_bytes`` (see `snapstore.limits`).
 
         A server that cannot be reached is an `UnavailableError` carrying its reason,
         within ``connect_timeout``; pooled connections are checked before each use.
@@ -120,9 +123,13 @@ class AsyncPostgresBackend(CodecBound, Generic[C]):
         codec: Codec | None = None,
         run_migrations: bool = True,
         group_commit: bool | None = None,
+        limits: Limits | None = None,
     ) -> Self:
-        """Use a pool the caller owns (and closes). Its connections should be autocommit."""
-        backend = cls(pool, schema=schema, codec=codec, group_commit=group_commit)
+        """Use a pool the caller owns (and closes). Its connections should be autocommit.
+
+        ``limits``: see `snapstore.limits` (defaults: 256 MiB per value, 512 MiB per
+        checkpoint)."""
+        backend = cls(pool, schema=schema, codec=codec, group_commit=group_commit, limits=limits)
         if run_migrations:
             await backend.migrate()
         return backend

@@ -18,6 +18,7 @@ from psycopg.conninfo import conninfo_to_dict
 from snapstore import checks
 from snapstore.codecs import Codec, JsonCodec
 from snapstore.errors import ConfigurationError, ValidationError
+from snapstore.limits import Limits
 from snapstore.sql_catalog import DEFAULT_SCHEMA, validate_schema
 
 DEFAULT_APPLICATION_NAME: Final = "snapstore"
@@ -49,6 +50,8 @@ class ConnectOptions(TypedDict, total=False):
     group_commit: bool | None
     connect_timeout: float
     checkout_timeout: float
+    max_value_bytes: int
+    max_checkpoint_bytes: int
 
 
 @dataclass(frozen=True)
@@ -116,6 +119,9 @@ def plan_connect(options: ConnectOptions, conninfo: str = "") -> ConnectPlan:
             "schema": schema,
             "codec": options.get("codec"),
             "group_commit": options.get("group_commit"),
+            "limits": Limits.build(
+                options.get("max_value_bytes"), options.get("max_checkpoint_bytes")
+            ),
             "owns_pool": True,
         },
         run_migrations=options.get("run_migrations", True),

@@ -20,6 +20,7 @@ from snapstore import checks
 from snapstore import rows as rw
 from snapstore.codecs import Codec
 from snapstore.errors import EncodeError, ValidationError
+from snapstore.limits import DEFAULT_LIMITS, Limits
 from snapstore.model import (
     Claim,
     HistoryEntry,
@@ -49,6 +50,7 @@ class Context:
     codec: Codec
     schema: str
     tasks: TaskCache = field(default_factory=TaskCache, compare=False)
+    limits: Limits = DEFAULT_LIMITS
 
     @functools.cached_property
     def channel(self) -> str:
@@ -163,7 +165,7 @@ def prepare(
     if not checked:
         checks.check_save(snapshot, expected_version, claim)
     known = ctx.tasks.known(snapshot.instance_id, expected_version)
-    return rw.prepare_save(ctx.codec, snapshot, expected_version, claim, known)
+    return rw.prepare_save(ctx.codec, snapshot, expected_version, claim, known, ctx.limits)
 
 
 def save(

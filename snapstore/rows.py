@@ -41,6 +41,7 @@ from snapstore.errors import (
     TerminalStateError,
     ValidationError,
 )
+from snapstore.limits import DEFAULT_LIMITS, Limits
 from snapstore.model import (
     TERMINAL_STATUSES,
     AtDelay,
@@ -161,6 +162,7 @@ class Prior(NamedTuple):
     completed: int
     footprint: int
     digests: tuple[bytes, ...]  # per task, of its output's msgpack encoding
+    sizes: tuple[int, ...]  # per task, of its stored output (0: none)
 
 
 # What one remembered row costs beyond its strings: the tuple, its ints and times, the
@@ -248,6 +250,7 @@ def _prior_after(
     found: tuple[list[str], Any] | None,
     remembered: Mapping[str, TaskRow],
     reused: set[str],
+    outputs: Mapping[str, bytes | None],
 ) -> Prior:
     """The `Prior` of the checkpoint being saved (``found``: what `_new_tasks` found;
     ``reused``: otherwise, the tasks `_reused` vouched for; ``remembered``: the rows the
@@ -262,6 +265,8 @@ def _prior_after(
         digests = tuple(
             known[t] if t in reused else _output_digest(r.output) for t, r in results.items()
         )
+        stored = dict(zip(prior.order, prior.sizes, strict=True)) if prior and reused else {}
+        sizes = tuple(stored[t] if t in reused else _size(outputs[t]) for t in results)
         size = rows_footprint(remembered.items())
     else:
         new, hasher = found
@@ -271,8 +276,13 @@ def _prior_after(
         if new:
             _outputs_hash([results[t].output for t in new], hasher)
         digests = prior.digests + tuple(_output_digest(results[t].output) for t in new)
+        sizes = prior.sizes + tuple(_size(outputs[t]) for t in new)
         size = prior.footprint + rows_footprint((t, remembered[t]) for t in new)
-    return Prior(order, refs, hasher.digest(), done, size, digests)
+    return Prior(order, refs, hasher.digest(), done, size, digests, sizes)
+
+
+def _size(blob: bytes | None) -> int:
+    return 0 if blob is None else len(blob)
 
 
 class Known(NamedTuple):
@@ -296,6 +306,7 @@ def prepare_save(
     expected_version: int | None,
     claim: Claim | None = None,
     known: Known = UNKNOWN,
+    limits: Limits = DEFAULT_LIMITS,
 ) -> PreparedSave:
     """Encode a save whose arguments `checks.check_save` accepted, checking the task
     results it looks at; raises before any I/O if the input is bad.
@@ -336,6 +347,9 @@ def prepare_save(
         else msgspec.structs.replace(snapshot, task_results={t: results[t] for t in looked})
     )
     doc, outputs = lower_checkpoint(codec, shown)
+    for task_id, output in outputs.items():
+        if output is not None:
+            limits.value(len(output), f"output of task {task_id!r}")
     rows = {t: task_row(results[t], outputs[t]) for t in looked}
     fresh = {t: remembered_row(row) for t, row in rows.items()}
     remembered = {**stored, **fresh}
@@ -355,7 +369,9 @@ def prepare_save(
         after = Chain((expected_version or 0) + 1, len(blob), 0)
     # Skipped rows and a delta both rely on what this life of the id stored before.
     relies = len(changed) < len(results) or base_version is not None
-    next_prior = _prior_after(results, prior, found, remembered, reused)
+    next_prior = _prior_after(results, prior, found, remembered, reused, outputs)
+    limits.value(len(blob), "the checkpoint document")
+    limits.checkpoint(len(blob) + sum(next_prior.sizes), snapshot.instance_id)
     position = snapshot.position
     return PreparedSave(
         instance_id=snapshot.instance_id,

@@ -37,6 +37,7 @@ from snapstore.errors import (
     TerminalStateError,
     ValidationError,
 )
+from snapstore.limits import DEFAULT_LIMITS, Limits
 from snapstore.model import (
     AtSignal,
     AtTask,
@@ -151,13 +152,21 @@ def signal_filter_params(instance_id: str, kind: object | None) -> rw.Params:
     }
 
 
-def event_params(codec: Codec, instance_id: str, name: str, payload: Any) -> rw.Params:
+def event_params(
+    codec: Codec, instance_id: str, name: str, payload: Any, limits: Limits = DEFAULT_LIMITS
+) -> rw.Params:
     """Validates and seals the payload up front, so an unencodable event writes nothing."""
     return {
         "instance_id": checks.check_id("instance_id", instance_id),
         "name": checks.check_id("event name", name),
-        "payload": seal_value(codec, payload),
+        "payload": _sealed_payload(codec, payload, limits),
     }
+
+
+def _sealed_payload(codec: Codec, payload: Any, limits: Limits) -> bytes:
+    sealed = seal_value(codec, payload)
+    limits.value(len(sealed), "event payload")
+    return sealed
 
 
 def peek_params(instance_id: str, name: str | None, limit: int) -> rw.Params:
@@ -416,7 +425,7 @@ def send_event(ctx: Context, instance_id: str, name: str, payload: Any) -> Progr
     Under the instance lock, so of concurrent senders exactly one resumes it and the
     rest buffer. If events of that name were already buffered (the engine parked without
     `park`), the oldest of them resumes the instance and this one queues behind: FIFO."""
-    params = event_params(ctx.codec, instance_id, name, payload)
+    params = event_params(ctx.codec, instance_id, name, payload, ctx.limits)
     target = yield from _lock(instance_id)
     parked = yield from _waiting_for(target, name)
     older = None if parked is None else (yield from _take_oldest(instance_id, name))
