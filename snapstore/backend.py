@@ -27,7 +27,7 @@ from snapstore.claims import ClaimedTask, DispatchQuery, Seconds
 from snapstore.codecs import Codec, codec_instance
 from snapstore.codecs.registry import require_registered
 from snapstore.config import CodecBound, ConnectOptions, plan_connect
-from snapstore.errors import UnavailableError
+from snapstore.errors import CommitUnknownError, UnavailableError
 from snapstore.group_commit import GroupCommitStats, GroupCommitter
 from snapstore.limits import Limits
 from snapstore.migrate import migrate
@@ -179,9 +179,10 @@ class PostgresBackend(CodecBound, Generic[C]):
         lease has expired or been taken over. With ``group_commit`` on, concurrent
         saves share one commit; the contract is unchanged.
         """
-        if self._committer is None:
-            return self._runner.run(programs.save(self.ctx, snapshot, expected_version, claim))
         item = programs.prepare(self.ctx, snapshot, expected_version, claim)
+        if self._committer is None:
+            (result,) = self._flush([item])
+            return result.unwrap()
         return (self._committer.submit(item)).unwrap()
 
     def save_many(self, requests: Sequence[SaveRequest]) -> builtins.list[SaveResult]:
@@ -195,18 +196,35 @@ class PostgresBackend(CodecBound, Generic[C]):
         return programs.merge_results(len(requests), rejected, saved)
 
     def _flush(self, items: builtins.list[rw.PreparedSave]) -> builtins.list[SaveResult]:
-        """One commit of prepared saves (a group-commit batch or a `save_many`); a
-        deadlock with a concurrent batch is retried."""
+        """One commit of prepared saves (a save, a group-commit batch or a `save_many`).
+
+        A deadlock with a concurrent batch is retried. A connection lost after the
+        batch was sent is resolved on a fresh connection: the results if it
+        committed, one more try if it did not, `CommitUnknownError` while that cannot
+        be told (the server still unreachable)."""
         transaction = programs.needs_transaction(items)
-        for attempt in range(1, programs.MAX_BATCH_ATTEMPTS + 1):
+        deadlocks, resent = 0, False
+        while True:
             try:
                 return self._runner.run(
                     programs.save_batch(self.ctx, items), transaction=transaction
                 )
             except programs.RETRYABLE_ERRORS:
-                if attempt == programs.MAX_BATCH_ATTEMPTS:
+                deadlocks += 1
+                if deadlocks == programs.MAX_BATCH_ATTEMPTS:
                     raise
-        raise AssertionError("unreachable")
+            except CommitUnknownError as lost:
+                if resent:
+                    raise
+                try:
+                    found = self._runner.run(programs.committed(self.ctx, items), writes=False)
+                except UnavailableError:
+                    raise lost from None
+                if found is None:
+                    raise
+                if found:
+                    return found
+                resent = True  # it did not commit: send it once more
 
     @property
     def group_commit_stats(self) -> GroupCommitStats | None:

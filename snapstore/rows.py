@@ -510,6 +510,24 @@ def saved_versions(rows: Sequence[Row], count: int) -> list[Saved | None]:
     return saved
 
 
+def committed_params(items: Sequence[PreparedSave]) -> Params:
+    """What each save would have left in history had it committed."""
+    return {
+        "instance_ids": [i.instance_id for i in items],
+        "versions": [(i.expected_version or 0) + 1 for i in items],
+        "hashes": [i.data_hash for i in items],
+    }
+
+
+def interpret_committed(items: Sequence[PreparedSave], rows: Sequence[Row]) -> bool | None:
+    """Whether the lost batch committed: True (all of it), False (none of it), None if
+    only some did, which one commit cannot do (someone else saved the same bytes)."""
+    found = len(rows)
+    if found == len(items):
+        return True
+    return False if found == 0 else None
+
+
 def states_params(items: Sequence[PreparedSave]) -> Params:
     return {
         "instance_ids": [i.instance_id for i in items],

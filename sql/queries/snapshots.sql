@@ -203,6 +203,16 @@ FROM unnest(%(instance_ids)s::text[], %(claim_tokens)s::uuid[])
 LEFT JOIN @schema@.snapshots AS s ON s.instance_id = q.instance_id
 ORDER BY q.n;
 
+-- name: committed_saves
+-- After a connection was lost mid-save: which of the saves sent then did commit. A
+-- committed save left its version with its exact data_hash in history (one row each).
+SELECT q.n
+FROM unnest(%(instance_ids)s::text[], %(versions)s::bigint[], %(hashes)s::bytea[])
+    WITH ORDINALITY AS q(instance_id, version, data_hash, n)
+JOIN @schema@.history AS h ON h.instance_id = q.instance_id AND h.version = q.version
+WHERE h.data_hash = q.data_hash
+ORDER BY q.n;
+
 -- name: load_snapshots
 -- The checkpoint and the task outputs are read in one statement, so they come from one
 -- commit. Several instances at once: dispatch loads everything it leased in one round
