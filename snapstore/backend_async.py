@@ -254,12 +254,21 @@ class AsyncPostgresBackend(CodecBound, Generic[C]):
         return await self._runner.run(programs.list_snapshots(status, limit, cursor), writes=False)
 
     async def history(
-        self, instance_id: str, *, after_version: int = 0, limit: int | None = None
+        self,
+        instance_id: str,
+        *,
+        after_version: int = 0,
+        limit: int | None = None,
+        skip_corrupt: bool = False,
     ) -> builtins.list[HistoryEntry]:
-        """Checkpoints in version order (task outputs are not part of history blobs)."""
-        return await self._runner.run(
-            programs.history(instance_id, after_version, limit), writes=False
-        )
+        """Checkpoints in version order (task outputs are not part of history blobs).
+
+        A version that cannot be read raises `DecodeError` naming it; with
+        ``skip_corrupt`` it is left out instead (with the deltas that depend on it), so
+        one bad version does not hide the rest: compare the versions to see what was.
+        """
+        program = programs.history(instance_id, after_version, limit, skip_corrupt)
+        return await self._runner.run(program, writes=False)
 
     async def truncate_all(self) -> None:
         """Empty every table of the schema. For tests."""

@@ -265,11 +265,14 @@ def list_snapshots(
     return rw.interpret_list(rows, limit)
 
 
-def history(instance_id: str, after_version: int, limit: int | None) -> Program[list[HistoryEntry]]:
-    rows = yield Step(
-        "read_history", rw.history_params(instance_id, after_version, limit), Fetch.ALL
-    )
-    return rw.interpret_history(rows)
+def history(
+    instance_id: str, after_version: int, limit: int | None, skip_corrupt: bool = False
+) -> Program[list[HistoryEntry]]:
+    params = rw.history_params(instance_id, after_version, limit)
+    if not isinstance(skip_corrupt, bool):
+        raise ValidationError("skip_corrupt must be a bool")
+    rows = yield Step("read_history", params, Fetch.ALL)
+    return rw.interpret_history(rows, skip_corrupt=skip_corrupt)
 
 
 def truncate_all(ctx: Context) -> Program[None]:

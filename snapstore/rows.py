@@ -734,24 +734,23 @@ def history_params(instance_id: str, after_version: int, limit: int | None) -> P
     }
 
 
-def _located_readable(
-    snapshot: WorkflowSnapshot, instance_id: str, version: int
-) -> WorkflowSnapshot:
-    try:
-        return readable(snapshot)
-    except DecodeError as exc:
-        raise exc.located(instance_id=instance_id, version=version) from exc
-
-
-def interpret_history(rows: Sequence[Row]) -> list[HistoryEntry]:
+def interpret_history(rows: Sequence[Row], *, skip_corrupt: bool = False) -> list[HistoryEntry]:
     """``read_history`` rows as entries; rows marked as context (the last column: the
-    start of the first entry's delta chain) are only decoded from."""
+    start of the first entry's delta chain) are only decoded from. ``skip_corrupt``:
+    versions that cannot be read are left out (see `decode_chain`) instead of failing
+    the whole history."""
     if not rows:
         return []
-    chain = decode_chain(((int(r[1]), r[5]) for r in rows), instance_id=rows[0][0])
+    by_version = {int(r[1]): r for r in rows}
+    chain = decode_chain(
+        ((int(r[1]), r[5]) for r in rows),
+        instance_id=rows[0][0],
+        check=readable,
+        skip_corrupt=skip_corrupt,
+    )
     entries = []
-    for row, (version, codec, snapshot) in zip(rows, chain, strict=True):
-        instance_id, _version, status, task_id, _codec, _blob, created_at, context = row
+    for version, codec, snapshot in chain:
+        instance_id, _, status, task_id, _, _, created_at, context = by_version[version]
         if context:
             continue
         entries.append(
@@ -761,7 +760,7 @@ def interpret_history(rows: Sequence[Row]) -> list[HistoryEntry]:
                 status=WorkflowStatus(status),
                 current_task_id=task_id,
                 codec=codec.name,
-                snapshot=_located_readable(snapshot, instance_id, version),
+                snapshot=snapshot,
                 created_at=created_at,
             )
         )

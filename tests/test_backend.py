@@ -21,6 +21,7 @@ from snapstore import (
     AtSignal,
     AtTask,
     ConflictError,
+    DecodeError,
     EncodeError,
     InLoop,
     NotFoundError,
@@ -523,3 +524,23 @@ async def test_ids_at_the_length_limit_and_not_started_positions_round_trip(
     assert loaded.snapshot == longest
     summary = (await store.list()).items[0]
     assert (summary.current_task_id, summary.position_kind) == (None, "NotStarted")
+
+
+async def test_one_corrupt_version_can_be_skipped_instead_of_failing_the_history(
+    store: Twin,
+) -> None:
+    version = await store.save(with_tasks())
+    for n in range(6):
+        version = await store.save(advance(with_tasks(), error=f"step {n}"), version)
+    before = {e.version: e for e in await store.history("wf-1")}
+    await store.sql(
+        "UPDATE @schema@.history SET data = overlay(data placing '\\xff'::bytea from 12)"
+        " WHERE instance_id = 'wf-1' AND version = 3"
+    )
+    with pytest.raises(DecodeError, match="version 3"):
+        await store.history("wf-1")
+    kept = await store.history("wf-1", skip_corrupt=True)
+    versions = [e.version for e in kept]
+    assert 3 not in versions
+    assert versions[:2] == [1, 2]
+    assert all(e == before[e.version] for e in kept)

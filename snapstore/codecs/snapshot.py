@@ -14,7 +14,7 @@ its chain (the writer's rule, in rows.py, keeps chains short).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import msgspec
@@ -116,10 +116,18 @@ def is_delta(blob: bytes) -> bool:
 
 
 def decode_chain(
-    blobs: Iterable[tuple[int, bytes]], *, instance_id: str | None = None
+    blobs: Iterable[tuple[int, bytes]],
+    *,
+    instance_id: str | None = None,
+    check: Callable[[WorkflowSnapshot], object] | None = None,
+    skip_corrupt: bool = False,
 ) -> Iterator[tuple[int, Codec, WorkflowSnapshot]]:
     """Decode consecutive checkpoints (version, blob) in version order, the first of
-    them whole, yielding each as its snapshot (outputs not hydrated)."""
+    them whole, yielding each as its snapshot (outputs not hydrated) once ``check``
+    accepted it.
+
+    ``skip_corrupt``: a version that cannot be decoded is left out instead of raising,
+    and so are the deltas after it until the next whole checkpoint (they apply to it)."""
     previous: WorkflowSnapshot | None = None
     for version, blob in blobs:
         try:
@@ -130,7 +138,12 @@ def decode_chain(
             else:
                 codec, delta = open_document(blob, CheckpointDelta, delta=True)
                 current = apply_delta(previous, delta)
+            if check is not None:
+                check(current)
         except DecodeError as exc:
+            if skip_corrupt:
+                previous = None
+                continue
             raise exc.located(instance_id=instance_id, version=version) from exc
         previous = current
         yield version, codec, current
