@@ -30,6 +30,8 @@ helpers below; the backends' methods only run them.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -46,7 +48,9 @@ from snapstore.errors import (
     TerminalStateError,
 )
 from snapstore.model import Claim, StoredSnapshot, WorkflowSnapshot, WorkflowStatus
-from snapstore.programs import Context, Fetch, Program, Step
+from snapstore.programs import AfterCommit, Context, Fetch, Program, Step
+
+log = logging.getLogger("snapstore.claims")
 
 DEFAULT_TTL: Final = 30.0
 """Seconds a lease lasts unless told otherwise; renew with `extend` well before."""
@@ -241,7 +245,8 @@ def claimed_task(claim: Claim, loaded: rw.Loaded | None) -> ClaimedTask:
 
 def dispatch_program(query: DispatchQuery) -> Program[list[ClaimedTask]]:
     """Lease up to ``query.limit`` dispatchable instances and load them, all in one
-    statement whatever the count.
+    statement whatever the count. One whose checkpoint cannot be read comes back once,
+    its ``error`` set, and is quarantined so that no worker is handed it again.
 
     Run it in one transaction: the snapshot rows stay locked until the loads are done,
     and a failure anywhere leaves no lease behind.
@@ -253,7 +258,24 @@ def dispatch_program(query: DispatchQuery) -> Program[list[ClaimedTask]]:
     if not claims:
         return []
     loaded = yield from programs.load_many([c.instance_id for c in claims], checked=True)
-    return [claimed_task(c, loaded.get(c.instance_id)) for c in claims]
+    tasks = [claimed_task(c, loaded.get(c.instance_id)) for c in claims]
+    poisoned = [t for t in tasks if t.error is not None]
+    if poisoned and query.lease:
+        ids = [t.instance_id for t in poisoned]
+        yield Step("quarantine", {"instance_ids": ids, "until": rw.PARKED_UNTIL}, Fetch.NONE)
+        yield AfterCommit(functools.partial(_report_poison, poisoned))
+    return tasks
+
+
+def _report_poison(tasks: list[ClaimedTask]) -> None:
+    for task in tasks:
+        log.warning(
+            "instance %s cannot be read and is quarantined (not dispatched again until a"
+            " good checkpoint is saved): %s",
+            task.instance_id,
+            task.error,
+            extra={"instance_id": task.instance_id},
+        )
 
 
 def dispatchable_ids_program(query: DispatchQuery) -> Program[list[str]]:

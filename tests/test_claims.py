@@ -487,6 +487,27 @@ async def test_an_undecodable_checkpoint_does_not_block_dispatch(claims: Claims)
     assert await claims.count("claims") == 2  # the bad one stays leased, not retried
 
 
+async def test_an_undecodable_checkpoint_is_handed_out_once_then_quarantined(
+    claims: Claims,
+) -> None:
+    """Not again and again: after its lease is gone no dispatch, poll or timer returns
+    it; saving a good checkpoint over it releases it."""
+    await claims.seed(snap("bad"), snap("good"))
+    await claims.sql("UPDATE @schema@.history SET data = '\\x00'::bytea WHERE instance_id = 'bad'")
+    first = {t.instance_id: t for t in await claims.find(limit=5)}
+    assert isinstance(first["bad"].error, DecodeError)
+    assert first["good"].error is None
+    assert await claims.release(first["bad"].claim)
+    assert await claims.find(limit=5) == []  # "good" is still leased, "bad" quarantined
+    assert await claims.dispatchable_ids() == []
+    assert await claims.count("claims") == 1
+    await claims.save(snap("bad", error="repaired"), 1)  # an operator saves a good one
+    (again,) = await claims.find(limit=5)
+    assert again.instance_id == "bad"
+    assert again.error is None
+    assert again.snapshot.error == "repaired"
+
+
 async def test_claim_notified_uses_the_dispatch_predicate_on_the_named_ids(
     claims: Claims,
 ) -> None:

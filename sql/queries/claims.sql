@@ -138,6 +138,15 @@ LEFT JOIN leased AS l ON l.instance_id = p.instance_id
 WHERE NOT %(claim)s OR l.token IS NOT NULL
 ORDER BY p.effective_priority, p.available_at, p.instance_id;
 
+-- name: quarantine
+-- Dispatch leased instances whose checkpoint cannot be read: they wait at the end of
+-- time (like a parked instance, but not AtSignal), so no worker is handed them again
+-- and no poll or timer looks at them; the next save of a good checkpoint sets
+-- available_at anew and so releases them.
+UPDATE @schema@.snapshots
+SET available_at = %(until)s
+WHERE instance_id = ANY (%(instance_ids)s::text[]) AND status = 'InProgress';
+
 -- name: next_dispatch_at
 -- The next moment (strictly after now()) an instance may become dispatchable without any
 -- NOTIFY: a timer or retry backoff coming due, or a lease running out. Waking up then and
