@@ -53,6 +53,7 @@ NAMES: Final = {
     "ASYNC_STOP_CHECK_INTERVAL": "STOP_CHECK_INTERVAL",
     "__aenter__": "__enter__",
     "__aexit__": "__exit__",
+    "aclosing": "closing",
     "aresolve": "resolve",
     "asleep": "sleep",
     "backend_async": "backend",

@@ -95,7 +95,9 @@ class PostgresBackend(CodecBound, Generic[C]):
         bracketed class), ``run_migrations``, ``open_timeout``, ``group_commit`` (default
         on for the asyncio backend, off for the sync one), ``connect_timeout`` (default
         5 s), ``checkout_timeout`` (default 5 s: the wait for a pooled connection),
-        ``max_value_bytes`` and ``max_checkpoint_bytes`` (see `snapstore.limits`).
+        ``max_value_bytes`` and ``max_checkpoint_bytes`` (see `snapstore.limits`) and
+        ``pooler`` (``"transaction"`` behind PgBouncer's transaction pooling: no prepared
+        statements; see README "Behind PgBouncer").
 
         A server that cannot be reached is an `UnavailableError` carrying its reason,
         within ``connect_timeout``; pooled connections are checked before each use.

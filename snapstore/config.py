@@ -23,6 +23,10 @@ from snapstore.sql_catalog import DEFAULT_SCHEMA, validate_schema
 
 DEFAULT_APPLICATION_NAME: Final = "snapstore"
 MAX_TIMEOUT_MS: Final = 2**31 - 1  # statement_timeout is an int of milliseconds
+POOLERS: Final = (None, "session", "transaction")
+"""What sits between the backend and PostgreSQL: nothing (or a session pooler, which
+keeps a server connection per client) or a transaction pooler such as PgBouncer's
+``pool_mode = transaction``."""
 
 
 def _duration(name: str, value: object) -> timedelta | None:
@@ -52,6 +56,7 @@ class ConnectOptions(TypedDict, total=False):
     checkout_timeout: float
     max_value_bytes: int
     max_checkpoint_bytes: int
+    pooler: str | None
 
 
 @dataclass(frozen=True)
@@ -83,9 +88,22 @@ def plan_connect(options: ConnectOptions, conninfo: str = "") -> ConnectPlan:
     open_timeout = _duration("open_timeout", options.get("open_timeout", 30.0))
     connect_timeout = _duration("connect_timeout", options.get("connect_timeout", 5.0))
     checkout_timeout = _duration("checkout_timeout", options.get("checkout_timeout", 5.0))
-    threshold = options.get("prepare_threshold", 5)
+    pooler = options.get("pooler")
+    if pooler not in POOLERS:
+        raise ConfigurationError(f"pooler must be one of {POOLERS} (got {pooler!r})")
+    threshold = options.get("prepare_threshold", None if pooler == "transaction" else 5)
     if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, int)):
         raise ConfigurationError(f"prepare_threshold must be None or an int (got {threshold!r})")
+    if pooler == "transaction" and threshold is not None:
+        # PgBouncer before 1.21 shares server connections between clients: a named
+        # prepared statement of one client could be bound by another's.
+        raise ConfigurationError('pooler="transaction" uses no prepared statements')
+    if pooler == "transaction" and timeout is not None:
+        # A startup option PgBouncer refuses, and a session SET would leak to other clients.
+        raise ConfigurationError(
+            'with pooler="transaction", set statement_timeout on the role '
+            "(ALTER ROLE ... SET statement_timeout), which every server connection applies"
+        )
     name = options.get("application_name", DEFAULT_APPLICATION_NAME)
     if not isinstance(name, str) or "\x00" in name:
         raise ConfigurationError(f"application_name must be a str (got {name!r})")

@@ -19,7 +19,7 @@ import psycopg
 from psycopg import Connection
 
 from snapstore.errors import ConfigurationError
-from snapstore.wakeup.options import ListenerPlan
+from snapstore.wakeup.options import PROBE_TIMEOUT, ListenerPlan
 from snapstore.wakeup.state import (
     Action,
     Backoff,
@@ -182,15 +182,47 @@ class WakeupListener:
         conn = Connection.connect(conninfo, **kwargs)
         try:
             conn.execute(self.plan.listen)
+            heard = self._round_trip(conn, conninfo, kwargs)
         except BaseException:
             conn.close()
             raise
+        if not heard:
+            with self._mailbox.guard:
+                self._queue.record("listen_failures")
+            log.warning(
+                "wakeup listener on %s never heard its own NOTIFY: LISTEN does not work on"
+                " this connection (a transaction pooler?); it relies on the fallback poll"
+                " every %ss. Give wakeups(conninfo=...) a direct connection.",
+                self.plan.channel,
+                self.plan.poll_interval,
+            )
         self._conn = conn
         self._backend_pid = conn.info.backend_pid
         if reconnect:
             with self._mailbox.guard:
                 self._queue.record("reconnects")
             log.info("wakeup listener on %s reconnected", self.plan.channel)
+
+    def _round_trip(self, conn: Connection[Any], conninfo: str, kwargs: dict[str, Any]) -> bool:
+        """Whether a NOTIFY sent now from another connection comes back on ``conn``
+        within `PROBE_TIMEOUT` (real wakeups arriving meanwhile are queued, not lost).
+        From another one: behind a transaction pooler a NOTIFY sent on the listener's
+        own connection may run on the very server connection that did LISTEN, and come
+        back, while everyone else's never would."""
+        sender = Connection.connect(conninfo, **kwargs)
+        try:
+            sender.execute(self.plan.probe)
+        finally:
+            sender.close()
+        notifies = conn.notifies(timeout=PROBE_TIMEOUT)
+        with contextlib.closing(notifies):  # let go of the connection at once
+            for notify in notifies:
+                if notify.channel != self.plan.channel:
+                    continue
+                if not notify.payload:
+                    return True
+                self._offer((notify.payload,), polled=False)
+        return False
 
     def _poll(self) -> float | None:
         """Queue what is due (unless the queue is full: nothing found could be queued,

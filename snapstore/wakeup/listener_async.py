@@ -17,7 +17,7 @@ import psycopg
 from psycopg import AsyncConnection
 
 from snapstore.errors import ConfigurationError
-from snapstore.wakeup.options import ListenerPlan
+from snapstore.wakeup.options import PROBE_TIMEOUT, ListenerPlan
 from snapstore.wakeup.state import (
     Action,
     Backoff,
@@ -180,15 +180,49 @@ class AsyncWakeupListener:
         conn = await AsyncConnection.connect(conninfo, **kwargs)
         try:
             await conn.execute(self.plan.listen)
+            heard = await self._round_trip(conn, conninfo, kwargs)
         except BaseException:
             await conn.close()
             raise
+        if not heard:
+            with self._mailbox.guard:
+                self._queue.record("listen_failures")
+            log.warning(
+                "wakeup listener on %s never heard its own NOTIFY: LISTEN does not work on"
+                " this connection (a transaction pooler?); it relies on the fallback poll"
+                " every %ss. Give wakeups(conninfo=...) a direct connection.",
+                self.plan.channel,
+                self.plan.poll_interval,
+            )
         self._conn = conn
         self._backend_pid = conn.info.backend_pid
         if reconnect:
             with self._mailbox.guard:
                 self._queue.record("reconnects")
             log.info("wakeup listener on %s reconnected", self.plan.channel)
+
+    async def _round_trip(
+        self, conn: AsyncConnection[Any], conninfo: str, kwargs: dict[str, Any]
+    ) -> bool:
+        """Whether a NOTIFY sent now from another connection comes back on ``conn``
+        within `PROBE_TIMEOUT` (real wakeups arriving meanwhile are queued, not lost).
+        From another one: behind a transaction pooler a NOTIFY sent on the listener's
+        own connection may run on the very server connection that did LISTEN, and come
+        back, while everyone else's never would."""
+        sender = await AsyncConnection.connect(conninfo, **kwargs)
+        try:
+            await sender.execute(self.plan.probe)
+        finally:
+            await sender.close()
+        notifies = conn.notifies(timeout=PROBE_TIMEOUT)
+        async with contextlib.aclosing(notifies):  # let go of the connection at once
+            async for notify in notifies:
+                if notify.channel != self.plan.channel:
+                    continue
+                if not notify.payload:
+                    return True
+                self._offer((notify.payload,), polled=False)
+        return False
 
     async def _poll(self) -> float | None:
         """Queue what is due (unless the queue is full: nothing found could be queued,

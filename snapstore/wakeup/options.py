@@ -17,6 +17,8 @@ from snapstore.sql_catalog import Queries, wakeup_channel
 POLL_QUERY: Final = "wakeup_poll"
 NEXT_DUE_QUERY: Final = "next_dispatch_at"
 DEFAULT_APPLICATION_NAME: Final = "snapstore-wakeup"
+PROBE_TIMEOUT: Final = 1.0
+"""Seconds a new LISTEN connection waits for its own NOTIFY to come back."""
 # Unless the conninfo says otherwise. A LISTEN connection is idle most of the time,
 # so a silently dead peer (network partition, failover) would otherwise only be
 # noticed by the next poll, which could then hang for the kernel's retransmission
@@ -64,6 +66,7 @@ class ListenerPlan:
 
     channel: str
     listen: sql.Composed
+    probe: sql.Composed
     poll: bytes
     next_due: bytes
     application_name: str = DEFAULT_APPLICATION_NAME
@@ -105,6 +108,8 @@ class ListenerPlan:
             # The channel contains ':' and must match pg_notify's text argument
             # byte for byte, so it is always a quoted identifier.
             listen=sql.SQL("LISTEN {}").format(sql.Identifier(channel)),
+            # An empty payload names no instance: other listeners ignore it.
+            probe=sql.SQL("SELECT pg_notify({}, '')").format(sql.Literal(channel)),
             poll=queries[POLL_QUERY],
             next_due=queries[NEXT_DUE_QUERY],
             application_name=name,

@@ -33,7 +33,9 @@ class WakeupStats:
     or from the fallback poll (``polled``); each one ends up exactly once as
     ``delivered``, ``coalesced`` (already pending), ``dropped`` (queue full) or
     still ``pending``. ``polls`` counts poll queries, ``reconnects`` successful
-    reconnections after a lost LISTEN connection.
+    reconnections after a lost LISTEN connection, ``listen_failures`` connections on
+    which a NOTIFY round trip never came back (LISTEN through a transaction pooler):
+    those listeners live on the fallback poll alone.
     """
 
     received: int = 0
@@ -45,6 +47,7 @@ class WakeupStats:
     pending: int = 0
     reconnects: int = 0
     polls: int = 0
+    listen_failures: int = 0
 
     @property
     def drop_rate(self) -> float:
