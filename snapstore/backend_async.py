@@ -222,11 +222,12 @@ class AsyncPostgresBackend(CodecBound, Generic[C]):
                     )
                 except UnavailableError:
                     raise lost from None
-                if found is None:
-                    raise
-                if found:
-                    return found
-                resent = True  # it did not commit: send it once more
+                resent = True
+                if found:  # it committed; what it refused is sent again for its error
+                    rest = [item for i, item in enumerate(items) if i not in found]
+                    again = iter(await self._flush(rest) if rest else [])
+                    return [found[i] if i in found else next(again) for i in range(len(items))]
+                # it did not commit: send it once more
 
     @property
     def group_commit_stats(self) -> GroupCommitStats | None:

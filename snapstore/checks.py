@@ -125,7 +125,7 @@ def check_position(position: Position) -> None:
     if isinstance(position, AtDelay):
         check_time("AtDelay.wake_at", position.wake_at, optional=False, aware=True)
     elif isinstance(position, AtSignal):
-        check_text("AtSignal.signal_name", position.signal_name)
+        check_id("AtSignal.signal_name", position.signal_name)  # an event name resumes it
     elif isinstance(position, AtFork):
         check_names("AtFork.branches", position.branches)
     elif isinstance(position, AtJoin):
@@ -195,6 +195,21 @@ def check_snapshot(snapshot: WorkflowSnapshot, tasks: Iterable[str] | None = Non
         check_retry(task_id, retry)
 
 
+def check_readable(snapshot: WorkflowSnapshot) -> None:
+    """What a decoded checkpoint must hold for the engine and the store to use it, beyond
+    the types msgspec already enforced while decoding: ids that are ids, a priority in
+    range, tags without NUL. Deliberately looser than `check_snapshot` (no length or
+    schedule limits): a checkpoint an earlier release wrote stays readable, and it is
+    cheap enough for every load."""
+    check_id("instance_id", snapshot.instance_id)
+    prio = snapshot.priority
+    if not MIN_PRIORITY <= prio <= MAX_PRIORITY:
+        raise ValidationError(f"priority must be an int in {MIN_PRIORITY}..{MAX_PRIORITY}")
+    for tag in snapshot.tags:
+        if "\x00" in tag:
+            raise ValidationError("tags must not contain NUL characters")
+
+
 def check_expected_version(expected_version: int | None) -> None:
     if expected_version is not None and (
         isinstance(expected_version, bool)
@@ -253,7 +268,9 @@ def check_statuses(statuses: object) -> list[str] | None:
     return names
 
 
-def check_seconds(value: object, what: str, *, zero: bool = False) -> timedelta:
+def check_seconds(
+    value: object, what: str, *, zero: bool = False, bounded: bool = True
+) -> timedelta:
     """A positive (or, with ``zero``, non-negative) finite duration of at most
     `MAX_DURATION`, from seconds or a timedelta: the server adds it to now(), and the
     sum must stay a time Python can read back."""
@@ -268,7 +285,7 @@ def check_seconds(value: object, what: str, *, zero: bool = False) -> timedelta:
             raise ValidationError(f"{what} of {value} seconds is too large") from exc
     if duration < timedelta(0) or (duration == timedelta(0) and not zero):
         raise ValidationError(f"{what} must be {'>= 0' if zero else 'positive'}, got {duration}")
-    if duration > MAX_DURATION:
+    if bounded and duration > MAX_DURATION:
         raise ValidationError(f"{what} must be at most {MAX_DURATION.days} days, got {duration}")
     return duration
 

@@ -46,6 +46,7 @@ from snapstore.errors import (
     NotFoundError,
     SnapstoreError,
     TerminalStateError,
+    UnknownCodecError,
 )
 from snapstore.model import Claim, StoredSnapshot, WorkflowSnapshot, WorkflowStatus
 from snapstore.programs import AfterCommit, Context, Fetch, Program, Step
@@ -156,7 +157,8 @@ class DispatchQuery:
             limit=checks.check_limit(limit, MAX_DISPATCH),
             ttl=checks.check_seconds(ttl, "ttl"),
             tags=checks.check_tags(tags),
-            aging_interval=checks.check_seconds(aging_interval, "aging_interval"),
+            # Never added to a time, so any length works (timedelta.max: no aging).
+            aging_interval=checks.check_seconds(aging_interval, "aging_interval", bounded=False),
             instance_ids=ids,
             lease=lease,
         )
@@ -259,7 +261,10 @@ def dispatch_program(query: DispatchQuery) -> Program[list[ClaimedTask]]:
         return []
     loaded = yield from programs.load_many([c.instance_id for c in claims], checked=True)
     tasks = [claimed_task(c, loaded.get(c.instance_id)) for c in claims]
-    poisoned = [t for t in tasks if t.error is not None]
+    # A codec this process lacks is not poison: another worker may have it.
+    poisoned = [
+        t for t in tasks if t.error is not None and not isinstance(t.error, UnknownCodecError)
+    ]
     if poisoned and query.lease:
         ids = [t.instance_id for t in poisoned]
         yield Step("quarantine", {"instance_ids": ids, "until": rw.PARKED_UNTIL}, Fetch.NONE)

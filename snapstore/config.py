@@ -9,6 +9,7 @@ the codec; subscripting with a TypeVar keeps ordinary generic behaviour.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, ClassVar, Final, TypedDict
@@ -121,7 +122,9 @@ def plan_connect(options: ConnectOptions, conninfo: str = "") -> ConnectPlan:
         if ms > MAX_TIMEOUT_MS:
             raise ConfigurationError(f"statement_timeout must be at most {MAX_TIMEOUT_MS} ms")
         connection["options"] = f"-c statement_timeout={ms}"
-    if connect_timeout is not None and "connect_timeout" not in conninfo_to_dict(conninfo):
+    # A timeout the conninfo or PGCONNECT_TIMEOUT sets stands, unless one is given here.
+    elsewhere = "connect_timeout" in conninfo_to_dict(conninfo) or "PGCONNECT_TIMEOUT" in os.environ
+    if connect_timeout is not None and ("connect_timeout" in options or not elsewhere):
         # libpq counts whole seconds (and waits at least 2).
         connection["connect_timeout"] = max(2, math.ceil(connect_timeout.total_seconds()))
     return ConnectPlan(

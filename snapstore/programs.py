@@ -152,16 +152,16 @@ def save_batch(ctx: Context, items: Sequence[rw.PreparedSave]) -> Program[list[S
     return [r for r in results if r is not None]
 
 
-def committed(ctx: Context, items: Sequence[rw.PreparedSave]) -> Program[list[SaveResult] | None]:
-    """After a lost connection: the results of ``items`` if their commit went through,
-    [] if it did not (they may be sent again), None if that cannot be told."""
+def committed(ctx: Context, items: Sequence[rw.PreparedSave]) -> Program[dict[int, SaveResult]]:
+    """After a lost connection: the results of the items of ``items`` whose commit went
+    through, by position ({} if the batch did not commit: it may be sent again)."""
     rows = yield Step("committed_saves", rw.committed_params(items), Fetch.ALL)
-    outcome = rw.interpret_committed(items, rows)
-    if not outcome:
-        return None if outcome is None else []
+    found = rw.interpret_committed(items, rows)
     for item in items:  # the commit's AfterCommit never ran: what the cache knows is old
         ctx.tasks.forget(item.instance_id)
-    return [SaveResult(i.instance_id, (i.expected_version or 0) + 1) for i in items]
+    return {
+        i: SaveResult(items[i].instance_id, (items[i].expected_version or 0) + 1) for i in found
+    }
 
 
 def prepare(

@@ -371,7 +371,9 @@ def prepare_save(
     relies = len(changed) < len(results) or base_version is not None
     next_prior = _prior_after(results, prior, found, remembered, reused, outputs)
     limits.value(len(blob), "the checkpoint document")
-    limits.checkpoint(len(blob) + sum(next_prior.sizes), snapshot.instance_id)
+    # A load decodes the whole chain the version ends, then returns every output.
+    chain_bytes = after.full_bytes + after.delta_bytes
+    limits.checkpoint(chain_bytes + sum(next_prior.sizes), snapshot.instance_id)
     position = snapshot.position
     return PreparedSave(
         instance_id=snapshot.instance_id,
@@ -519,13 +521,15 @@ def committed_params(items: Sequence[PreparedSave]) -> Params:
     }
 
 
-def interpret_committed(items: Sequence[PreparedSave], rows: Sequence[Row]) -> bool | None:
-    """Whether the lost batch committed: True (all of it), False (none of it), None if
-    only some did, which one commit cannot do (someone else saved the same bytes)."""
-    found = len(rows)
-    if found == len(items):
-        return True
-    return False if found == 0 else None
+def interpret_committed(items: Sequence[PreparedSave], rows: Sequence[Row]) -> list[int]:
+    """The positions of the lost batch's items found in history. A batch commits as a
+    whole (one statement, or one transaction), so any found means it committed, and the
+    items not found were refused by it (a conflict...)."""
+    found: dict[tuple[str, int], int] = {}  # one history row is one item's, the first's
+    for (position,) in rows:
+        item = items[int(position) - 1]
+        found.setdefault((item.instance_id, (item.expected_version or 0) + 1), int(position) - 1)
+    return sorted(found.values())
 
 
 def states_params(items: Sequence[PreparedSave]) -> Params:
@@ -631,7 +635,7 @@ def readable(snapshot: WorkflowSnapshot) -> WorkflowSnapshot:
     NUL in an id: a blob written by another tool, or corrupted consistently with its
     checksum) is a `DecodeError`, not a value the engine then trips over."""
     try:
-        checks.check_snapshot(snapshot)
+        checks.check_readable(snapshot)
     except ValidationError as exc:
         raise DecodeError(f"stored checkpoint is not one snapstore writes: {exc}") from None
     return snapshot

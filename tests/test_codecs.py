@@ -520,8 +520,8 @@ def test_the_depth_probe_falls_back_for_what_orjson_cannot_encode() -> None:
     ids=["priority-9", "nul-in-id", "nul-in-tag"],
 )
 def test_the_reader_refuses_what_the_writer_refuses(change: dict[str, Any]) -> None:
-    """A blob another tool wrote (checksum intact) still cannot hand the engine a
-    checkpoint save() would have refused."""
+    """A blob another tool wrote (checksum intact) cannot hand the engine a checkpoint
+    broken where it relies on it (ids, priority, tags)."""
     bad = msgspec.structs.replace(RICH, **change)
     blob = encode_snapshot(codec_instance(JsonCodec), bad)
     _, decoded = decode_snapshot(blob, with_outputs(bad, codec_instance(JsonCodec)))
@@ -551,3 +551,12 @@ def test_codecs_are_validated_when_registered(make: Callable[[], Any]) -> None:
     with pytest.raises(ConfigurationError):
         register_codec(make())
     assert registered_codecs() == before
+
+
+def test_the_reader_keeps_what_an_earlier_release_could_write() -> None:
+    """Write-side limits added later (text length, schedule range) do not make stored
+    checkpoints unreadable."""
+    old = msgspec.structs.replace(RICH, error="x" * (2**20 + 1))
+    blob = encode_snapshot(codec_instance(JsonCodec), old)
+    _, decoded = decode_snapshot(blob, with_outputs(old, codec_instance(JsonCodec)))
+    assert readable(decoded) is decoded

@@ -15,27 +15,34 @@ def test_a_committed_save_is_found_by_its_version_and_data_hash(
 ) -> None:
     first = with_tasks("wf-1")
     item = programs.prepare(backend.ctx, first, None, None)
-    assert backend._runner.run(programs.committed(backend.ctx, [item]), writes=False) == []
+    assert backend._runner.run(programs.committed(backend.ctx, [item]), writes=False) == {}
     assert backend.save(first) == 1
     found = backend._runner.run(programs.committed(backend.ctx, [item]), writes=False)
-    assert found is not None
-    assert [(r.instance_id, r.version, r.error) for r in found] == [("wf-1", 1, None)]
+    assert [(i, r.instance_id, r.version, r.error) for i, r in found.items()] == [
+        (0, "wf-1", 1, None)
+    ]
 
 
 def test_other_bytes_at_that_version_are_not_this_save(backend: PostgresBackend[JsonCodec]) -> None:
     assert backend.save(snap("wf-1")) == 1
     mine = programs.prepare(backend.ctx, advance(snap("wf-1"), error="mine"), 1, None)
     assert backend.save(advance(snap("wf-1"), error="theirs"), 1) == 2
-    assert backend._runner.run(programs.committed(backend.ctx, [mine]), writes=False) == []
+    assert backend._runner.run(programs.committed(backend.ctx, [mine]), writes=False) == {}
 
 
-def test_a_batch_partly_in_history_cannot_be_told(backend: PostgresBackend[JsonCodec]) -> None:
-    """One commit is all or nothing: finding only some is someone else's identical save,
-    and the outcome stays unknown rather than guessed."""
+def test_a_batch_commits_whole_so_its_missing_items_were_refused(
+    backend: PostgresBackend[JsonCodec],
+) -> None:
+    """One commit is all or nothing: finding one item means the batch committed, and an
+    item not found was refused by it (sent again, it gets its precise error). Two items
+    for one version can both match one history row: only the first is the save that
+    wrote it."""
     a = programs.prepare(backend.ctx, snap("a"), None, None)
     b = programs.prepare(backend.ctx, snap("b"), None, None)
+    twin_of_a = programs.prepare(backend.ctx, snap("a"), None, None)
     backend.save(snap("a"))
-    assert backend._runner.run(programs.committed(backend.ctx, [a, b]), writes=False) is None
+    found = backend._runner.run(programs.committed(backend.ctx, [a, b, twin_of_a]), writes=False)
+    assert list(found) == [0]
 
 
 @pytest.mark.parametrize("grouped", [False, True], ids=["plain", "group-commit"])

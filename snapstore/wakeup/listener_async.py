@@ -209,7 +209,11 @@ class AsyncWakeupListener:
         From another one: behind a transaction pooler a NOTIFY sent on the listener's
         own connection may run on the very server connection that did LISTEN, and come
         back, while everyone else's never would."""
-        sender = await AsyncConnection.connect(conninfo, **kwargs)
+        try:
+            sender = await AsyncConnection.connect(conninfo, **kwargs)
+        except psycopg.OperationalError as exc:  # LISTEN itself worked: carry on with it
+            log.warning("wakeup listener on %s could not verify LISTEN: %s", self.plan.channel, exc)
+            return True
         try:
             await sender.execute(self.plan.probe)
         finally:
