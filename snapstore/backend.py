@@ -26,7 +26,7 @@ from snapstore import signals as sg
 from snapstore.claims import ClaimedTask, DispatchQuery, Seconds
 from snapstore.codecs import Codec, codec_instance
 from snapstore.codecs.registry import require_registered
-from snapstore.config import CodecBound, ConnectOptions, plan_connect
+from snapstore.config import CodecBound, ConnectOptions, check_pooler, plan_connect
 from snapstore.errors import CommitUnknownError, UnavailableError
 from snapstore.group_commit import GroupCommitStats, GroupCommitter
 from snapstore.limits import Limits
@@ -68,6 +68,7 @@ class PostgresBackend(CodecBound, Generic[C]):
         owns_pool: bool = False,
         group_commit: bool | None = None,
         limits: Limits | None = None,
+        pooler: str | None = None,
     ) -> None:
         """Wrap ``pool`` (use `connect` or `from_pool` rather than calling this)."""
         self.schema = validate_schema(schema)
@@ -79,6 +80,8 @@ class PostgresBackend(CodecBound, Generic[C]):
         self._pool = pool
         self._owns_pool = owns_pool
         self._runner = Runner(pool, self.queries)
+        # Behind a transaction pooler a server process id says nothing about a client.
+        self._pids_known = check_pooler(pooler) != "transaction"
         self._wakeups = WakeupRegistry()
         grouped = GroupCommitter.ON_BY_DEFAULT if group_commit is None else group_commit
         self._committer = GroupCommitter(self._flush) if grouped else None
@@ -128,12 +131,20 @@ class PostgresBackend(CodecBound, Generic[C]):
         run_migrations: bool = True,
         group_commit: bool | None = None,
         limits: Limits | None = None,
+        pooler: str | None = None,
     ) -> Self:
         """Use a pool the caller owns (and closes). Its connections should be autocommit.
 
         ``limits``: see `snapstore.limits` (defaults: 256 MiB per value, 512 MiB per
         checkpoint)."""
-        backend = cls(pool, schema=schema, codec=codec, group_commit=group_commit, limits=limits)
+        backend = cls(
+            pool,
+            schema=schema,
+            codec=codec,
+            group_commit=group_commit,
+            limits=limits,
+            pooler=pooler,
+        )
         if run_migrations:
             backend.migrate()
         return backend
@@ -219,9 +230,14 @@ class PostgresBackend(CodecBound, Generic[C]):
                 if resent:
                     raise
                 try:
+                    done = self._pids_known and self._runner.run(
+                        programs.backend_finished(lost.backend_pid), writes=False
+                    )
                     found = self._runner.run(programs.committed(self.ctx, items), writes=False)
                 except UnavailableError:
                     raise lost from None
+                if not found and not done:  # it may still be running: sending it again
+                    raise  # could race it, and would turn its success into a conflict
                 resent = True
                 if found:  # it committed; what it refused is sent again for its error
                     rest = [item for i, item in enumerate(items) if i not in found]

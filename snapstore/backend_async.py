@@ -24,7 +24,7 @@ from snapstore import signals as sg
 from snapstore.claims import ClaimedTask, DispatchQuery, Seconds
 from snapstore.codecs import Codec, codec_instance
 from snapstore.codecs.registry import require_registered
-from snapstore.config import CodecBound, ConnectOptions, plan_connect
+from snapstore.config import CodecBound, ConnectOptions, check_pooler, plan_connect
 from snapstore.errors import CommitUnknownError, UnavailableError
 from snapstore.group_commit import AsyncGroupCommitter, GroupCommitStats
 from snapstore.limits import Limits
@@ -66,6 +66,7 @@ class AsyncPostgresBackend(CodecBound, Generic[C]):
         owns_pool: bool = False,
         group_commit: bool | None = None,
         limits: Limits | None = None,
+        pooler: str | None = None,
     ) -> None:
         """Wrap ``pool`` (use `connect` or `from_pool` rather than calling this)."""
         self.schema = validate_schema(schema)
@@ -77,6 +78,8 @@ class AsyncPostgresBackend(CodecBound, Generic[C]):
         self._pool = pool
         self._owns_pool = owns_pool
         self._runner = AsyncRunner(pool, self.queries)
+        # Behind a transaction pooler a server process id says nothing about a client.
+        self._pids_known = check_pooler(pooler) != "transaction"
         self._wakeups = WakeupRegistry()
         grouped = AsyncGroupCommitter.ON_BY_DEFAULT if group_commit is None else group_commit
         self._committer = AsyncGroupCommitter(self._flush) if grouped else None
@@ -126,12 +129,20 @@ class AsyncPostgresBackend(CodecBound, Generic[C]):
         run_migrations: bool = True,
         group_commit: bool | None = None,
         limits: Limits | None = None,
+        pooler: str | None = None,
     ) -> Self:
         """Use a pool the caller owns (and closes). Its connections should be autocommit.
 
         ``limits``: see `snapstore.limits` (defaults: 256 MiB per value, 512 MiB per
         checkpoint)."""
-        backend = cls(pool, schema=schema, codec=codec, group_commit=group_commit, limits=limits)
+        backend = cls(
+            pool,
+            schema=schema,
+            codec=codec,
+            group_commit=group_commit,
+            limits=limits,
+            pooler=pooler,
+        )
         if run_migrations:
             await backend.migrate()
         return backend
@@ -217,11 +228,16 @@ class AsyncPostgresBackend(CodecBound, Generic[C]):
                 if resent:
                     raise
                 try:
+                    done = self._pids_known and await self._runner.run(
+                        programs.backend_finished(lost.backend_pid), writes=False
+                    )
                     found = await self._runner.run(
                         programs.committed(self.ctx, items), writes=False
                     )
                 except UnavailableError:
                     raise lost from None
+                if not found and not done:  # it may still be running: sending it again
+                    raise  # could race it, and would turn its success into a conflict
                 resent = True
                 if found:  # it committed; what it refused is sent again for its error
                     rest = [item for i, item in enumerate(items) if i not in found]

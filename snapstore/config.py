@@ -70,6 +70,13 @@ class ConnectPlan:
     open_timeout: float
 
 
+def check_pooler(pooler: object) -> str | None:
+    """One of `POOLERS`."""
+    if pooler not in POOLERS:
+        raise ConfigurationError(f"pooler must be one of {POOLERS} (got {pooler!r})")
+    return pooler
+
+
 def plan_connect(options: ConnectOptions, conninfo: str = "") -> ConnectPlan:
     """Validate ``connect`` options before anything is opened."""
     unknown = set(options) - set(ConnectOptions.__annotations__)
@@ -89,9 +96,7 @@ def plan_connect(options: ConnectOptions, conninfo: str = "") -> ConnectPlan:
     open_timeout = _duration("open_timeout", options.get("open_timeout", 30.0))
     connect_timeout = _duration("connect_timeout", options.get("connect_timeout", 5.0))
     checkout_timeout = _duration("checkout_timeout", options.get("checkout_timeout", 5.0))
-    pooler = options.get("pooler")
-    if pooler not in POOLERS:
-        raise ConfigurationError(f"pooler must be one of {POOLERS} (got {pooler!r})")
+    pooler = check_pooler(options.get("pooler"))
     threshold = options.get("prepare_threshold", None if pooler == "transaction" else 5)
     if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, int)):
         raise ConfigurationError(f"prepare_threshold must be None or an int (got {threshold!r})")
@@ -140,6 +145,7 @@ def plan_connect(options: ConnectOptions, conninfo: str = "") -> ConnectPlan:
             "schema": schema,
             "codec": options.get("codec"),
             "group_commit": options.get("group_commit"),
+            "pooler": pooler,
             "limits": Limits.build(
                 options.get("max_value_bytes"), options.get("max_checkpoint_bytes")
             ),

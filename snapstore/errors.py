@@ -98,4 +98,9 @@ class UnavailableError(SnapstoreError):
 class CommitUnknownError(SnapstoreError):
     """The connection was lost after a write was sent: it may or may not have
     committed. A CAS save can be retried safely (a committed one then raises
-    `ConflictError`); read the instance to find out."""
+    `ConflictError`); read the instance to find out. ``backend_pid`` is the server
+    process that ran it, when known."""
+
+    def __init__(self, message: str, *, backend_pid: int | None = None) -> None:
+        super().__init__(message)
+        self.backend_pid = backend_pid

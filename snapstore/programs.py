@@ -152,6 +152,25 @@ def save_batch(ctx: Context, items: Sequence[rw.PreparedSave]) -> Program[list[S
     return [r for r in results if r is not None]
 
 
+LOST_SAVE_WAIT: Final = 5.0
+"""Seconds to wait for the server process of a lost save to finish before asking
+whether it committed (longer: the outcome stays unknown)."""
+_LOST_SAVE_POLL: Final = 0.05
+
+
+def backend_finished(pid: int | None) -> Program[bool]:
+    """Whether the server process ``pid`` (that ran a lost save) is done, waiting up to
+    `LOST_SAVE_WAIT`: asking history before it is would report a save that is still
+    running as not committed."""
+    if pid is None:
+        return False
+    for _ in range(int(LOST_SAVE_WAIT / _LOST_SAVE_POLL)):
+        _, running = yield Step("backend_running", {"pid": pid, "pause": _LOST_SAVE_POLL})
+        if not running:
+            return True
+    return False
+
+
 def committed(ctx: Context, items: Sequence[rw.PreparedSave]) -> Program[dict[int, SaveResult]]:
     """After a lost connection: the results of the items of ``items`` whose commit went
     through, by position ({} if the batch did not commit: it may be sent again)."""

@@ -92,8 +92,9 @@ class Runner:
             finished: R = done.value
             return finished
         holder: list[Connection[Any]] = []
+        pids: list[int] = []
         try:
-            return self._drive(program, step, transaction, holder)
+            return self._drive(program, step, transaction, holder, pids)
         except PoolTimeout as exc:
             raise UnavailableError(
                 f"{exc} (pool {self.pool.name}, max_size {self.pool.max_size})"
@@ -102,7 +103,9 @@ class Runner:
             if holder and not holder[0].broken:
                 raise  # the server refused a statement: not a connection failure
             if holder and writes:
-                raise CommitUnknownError(f"connection lost during a write: {exc}") from exc
+                raise CommitUnknownError(
+                    f"connection lost during a write: {exc}", backend_pid=pids[0]
+                ) from exc
             raise UnavailableError(f"connection lost: {exc}") from exc
 
     def _drive(
@@ -111,6 +114,7 @@ class Runner:
         step: Any,
         transaction: bool,
         holder: list[Connection[Any]],
+        pids: list[int],
     ) -> R:
         after: list[Callable[[], None]] = []
         with (
@@ -118,6 +122,7 @@ class Runner:
             conn.transaction() if transaction else nullcontext(),
         ):
             holder.append(conn)
+            pids.append(conn.info.backend_pid)
             _LAST_USED[conn] = time.monotonic()
             try:
                 while True:

@@ -94,8 +94,9 @@ class AsyncRunner:
             finished: R = done.value
             return finished
         holder: list[AsyncConnection[Any]] = []
+        pids: list[int] = []
         try:
-            return await self._drive(program, step, transaction, holder)
+            return await self._drive(program, step, transaction, holder, pids)
         except PoolTimeout as exc:
             raise UnavailableError(
                 f"{exc} (pool {self.pool.name}, max_size {self.pool.max_size})"
@@ -104,7 +105,9 @@ class AsyncRunner:
             if holder and not holder[0].broken:
                 raise  # the server refused a statement: not a connection failure
             if holder and writes:
-                raise CommitUnknownError(f"connection lost during a write: {exc}") from exc
+                raise CommitUnknownError(
+                    f"connection lost during a write: {exc}", backend_pid=pids[0]
+                ) from exc
             raise UnavailableError(f"connection lost: {exc}") from exc
 
     async def _drive(
@@ -113,6 +116,7 @@ class AsyncRunner:
         step: Any,
         transaction: bool,
         holder: list[AsyncConnection[Any]],
+        pids: list[int],
     ) -> R:
         after: list[Callable[[], None]] = []
         async with (
@@ -120,6 +124,7 @@ class AsyncRunner:
             conn.transaction() if transaction else nullcontext(),
         ):
             holder.append(conn)
+            pids.append(conn.info.backend_pid)
             _LAST_USED[conn] = time.monotonic()
             try:
                 while True:

@@ -3,10 +3,16 @@ the saves it had sent committed (their version and exact data_hash in history)."
 
 from __future__ import annotations
 
+import os
+import socket
+import threading
+import time
+
 import psycopg
 import pytest
 
 from snapstore import JsonCodec, PostgresBackend, programs
+from snapstore.sql_catalog import bind_schema
 from tests.twins import advance, snap, with_tasks
 
 
@@ -65,3 +71,39 @@ def test_a_save_whose_connection_is_killed_is_sent_again_once(
             admin.execute("SELECT pg_terminate_backend(%s)", (row[0],))
         assert store.save(advance(snap(), error="resent"), 1) == 2
         assert [e.version for e in store.history("wf-1")] == [1, 2]
+
+
+def test_a_lost_save_still_running_on_the_server_is_awaited_not_sent_again(
+    dsn: str, fresh_schema: str
+) -> None:
+    """The client loses its socket while the server is still running the save (waiting
+    for a row lock). Asking history at once would say "not committed", and sending it
+    again would make its own success a conflict: the store waits for that server
+    process to finish, finds the commit and returns its version."""
+    from psycopg_pool import ConnectionPool
+
+    with ConnectionPool(dsn, kwargs={"autocommit": True}, min_size=1, max_size=1) as pool:
+        store = PostgresBackend[JsonCodec].from_pool(pool, schema=fresh_schema)
+        assert store.save(snap()) == 1
+        with pool.connection() as conn:
+            fd, pid = conn.pgconn.socket, conn.info.backend_pid
+        with psycopg.connect(dsn) as admin:  # holds the row lock the save will wait for
+            lock = "SELECT 1 FROM @schema@.snapshots WHERE instance_id = %s FOR UPDATE"
+            admin.execute(bind_schema(lock, fresh_schema).encode(), ("wf-1",))
+            outcome: list[object] = []
+            saver = threading.Thread(
+                target=lambda: outcome.append(store.save(advance(snap(), error="mine"), 1))
+            )
+            saver.start()
+            with psycopg.connect(dsn, autocommit=True) as watch:
+                waiting = "SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = %s"
+                while watch.execute(waiting, (pid,)).fetchone() != (True,):
+                    time.sleep(0.01)
+            socket.socket(fileno=os.dup(fd)).shutdown(socket.SHUT_RDWR)  # the client's side
+            time.sleep(0.3)  # the store is now waiting for the server process
+        saver.join(10)  # leaving the block committed the lock holder: the save went on
+        assert outcome == [2]
+        assert [e.version for e in store.history("wf-1")] == [1, 2]
+        stored = store.load("wf-1")
+        assert stored is not None
+        assert stored.snapshot.error == "mine"

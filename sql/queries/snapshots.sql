@@ -203,6 +203,13 @@ FROM unnest(%(instance_ids)s::text[], %(claim_tokens)s::uuid[])
 LEFT JOIN @schema@.snapshots AS s ON s.instance_id = q.instance_id
 ORDER BY q.n;
 
+-- name: backend_running
+-- Whether the server process that ran a lost save is still at it (a client can lose its
+-- socket while the server keeps executing, e.g. waiting for a lock). Asked after a short
+-- sleep, so a caller polling it does not spin.
+SELECT pg_sleep(%(pause)s), EXISTS (
+    SELECT 1 FROM pg_stat_activity WHERE pid = %(pid)s AND state <> 'idle');
+
 -- name: committed_saves
 -- After a connection was lost mid-save: which of the saves sent then did commit. A
 -- committed save left its version with its exact data_hash in history (one row each).
