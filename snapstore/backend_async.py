@@ -9,7 +9,7 @@ exactly the same logic and SQL.
 from __future__ import annotations
 
 import builtins
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from types import TracebackType
 from typing import Any, Generic, Self, TypeVar, Unpack
@@ -47,6 +47,7 @@ from snapstore.wakeup import ListenerPlan, WakeupOptions, WakeupRegistry, Wakeup
 from snapstore.wakeup.listener_async import AsyncWakeupListener
 
 C = TypeVar("C", bound=Codec)
+R = TypeVar("R")
 
 
 class AsyncPostgresBackend(CodecBound, Generic[C]):
@@ -231,9 +232,7 @@ class AsyncPostgresBackend(CodecBound, Generic[C]):
                     done = self._pids_known and await self._runner.run(
                         programs.backend_finished(lost.backend_pid), writes=False
                     )
-                    found = await self._runner.run(
-                        programs.committed(self.ctx, items), writes=False
-                    )
+                    found = await self._ask_twice(lambda: programs.committed(self.ctx, items))
                 except UnavailableError:
                     raise lost from None
                 if not found and not done:  # it may still be running: sending it again
@@ -244,6 +243,14 @@ class AsyncPostgresBackend(CodecBound, Generic[C]):
                     again = iter(await self._flush(rest) if rest else [])
                     return [found[i] if i in found else next(again) for i in range(len(items))]
                 # it did not commit: send it once more
+
+    async def _ask_twice(self, program: Callable[[], programs.Program[R]]) -> R:
+        """Run a read-only program; once more if its connection was lost too (the pool
+        may hand out another connection the same outage killed, and discards it)."""
+        try:
+            return await self._runner.run(program(), writes=False)
+        except UnavailableError:
+            return await self._runner.run(program(), writes=False)
 
     @property
     def group_commit_stats(self) -> GroupCommitStats | None:

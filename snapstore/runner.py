@@ -123,7 +123,6 @@ class Runner:
         ):
             holder.append(conn)
             pids.append(conn.info.backend_pid)
-            _LAST_USED[conn] = time.monotonic()
             try:
                 while True:
                     if isinstance(step, AfterCommit):
@@ -159,6 +158,8 @@ class Runner:
                     step = program.send(rows)
             except StopIteration as done:
                 result: R = done.value
+            finally:  # idle from now on (see check_connection)
+                _LAST_USED[conn] = time.monotonic()
         for action in after:
             action()
         return result

@@ -125,7 +125,6 @@ class AsyncRunner:
         ):
             holder.append(conn)
             pids.append(conn.info.backend_pid)
-            _LAST_USED[conn] = time.monotonic()
             try:
                 while True:
                     if isinstance(step, AfterCommit):
@@ -161,6 +160,8 @@ class AsyncRunner:
                     step = program.send(rows)
             except StopIteration as done:
                 result: R = done.value
+            finally:  # idle from now on (see check_connection)
+                _LAST_USED[conn] = time.monotonic()
         for action in after:
             action()
         return result
