@@ -35,6 +35,7 @@ from bench import db
 from bench import scale_common as sc
 from bench.stats import Recorder
 from snapstore import AtTask, JsonCodec, PostgresBackend, TaskResult, WorkflowSnapshot
+from snapstore.errors import ServerError
 
 PRUNE_INSTANCES = {"tiny": 200, "small": 2_000, "default": 20_000, "large": 50_000}
 VERSIONS = 100
@@ -198,6 +199,11 @@ def _run_budgeted(
             outcome["truncated"] = True
         except psycopg.errors.QueryCanceled:
             outcome["truncated"] = True
+        except ServerError as exc:
+            if exc.sqlstate == "57014":  # statement_timeout: the budget ran out
+                outcome["truncated"] = True
+            else:
+                outcome["error"] = repr(exc)[:300]
         except Exception as exc:  # reported with the figures
             outcome["error"] = repr(exc)[:300]
 

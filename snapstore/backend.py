@@ -16,6 +16,7 @@ from datetime import datetime
 from types import TracebackType
 from typing import Any, Generic, Self, TypeVar, Unpack
 
+from psycopg import Connection, DatabaseError
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from snapstore import claims as cl
@@ -27,7 +28,7 @@ from snapstore.claims import ClaimedTask, DispatchQuery, Seconds
 from snapstore.codecs import Codec, codec_instance
 from snapstore.codecs.registry import require_registered
 from snapstore.config import CodecBound, ConnectOptions, check_pooler, plan_connect
-from snapstore.errors import CommitUnknownError, UnavailableError
+from snapstore.errors import CommitUnknownError, ServerError, UnavailableError
 from snapstore.group_commit import GroupCommitStats, GroupCommitter
 from snapstore.limits import Limits
 from snapstore.migrate import migrate
@@ -42,7 +43,7 @@ from snapstore.model import (
     WorkflowSnapshot,
     WorkflowStatus,
 )
-from snapstore.runner import Runner, check_connection, reach
+from snapstore.runner import Runner, check_connection, reach, typed_error
 from snapstore.signals import Event, EventOutcome, ParkResult, Signal, SignalKind, SignalOutcome
 from snapstore.sql_catalog import DEFAULT_SCHEMA, queries_for, validate_schema
 from snapstore.wakeup import ListenerPlan, WakeupOptions, WakeupRegistry, WakeupStats
@@ -172,8 +173,12 @@ class PostgresBackend(CodecBound, Generic[C]):
 
     def migrate(self) -> builtins.list[int]:
         """Apply pending migrations; return the versions applied."""
-        with self._pool.connection() as conn:
-            return migrate(conn, self.schema)
+        conn: Connection[Any] | None = None
+        try:
+            with self._pool.connection() as conn:
+                return migrate(conn, self.schema)
+        except DatabaseError as exc:  # one transaction: lost means rolled back, or re-runnable
+            raise typed_error(exc, self._pool, conn, False, []) from exc
 
     # --- checkpoints -----------------------------------------------------------------------
 
@@ -223,8 +228,10 @@ class PostgresBackend(CodecBound, Generic[C]):
                 return self._runner.run(
                     programs.save_batch(self.ctx, items), transaction=transaction
                 )
-            except programs.RETRYABLE_ERRORS:
+            except ServerError as refused:
                 deadlocks += 1
+                if refused.sqlstate not in programs.RETRYABLE_SQLSTATES:
+                    raise
                 if deadlocks == programs.MAX_BATCH_ATTEMPTS:
                     raise
             except CommitUnknownError as lost:

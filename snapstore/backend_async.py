@@ -14,6 +14,7 @@ from datetime import datetime
 from types import TracebackType
 from typing import Any, Generic, Self, TypeVar, Unpack
 
+from psycopg import AsyncConnection, DatabaseError
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from snapstore import claims as cl
@@ -25,7 +26,7 @@ from snapstore.claims import ClaimedTask, DispatchQuery, Seconds
 from snapstore.codecs import Codec, codec_instance
 from snapstore.codecs.registry import require_registered
 from snapstore.config import CodecBound, ConnectOptions, check_pooler, plan_connect
-from snapstore.errors import CommitUnknownError, UnavailableError
+from snapstore.errors import CommitUnknownError, ServerError, UnavailableError
 from snapstore.group_commit import AsyncGroupCommitter, GroupCommitStats
 from snapstore.limits import Limits
 from snapstore.migrate_async import migrate
@@ -40,7 +41,7 @@ from snapstore.model import (
     WorkflowSnapshot,
     WorkflowStatus,
 )
-from snapstore.runner_async import AsyncRunner, check_connection, reach
+from snapstore.runner_async import AsyncRunner, check_connection, reach, typed_error
 from snapstore.signals import Event, EventOutcome, ParkResult, Signal, SignalKind, SignalOutcome
 from snapstore.sql_catalog import DEFAULT_SCHEMA, queries_for, validate_schema
 from snapstore.wakeup import ListenerPlan, WakeupOptions, WakeupRegistry, WakeupStats
@@ -170,8 +171,12 @@ class AsyncPostgresBackend(CodecBound, Generic[C]):
 
     async def migrate(self) -> builtins.list[int]:
         """Apply pending migrations; return the versions applied."""
-        async with self._pool.connection() as conn:
-            return await migrate(conn, self.schema)
+        conn: AsyncConnection[Any] | None = None
+        try:
+            async with self._pool.connection() as conn:
+                return await migrate(conn, self.schema)
+        except DatabaseError as exc:  # one transaction: lost means rolled back, or re-runnable
+            raise typed_error(exc, self._pool, conn, False, []) from exc
 
     # --- checkpoints -----------------------------------------------------------------------
 
@@ -221,8 +226,10 @@ class AsyncPostgresBackend(CodecBound, Generic[C]):
                 return await self._runner.run(
                     programs.save_batch(self.ctx, items), transaction=transaction
                 )
-            except programs.RETRYABLE_ERRORS:
+            except ServerError as refused:
                 deadlocks += 1
+                if refused.sqlstate not in programs.RETRYABLE_SQLSTATES:
+                    raise
                 if deadlocks == programs.MAX_BATCH_ATTEMPTS:
                     raise
             except CommitUnknownError as lost:

@@ -104,3 +104,14 @@ class CommitUnknownError(SnapstoreError):
     def __init__(self, message: str, *, backend_pid: int | None = None) -> None:
         super().__init__(message)
         self.backend_pid = backend_pid
+
+
+class ServerError(SnapstoreError):
+    """PostgreSQL refused a statement on a healthy connection: ``statement_timeout``
+    (sqlstate 57014), a deadlock still there after the retries (40P01), a full disk...
+    ``sqlstate`` and the server's message say which; the psycopg error is the cause.
+    Nothing of the refused statement was written."""
+
+    def __init__(self, message: str, *, sqlstate: str | None = None) -> None:
+        super().__init__(message)
+        self.sqlstate = sqlstate

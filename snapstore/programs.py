@@ -14,8 +14,6 @@ from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, NamedTuple, Protocol, TypeVar
 
-from psycopg import errors
-
 from snapstore import checks
 from snapstore import rows as rw
 from snapstore.codecs import Codec
@@ -39,7 +37,7 @@ R = TypeVar("R")
 
 # A batch rolled back by one of these (e.g. two batches locking rows in opposite
 # orders) wrote nothing, so running it again is safe.
-RETRYABLE_ERRORS: Final = (errors.DeadlockDetected, errors.SerializationFailure)
+RETRYABLE_SQLSTATES: Final = frozenset({"40P01", "40001"})  # deadlock, serialization
 MAX_BATCH_ATTEMPTS: Final = 3
 
 

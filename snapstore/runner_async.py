@@ -22,11 +22,16 @@ from collections.abc import Callable
 from contextlib import nullcontext
 from typing import Any, Final, TypeVar
 
-from psycopg import AsyncConnection, AsyncCursor, AsyncRawCursor, OperationalError
+from psycopg import AsyncConnection, AsyncCursor, AsyncRawCursor, DatabaseError, OperationalError
 from psycopg.rows import tuple_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from snapstore.errors import CommitUnknownError, UnavailableError
+from snapstore.errors import (
+    CommitUnknownError,
+    ServerError,
+    SnapstoreError,
+    UnavailableError,
+)
 from snapstore.programs import STREAM_ROWS, AfterCommit, Batch, Fetch, Program
 from snapstore.sql_catalog import Queries
 
@@ -72,6 +77,26 @@ async def reach(conninfo: str, kwargs: dict[str, Any]) -> None:
     await conn.close()
 
 
+def typed_error(
+    exc: DatabaseError,
+    pool: AsyncConnectionPool[Any],
+    conn: AsyncConnection[Any] | None,
+    sent: bool,
+    pids: list[int],
+) -> SnapstoreError:
+    """The snapstore error for a psycopg one: no connection to be had, or one lost
+    (`UnavailableError`, or `CommitUnknownError` once a write was ``sent``), else the
+    server refusing a statement (`ServerError`)."""
+    if isinstance(exc, PoolTimeout):
+        return UnavailableError(f"{exc} (pool {pool.name}, max_size {pool.max_size})")
+    if isinstance(exc, OperationalError) and (conn is None or conn.broken):
+        if sent:
+            pid = pids[0] if pids else None
+            return CommitUnknownError(f"connection lost during a write: {exc}", backend_pid=pid)
+        return UnavailableError(f"connection lost: {exc}")
+    return ServerError(str(exc), sqlstate=exc.sqlstate)
+
+
 class AsyncRunner:
     """Runs programs on a pool's connections, with one schema's statements."""
 
@@ -97,18 +122,9 @@ class AsyncRunner:
         pids: list[int] = []
         try:
             return await self._drive(program, step, transaction, holder, pids)
-        except PoolTimeout as exc:
-            raise UnavailableError(
-                f"{exc} (pool {self.pool.name}, max_size {self.pool.max_size})"
-            ) from exc
-        except OperationalError as exc:
-            if holder and not holder[0].broken:
-                raise  # the server refused a statement: not a connection failure
-            if holder and writes:
-                raise CommitUnknownError(
-                    f"connection lost during a write: {exc}", backend_pid=pids[0]
-                ) from exc
-            raise UnavailableError(f"connection lost: {exc}") from exc
+        except DatabaseError as exc:
+            conn = holder[0] if holder else None
+            raise typed_error(exc, self.pool, conn, writes and conn is not None, pids) from exc
 
     async def _drive(
         self,

@@ -32,8 +32,9 @@ from snapstore import (
     PostgresBackend,
 )
 from snapstore.config import plan_connect
-from snapstore.errors import UnavailableError
+from snapstore.errors import ServerError, UnavailableError
 from snapstore.runner import IDLE_CHECK_AFTER
+from snapstore.sql_catalog import bind_schema
 from tests.twins import (
     ASYNC_BACKENDS,
     KINDS,
@@ -291,6 +292,24 @@ async def test_statement_timeout_cancels_long_statements_on_pool_connections(
             await store.sql("SELECT pg_sleep(20)")
         await store.save(snap())  # the connection went back to the pool in a usable state
         assert await store.count("snapshots") == 1
+
+
+def test_a_statement_timeout_in_a_library_call_is_a_typed_server_error(
+    dsn: str, fresh_schema: str
+) -> None:
+    """A save waiting for a row lock past statement_timeout: `ServerError` with the
+    server's sqlstate (57014), not a raw psycopg error; nothing was written."""
+    with PostgresBackend[JsonCodec].connect(
+        dsn, schema=fresh_schema, statement_timeout=0.25
+    ) as backend:
+        assert backend.save(snap()) == 1
+        lock = "SELECT 1 FROM @schema@.snapshots WHERE instance_id = 'wf-1' FOR UPDATE"
+        with psycopg.connect(dsn) as admin:
+            admin.execute(bind_schema(lock, fresh_schema).encode())
+            with pytest.raises(ServerError) as refused:
+                backend.save(advance(snap(), error="late"), 1)
+        assert refused.value.sqlstate == "57014"
+        assert [e.version for e in backend.history("wf-1")] == [1]
 
 
 async def test_without_a_statement_timeout_the_server_default_applies(

@@ -37,7 +37,7 @@ from snapstore import (
     PostgresBackend,
     WorkflowStatus,
 )
-from snapstore.errors import ConfigurationError
+from snapstore.errors import ConfigurationError, UnavailableError
 from snapstore.model import Claim
 from snapstore.sql_catalog import queries_for, wakeup_channel
 from snapstore.wakeup import (
@@ -439,7 +439,7 @@ async def test_backend_closes_its_open_listeners(side: Side) -> None:
 
 @session_loop
 async def test_bad_conninfo_fails_at_start(side: Side, dsn: str) -> None:
-    with pytest.raises(psycopg.OperationalError):
+    with pytest.raises(UnavailableError, match="does not exist"):
         await side.listen(conninfo=make_conninfo(dsn, dbname=f"missing_{uuid.uuid4().hex}"))
     assert side.backend_stats() == WakeupStats()
 

@@ -18,7 +18,7 @@ from typing import Any, Self
 import psycopg
 from psycopg import Connection
 
-from snapstore.errors import ConfigurationError
+from snapstore.errors import ConfigurationError, UnavailableError
 from snapstore.wakeup.options import PROBE_TIMEOUT, ListenerPlan
 from snapstore.wakeup.state import (
     Action,
@@ -83,10 +83,12 @@ class WakeupListener:
             action = next(self._program)
             while not isinstance(action, Listen):
                 action = self._program.send(self._execute(action))
-        except BaseException:
+        except BaseException as exc:
             self._program.close()
             self._disconnect()
             self._closed = True
+            if isinstance(exc, psycopg.Error):
+                raise UnavailableError(f"wakeup listener cannot start: {exc}") from exc
             raise
         self._first = action
         registry.add(self)

@@ -16,7 +16,7 @@ from typing import Any, Self
 import psycopg
 from psycopg import AsyncConnection
 
-from snapstore.errors import ConfigurationError
+from snapstore.errors import ConfigurationError, UnavailableError
 from snapstore.wakeup.options import PROBE_TIMEOUT, ListenerPlan
 from snapstore.wakeup.state import (
     Action,
@@ -81,10 +81,12 @@ class AsyncWakeupListener:
             action = next(self._program)
             while not isinstance(action, Listen):
                 action = self._program.send(await self._execute(action))
-        except BaseException:
+        except BaseException as exc:
             self._program.close()
             await self._disconnect()
             self._closed = True
+            if isinstance(exc, psycopg.Error):
+                raise UnavailableError(f"wakeup listener cannot start: {exc}") from exc
             raise
         self._first = action
         registry.add(self)
