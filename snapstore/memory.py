@@ -148,16 +148,7 @@ class MemoryBackend:
                 return None
             result = current.tasks[task_id]
             blob = current.outputs.get(task_id)
-        row = (
-            result.status.value,
-            result.attempts,
-            result.worker_id,
-            result.started_at,
-            result.completed_at,
-            result.error,
-            blob,
-        )
-        return rw.interpret_task_result(instance_id, task_id, row)
+        return rw.interpret_task_result(instance_id, task_id, rw.task_row(result, blob))
 
     def delete(self, instance_id: str) -> bool:
         rw.id_params(instance_id)
