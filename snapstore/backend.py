@@ -43,7 +43,14 @@ from snapstore.model import (
     WorkflowSnapshot,
     WorkflowStatus,
 )
-from snapstore.runner import Runner, check_connection, reach, typed_error
+from snapstore.runner import (
+    RECONNECT_EVERY,
+    Runner,
+    check_connection,
+    reach,
+    retry_while_waited,
+    typed_error,
+)
 from snapstore.signals import Event, EventOutcome, ParkResult, Signal, SignalKind, SignalOutcome
 from snapstore.sql_catalog import DEFAULT_SCHEMA, queries_for, validate_schema
 from snapstore.wakeup import ListenerPlan, WakeupOptions, WakeupRegistry, WakeupStats
@@ -108,7 +115,13 @@ class PostgresBackend(CodecBound, Generic[C]):
         within ``connect_timeout``; pooled connections are checked before each use.
         """
         plan = plan_connect(options, conninfo)
-        pool = ConnectionPool(conninfo, check=check_connection, **plan.pool_kwargs)
+        pool = ConnectionPool(
+            conninfo,
+            check=check_connection,
+            reconnect_failed=retry_while_waited,
+            reconnect_timeout=RECONNECT_EVERY,
+            **plan.pool_kwargs,
+        )
         backend = cls(pool, **plan.backend_kwargs)  # checks the rest: still no I/O
         try:
             reach(conninfo, plan.pool_kwargs["kwargs"])

@@ -24,7 +24,7 @@ from typing import Any, Final, TypeVar
 
 from psycopg import AsyncConnection, AsyncCursor, AsyncRawCursor, DatabaseError, OperationalError
 from psycopg.rows import tuple_row
-from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
 
 from snapstore.errors import (
     CommitUnknownError,
@@ -67,6 +67,25 @@ async def check_connection(conn: AsyncConnection[Any]) -> None:
         await AsyncConnectionPool.check_connection(conn)
 
 
+RECONNECT_EVERY: Final = 1.0
+"""Seconds a pool keeps retrying a lost connection before it gives up (its
+``reconnect_timeout``); `retry_while_waited` starts again at once while callers wait."""
+
+
+async def retry_while_waited(pool: AsyncConnectionPool[Any]) -> None:
+    """The pool's ``reconnect_failed`` hook. psycopg_pool backs off exponentially, so
+    after a 40 s outage its next attempt came some 20 s after the server was back.
+    Attempts here give up after `RECONNECT_EVERY`, and while a caller is waiting a new
+    round begins at once (``check`` grows the pool): one attempt about every second
+    while anyone needs a connection, none while nobody does, and the next call tries at
+    once."""
+    if not pool.closed and pool.get_stats().get("requests_waiting", 0):
+        try:
+            await pool.check()
+        except PoolClosed:  # closed meanwhile
+            pass
+
+
 async def reach(conninfo: str, kwargs: dict[str, Any]) -> None:
     """Connect once, or raise `UnavailableError` with the server's own reason (a pool
     would only time out, its cause in a log line)."""
@@ -75,6 +94,31 @@ async def reach(conninfo: str, kwargs: dict[str, Any]) -> None:
     except OperationalError as exc:
         raise UnavailableError(f"cannot connect: {exc}") from exc
     await conn.close()
+
+
+_REACHED: Final[
+    weakref.WeakKeyDictionary[AsyncConnectionPool[Any], tuple[float, UnavailableError | None]]
+] = weakref.WeakKeyDictionary()
+
+
+async def explain_timeout(pool: AsyncConnectionPool[Any], exc: PoolTimeout) -> None:
+    """Tell "cannot connect" from "pool exhausted": after a checkout timeout, try one
+    connection of our own (bounded by ``connect_timeout``, at most once a second per
+    pool, so a crowd of timed-out callers cannot storm a struggling server) and, if the
+    server refuses it, raise `UnavailableError` with the server's reason."""
+    now = time.monotonic()
+    seen = _REACHED.get(pool)
+    if seen is None or now - seen[0] > 1.0:
+        kwargs = pool.kwargs if isinstance(pool.kwargs, dict) else {}
+        conninfo = pool.conninfo if isinstance(pool.conninfo, str) else ""
+        try:
+            await reach(conninfo, kwargs)
+            seen = (now, None)
+        except UnavailableError as unreachable:
+            seen = (now, unreachable)
+        _REACHED[pool] = seen
+    if seen[1] is not None:
+        raise UnavailableError(f"{seen[1]} (and {exc})") from exc
 
 
 def typed_error(
@@ -122,6 +166,9 @@ class AsyncRunner:
         pids: list[int] = []
         try:
             return await self._drive(program, step, transaction, holder, pids)
+        except PoolTimeout as exc:
+            await explain_timeout(self.pool, exc)
+            raise typed_error(exc, self.pool, None, False, pids) from exc
         except DatabaseError as exc:
             conn = holder[0] if holder else None
             raise typed_error(exc, self.pool, conn, writes and conn is not None, pids) from exc

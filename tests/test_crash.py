@@ -161,3 +161,43 @@ def test_kill_9_and_restart_loses_no_acknowledged_save(server: Server) -> None:
         )
     finally:
         backend.close()
+
+
+OUTAGE = 12.0  # seconds: long enough for a default pool's reconnect backoff to reach 8 s
+RECOVERED_WITHIN = 2.0  # seconds from the server accepting connections again
+
+
+def test_after_a_long_outage_calls_succeed_about_a_second_after_the_server_is_back(
+    server: Server,
+) -> None:
+    """The pool keeps retrying only while a caller could be waiting, so after an outage
+    of any length the first call tries afresh instead of waiting out a long backoff."""
+    backend = PostgresBackend[JsonCodec].connect(server.uri, min_size=2, max_size=2)
+    try:
+        backend.save(with_tasks("wf-outage"))
+        server.kill()
+        down_until = time.monotonic() + OUTAGE
+        errors: dict[str, int] = {}
+        while time.monotonic() < down_until:
+            started = time.monotonic()
+            with pytest.raises(UnavailableError) as caught:
+                backend.load("wf-outage")
+            # A call during the outage fails within its checkout deadline.
+            assert time.monotonic() - started < 5.0 + 1.0
+            assert "cannot connect" in str(caught.value)  # the server's reason, not a timeout
+            errors[str(caught.value)[:40]] = errors.get(str(caught.value)[:40], 0) + 1
+            time.sleep(0.2)
+        server.restart()
+        back_at = time.monotonic()
+        while True:
+            try:
+                assert backend.load("wf-outage") is not None
+                break
+            except UnavailableError:
+                assert time.monotonic() - back_at < BACK_WITHIN, "calls did not resume"
+                time.sleep(0.05)
+        recovered = time.monotonic() - back_at
+        print(f"during the outage: {errors}; first call succeeded {recovered:.2f} s after")
+        assert recovered < RECOVERED_WITHIN
+    finally:
+        backend.close()
