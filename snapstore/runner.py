@@ -21,7 +21,7 @@ from __future__ import annotations
 import time
 import weakref
 from collections.abc import Callable
-from contextlib import nullcontext
+from contextlib import nullcontext, suppress
 from typing import Any, Final, TypeVar
 
 from psycopg import Connection, Cursor, DatabaseError, OperationalError, RawCursor
@@ -80,10 +80,8 @@ def retry_while_waited(pool: ConnectionPool[Any]) -> None:
     while anyone needs a connection, none while nobody does, and the next call tries at
     once."""
     if not pool.closed and pool.get_stats().get("requests_waiting", 0):
-        try:
+        with suppress(PoolClosed):  # closed meanwhile
             pool.check()
-        except PoolClosed:  # closed meanwhile
-            pass
 
 
 def reach(conninfo: str, kwargs: dict[str, Any]) -> None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import time
 import weakref
 from collections.abc import Callable
-from contextlib import nullcontext
+from contextlib import nullcontext, suppress
 from typing import Any, Final, TypeVar
 
 from psycopg import AsyncConnection, AsyncCursor, AsyncRawCursor, DatabaseError, OperationalError
@@ -80,10 +80,8 @@ async def retry_while_waited(pool: AsyncConnectionPool[Any]) -> None:
     while anyone needs a connection, none while nobody does, and the next call tries at
     once."""
     if not pool.closed and pool.get_stats().get("requests_waiting", 0):
-        try:
+        with suppress(PoolClosed):  # closed meanwhile
             await pool.check()
-        except PoolClosed:  # closed meanwhile
-            pass
 
 
 async def reach(conninfo: str, kwargs: dict[str, Any]) -> None:
