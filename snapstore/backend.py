@@ -45,6 +45,7 @@ from snapstore.model import (
 )
 from snapstore.runner import (
     RECONNECT_EVERY,
+    ConnectionSetup,
     Runner,
     check_connection,
     reach,
@@ -78,8 +79,12 @@ class PostgresBackend(CodecBound, Generic[C]):
         group_commit: bool | None = None,
         limits: Limits | None = None,
         pooler: str | None = None,
+        statement_timeout_ms: int | None = None,
     ) -> None:
-        """Wrap ``pool`` (use `connect` or `from_pool` rather than calling this)."""
+        """Wrap ``pool`` (use `connect` or `from_pool` rather than calling this).
+
+        ``statement_timeout_ms`` is applied per transaction behind a transaction pooler
+        (elsewhere `connect` sets it on the connections)."""
         self.schema = validate_schema(schema)
         self.codec: Codec = (
             codec_instance(self.codec_type) if codec is None else require_registered(codec)
@@ -88,9 +93,10 @@ class PostgresBackend(CodecBound, Generic[C]):
         self.ctx = programs.Context(self.codec, self.schema, limits=limits or Limits())
         self._pool = pool
         self._owns_pool = owns_pool
-        self._runner = Runner(pool, self.queries)
         # Behind a transaction pooler a server process id says nothing about a client.
         self._pids_known = check_pooler(pooler) != "transaction"
+        local = None if self._pids_known else statement_timeout_ms
+        self._runner = Runner(pool, self.queries, local_timeout_ms=local)
         self._wakeups = WakeupRegistry()
         grouped = GroupCommitter.ON_BY_DEFAULT if group_commit is None else group_commit
         self._committer = GroupCommitter(self._flush) if grouped else None
@@ -115,9 +121,17 @@ class PostgresBackend(CodecBound, Generic[C]):
         within ``connect_timeout``; pooled connections are checked before each use.
         """
         plan = plan_connect(options, conninfo)
+        pooler, ms = plan.backend_kwargs["pooler"], plan.backend_kwargs["statement_timeout_ms"]
+        setup = ConnectionSetup(
+            queries_for(plan.backend_kwargs["schema"]),
+            plan.pool_kwargs["name"],
+            pooler=pooler,
+            timeout_ms=ms,
+        )
         pool = ConnectionPool(
             conninfo,
             check=check_connection,
+            configure=setup,
             reconnect_failed=retry_while_waited,
             reconnect_timeout=RECONNECT_EVERY,
             **plan.pool_kwargs,

@@ -44,6 +44,7 @@ from snapstore.model import (
 from snapstore.runner_async import (
     RECONNECT_EVERY,
     AsyncRunner,
+    ConnectionSetup,
     check_connection,
     reach,
     retry_while_waited,
@@ -76,8 +77,12 @@ class AsyncPostgresBackend(CodecBound, Generic[C]):
         group_commit: bool | None = None,
         limits: Limits | None = None,
         pooler: str | None = None,
+        statement_timeout_ms: int | None = None,
     ) -> None:
-        """Wrap ``pool`` (use `connect` or `from_pool` rather than calling this)."""
+        """Wrap ``pool`` (use `connect` or `from_pool` rather than calling this).
+
+        ``statement_timeout_ms`` is applied per transaction behind a transaction pooler
+        (elsewhere `connect` sets it on the connections)."""
         self.schema = validate_schema(schema)
         self.codec: Codec = (
             codec_instance(self.codec_type) if codec is None else require_registered(codec)
@@ -86,9 +91,10 @@ class AsyncPostgresBackend(CodecBound, Generic[C]):
         self.ctx = programs.Context(self.codec, self.schema, limits=limits or Limits())
         self._pool = pool
         self._owns_pool = owns_pool
-        self._runner = AsyncRunner(pool, self.queries)
         # Behind a transaction pooler a server process id says nothing about a client.
         self._pids_known = check_pooler(pooler) != "transaction"
+        local = None if self._pids_known else statement_timeout_ms
+        self._runner = AsyncRunner(pool, self.queries, local_timeout_ms=local)
         self._wakeups = WakeupRegistry()
         grouped = AsyncGroupCommitter.ON_BY_DEFAULT if group_commit is None else group_commit
         self._committer = AsyncGroupCommitter(self._flush) if grouped else None
@@ -113,9 +119,17 @@ class AsyncPostgresBackend(CodecBound, Generic[C]):
         within ``connect_timeout``; pooled connections are checked before each use.
         """
         plan = plan_connect(options, conninfo)
+        pooler, ms = plan.backend_kwargs["pooler"], plan.backend_kwargs["statement_timeout_ms"]
+        setup = ConnectionSetup(
+            queries_for(plan.backend_kwargs["schema"]),
+            plan.pool_kwargs["name"],
+            pooler=pooler,
+            timeout_ms=ms,
+        )
         pool = AsyncConnectionPool(
             conninfo,
             check=check_connection,
+            configure=setup,
             reconnect_failed=retry_while_waited,
             reconnect_timeout=RECONNECT_EVERY,
             **plan.pool_kwargs,

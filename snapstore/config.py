@@ -104,12 +104,6 @@ def plan_connect(options: ConnectOptions, conninfo: str = "") -> ConnectPlan:
         # PgBouncer before 1.21 shares server connections between clients: a named
         # prepared statement of one client could be bound by another's.
         raise ConfigurationError('pooler="transaction" uses no prepared statements')
-    if pooler == "transaction" and timeout is not None:
-        # A startup option PgBouncer refuses, and a session SET would leak to other clients.
-        raise ConfigurationError(
-            'with pooler="transaction", set statement_timeout on the role '
-            "(ALTER ROLE ... SET statement_timeout), which every server connection applies"
-        )
     name = options.get("application_name", DEFAULT_APPLICATION_NAME)
     if not isinstance(name, str) or "\x00" in name:
         raise ConfigurationError(f"application_name must be a str (got {name!r})")
@@ -122,10 +116,12 @@ def plan_connect(options: ConnectOptions, conninfo: str = "") -> ConnectPlan:
         "prepare_threshold": threshold,
         "application_name": name,
     }
-    if timeout is not None:
-        ms = max(1, int(timeout.total_seconds() * 1000))
-        if ms > MAX_TIMEOUT_MS:
-            raise ConfigurationError(f"statement_timeout must be at most {MAX_TIMEOUT_MS} ms")
+    ms = None if timeout is None else max(1, int(timeout.total_seconds() * 1000))
+    if ms is not None and ms > MAX_TIMEOUT_MS:
+        raise ConfigurationError(f"statement_timeout must be at most {MAX_TIMEOUT_MS} ms")
+    if ms is not None and pooler is None:
+        # PgBouncer refuses this startup option: behind a pooler it is set per session
+        # or per transaction instead (`runner.ConnectionSetup`, `runner.Runner`).
         connection["options"] = f"-c statement_timeout={ms}"
     # A timeout the conninfo or PGCONNECT_TIMEOUT sets stands, unless one is given here.
     elsewhere = "connect_timeout" in conninfo_to_dict(conninfo) or "PGCONNECT_TIMEOUT" in os.environ
@@ -146,6 +142,7 @@ def plan_connect(options: ConnectOptions, conninfo: str = "") -> ConnectPlan:
             "codec": options.get("codec"),
             "group_commit": options.get("group_commit"),
             "pooler": pooler,
+            "statement_timeout_ms": ms,
             "limits": Limits.build(
                 options.get("max_value_bytes"), options.get("max_checkpoint_bytes")
             ),

@@ -18,6 +18,7 @@ pool were given.
 
 from __future__ import annotations
 
+import logging
 import time
 import weakref
 from collections.abc import Callable
@@ -84,6 +85,72 @@ def retry_while_waited(pool: ConnectionPool[Any]) -> None:
             pool.check()
 
 
+log = logging.getLogger("snapstore.pool")
+_SERVER_PIDS: Final[weakref.WeakKeyDictionary[Connection[Any], int | None]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def server_pid(conn: Connection[Any]) -> int | None:
+    """The server process running ``conn``'s statements; None behind a pooler, where the
+    process id a connection announces is the pooler's own."""
+    return _SERVER_PIDS.get(conn, conn.info.backend_pid)
+
+
+class ConnectionSetup:
+    """The pool's ``configure`` hook, run once on each new connection.
+
+    It compares the server's process id with the one the connection announced at
+    startup. They differ behind PgBouncer, which answers the startup itself. Undeclared
+    (``pooler=None``), that pooler may be a transaction pooler, which would let this
+    client bind another client's prepared statement of the same name: that connection
+    then prepares nothing, its process id is not trusted, and a warning says to declare
+    the pooler. Behind a declared session pooler the server's id is the one to trust
+    (one server process per client connection), and the ``statement_timeout`` PgBouncer
+    refuses as a startup option is set for the session.
+    """
+
+    def __init__(
+        self, queries: Queries, pool_name: str, *, pooler: str | None, timeout_ms: int | None
+    ) -> None:
+        self.queries = queries
+        self.pool_name = pool_name
+        self.pooler = pooler
+        self.session_timeout_ms = timeout_ms if pooler == "session" else None
+        self.found = False
+
+    def __call__(self, conn: Connection[Any]) -> None:
+        """Set up one new connection (a round trip for each thing to do)."""
+        if self.pooler == "transaction":  # nothing to learn, nothing to keep per session
+            return
+        cur = conn.cursor(row_factory=tuple_row)
+        if self.session_timeout_ms is not None:
+            params = {"ms": str(self.session_timeout_ms), "local": False}
+            cur.execute(self.queries["set_statement_timeout"], params, prepare=False)
+        cur.execute(self.queries["server_pid"], prepare=False)
+        row = cur.fetchone()
+        cur.close()
+        if row is None or row[0] == conn.info.backend_pid:
+            return
+        if self.pooler == "session":
+            _SERVER_PIDS[conn] = row[0]
+        else:
+            self._pooled(conn)
+
+    def _pooled(self, conn: Connection[Any]) -> None:
+        _SERVER_PIDS[conn] = None
+        conn.prepare_threshold = None
+        if not self.found:
+            self.found = True
+            log.warning(
+                "pool %s: a connection pooler sits between this client and PostgreSQL; "
+                "prepared statements are off for its connections. Say "
+                'connect(..., pooler="transaction") or pooler="session" to choose.',
+                self.pool_name,
+                extra={"pool": self.pool_name},
+            )
+
+
 def reach(conninfo: str, kwargs: dict[str, Any]) -> None:
     """Connect once, or raise `UnavailableError` with the server's own reason (a pool
     would only time out, its cause in a log line)."""
@@ -124,7 +191,7 @@ def typed_error(
     pool: ConnectionPool[Any],
     conn: Connection[Any] | None,
     sent: bool,
-    pids: list[int],
+    pids: list[int | None],
 ) -> SnapstoreError:
     """The snapstore error for a psycopg one: no connection to be had, or one lost
     (`UnavailableError`, or `CommitUnknownError` once a write was ``sent``), else the
@@ -142,9 +209,20 @@ def typed_error(
 class Runner:
     """Runs programs on a pool's connections, with one schema's statements."""
 
-    def __init__(self, pool: ConnectionPool[Any], queries: Queries) -> None:
+    def __init__(
+        self,
+        pool: ConnectionPool[Any],
+        queries: Queries,
+        *,
+        local_timeout_ms: int | None = None,
+    ) -> None:
         self.pool = pool
         self.queries = queries
+        # Behind a transaction pooler statement_timeout is set per transaction, so
+        # every call runs in one (two more round trips).
+        self.local_timeout = (
+            None if local_timeout_ms is None else {"ms": str(local_timeout_ms), "local": True}
+        )
 
     def run(self, program: Program[R], *, transaction: bool = False, writes: bool = True) -> R:
         """Drive ``program`` to its result on one pooled connection.
@@ -159,7 +237,7 @@ class Runner:
             finished: R = done.value
             return finished
         holder: list[Connection[Any]] = []
-        pids: list[int] = []
+        pids: list[int | None] = []
         try:
             return self._drive(program, step, transaction, holder, pids)
         except PoolTimeout as exc:
@@ -175,15 +253,18 @@ class Runner:
         step: Any,
         transaction: bool,
         holder: list[Connection[Any]],
-        pids: list[int],
+        pids: list[int | None],
     ) -> R:
         after: list[Callable[[], None]] = []
+        local = self.local_timeout
         with (
             self.pool.connection() as conn,
-            conn.transaction() if transaction else nullcontext(),
+            conn.transaction() if transaction or local else nullcontext(),
         ):
             holder.append(conn)
-            pids.append(conn.info.backend_pid)
+            pids.append(server_pid(conn))
+            if local is not None:
+                conn.execute(self.queries["set_statement_timeout"], local, prepare=False)
             try:
                 while True:
                     if isinstance(step, AfterCommit):

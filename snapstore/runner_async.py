@@ -16,6 +16,7 @@ pool were given.
 
 from __future__ import annotations
 
+import logging
 import time
 import weakref
 from collections.abc import Callable
@@ -84,6 +85,72 @@ async def retry_while_waited(pool: AsyncConnectionPool[Any]) -> None:
             await pool.check()
 
 
+log = logging.getLogger("snapstore.pool")
+_SERVER_PIDS: Final[weakref.WeakKeyDictionary[AsyncConnection[Any], int | None]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def server_pid(conn: AsyncConnection[Any]) -> int | None:
+    """The server process running ``conn``'s statements; None behind a pooler, where the
+    process id a connection announces is the pooler's own."""
+    return _SERVER_PIDS.get(conn, conn.info.backend_pid)
+
+
+class ConnectionSetup:
+    """The pool's ``configure`` hook, run once on each new connection.
+
+    It compares the server's process id with the one the connection announced at
+    startup. They differ behind PgBouncer, which answers the startup itself. Undeclared
+    (``pooler=None``), that pooler may be a transaction pooler, which would let this
+    client bind another client's prepared statement of the same name: that connection
+    then prepares nothing, its process id is not trusted, and a warning says to declare
+    the pooler. Behind a declared session pooler the server's id is the one to trust
+    (one server process per client connection), and the ``statement_timeout`` PgBouncer
+    refuses as a startup option is set for the session.
+    """
+
+    def __init__(
+        self, queries: Queries, pool_name: str, *, pooler: str | None, timeout_ms: int | None
+    ) -> None:
+        self.queries = queries
+        self.pool_name = pool_name
+        self.pooler = pooler
+        self.session_timeout_ms = timeout_ms if pooler == "session" else None
+        self.found = False
+
+    async def __call__(self, conn: AsyncConnection[Any]) -> None:
+        """Set up one new connection (a round trip for each thing to do)."""
+        if self.pooler == "transaction":  # nothing to learn, nothing to keep per session
+            return
+        cur = conn.cursor(row_factory=tuple_row)
+        if self.session_timeout_ms is not None:
+            params = {"ms": str(self.session_timeout_ms), "local": False}
+            await cur.execute(self.queries["set_statement_timeout"], params, prepare=False)
+        await cur.execute(self.queries["server_pid"], prepare=False)
+        row = await cur.fetchone()
+        await cur.close()
+        if row is None or row[0] == conn.info.backend_pid:
+            return
+        if self.pooler == "session":
+            _SERVER_PIDS[conn] = row[0]
+        else:
+            self._pooled(conn)
+
+    def _pooled(self, conn: AsyncConnection[Any]) -> None:
+        _SERVER_PIDS[conn] = None
+        conn.prepare_threshold = None
+        if not self.found:
+            self.found = True
+            log.warning(
+                "pool %s: a connection pooler sits between this client and PostgreSQL; "
+                "prepared statements are off for its connections. Say "
+                'connect(..., pooler="transaction") or pooler="session" to choose.',
+                self.pool_name,
+                extra={"pool": self.pool_name},
+            )
+
+
 async def reach(conninfo: str, kwargs: dict[str, Any]) -> None:
     """Connect once, or raise `UnavailableError` with the server's own reason (a pool
     would only time out, its cause in a log line)."""
@@ -124,7 +191,7 @@ def typed_error(
     pool: AsyncConnectionPool[Any],
     conn: AsyncConnection[Any] | None,
     sent: bool,
-    pids: list[int],
+    pids: list[int | None],
 ) -> SnapstoreError:
     """The snapstore error for a psycopg one: no connection to be had, or one lost
     (`UnavailableError`, or `CommitUnknownError` once a write was ``sent``), else the
@@ -142,9 +209,20 @@ def typed_error(
 class AsyncRunner:
     """Runs programs on a pool's connections, with one schema's statements."""
 
-    def __init__(self, pool: AsyncConnectionPool[Any], queries: Queries) -> None:
+    def __init__(
+        self,
+        pool: AsyncConnectionPool[Any],
+        queries: Queries,
+        *,
+        local_timeout_ms: int | None = None,
+    ) -> None:
         self.pool = pool
         self.queries = queries
+        # Behind a transaction pooler statement_timeout is set per transaction, so
+        # every call runs in one (two more round trips).
+        self.local_timeout = (
+            None if local_timeout_ms is None else {"ms": str(local_timeout_ms), "local": True}
+        )
 
     async def run(
         self, program: Program[R], *, transaction: bool = False, writes: bool = True
@@ -161,7 +239,7 @@ class AsyncRunner:
             finished: R = done.value
             return finished
         holder: list[AsyncConnection[Any]] = []
-        pids: list[int] = []
+        pids: list[int | None] = []
         try:
             return await self._drive(program, step, transaction, holder, pids)
         except PoolTimeout as exc:
@@ -177,15 +255,18 @@ class AsyncRunner:
         step: Any,
         transaction: bool,
         holder: list[AsyncConnection[Any]],
-        pids: list[int],
+        pids: list[int | None],
     ) -> R:
         after: list[Callable[[], None]] = []
+        local = self.local_timeout
         async with (
             self.pool.connection() as conn,
-            conn.transaction() if transaction else nullcontext(),
+            conn.transaction() if transaction or local else nullcontext(),
         ):
             holder.append(conn)
-            pids.append(conn.info.backend_pid)
+            pids.append(server_pid(conn))
+            if local is not None:
+                await conn.execute(self.queries["set_statement_timeout"], local, prepare=False)
             try:
                 while True:
                     if isinstance(step, AfterCommit):

@@ -4,13 +4,25 @@ feature works, and the wakeup listener notices that LISTEN does not and keeps po
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
+import psycopg
 import pytest
 
-from snapstore import AtSignal, ConfigurationError, SaveRequest, WorkflowStatus
+from snapstore import (
+    AtSignal,
+    ConfigurationError,
+    JsonCodec,
+    PostgresBackend,
+    SaveRequest,
+    WorkflowStatus,
+)
+from snapstore.errors import ServerError
+from snapstore.runner import server_pid
+from snapstore.sql_catalog import bind_schema
 from tests.pgbouncer import pgbouncer
 from tests.twins import KINDS, Kind, Twin, advance, open_store, opened, snap, with_tasks
 
@@ -90,7 +102,7 @@ async def test_a_listener_behind_the_pooler_says_listen_fails_and_keeps_polling(
 
 @pytest.mark.parametrize(
     "options",
-    [{"prepare_threshold": 5}, {"statement_timeout": 1.0}, {"pooler": "statement"}],
+    [{"prepare_threshold": 5}, {"pooler": "statement"}],
     ids=repr,
 )
 async def test_a_transaction_pooler_refuses_what_it_cannot_keep_safe(
@@ -99,3 +111,79 @@ async def test_a_transaction_pooler_refuses_what_it_cannot_keep_safe(
     options = {"pooler": "transaction", **options}
     with pytest.raises(ConfigurationError):
         await open_store(kind, "postgresql://nobody@127.0.0.1:1/nowhere", **options)
+
+
+async def test_the_default_configuration_finds_the_pooler_and_prepares_nothing(
+    bouncer: str, fresh_schema: str, kind: Kind, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Undeclared, a transaction pooler would let this client bind another's prepared
+    statement of the same name: the default notices the pooler and prepares nothing."""
+    with caplog.at_level(logging.WARNING, logger="snapstore.pool"):
+        # Two clients, each repeating statements past psycopg's prepare threshold.
+        async with (
+            opened(kind, bouncer, schema=fresh_schema, max_size=4) as store,
+            opened(kind, bouncer, schema=fresh_schema, max_size=4) as other,
+        ):
+            for n in range(12):
+                await store.save(snap(f"s{n}"))
+                await other.save(snap(f"o{n}"))
+                assert await store.load(f"o{n}") is not None
+                assert await other.load(f"s{n}") is not None
+            await scenario(store)
+    assert any("connection pooler sits between" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_direct_connection_keeps_its_prepared_statements(
+    dsn: str, fresh_schema: str, kind: Kind, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="snapstore.pool"):
+        async with opened(kind, dsn, schema=fresh_schema, max_size=1) as store:
+            for n in range(8):
+                assert await store.save(snap(f"direct{n}")) == 1
+            # One pooled connection: the statements it prepared are visible to it.
+            [(prepared,)] = await store.sql("SELECT count(*) FROM pg_prepared_statements")
+            assert prepared >= 1
+    assert not [r for r in caplog.records if "pooler" in r.getMessage()]
+
+
+@pytest.mark.parametrize("mode", ["transaction", "session"])
+async def test_statement_timeout_applies_behind_a_pooler_and_leaks_to_no_other_client(
+    dsn: str, fresh_schema: str, kind: Kind, mode: str
+) -> None:
+    """PgBouncer refuses statement_timeout as a startup option: it is set per
+    transaction (transaction pooler) or per session (session pooler) instead."""
+    with pgbouncer(dsn, pool_mode=mode) as through:
+        async with opened(
+            kind, through, schema=fresh_schema, pooler=mode, statement_timeout=0.25, max_size=2
+        ) as store:
+            assert await store.save(snap()) == 1
+            lock = "SELECT 1 FROM @schema@.snapshots WHERE instance_id = 'wf-1' FOR UPDATE"
+            with psycopg.connect(dsn) as admin:
+                admin.execute(bind_schema(lock, fresh_schema).encode())
+                with pytest.raises(ServerError) as refused:
+                    await store.save(advance(snap(), error="late"), 1)
+            assert refused.value.sqlstate == "57014"
+            assert [e.version for e in await store.history("wf-1")] == [1]
+            with psycopg.connect(through, prepare_threshold=None) as other:
+                shown = other.execute("SHOW statement_timeout").fetchone()
+                assert shown is not None
+                assert shown[0] != "250ms"
+
+
+@pytest.mark.parametrize("pooler", [None, "session"])
+def test_behind_a_session_pooler_the_server_process_is_known(
+    dsn: str, fresh_schema: str, pooler: str | None
+) -> None:
+    """A lost save is waited for by its server process id: behind a declared session
+    pooler that is the server's, not the id PgBouncer announced; undeclared, none."""
+    with (
+        pgbouncer(dsn, pool_mode="session") as through,
+        PostgresBackend[JsonCodec].connect(
+            through, schema=fresh_schema, pooler=pooler, max_size=1
+        ) as backend,
+        backend.pool.connection() as conn,
+    ):
+        row = conn.execute("SELECT pg_backend_pid()").fetchone()
+        assert row is not None
+        assert row[0] != conn.info.backend_pid  # PgBouncer's own id
+        assert server_pid(conn) == (row[0] if pooler == "session" else None)

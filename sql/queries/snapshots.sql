@@ -297,3 +297,13 @@ LIMIT %(limit)s + (SELECT wanted - start FROM first);
 -- name: truncate_all
 TRUNCATE @schema@.snapshots, @schema@.history, @schema@.tasks, @schema@.signals,
     @schema@.events, @schema@.claims;
+
+-- name: server_pid
+-- The server process behind a new pooled connection. A pooler answers the client's
+-- startup with a process id of its own, so a mismatch shows one sits in between.
+SELECT pg_backend_pid();
+
+-- name: set_statement_timeout
+-- A statement_timeout for the rest of this transaction (local) or session, where a
+-- pooler refuses it as a startup option. ms is text, as set_config takes it.
+SELECT set_config('statement_timeout', %(ms)s, %(local)s);
