@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar, cast, get_args
 
+import cbor2
 import msgspec
 import pytest
 from hypothesis import given, settings
@@ -560,3 +561,39 @@ def test_the_reader_keeps_what_an_earlier_release_could_write() -> None:
     blob = encode_snapshot(codec_instance(JsonCodec), old)
     _, decoded = decode_snapshot(blob, with_outputs(old, codec_instance(JsonCodec)))
     assert readable(decoded) is decoded
+
+
+class RawCbor:
+    """Writes a given CBOR payload under the CBOR codec's id: a blob another tool wrote."""
+
+    codec_id = 3
+    name = "cbor"
+    limits_depth = True
+    builtin_types = (bytes, bytearray)
+
+    def dumps(self, doc: Any) -> bytes:
+        assert isinstance(doc, bytes)
+        return doc
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        bytes.fromhex("d81c82d81c8101d81d01"),  # [shared [1], reference to it]
+        bytes.fromhex("d81c81d81d00"),  # a list holding itself
+        bytes.fromhex("d90100826161d81900"),  # string reference namespace
+    ],
+    ids=["shared", "self-reference", "string-reference"],
+)
+def test_the_cbor_reader_refuses_tags_snapstore_never_writes(payload: bytes) -> None:
+    blob = seal_value(RawCbor(), payload)  # type: ignore[arg-type]
+    with pytest.raises(DecodeError, match="shared or referenced"):
+        open_value(blob)
+
+
+def test_the_cbor_reader_refuses_what_nests_deeper_than_the_writer_writes() -> None:
+    (cbor,) = (c for c in CODECS if c.name == "cbor")
+    assert open_value(seal_value(cbor, nested(MAX_DEPTH - 1))) == nested(MAX_DEPTH - 1)
+    blob = seal_value(RawCbor(), cbor2.dumps(nested(MAX_DEPTH + 1)))  # type: ignore[arg-type]
+    with pytest.raises(DecodeError):
+        open_value(blob)

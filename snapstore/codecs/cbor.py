@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import io
-from typing import IO, Any, ClassVar, TypeVar, cast
+from collections.abc import Callable
+from typing import IO, Any, ClassVar, Final, TypeVar, cast
 
 import cbor2
 import msgspec
 
+from snapstore.codecs.envelope import MAX_DEPTH
 from snapstore.errors import DecodeError
 
 T = TypeVar("T")
@@ -28,10 +30,30 @@ class CborCodec:
     def loads(self, payload: bytes | memoryview, type_: type[T]) -> T:
         # cbor2.loads ignores trailing bytes; the payload must be exactly one item.
         reader = _Reader(payload)
-        doc = cbor2.CBORDecoder(cast(IO[bytes], reader)).decode()  # it only calls read()
+        decoder = cbor2.CBORDecoder(
+            cast(IO[bytes], reader),  # it only calls read()
+            semantic_decoders=_REFUSED_TAGS,
+            max_depth=MAX_DEPTH,
+        )
+        try:
+            doc = decoder.decode()
+        except cbor2.CBORDecodeError as exc:
+            if isinstance(exc.__cause__, DecodeError):  # ours, from a refused tag
+                raise exc.__cause__ from None
+            raise
         if reader.pos != len(reader.view):
             raise DecodeError(f"{len(reader.view) - reader.pos} trailing bytes after the CBOR item")
         return msgspec.convert(doc, type_)
+
+
+def _refuse(*_: object) -> Any:
+    raise DecodeError("CBOR tag for shared or referenced values, which snapstore never writes")
+
+
+_REFUSED_TAGS: Final[dict[int, Callable[..., Any]]] = dict.fromkeys((25, 28, 29, 256), _refuse)
+"""Value sharing (28, 29) and string references (25, 256): cbor2 would build shared and
+even self-referencing objects from them, which no snapshot holds and the writer never
+emits."""
 
 
 class _Reader(io.RawIOBase):
