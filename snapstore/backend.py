@@ -11,6 +11,7 @@ exactly the same logic and SQL.
 from __future__ import annotations
 
 import builtins
+import dataclasses
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from types import TracebackType
@@ -43,6 +44,7 @@ from snapstore.model import (
     WorkflowSnapshot,
     WorkflowStatus,
 )
+from snapstore.programs import PoisonCounts
 from snapstore.runner import (
     RECONNECT_EVERY,
     ConnectionSetup,
@@ -289,6 +291,11 @@ class PostgresBackend(CodecBound, Generic[C]):
             return self._runner.run(program(), writes=False)
 
     @property
+    def poison_counts(self) -> PoisonCounts:
+        """How many unreadable instances and events this backend has set aside (a copy)."""
+        return dataclasses.replace(self.ctx.poison)
+
+    @property
     def group_commit_stats(self) -> GroupCommitStats | None:
         """Batching figures when group commit is on."""
         return None if self._committer is None else self._committer.stats
@@ -395,7 +402,7 @@ class PostgresBackend(CodecBound, Generic[C]):
         self, instance_id: str, name: str | None = None, *, limit: int = sg.DEFAULT_EVENT_PAGE
     ) -> builtins.list[Event]:
         """Buffered events (of ``name``, or all), oldest first, without consuming them."""
-        return self._runner.run(sg.peek_events(instance_id, name, limit), writes=False)
+        return self._runner.run(sg.peek_events(self.ctx, instance_id, name, limit))
 
     def consume_event(
         self,
@@ -470,7 +477,7 @@ class PostgresBackend(CodecBound, Generic[C]):
         query = DispatchQuery.build(
             worker_id, limit=limit, ttl=ttl, tags=tags, aging_interval=aging_interval
         )
-        return self._runner.run(cl.dispatch_program(query), transaction=True)
+        return self._runner.run(cl.dispatch_program(query, self.ctx.poison), transaction=True)
 
     def claim_notified(
         self,
@@ -493,7 +500,7 @@ class PostgresBackend(CodecBound, Generic[C]):
             aging_interval=aging_interval,
             instance_ids=instance_ids,
         )
-        return self._runner.run(cl.dispatch_program(query), transaction=True)
+        return self._runner.run(cl.dispatch_program(query, self.ctx.poison), transaction=True)
 
     def dispatchable_ids(
         self,

@@ -9,6 +9,7 @@ exactly the same logic and SQL.
 from __future__ import annotations
 
 import builtins
+import dataclasses
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from types import TracebackType
@@ -41,6 +42,7 @@ from snapstore.model import (
     WorkflowSnapshot,
     WorkflowStatus,
 )
+from snapstore.programs import PoisonCounts
 from snapstore.runner_async import (
     RECONNECT_EVERY,
     AsyncRunner,
@@ -287,6 +289,11 @@ class AsyncPostgresBackend(CodecBound, Generic[C]):
             return await self._runner.run(program(), writes=False)
 
     @property
+    def poison_counts(self) -> PoisonCounts:
+        """How many unreadable instances and events this backend has set aside (a copy)."""
+        return dataclasses.replace(self.ctx.poison)
+
+    @property
     def group_commit_stats(self) -> GroupCommitStats | None:
         """Batching figures when group commit is on."""
         return None if self._committer is None else self._committer.stats
@@ -393,7 +400,7 @@ class AsyncPostgresBackend(CodecBound, Generic[C]):
         self, instance_id: str, name: str | None = None, *, limit: int = sg.DEFAULT_EVENT_PAGE
     ) -> builtins.list[Event]:
         """Buffered events (of ``name``, or all), oldest first, without consuming them."""
-        return await self._runner.run(sg.peek_events(instance_id, name, limit), writes=False)
+        return await self._runner.run(sg.peek_events(self.ctx, instance_id, name, limit))
 
     async def consume_event(
         self,
@@ -468,7 +475,7 @@ class AsyncPostgresBackend(CodecBound, Generic[C]):
         query = DispatchQuery.build(
             worker_id, limit=limit, ttl=ttl, tags=tags, aging_interval=aging_interval
         )
-        return await self._runner.run(cl.dispatch_program(query), transaction=True)
+        return await self._runner.run(cl.dispatch_program(query, self.ctx.poison), transaction=True)
 
     async def claim_notified(
         self,
@@ -491,7 +498,7 @@ class AsyncPostgresBackend(CodecBound, Generic[C]):
             aging_interval=aging_interval,
             instance_ids=instance_ids,
         )
-        return await self._runner.run(cl.dispatch_program(query), transaction=True)
+        return await self._runner.run(cl.dispatch_program(query, self.ctx.poison), transaction=True)
 
     async def dispatchable_ids(
         self,

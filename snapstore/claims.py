@@ -245,7 +245,9 @@ def claimed_task(claim: Claim, loaded: rw.Loaded | None) -> ClaimedTask:
     return ClaimedTask(claim, _stored=stored)
 
 
-def dispatch_program(query: DispatchQuery) -> Program[list[ClaimedTask]]:
+def dispatch_program(
+    query: DispatchQuery, poison: programs.PoisonCounts
+) -> Program[list[ClaimedTask]]:
     """Lease up to ``query.limit`` dispatchable instances and load them, all in one
     statement whatever the count. One whose checkpoint cannot be read comes back once,
     its ``error`` set, and is quarantined so that no worker is handed it again.
@@ -268,11 +270,12 @@ def dispatch_program(query: DispatchQuery) -> Program[list[ClaimedTask]]:
     if poisoned and query.lease:
         ids = [t.instance_id for t in poisoned]
         yield Step("quarantine", {"instance_ids": ids, "until": rw.PARKED_UNTIL}, Fetch.NONE)
-        yield AfterCommit(functools.partial(_report_poison, poisoned))
+        yield AfterCommit(functools.partial(_report_poison, poison, poisoned))
     return tasks
 
 
-def _report_poison(tasks: list[ClaimedTask]) -> None:
+def _report_poison(poison: programs.PoisonCounts, tasks: list[ClaimedTask]) -> None:
+    poison.instances_quarantined += len(tasks)
     for task in tasks:
         log.warning(
             "instance %s cannot be read and is quarantined (not dispatched again until a"

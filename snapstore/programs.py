@@ -41,6 +41,17 @@ RETRYABLE_SQLSTATES: Final = frozenset({"40P01", "40001"})  # deadlock, serializ
 MAX_BATCH_ATTEMPTS: Final = 3
 
 
+@dataclass
+class PoisonCounts:
+    """Bad items a backend found and set aside since it started, so that they block
+    nothing (also logged, each with its instance id, on the ``snapstore`` loggers)."""
+
+    instances_quarantined: int = 0
+    """Instances dispatch could not read, parked until a good checkpoint is saved."""
+    events_buried: int = 0
+    """Buffered events whose payload could not be read, moved to ``dead_events``."""
+
+
 @dataclass(frozen=True)
 class Context:
     """What operations need to know about the store they run against."""
@@ -49,6 +60,7 @@ class Context:
     schema: str
     tasks: TaskCache = field(default_factory=TaskCache, compare=False)
     limits: Limits = DEFAULT_LIMITS
+    poison: PoisonCounts = field(default_factory=PoisonCounts, compare=False)
 
     @functools.cached_property
     def channel(self) -> str:

@@ -21,6 +21,8 @@ backends' methods only run them, like those of `snapstore.programs`.
 from __future__ import annotations
 
 import enum
+import functools
+import logging
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, Final
@@ -47,7 +49,9 @@ from snapstore.model import (
     WorkflowSnapshot,
     WorkflowStatus,
 )
-from snapstore.programs import Context, Fetch, Program, Step
+from snapstore.programs import AfterCommit, Context, Fetch, Program, Step
+
+log = logging.getLogger("snapstore.events")
 
 DEFAULT_EVENT_PAGE: Final = 100
 
@@ -229,11 +233,6 @@ def interpret_event(instance_id: str, row: rw.Row) -> Event:
     )
 
 
-def interpret_events(instance_id: str, rows: Sequence[rw.Row]) -> list[Event]:
-    _exists(instance_id, bool(rows and rows[0][0]))
-    return [interpret_event(instance_id, row[1:]) for row in rows if row[1] is not None]
-
-
 def waits_for(snapshot: WorkflowSnapshot, name: str) -> bool:
     """Whether event ``name`` is what the instance waits for (so it resumes it)."""
     position = snapshot.position
@@ -405,9 +404,45 @@ def check_and_apply(
     return signal
 
 
-def _take_oldest(instance_id: str, name: str) -> Program[Event | None]:
-    row = yield Step("take_oldest_event", {"instance_id": instance_id, "name": name})
-    return None if row is None else interpret_event(instance_id, row)
+def _take_oldest(ctx: Context, instance_id: str, name: str) -> Program[Event | None]:
+    """Delete and return the oldest buffered event ``name``; one that cannot be read is
+    buried instead, and the next taken."""
+    while True:
+        row = yield Step("take_oldest_event", {"instance_id": instance_id, "name": name})
+        if row is None:
+            return None
+        try:
+            return interpret_event(instance_id, row)
+        except DecodeError as exc:
+            yield from _bury(ctx, instance_id, row, exc, taken=True)
+
+
+def _bury(
+    ctx: Context, instance_id: str, row: rw.Row, error: DecodeError, *, taken: bool
+) -> Program[None]:
+    """Move an unreadable event to dead_events (``taken``: already deleted from events in
+    this transaction), so it never blocks its instance; reported once committed."""
+    event_id, name, payload, created_at = row
+    params = {"instance_id": instance_id, "id": event_id, "reason": str(error)}
+    if taken:
+        extra = {"name": name, "payload": payload, "created_at": created_at}
+        yield Step("bury_taken_event", {**params, **extra}, Fetch.NONE)
+    else:
+        yield Step("bury_event", params, Fetch.NONE)
+    yield AfterCommit(functools.partial(_report_buried, ctx.poison, instance_id, event_id, error))
+
+
+def _report_buried(
+    poison: programs.PoisonCounts, instance_id: str, event_id: int, error: DecodeError
+) -> None:
+    poison.events_buried += 1
+    log.warning(
+        "event %s of instance %s cannot be read and was moved to dead_events: %s",
+        event_id,
+        instance_id,
+        error,
+        extra={"instance_id": instance_id, "event_id": event_id},
+    )
 
 
 def _waiting_for(target: _Target, name: str) -> Program[WorkflowSnapshot | None]:
@@ -428,7 +463,7 @@ def send_event(ctx: Context, instance_id: str, name: str, payload: Any) -> Progr
     params = event_params(ctx.codec, instance_id, name, payload, ctx.limits)
     target = yield from _lock(instance_id)
     parked = yield from _waiting_for(target, name)
-    older = None if parked is None else (yield from _take_oldest(instance_id, name))
+    older = None if parked is None else (yield from _take_oldest(ctx, instance_id, name))
     if parked is None or older is not None:
         yield Step("push_event", params, Fetch.NONE)
     if parked is None:
@@ -438,9 +473,27 @@ def send_event(ctx: Context, instance_id: str, name: str, payload: Any) -> Progr
     return EventOutcome.RESUMED
 
 
-def peek_events(instance_id: str, name: str | None, limit: int) -> Program[list[Event]]:
-    rows = yield Step("read_events", peek_params(instance_id, name, limit), Fetch.ALL)
-    return interpret_events(instance_id, rows)
+def peek_events(
+    ctx: Context, instance_id: str, name: str | None, limit: int
+) -> Program[list[Event]]:
+    """Buffered events, oldest first. One that cannot be read is buried (it would make
+    every later event of its name unconsumable) and the events read again."""
+    params = peek_params(instance_id, name, limit)
+    while True:
+        rows = yield Step("read_events", params, Fetch.ALL)
+        _exists(instance_id, bool(rows and rows[0][0]))
+        events: list[Event] = []
+        buried = False
+        for row in rows:
+            if row[1] is None:
+                continue
+            try:
+                events.append(interpret_event(instance_id, row[1:]))
+            except DecodeError as exc:
+                yield from _bury(ctx, instance_id, row[1:], exc, taken=False)
+                buried = True
+        if not buried:
+            return events
 
 
 def consume_event(
@@ -474,7 +527,7 @@ def park(
     the instance lock across the check and the save closes that window."""
     name = park_event_name(snapshot, expected_version, claim)
     yield Step("lock_instance", {"instance_id": snapshot.instance_id})
-    event = yield from _take_oldest(snapshot.instance_id, name)
+    event = yield from _take_oldest(ctx, snapshot.instance_id, name)
     if event is not None:  # a new checkpoint, checked by its save
         snapshot = resumed_by_event(snapshot, event.payload)
     version = yield from programs.save(

@@ -494,7 +494,9 @@ async def test_an_undecodable_checkpoint_is_handed_out_once_then_quarantined(
     it; saving a good checkpoint over it releases it."""
     await claims.seed(snap("bad"), snap("good"))
     await claims.sql("UPDATE @schema@.history SET data = '\\x00'::bytea WHERE instance_id = 'bad'")
+    before = claims.poison_counts.instances_quarantined
     first = {t.instance_id: t for t in await claims.find(limit=5)}
+    assert claims.poison_counts.instances_quarantined == before + 1
     assert isinstance(first["bad"].error, DecodeError)
     assert first["good"].error is None
     assert await claims.release(first["bad"].claim)

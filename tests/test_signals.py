@@ -40,6 +40,7 @@ from snapstore.signals import (
     Signal,
     SignalKind,
     SignalOutcome,
+    resumed_by_event,
 )
 from snapstore.sql_catalog import wakeup_channel
 from tests.twins import Twin, snap
@@ -550,3 +551,84 @@ async def test_park_failure_leaves_the_event_buffered(twin: Twin) -> None:
         await twin.park(snap(), 1)  # not positioned AtSignal
     assert [e.payload for e in await twin.peek_events(IID)] == ["early"]
     assert (await row_of(twin))[0] == 1
+
+
+# --- unreadable buffered events block nothing ------------------------------------------------
+
+
+async def corrupt_event(twin: Twin, name: str = "approval") -> int:
+    """Buffer an event, then break its payload as a disk or another tool might."""
+    await twin.send_event(IID, name, "lost")
+    [(event_id,)] = await twin.sql(
+        "UPDATE @schema@.events SET payload = '\\x00ff'::bytea"
+        " WHERE instance_id = %(iid)s AND payload IS NOT NULL"
+        " AND id = (SELECT max(id) FROM @schema@.events) RETURNING id",
+        {"iid": IID},
+    )
+    return int(event_id)
+
+
+async def buried(twin: Twin) -> list[tuple[Any, ...]]:
+    return await twin.sql(
+        "SELECT id, name, reason <> '' FROM @schema@.dead_events WHERE instance_id = %(iid)s",
+        {"iid": IID},
+    )
+
+
+async def test_park_buries_an_unreadable_event_and_takes_the_next(
+    twin: Twin, caplog: pytest.LogCaptureFixture
+) -> None:
+    await create(twin)
+    bad = await corrupt_event(twin)
+    await twin.send_event(IID, "approval", "good")
+    before = twin.poison_counts.events_buried
+    with caplog.at_level("WARNING", logger="snapstore.events"):
+        result = await twin.park(PARKED, 1)
+    assert result.event is not None
+    assert result.event.payload == "good"
+    assert await buried(twin) == [(bad, "approval", True)]
+    assert twin.poison_counts.events_buried == before + 1
+    assert any(str(bad) in r.getMessage() for r in caplog.records)
+    assert await twin.peek_events(IID) == []
+
+
+async def test_park_with_only_an_unreadable_event_parks(twin: Twin) -> None:
+    await create(twin)
+    await corrupt_event(twin)
+    result = await twin.park(PARKED, 1)
+    assert (result.version, result.event) == (2, None)
+    assert len(await buried(twin)) == 1
+    assert await twin.send_event(IID, "approval", "late") is EventOutcome.RESUMED
+
+
+async def test_send_event_resumes_past_an_unreadable_older_event(twin: Twin) -> None:
+    await create(twin)
+    await corrupt_event(twin)
+    await twin.save(PARKED, 1)  # parked with a plain save, the broken event buffered
+    assert await twin.send_event(IID, "approval", "fresh") is EventOutcome.RESUMED
+    stored = await twin.load(IID)
+    assert stored is not None
+    assert stored.snapshot.task_results["approve"].output == "fresh"
+    assert len(await buried(twin)) == 1
+
+
+async def test_peek_buries_an_unreadable_event_so_the_next_can_be_consumed(twin: Twin) -> None:
+    await create(twin)
+    await twin.send_event(IID, "approval", "first")
+    await corrupt_event(twin)
+    await twin.send_event(IID, "approval", "third")
+    first, third = await twin.peek_events(IID)
+    assert [first.payload, third.payload] == ["first", "third"]
+    assert len(await buried(twin)) == 1
+    await twin.save(PARKED, 1)
+    done = resumed_by_event(PARKED, first.payload)
+    assert await twin.consume_event(first.id, done, 2) == 3
+    assert [e.payload for e in await twin.peek_events(IID)] == ["third"]
+
+
+async def test_deleting_an_instance_deletes_its_dead_events(twin: Twin) -> None:
+    await create(twin)
+    await corrupt_event(twin)
+    await twin.peek_events(IID)
+    assert await twin.delete(IID)
+    assert await buried(twin) == []

@@ -49,7 +49,7 @@ from snapstore.sql_catalog import bind_schema, quote_schema
 
 Kind = Literal["sync", "async"]
 KINDS: Final[tuple[Kind, ...]] = ("sync", "async")
-CHILD_TABLES: Final = ("history", "tasks", "signals", "events", "claims")
+CHILD_TABLES: Final = ("history", "tasks", "signals", "events", "claims", "dead_events")
 ALL_TABLES: Final = ("snapshots", *CHILD_TABLES)
 
 SYNC_BACKENDS: Final[dict[type[Codec], type[PostgresBackend[Any]]]] = {

@@ -87,3 +87,17 @@ WHERE id = (
     LIMIT 1
     FOR UPDATE)
 RETURNING id, name, payload, created_at;
+
+-- name: bury_event
+-- Moves a buffered event whose payload cannot be read to dead_events (0006).
+WITH gone AS (
+    DELETE FROM @schema@.events WHERE id = %(id)s AND instance_id = %(instance_id)s
+    RETURNING instance_id, id, name, payload, created_at
+)
+INSERT INTO @schema@.dead_events (instance_id, id, name, payload, created_at, reason)
+SELECT instance_id, id, name, payload, created_at, %(reason)s FROM gone;
+
+-- name: bury_taken_event
+-- The same for an event take_oldest_event already deleted in this transaction.
+INSERT INTO @schema@.dead_events (instance_id, id, name, payload, created_at, reason)
+VALUES (%(instance_id)s, %(id)s, %(name)s, %(payload)s, %(created_at)s, %(reason)s);

@@ -263,6 +263,8 @@ WITH s AS (
     DELETE FROM @schema@.events WHERE instance_id = ANY(%(instance_ids)s::text[])
 ), c AS (
     DELETE FROM @schema@.claims WHERE instance_id = ANY(%(instance_ids)s::text[])
+), d AS (
+    DELETE FROM @schema@.dead_events WHERE instance_id = ANY(%(instance_ids)s::text[])
 )
 SELECT count(*) FROM s;
 
@@ -296,7 +298,7 @@ LIMIT %(limit)s + (SELECT wanted - start FROM first);
 
 -- name: truncate_all
 TRUNCATE @schema@.snapshots, @schema@.history, @schema@.tasks, @schema@.signals,
-    @schema@.events, @schema@.claims;
+    @schema@.events, @schema@.claims, @schema@.dead_events;
 
 -- name: server_pid
 -- The server process behind a new pooled connection. A pooler answers the client's
