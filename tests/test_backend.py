@@ -290,7 +290,7 @@ async def test_load_round_trips_every_field(store: Twin) -> None:
 
 
 async def insert_child_rows(store: Twin, instance_id: str) -> None:
-    """Signals, events and claims have no API in the core store yet: write them by hand."""
+    """Child rows of every kind, written by hand."""
     params = {"iid": instance_id}
     await store.sql(
         "INSERT INTO @schema@.signals (instance_id, kind) VALUES (%(iid)s, 'cancel')", params
@@ -303,6 +303,11 @@ async def insert_child_rows(store: Twin, instance_id: str) -> None:
     await store.sql(
         "INSERT INTO @schema@.claims (instance_id, worker_id, token, expires_at) "
         "VALUES (%(iid)s, 'w', gen_random_uuid(), now() + interval '1 minute')",
+        params,
+    )
+    await store.sql(
+        "INSERT INTO @schema@.dead_events (instance_id, id, name, payload, created_at, reason)"
+        " VALUES (%(iid)s, 0, 'go', '\\x00', now(), 'unreadable')",
         params,
     )
 
