@@ -13,7 +13,7 @@ import dataclasses
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from types import TracebackType
-from typing import Any, Generic, Self, TypeVar, Unpack
+from typing import Any, Generic, Self, TypeVar, Unpack, cast
 
 from psycopg import AsyncConnection, DatabaseError
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
@@ -264,13 +264,7 @@ class AsyncPostgresBackend(CodecBound, Generic[C]):
             except CommitUnknownError as lost:
                 if resent:
                     raise
-                try:
-                    done = self._pids_known and await self._runner.run(
-                        programs.backend_finished(lost.backend_pid), writes=False
-                    )
-                    found = await self._ask_twice(lambda: programs.committed(self.ctx, items))
-                except UnavailableError:
-                    raise lost from None
+                done, found = await self._settle(lost, lambda: programs.committed(self.ctx, items))
                 if not found and not done:  # it may still be running: sending it again
                     raise  # could race it, and would turn its success into a conflict
                 resent = True
@@ -279,6 +273,39 @@ class AsyncPostgresBackend(CodecBound, Generic[C]):
                     again = iter(await self._flush(rest) if rest else [])
                     return [found[i] if i in found else next(again) for i in range(len(items))]
                 # it did not commit: send it once more
+
+    async def _settle(
+        self, lost: CommitUnknownError, ask: Callable[[], programs.Program[R]]
+    ) -> tuple[bool, R]:
+        """After a lost write: whether its server process has finished (so a write not
+        found did not commit and may be sent again), and what ``ask`` finds on a fresh
+        connection. Still unreachable: the write's `CommitUnknownError`."""
+        try:
+            done = self._pids_known and await self._runner.run(
+                programs.backend_finished(lost.backend_pid), writes=False
+            )
+            return done, await self._ask_twice(ask)
+        except UnavailableError:
+            raise lost from None
+
+    async def _write(
+        self, make: Callable[[programs.Receipt], programs.Program[R]], *, transaction: bool = True
+    ) -> R:
+        """Run the write program ``make`` builds. If its connection is lost, find out on a
+        fresh one whether it committed (`programs.Receipt`): if so, return what it would
+        have; if not, or if it writes idempotently, send it once more. A
+        `CommitUnknownError` only while that cannot be told."""
+        receipt = programs.Receipt()
+        try:
+            return await self._runner.run(make(receipt), transaction=transaction)
+        except CommitUnknownError as lost:
+            if receipt.confirm is not None:
+                done, found = await self._settle(lost, receipt.confirm)
+                if found:
+                    return cast(R, receipt.outcome)
+                if not done:
+                    raise
+        return await self._runner.run(make(programs.Receipt()), transaction=transaction)
 
     async def _ask_twice(self, program: Callable[[], programs.Program[R]]) -> R:
         """Run a read-only program; once more if its connection was lost too (the pool
@@ -308,7 +335,9 @@ class AsyncPostgresBackend(CodecBound, Generic[C]):
 
     async def delete(self, instance_id: str) -> bool:
         """Remove an instance and every row that belongs to it; False if absent."""
-        return await self._runner.run(programs.delete(instance_id, self.ctx))
+        return await self._write(
+            lambda _: programs.delete(instance_id, self.ctx), transaction=False
+        )
 
     async def list(
         self,
@@ -350,8 +379,7 @@ class AsyncPostgresBackend(CodecBound, Generic[C]):
 
         `ValidationError` for an unknown kind, `NotFoundError`, `TerminalStateError`.
         """
-        program = sg.store_signal(instance_id, kind, reason)
-        return await self._runner.run(program, transaction=True)
+        return await self._write(lambda _: sg.store_signal(instance_id, kind, reason))
 
     async def get_signals(self, instance_id: str) -> builtins.list[Signal]:
         """The pending signals of an instance (`NotFoundError` if it does not exist)."""
@@ -363,44 +391,49 @@ class AsyncPostgresBackend(CodecBound, Generic[C]):
 
     async def clear_signal(self, instance_id: str, kind: SignalKind | str | None = None) -> bool:
         """Drop the pending ``kind`` signal (every kind when None); whether one existed."""
-        return await self._runner.run(sg.clear_signal(instance_id, kind), transaction=True)
+        return await self._write(lambda _: sg.clear_signal(instance_id, kind))
 
     async def cancel(self, instance_id: str, reason: str | None = None) -> SignalOutcome:
         """Cancel now (APPLIED) unless a live claim holds the instance (PENDING)."""
-        program = sg.request(self.ctx, instance_id, SignalKind.CANCEL, reason)
-        return await self._runner.run(program, transaction=True)
+        return await self._write(
+            lambda r: sg.request(self.ctx, instance_id, SignalKind.CANCEL, reason, r)
+        )
 
     async def pause(self, instance_id: str, reason: str | None = None) -> SignalOutcome:
         """Pause now (APPLIED) unless a live claim holds the instance (PENDING)."""
-        program = sg.request(self.ctx, instance_id, SignalKind.PAUSE, reason)
-        return await self._runner.run(program, transaction=True)
+        return await self._write(
+            lambda r: sg.request(self.ctx, instance_id, SignalKind.PAUSE, reason, r)
+        )
 
     async def unpause(self, instance_id: str) -> SignalOutcome:
         """Resume a Paused instance (APPLIED) or withdraw a pending pause (WITHDRAWN)."""
-        return await self._runner.run(sg.unpause(self.ctx, instance_id), transaction=True)
+        return await self._write(lambda r: sg.unpause(self.ctx, instance_id, r))
 
     async def check_and_cancel(self, instance_id: str, claim: Claim | None = None) -> Signal | None:
         """Apply a pending cancel (fenced by ``claim``); the signal applied, or None."""
-        program = sg.check_and_apply(self.ctx, instance_id, SignalKind.CANCEL, claim)
-        return await self._runner.run(program, transaction=True)
+        return await self._write(
+            lambda r: sg.check_and_apply(self.ctx, instance_id, SignalKind.CANCEL, claim, r)
+        )
 
     async def check_and_pause(self, instance_id: str, claim: Claim | None = None) -> Signal | None:
         """Apply a pending pause (fenced by ``claim``); the signal applied, or None."""
-        program = sg.check_and_apply(self.ctx, instance_id, SignalKind.PAUSE, claim)
-        return await self._runner.run(program, transaction=True)
+        return await self._write(
+            lambda r: sg.check_and_apply(self.ctx, instance_id, SignalKind.PAUSE, claim, r)
+        )
 
     # --- events (see `snapstore.signals`) --------------------------------------------------
 
     async def send_event(self, instance_id: str, name: str, payload: Any = None) -> EventOutcome:
         """Resume the instance if parked on ``name`` (RESUMED), else buffer it (BUFFERED)."""
-        program = sg.send_event(self.ctx, instance_id, name, payload)
-        return await self._runner.run(program, transaction=True)
+        return await self._write(lambda r: sg.send_event(self.ctx, instance_id, name, payload, r))
 
     async def peek_events(
         self, instance_id: str, name: str | None = None, *, limit: int = sg.DEFAULT_EVENT_PAGE
     ) -> builtins.list[Event]:
         """Buffered events (of ``name``, or all), oldest first, without consuming them."""
-        return await self._runner.run(sg.peek_events(self.ctx, instance_id, name, limit))
+        return await self._write(
+            lambda _: sg.peek_events(self.ctx, instance_id, name, limit), transaction=False
+        )
 
     async def consume_event(
         self,
@@ -411,8 +444,9 @@ class AsyncPostgresBackend(CodecBound, Generic[C]):
         claim: Claim | None = None,
     ) -> int:
         """Consume a peeked event and save the checkpoint it led to, atomically."""
-        program = sg.consume_event(self.ctx, event_id, snapshot, expected_version, claim)
-        return await self._runner.run(program, transaction=True)
+        return await self._write(
+            lambda r: sg.consume_event(self.ctx, event_id, snapshot, expected_version, claim, r)
+        )
 
     async def park(
         self,
@@ -422,8 +456,7 @@ class AsyncPostgresBackend(CodecBound, Generic[C]):
         claim: Claim | None = None,
     ) -> ParkResult:
         """Save an AtSignal checkpoint, or resume at once with an already buffered event."""
-        program = sg.park(self.ctx, snapshot, expected_version, claim)
-        return await self._runner.run(program, transaction=True)
+        return await self._write(lambda r: sg.park(self.ctx, snapshot, expected_version, claim, r))
 
     # --- claims and dispatch (see `snapstore.claims` for the lease rules) ------------------
 
@@ -438,7 +471,9 @@ class AsyncPostgresBackend(CodecBound, Generic[C]):
         dispatch is `find_available_tasks`. Raises `NotFoundError` for an unknown
         instance and `TerminalStateError` for a finished one.
         """
-        return await self._runner.run(cl.claim_program(instance_id, worker_id, ttl))
+        return await self._write(
+            lambda r: cl.claim_program(instance_id, worker_id, ttl, r), transaction=False
+        )
 
     async def extend(self, claim: Claim, ttl: Seconds = cl.DEFAULT_TTL) -> Claim:
         """Renew a live lease to end ``ttl`` after the server's now (absolute, not added).
@@ -446,7 +481,7 @@ class AsyncPostgresBackend(CodecBound, Generic[C]):
         Returns the claim with its new ``expires_at``; raises `ClaimLostError` if the
         lease already expired or was taken over.
         """
-        return await self._runner.run(cl.extend_program(claim, ttl))
+        return await self._write(lambda _: cl.extend_program(claim, ttl), transaction=False)
 
     async def release(self, claim: Claim) -> bool:
         """Drop the lease if this token still owns it (True), even if it had expired.
@@ -454,7 +489,7 @@ class AsyncPostgresBackend(CodecBound, Generic[C]):
         When the instance is then dispatchable, the wakeup channel is notified at commit
         so another worker picks it up.
         """
-        return await self._runner.run(cl.release_program(self.ctx, claim))
+        return await self._write(lambda _: cl.release_program(self.ctx, claim), transaction=False)
 
     async def find_available_tasks(
         self,
@@ -475,7 +510,7 @@ class AsyncPostgresBackend(CodecBound, Generic[C]):
         query = DispatchQuery.build(
             worker_id, limit=limit, ttl=ttl, tags=tags, aging_interval=aging_interval
         )
-        return await self._runner.run(cl.dispatch_program(query, self.ctx.poison), transaction=True)
+        return await self._write(lambda r: cl.dispatch_program(query, self.ctx.poison, r))
 
     async def claim_notified(
         self,
@@ -498,7 +533,7 @@ class AsyncPostgresBackend(CodecBound, Generic[C]):
             aging_interval=aging_interval,
             instance_ids=instance_ids,
         )
-        return await self._runner.run(cl.dispatch_program(query, self.ctx.poison), transaction=True)
+        return await self._write(lambda r: cl.dispatch_program(query, self.ctx.poison, r))
 
     async def dispatchable_ids(
         self,

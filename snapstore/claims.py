@@ -36,6 +36,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Final
+from uuid import UUID, uuid4
 
 import msgspec
 
@@ -49,7 +50,7 @@ from snapstore.errors import (
     UnknownCodecError,
 )
 from snapstore.model import Claim, StoredSnapshot, WorkflowSnapshot, WorkflowStatus
-from snapstore.programs import AfterCommit, Context, Fetch, Program, Step
+from snapstore.programs import AfterCommit, Context, Fetch, Program, Receipt, Step
 
 log = logging.getLogger("snapstore.claims")
 
@@ -177,6 +178,7 @@ class DispatchQuery:
             "aging_seconds": self.aging_interval.total_seconds(),
             "instance_ids": self.instance_ids,
             "claim": self.lease,
+            "token": None,  # the lease's, set per run by dispatch_program
         }
 
 
@@ -217,9 +219,32 @@ def renewed(claim: Claim, row: rw.Row | None) -> Claim:
 # -- programs ------------------------------------------------------------------------------
 
 
-def claim_program(instance_id: str, worker_id: str, ttl: Seconds) -> Program[Claim | None]:
-    row = yield Step("claim_instance", claim_params(instance_id, worker_id, ttl))
+def claim_program(
+    instance_id: str, worker_id: str, ttl: Seconds, receipt: Receipt | None = None
+) -> Program[Claim | None]:
+    """Take the lease; its token is chosen here, so a claim whose connection was lost can
+    be looked up (``receipt``)."""
+    params = {**claim_params(instance_id, worker_id, ttl), "token": uuid4()}
+    if receipt is not None:
+        receipt.confirm = functools.partial(_claim_held, receipt, params)
+    row = yield Step("claim_instance", params)
     return interpret_claim(instance_id, worker_id, row)
+
+
+def _claim_held(receipt: Receipt, params: rw.Params) -> Program[bool]:
+    """Whether the lost claim of ``params`` committed; if so its `Claim` is the outcome."""
+    row = yield Step("claim_held", {"instance_id": params["instance_id"], "token": params["token"]})
+    if row is None:
+        return False
+    task_id, expires_at = row
+    receipt.outcome = Claim(
+        instance_id=params["instance_id"],
+        worker_id=params["worker_id"],
+        token=params["token"],
+        expires_at=expires_at,
+        task_id=task_id,
+    )
+    return True
 
 
 def extend_program(claim: Claim, ttl: Seconds) -> Program[Claim]:
@@ -246,7 +271,7 @@ def claimed_task(claim: Claim, loaded: rw.Loaded | None) -> ClaimedTask:
 
 
 def dispatch_program(
-    query: DispatchQuery, poison: programs.PoisonCounts
+    query: DispatchQuery, poison: programs.PoisonCounts, receipt: Receipt | None = None
 ) -> Program[list[ClaimedTask]]:
     """Lease up to ``query.limit`` dispatchable instances and load them, all in one
     statement whatever the count. One whose checkpoint cannot be read comes back once,
@@ -257,7 +282,10 @@ def dispatch_program(
     """
     if query.empty:
         return []
-    rows = yield Step("dispatch", query.params(), Fetch.ALL, hot=True)
+    token = uuid4()  # one per run: a lost run's leases can be found and dropped
+    if receipt is not None:
+        receipt.confirm = functools.partial(_undo_dispatch, token)
+    rows = yield Step("dispatch", {**query.params(), "token": token}, Fetch.ALL, hot=True)
     claims = leased_claims(query.worker_id, rows)
     if not claims:
         return []
@@ -272,6 +300,13 @@ def dispatch_program(
         yield Step("quarantine", {"instance_ids": ids, "until": rw.PARKED_UNTIL}, Fetch.NONE)
         yield AfterCommit(functools.partial(_report_poison, poison, poisoned))
     return tasks
+
+
+def _undo_dispatch(token: UUID) -> Program[bool]:
+    """Drop the leases of a dispatch whose connection was lost: never "committed", so the
+    caller dispatches again (and gets the instances loaded)."""
+    yield Step("undo_dispatch", {"token": token}, Fetch.NONE)
+    return False
 
 
 def _report_poison(poison: programs.PoisonCounts, tasks: list[ClaimedTask]) -> None:

@@ -193,6 +193,23 @@ def committed(ctx: Context, items: Sequence[rw.PreparedSave]) -> Program[dict[in
     }
 
 
+@dataclass
+class Receipt:
+    """What a write call had sent when its connection was lost: how to ask on a fresh
+    connection whether it committed (``confirm``, a program answering True if it did) and
+    what the call returns then (``outcome``). A program records both before the
+    statement that commits; one that records nothing writes idempotently, so sending it
+    again is safe (README "Failures and guarantees" says what each call may return)."""
+
+    confirm: Callable[[], Program[bool]] | None = None
+    outcome: Any = None
+
+
+def save_committed(ctx: Context, item: rw.PreparedSave) -> Program[bool]:
+    """Whether the lost save of ``item`` committed (its version and data_hash in history)."""
+    return bool((yield from committed(ctx, [item])))
+
+
 def prepare(
     ctx: Context,
     snapshot: WorkflowSnapshot,
@@ -216,9 +233,13 @@ def save(
     claim: Claim | None,
     *,
     checked: bool = False,
+    receipt: Receipt | None = None,
 ) -> Program[int]:
-    """CAS save: one statement; on failure, one read to name the precise error."""
+    """CAS save: one statement; on failure, one read to name the precise error. With a
+    ``receipt``, the way to confirm it committed is recorded there first."""
     item = prepare(ctx, snapshot, expected_version, claim, checked=checked)
+    if receipt is not None:
+        receipt.confirm = functools.partial(save_committed, ctx, item)
     (result,) = yield from save_batch(ctx, [item])
     return result.unwrap()
 

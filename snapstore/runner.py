@@ -311,7 +311,10 @@ class Runner:
         it was the last; the total deleted."""
         total, resume = 0, start
         while True:
-            done = self.run(batch(resume), transaction=True)
+            try:
+                done = self.run(batch(resume), transaction=True)
+            except CommitUnknownError:  # deleting what is gone again deletes nothing
+                done = self.run(batch(resume), transaction=True)
             total += done.deleted
             if done.resume is None:
                 return total

@@ -313,7 +313,10 @@ class AsyncRunner:
         it was the last; the total deleted."""
         total, resume = 0, start
         while True:
-            done = await self.run(batch(resume), transaction=True)
+            try:
+                done = await self.run(batch(resume), transaction=True)
+            except CommitUnknownError:  # deleting what is gone again deletes nothing
+                done = await self.run(batch(resume), transaction=True)
             total += done.deleted
             if done.resume is None:
                 return total

@@ -26,6 +26,7 @@ import logging
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, Final
+from uuid import UUID, uuid4
 
 import msgspec
 
@@ -49,7 +50,7 @@ from snapstore.model import (
     WorkflowSnapshot,
     WorkflowStatus,
 )
-from snapstore.programs import AfterCommit, Context, Fetch, Program, Step
+from snapstore.programs import AfterCommit, Context, Fetch, Program, Receipt, Step
 
 log = logging.getLogger("snapstore.events")
 
@@ -294,7 +295,7 @@ def _load_locked(target: _Target) -> Program[WorkflowSnapshot]:
 
 
 def _set_status(
-    ctx: Context, target: _Target, status: WorkflowStatus, claim: Claim | None
+    ctx: Context, target: _Target, status: WorkflowStatus, claim: Claim | None, receipt: Receipt
 ) -> Program[int]:
     """A checkpoint of the locked instance that changes only its status. It goes through
     `programs.save` (CAS on the locked version, fenced by ``claim``), so the new version,
@@ -305,7 +306,7 @@ def _set_status(
     behind the cache's back."""
     snapshot = yield from _load_locked(target)
     changed = msgspec.structs.replace(snapshot, status=status)
-    return (yield from programs.save(ctx, changed, target.version, claim))
+    return (yield from programs.save(ctx, changed, target.version, claim, receipt=receipt))
 
 
 def _clear(instance_id: str, kind: SignalKind | None) -> Program[bool]:
@@ -316,13 +317,13 @@ def _clear(instance_id: str, kind: SignalKind | None) -> Program[bool]:
 
 
 def _apply_signal(
-    ctx: Context, target: _Target, kind: SignalKind, claim: Claim | None
+    ctx: Context, target: _Target, kind: SignalKind, claim: Claim | None, receipt: Receipt
 ) -> Program[None]:
     """Checkpoint the status ``kind`` asks for and drop what it settles: a cancel ends the
     instance, so no other request can still apply; a pause settles only the pause.
     The save comes last (see `_set_status`)."""
     yield from _clear(target.instance_id, None if kind is SignalKind.CANCEL else kind)
-    yield from _set_status(ctx, target, _APPLIED_STATUS[kind], claim)
+    yield from _set_status(ctx, target, _APPLIED_STATUS[kind], claim, receipt)
 
 
 def store_signal(instance_id: str, kind: SignalKind | str, reason: str | None) -> Program[Signal]:
@@ -359,7 +360,11 @@ def clear_signal(instance_id: str, kind: SignalKind | str | None) -> Program[boo
 
 
 def request(
-    ctx: Context, instance_id: str, kind: SignalKind, reason: str | None
+    ctx: Context,
+    instance_id: str,
+    kind: SignalKind,
+    reason: str | None,
+    receipt: Receipt | None = None,
 ) -> Program[SignalOutcome]:
     """`cancel`/`pause`: apply now when no live claim holds the instance, else leave the
     request pending for the claimant. A Paused instance is driven by nobody even if a
@@ -370,26 +375,36 @@ def request(
         return SignalOutcome.UNCHANGED
     claimed = yield from _claimed(target)
     if claimed and target.status is not WorkflowStatus.PAUSED:
-        yield Step("put_signal", params)
+        yield Step("put_signal", params)  # an upsert: safe to send again
         return SignalOutcome.PENDING
-    yield from _apply_signal(ctx, target, kind, None)
+    receipt = receipt or Receipt()
+    receipt.outcome = SignalOutcome.APPLIED
+    yield from _apply_signal(ctx, target, kind, None, receipt)
     return SignalOutcome.APPLIED
 
 
-def unpause(ctx: Context, instance_id: str) -> Program[SignalOutcome]:
+def unpause(
+    ctx: Context, instance_id: str, receipt: Receipt | None = None
+) -> Program[SignalOutcome]:
     """Paused -> InProgress (the save NOTIFYs: the instance is dispatchable again), and
     any pause signal goes, so a worker cannot re-pause the instance from a stale request."""
     checks.check_id("instance_id", instance_id)
     target = yield from _lock(instance_id)
     withdrawn = yield from _clear(instance_id, SignalKind.PAUSE)
     if target.status is WorkflowStatus.PAUSED:
-        yield from _set_status(ctx, target, WorkflowStatus.IN_PROGRESS, None)
+        receipt = receipt or Receipt()
+        receipt.outcome = SignalOutcome.APPLIED
+        yield from _set_status(ctx, target, WorkflowStatus.IN_PROGRESS, None, receipt)
         return SignalOutcome.APPLIED
     return SignalOutcome.WITHDRAWN if withdrawn else SignalOutcome.UNCHANGED
 
 
 def check_and_apply(
-    ctx: Context, instance_id: str, kind: SignalKind, claim: Claim | None
+    ctx: Context,
+    instance_id: str,
+    kind: SignalKind,
+    claim: Claim | None,
+    receipt: Receipt | None = None,
 ) -> Program[Signal | None]:
     """Worker side: apply a pending ``kind`` signal in a checkpoint fenced by ``claim`` and
     clear it; the applied signal (with its reason), or None if none was pending. If the
@@ -400,7 +415,9 @@ def check_and_apply(
     target = yield from _lock(instance_id)
     signal = yield from _read_signal(instance_id, kind)
     if signal is not None:
-        yield from _apply_signal(ctx, target, kind, claim)
+        receipt = receipt or Receipt()
+        receipt.outcome = signal
+        yield from _apply_signal(ctx, target, kind, claim, receipt)
     return signal
 
 
@@ -454,23 +471,36 @@ def _waiting_for(target: _Target, name: str) -> Program[WorkflowSnapshot | None]
     return snapshot if waits_for(snapshot, name) else None
 
 
-def send_event(ctx: Context, instance_id: str, name: str, payload: Any) -> Program[EventOutcome]:
+def send_event(
+    ctx: Context, instance_id: str, name: str, payload: Any, receipt: Receipt | None = None
+) -> Program[EventOutcome]:
     """Resume an instance parked on ``name`` at once, else buffer the event.
 
     Under the instance lock, so of concurrent senders exactly one resumes it and the
     rest buffer. If events of that name were already buffered (the engine parked without
     `park`), the oldest of them resumes the instance and this one queues behind: FIFO."""
-    params = event_params(ctx.codec, instance_id, name, payload, ctx.limits)
+    params = {**event_params(ctx.codec, instance_id, name, payload, ctx.limits), "token": uuid4()}
+    receipt = receipt or Receipt()
     target = yield from _lock(instance_id)
     parked = yield from _waiting_for(target, name)
     older = None if parked is None else (yield from _take_oldest(ctx, instance_id, name))
     if parked is None or older is not None:
+        receipt.confirm = functools.partial(_event_buffered, instance_id, params["token"])
+        receipt.outcome = EventOutcome.BUFFERED
         yield Step("push_event", params, Fetch.NONE)
     if parked is None:
         return EventOutcome.BUFFERED
     value = payload if older is None else older.payload
-    yield from programs.save(ctx, resumed_by_event(parked, value), target.version, None)
+    receipt.outcome = EventOutcome.RESUMED
+    resumed = resumed_by_event(parked, value)
+    yield from programs.save(ctx, resumed, target.version, None, receipt=receipt)
     return EventOutcome.RESUMED
+
+
+def _event_buffered(instance_id: str, token: UUID) -> Program[bool]:
+    """Whether the event a lost `send_event` buffered is there (by its token)."""
+    (found,) = yield Step("event_sent", {"instance_id": instance_id, "token": token})
+    return bool(found)
 
 
 def peek_events(
@@ -502,6 +532,7 @@ def consume_event(
     snapshot: WorkflowSnapshot,
     expected_version: int,
     claim: Claim | None,
+    receipt: Receipt | None = None,
 ) -> Program[int]:
     """Delete event ``event_id`` and save ``snapshot`` in one transaction. A failed save
     raises its typed error and rolls the delete back, so the event stays buffered."""
@@ -513,11 +544,21 @@ def consume_event(
                 " (already consumed, or never sent to this instance)"
             )
         raise ValidationError(f"event {event_id} is not the oldest buffered event of its name")
-    return (yield from programs.save(ctx, snapshot, expected_version, claim, checked=True))
+    receipt = receipt or Receipt()
+    receipt.outcome = expected_version + 1
+    return (
+        yield from programs.save(
+            ctx, snapshot, expected_version, claim, checked=True, receipt=receipt
+        )
+    )
 
 
 def park(
-    ctx: Context, snapshot: WorkflowSnapshot, expected_version: int | None, claim: Claim | None
+    ctx: Context,
+    snapshot: WorkflowSnapshot,
+    expected_version: int | None,
+    claim: Claim | None,
+    receipt: Receipt | None = None,
 ) -> Program[ParkResult]:
     """Save an AtSignal checkpoint unless a matching event is already buffered; then
     consume the oldest one and save the resumed checkpoint instead.
@@ -530,7 +571,11 @@ def park(
     event = yield from _take_oldest(ctx, snapshot.instance_id, name)
     if event is not None:  # a new checkpoint, checked by its save
         snapshot = resumed_by_event(snapshot, event.payload)
+    receipt = receipt or Receipt()
+    receipt.outcome = ParkResult(
+        version=(expected_version or 0) + 1, snapshot=snapshot, event=event
+    )
     version = yield from programs.save(
-        ctx, snapshot, expected_version, claim, checked=event is None
+        ctx, snapshot, expected_version, claim, checked=event is None, receipt=receipt
     )
     return ParkResult(version=version, snapshot=snapshot, event=event)

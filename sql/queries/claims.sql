@@ -16,7 +16,7 @@ WITH target AS (
 ), leased AS (
     INSERT INTO @schema@.claims AS c (
         instance_id, task_id, worker_id, token, claimed_at, expires_at)
-    SELECT t.instance_id, t.current_task_id, %(worker_id)s, gen_random_uuid(), now(),
+    SELECT t.instance_id, t.current_task_id, %(worker_id)s, %(token)s::uuid, now(),
         now() + %(ttl)s::interval
     FROM target AS t
     WHERE t.status NOT IN ('Completed', 'Failed', 'Cancelled')
@@ -122,7 +122,7 @@ WITH candidates AS (
 ), leased AS (
     INSERT INTO @schema@.claims AS c (
         instance_id, task_id, worker_id, token, claimed_at, expires_at)
-    SELECT p.instance_id, p.current_task_id, %(worker_id)s, gen_random_uuid(), now(),
+    SELECT p.instance_id, p.current_task_id, %(worker_id)s, %(token)s::uuid, now(),
         now() + %(ttl)s::interval
     FROM picked AS p
     WHERE %(claim)s
@@ -163,3 +163,13 @@ SELECT LEAST(
      JOIN @schema@.snapshots AS s ON s.instance_id = c.instance_id
      WHERE c.expires_at > now() AND s.status = 'InProgress'
      ORDER BY c.expires_at LIMIT 1)) AS next_at, now() AS server_now;
+
+-- name: claim_held
+-- After a claim whose connection was lost: the lease it asked for, if it committed.
+SELECT task_id, expires_at FROM @schema@.claims
+WHERE instance_id = %(instance_id)s AND token = %(token)s::uuid;
+
+-- name: undo_dispatch
+-- After a dispatch whose connection was lost: drop the leases it took, if it committed
+-- (one token per dispatch), so its instances are dispatchable again at once.
+DELETE FROM @schema@.claims WHERE token = %(token)s::uuid;

@@ -45,8 +45,13 @@ SELECT EXISTS (SELECT 1 FROM @schema@.snapshots WHERE instance_id = %(instance_i
     (SELECT count(*) FROM gone);
 
 -- name: push_event
-INSERT INTO @schema@.events (instance_id, name, payload)
-VALUES (%(instance_id)s, %(name)s, %(payload)s);
+-- token: the sender's, so a send whose connection was lost can be looked up (event_sent).
+INSERT INTO @schema@.events (instance_id, name, payload, token)
+VALUES (%(instance_id)s, %(name)s, %(payload)s, %(token)s);
+
+-- name: event_sent
+SELECT EXISTS (
+    SELECT 1 FROM @schema@.events WHERE instance_id = %(instance_id)s AND token = %(token)s);
 
 -- name: read_events
 -- Buffered events, oldest first; one row even when none are buffered (see read_signals).

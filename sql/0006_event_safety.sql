@@ -13,3 +13,7 @@ CREATE TABLE @schema@.dead_events (
     reason      text        NOT NULL,
     PRIMARY KEY (instance_id, id)
 );
+
+-- The sender's token on a buffered event, so a send_event whose connection was lost can
+-- find out whether it committed (NULL on events sent before this migration).
+ALTER TABLE @schema@.events ADD COLUMN token uuid;
