@@ -7,11 +7,24 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Iterator
+from typing import Any
 
 import psycopg
 import pytest
 
-from snapstore import JsonCodec, PostgresBackend, programs
+from snapstore import (
+    AtSignal,
+    Claim,
+    EventOutcome,
+    JsonCodec,
+    ParkResult,
+    PostgresBackend,
+    SaveRequest,
+    SignalOutcome,
+    WorkflowStatus,
+    programs,
+)
 from snapstore.sql_catalog import bind_schema
 from tests.twins import advance, snap, with_tasks
 
@@ -107,3 +120,144 @@ def test_a_lost_save_still_running_on_the_server_is_awaited_not_sent_again(
         stored = store.load("wf-1")
         assert stored is not None
         assert stored.snapshot.error == "mine"
+
+
+# --- every write: committed on the server, reply lost ------------------------------------
+
+WAIT_AT_COMMIT = """
+CREATE FUNCTION @schema@.wait_at_commit() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN PERFORM pg_advisory_xact_lock_shared(4242); RETURN NULL; END $$;
+CREATE CONSTRAINT TRIGGER wait_at_commit AFTER INSERT OR UPDATE ON @schema@.{table}
+    DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION @schema@.wait_at_commit();
+"""
+
+
+def lose_the_reply(
+    dsn: str, schema: str, store: PostgresBackend[JsonCodec], table: str, call: Any
+) -> list[object]:
+    """Run ``call`` on the store's only connection so that its write commits on the
+    server while the client has already lost the socket: a deferred trigger on
+    ``table`` makes the commit wait for a lock this test holds, the client's socket is
+    shut meanwhile, then the lock is let go and the server commits."""
+    with store.pool.connection() as conn:
+        fd, pid = conn.pgconn.socket, conn.info.backend_pid
+    outcome: list[object] = []
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        admin.execute(bind_schema(WAIT_AT_COMMIT.format(table=table), schema).encode())
+        admin.execute("SELECT pg_advisory_lock(4242)")
+        worker = threading.Thread(target=lambda: outcome.append(call()))
+        worker.start()
+        waiting = "SELECT wait_event = 'advisory' FROM pg_stat_activity WHERE pid = %s"
+        deadline = time.monotonic() + 10
+        while admin.execute(waiting, (pid,)).fetchone() != (True,):
+            assert time.monotonic() < deadline, "the write never reached its commit"
+            time.sleep(0.01)
+        socket.socket(fileno=os.dup(fd)).shutdown(socket.SHUT_RDWR)
+        time.sleep(0.2)
+        admin.execute("SELECT pg_advisory_unlock(4242)")
+        worker.join(15)
+        admin.execute(
+            bind_schema("DROP FUNCTION @schema@.wait_at_commit() CASCADE", schema).encode()
+        )
+    assert len(outcome) == 1, "the call did not return"
+    return outcome
+
+
+@pytest.fixture
+def lone(dsn: str, fresh_schema: str) -> Iterator[PostgresBackend[JsonCodec]]:
+    """A store on a pool of one connection, so the test knows which one a call uses."""
+    from psycopg_pool import ConnectionPool
+
+    with ConnectionPool(dsn, kwargs={"autocommit": True}, min_size=1, max_size=1) as pool:
+        yield PostgresBackend[JsonCodec].from_pool(pool, schema=fresh_schema)
+
+
+PARKED = snap(position=AtSignal(task_id="approve", signal_name="go"))
+
+
+def test_a_cancel_that_committed_unseen_reports_applied(
+    dsn: str, fresh_schema: str, lone: PostgresBackend[JsonCodec]
+) -> None:
+    lone.save(snap())
+    call = lambda: lone.cancel("wf-1", "stop")  # noqa: E731
+    assert lose_the_reply(dsn, fresh_schema, lone, "snapshots", call) == [SignalOutcome.APPLIED]
+    assert [e.version for e in lone.history("wf-1")] == [1, 2]
+    stored = lone.load("wf-1")
+    assert stored is not None
+    assert stored.snapshot.status is WorkflowStatus.CANCELLED
+
+
+def test_an_event_that_resumed_unseen_reports_resumed_and_is_not_buffered_too(
+    dsn: str, fresh_schema: str, lone: PostgresBackend[JsonCodec]
+) -> None:
+    lone.save(PARKED)
+    call = lambda: lone.send_event("wf-1", "go", "yes")  # noqa: E731
+    assert lose_the_reply(dsn, fresh_schema, lone, "snapshots", call) == [EventOutcome.RESUMED]
+    assert [e.version for e in lone.history("wf-1")] == [1, 2]
+    assert lone.peek_events("wf-1") == []
+
+
+def test_an_event_buffered_unseen_reports_buffered_and_is_there_once(
+    dsn: str, fresh_schema: str, lone: PostgresBackend[JsonCodec]
+) -> None:
+    lone.save(snap())
+    call = lambda: lone.send_event("wf-1", "go", "yes")  # noqa: E731
+    assert lose_the_reply(dsn, fresh_schema, lone, "events", call) == [EventOutcome.BUFFERED]
+    assert [e.payload for e in lone.peek_events("wf-1")] == ["yes"]
+
+
+def test_a_park_that_committed_unseen_reports_its_version(
+    dsn: str, fresh_schema: str, lone: PostgresBackend[JsonCodec]
+) -> None:
+    lone.save(snap())
+    call = lambda: lone.park(PARKED, 1)  # noqa: E731
+    (result,) = lose_the_reply(dsn, fresh_schema, lone, "snapshots", call)
+    assert isinstance(result, ParkResult)
+    assert (result.version, result.event) == (2, None)
+    assert [e.version for e in lone.history("wf-1")] == [1, 2]
+
+
+def test_a_claim_that_committed_unseen_returns_its_lease(
+    dsn: str, fresh_schema: str, lone: PostgresBackend[JsonCodec]
+) -> None:
+    lone.save(snap())
+    call = lambda: lone.claim("wf-1", "w1", 60)  # noqa: E731
+    (claim,) = lose_the_reply(dsn, fresh_schema, lone, "claims", call)
+    assert isinstance(claim, Claim)
+    assert lone.extend(claim, 60).token == claim.token  # the stored lease is this one
+    with lone.pool.connection() as conn:
+        assert conn.execute(
+            bind_schema("SELECT count(*) FROM @schema@.claims", fresh_schema).encode()
+        ).fetchone() == (1,)
+
+
+def test_a_dispatch_that_committed_unseen_drops_its_leases_and_runs_again(
+    dsn: str, fresh_schema: str, lone: PostgresBackend[JsonCodec]
+) -> None:
+    lone.save(snap())
+    call = lambda: lone.find_available_tasks("w1", limit=5, ttl=60)  # noqa: E731
+    (tasks,) = lose_the_reply(dsn, fresh_schema, lone, "claims", call)
+    assert isinstance(tasks, list)
+    (task,) = tasks
+    assert task.snapshot.instance_id == "wf-1"
+    assert lone.extend(task.claim, 60).token == task.claim.token
+    assert lone.find_available_tasks("w2", limit=5) == []
+
+
+@pytest.mark.parametrize("how", ["save", "group-commit", "save_many"])
+def test_a_save_that_committed_unseen_returns_its_version(
+    dsn: str, fresh_schema: str, lone: PostgresBackend[JsonCodec], how: str
+) -> None:
+    lone.save(snap())
+    store = PostgresBackend[JsonCodec].from_pool(
+        lone.pool, schema=fresh_schema, group_commit=how == "group-commit", run_migrations=False
+    )
+    nxt = advance(snap(), error="two")
+    if how == "save_many":
+        call = lambda: [r.version for r in store.save_many([SaveRequest(nxt, 1)])]  # noqa: E731
+        expected: object = [2]
+    else:
+        call = lambda: store.save(nxt, 1)  # noqa: E731
+        expected = 2
+    assert lose_the_reply(dsn, fresh_schema, store, "snapshots", call) == [expected]
+    assert [e.version for e in store.history("wf-1")] == [1, 2]
