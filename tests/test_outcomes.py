@@ -253,11 +253,12 @@ def test_a_save_that_committed_unseen_returns_its_version(
         lone.pool, schema=fresh_schema, group_commit=how == "group-commit", run_migrations=False
     )
     nxt = advance(snap(), error="two")
-    if how == "save_many":
-        call = lambda: [r.version for r in store.save_many([SaveRequest(nxt, 1)])]  # noqa: E731
-        expected: object = [2]
-    else:
-        call = lambda: store.save(nxt, 1)  # noqa: E731
-        expected = 2
+
+    def call() -> object:
+        if how == "save_many":
+            return [r.version for r in store.save_many([SaveRequest(nxt, 1)])]
+        return store.save(nxt, 1)
+
+    expected: object = [2] if how == "save_many" else 2
     assert lose_the_reply(dsn, fresh_schema, store, "snapshots", call) == [expected]
     assert [e.version for e in store.history("wf-1")] == [1, 2]
