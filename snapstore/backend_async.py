@@ -60,6 +60,9 @@ from snapstore.wakeup.listener_async import AsyncWakeupListener
 C = TypeVar("C", bound=Codec)
 R = TypeVar("R")
 
+ASK_ATTEMPTS: Final = 3
+"""Tries of each question asked after a lost write (has it finished? did it commit?)."""
+
 
 class AsyncPostgresBackend(CodecBound, Generic[C]):
     """A durable snapshot store on PostgreSQL, for asyncio.
@@ -281,8 +284,8 @@ class AsyncPostgresBackend(CodecBound, Generic[C]):
         found did not commit and may be sent again), and what ``ask`` finds on a fresh
         connection. Still unreachable: the write's `CommitUnknownError`."""
         try:
-            done = self._pids_known and await self._runner.run(
-                programs.backend_finished(lost.backend_pid), writes=False
+            done = self._pids_known and await self._ask_twice(
+                lambda: programs.backend_finished(lost.backend_pid)
             )
             return done, await self._ask_twice(ask)
         except UnavailableError:
@@ -308,12 +311,16 @@ class AsyncPostgresBackend(CodecBound, Generic[C]):
         return await self._runner.run(make(programs.Receipt()), transaction=transaction)
 
     async def _ask_twice(self, program: Callable[[], programs.Program[R]]) -> R:
-        """Run a read-only program; once more if its connection was lost too (the pool
-        may hand out another connection the same outage killed, and discards it)."""
-        try:
-            return await self._runner.run(program(), writes=False)
-        except UnavailableError:
-            return await self._runner.run(program(), writes=False)
+        """Run a read-only program, up to `ASK_ATTEMPTS` times while its connection is
+        lost under it (the pool may hand out another connection the same outage killed;
+        a terminated backend is one connection); no connection to be had fails at once."""
+        for _ in range(ASK_ATTEMPTS - 1):
+            try:
+                return await self._runner.run(program(), writes=False)
+            except UnavailableError as exc:
+                if not exc.connection_lost:
+                    raise
+        return await self._runner.run(program(), writes=False)
 
     @property
     def poison_counts(self) -> PoisonCounts:

@@ -92,7 +92,12 @@ class MigrationError(SnapstoreError):
 class UnavailableError(SnapstoreError):
     """The server could not be reached in time, or the connection was lost before
     anything was written: nothing changed, and the call may be retried. The message
-    carries the server's (or the pool's) own words."""
+    carries the server's (or the pool's) own words; ``connection_lost`` tells a
+    connection that died under the call (another may work at once) from none to be had."""
+
+    def __init__(self, message: str, *, connection_lost: bool = False) -> None:
+        super().__init__(message)
+        self.connection_lost = connection_lost
 
 
 class CommitUnknownError(SnapstoreError):

@@ -174,8 +174,9 @@ def backend_finished(pid: int | None) -> Program[bool]:
     running as not committed."""
     if pid is None:
         return False
-    for _ in range(int(LOST_SAVE_WAIT / _LOST_SAVE_POLL)):
-        _, running = yield Step("backend_running", {"pid": pid, "pause": _LOST_SAVE_POLL})
+    for poll in range(int(LOST_SAVE_WAIT / _LOST_SAVE_POLL)):
+        pause = _LOST_SAVE_POLL if poll else 0.0  # usually gone already: ask at once
+        _, running = yield Step("backend_running", {"pid": pid, "pause": pause})
         if not running:
             return True
     return False

@@ -202,7 +202,7 @@ def typed_error(
         if sent:
             pid = pids[0] if pids else None
             return CommitUnknownError(f"connection lost during a write: {exc}", backend_pid=pid)
-        return UnavailableError(f"connection lost: {exc}")
+        return UnavailableError(f"connection lost: {exc}", connection_lost=True)
     return ServerError(str(exc), sqlstate=exc.sqlstate)
 
 
