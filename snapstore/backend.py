@@ -15,7 +15,7 @@ import dataclasses
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from types import TracebackType
-from typing import Any, Generic, Self, TypeVar, Unpack, cast
+from typing import Any, Final, Generic, Self, TypeVar, Unpack, cast
 
 from psycopg import Connection, DatabaseError
 from psycopg_pool import ConnectionPool, PoolTimeout
