@@ -11,7 +11,6 @@ exactly the same logic and SQL.
 from __future__ import annotations
 
 import builtins
-import dataclasses
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from types import TracebackType
@@ -101,7 +100,9 @@ class PostgresBackend(CodecBound, Generic[C]):
         # Behind a transaction pooler a server process id says nothing about a client.
         self._pids_known = check_pooler(pooler) != "transaction"
         local = None if self._pids_known else statement_timeout_ms
-        self._runner = Runner(pool, self.queries, local_timeout_ms=local)
+        # An owned pool sets up each connection as it opens; a borrowed one at first use.
+        setup = ConnectionSetup(self.queries, pool.name, pooler=pooler, timeout_ms=None)
+        self._runner = Runner(pool, self.queries, local_timeout_ms=local, setup=setup)
         self._wakeups = WakeupRegistry()
         grouped = GroupCommitter.ON_BY_DEFAULT if group_commit is None else group_commit
         self._committer = GroupCommitter(self._flush) if grouped else None
@@ -290,7 +291,7 @@ class PostgresBackend(CodecBound, Generic[C]):
                 lambda: programs.backend_finished(lost.backend_pid)
             )
             return done, self._ask_twice(ask)
-        except UnavailableError:
+        except (UnavailableError, ServerError):  # the question went unanswered
             raise lost from None
 
     def _write(
@@ -308,9 +309,17 @@ class PostgresBackend(CodecBound, Generic[C]):
                 done, found = self._settle(lost, receipt.confirm)
                 if found:
                     return cast(R, receipt.outcome)
-                if not done:
-                    raise
-        return self._runner.run(make(programs.Receipt()), transaction=transaction)
+                if not (done or receipt.resend_safe):
+                    raise  # it may still be running: sending it again could race it
+                return self._runner.run(make(programs.Receipt()), transaction=transaction)
+            try:  # idempotent, so sent again; if that fails too, the first stays unknown
+                return self._runner.run(make(programs.Receipt()), transaction=transaction)
+            except UnavailableError:
+                raise lost from None
+
+    def _dispatch(self, query: cl.DispatchQuery) -> builtins.list[ClaimedTask]:
+        """Lease and load what ``query`` picks (a lost run's leases are dropped first)."""
+        return self._write(lambda r: cl.dispatch_program(query, self.ctx.poison, r))
 
     def _ask_twice(self, program: Callable[[], programs.Program[R]]) -> R:
         """Run a read-only program, up to `ASK_ATTEMPTS` times while its connection is
@@ -327,7 +336,7 @@ class PostgresBackend(CodecBound, Generic[C]):
     @property
     def poison_counts(self) -> PoisonCounts:
         """How many unreadable instances and events this backend has set aside (a copy)."""
-        return dataclasses.replace(self.ctx.poison)
+        return self.ctx.poison.copy()
 
     @property
     def group_commit_stats(self) -> GroupCommitStats | None:
@@ -436,9 +445,8 @@ class PostgresBackend(CodecBound, Generic[C]):
         self, instance_id: str, name: str | None = None, *, limit: int = sg.DEFAULT_EVENT_PAGE
     ) -> builtins.list[Event]:
         """Buffered events (of ``name``, or all), oldest first, without consuming them."""
-        return self._write(
-            lambda _: sg.peek_events(self.ctx, instance_id, name, limit), transaction=False
-        )
+        program = sg.peek_events(self.ctx, instance_id, name, limit)  # buries idempotently
+        return self._runner.run(program, writes=False)
 
     def consume_event(
         self,
@@ -515,7 +523,7 @@ class PostgresBackend(CodecBound, Generic[C]):
         query = DispatchQuery.build(
             worker_id, limit=limit, ttl=ttl, tags=tags, aging_interval=aging_interval
         )
-        return self._write(lambda r: cl.dispatch_program(query, self.ctx.poison, r))
+        return self._dispatch(query)
 
     def claim_notified(
         self,
@@ -538,7 +546,7 @@ class PostgresBackend(CodecBound, Generic[C]):
             aging_interval=aging_interval,
             instance_ids=instance_ids,
         )
-        return self._write(lambda r: cl.dispatch_program(query, self.ctx.poison, r))
+        return self._dispatch(query)
 
     def dispatchable_ids(
         self,

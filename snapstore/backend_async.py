@@ -9,7 +9,6 @@ exactly the same logic and SQL.
 from __future__ import annotations
 
 import builtins
-import dataclasses
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from types import TracebackType
@@ -99,7 +98,9 @@ class AsyncPostgresBackend(CodecBound, Generic[C]):
         # Behind a transaction pooler a server process id says nothing about a client.
         self._pids_known = check_pooler(pooler) != "transaction"
         local = None if self._pids_known else statement_timeout_ms
-        self._runner = AsyncRunner(pool, self.queries, local_timeout_ms=local)
+        # An owned pool sets up each connection as it opens; a borrowed one at first use.
+        setup = ConnectionSetup(self.queries, pool.name, pooler=pooler, timeout_ms=None)
+        self._runner = AsyncRunner(pool, self.queries, local_timeout_ms=local, setup=setup)
         self._wakeups = WakeupRegistry()
         grouped = AsyncGroupCommitter.ON_BY_DEFAULT if group_commit is None else group_commit
         self._committer = AsyncGroupCommitter(self._flush) if grouped else None
@@ -288,7 +289,7 @@ class AsyncPostgresBackend(CodecBound, Generic[C]):
                 lambda: programs.backend_finished(lost.backend_pid)
             )
             return done, await self._ask_twice(ask)
-        except UnavailableError:
+        except (UnavailableError, ServerError):  # the question went unanswered
             raise lost from None
 
     async def _write(
@@ -306,9 +307,17 @@ class AsyncPostgresBackend(CodecBound, Generic[C]):
                 done, found = await self._settle(lost, receipt.confirm)
                 if found:
                     return cast(R, receipt.outcome)
-                if not done:
-                    raise
-        return await self._runner.run(make(programs.Receipt()), transaction=transaction)
+                if not (done or receipt.resend_safe):
+                    raise  # it may still be running: sending it again could race it
+                return await self._runner.run(make(programs.Receipt()), transaction=transaction)
+            try:  # idempotent, so sent again; if that fails too, the first stays unknown
+                return await self._runner.run(make(programs.Receipt()), transaction=transaction)
+            except UnavailableError:
+                raise lost from None
+
+    async def _dispatch(self, query: cl.DispatchQuery) -> builtins.list[ClaimedTask]:
+        """Lease and load what ``query`` picks (a lost run's leases are dropped first)."""
+        return await self._write(lambda r: cl.dispatch_program(query, self.ctx.poison, r))
 
     async def _ask_twice(self, program: Callable[[], programs.Program[R]]) -> R:
         """Run a read-only program, up to `ASK_ATTEMPTS` times while its connection is
@@ -325,7 +334,7 @@ class AsyncPostgresBackend(CodecBound, Generic[C]):
     @property
     def poison_counts(self) -> PoisonCounts:
         """How many unreadable instances and events this backend has set aside (a copy)."""
-        return dataclasses.replace(self.ctx.poison)
+        return self.ctx.poison.copy()
 
     @property
     def group_commit_stats(self) -> GroupCommitStats | None:
@@ -438,9 +447,8 @@ class AsyncPostgresBackend(CodecBound, Generic[C]):
         self, instance_id: str, name: str | None = None, *, limit: int = sg.DEFAULT_EVENT_PAGE
     ) -> builtins.list[Event]:
         """Buffered events (of ``name``, or all), oldest first, without consuming them."""
-        return await self._write(
-            lambda _: sg.peek_events(self.ctx, instance_id, name, limit), transaction=False
-        )
+        program = sg.peek_events(self.ctx, instance_id, name, limit)  # buries idempotently
+        return await self._runner.run(program, writes=False)
 
     async def consume_event(
         self,
@@ -517,7 +525,7 @@ class AsyncPostgresBackend(CodecBound, Generic[C]):
         query = DispatchQuery.build(
             worker_id, limit=limit, ttl=ttl, tags=tags, aging_interval=aging_interval
         )
-        return await self._write(lambda r: cl.dispatch_program(query, self.ctx.poison, r))
+        return await self._dispatch(query)
 
     async def claim_notified(
         self,
@@ -540,7 +548,7 @@ class AsyncPostgresBackend(CodecBound, Generic[C]):
             aging_interval=aging_interval,
             instance_ids=instance_ids,
         )
-        return await self._write(lambda r: cl.dispatch_program(query, self.ctx.poison, r))
+        return await self._dispatch(query)
 
     async def dispatchable_ids(
         self,

@@ -220,13 +220,12 @@ def renewed(claim: Claim, row: rw.Row | None) -> Claim:
 
 
 def claim_program(
-    instance_id: str, worker_id: str, ttl: Seconds, receipt: Receipt | None = None
+    instance_id: str, worker_id: str, ttl: Seconds, receipt: Receipt
 ) -> Program[Claim | None]:
     """Take the lease; its token is chosen here, so a claim whose connection was lost can
     be looked up (``receipt``)."""
     params = {**claim_params(instance_id, worker_id, ttl), "token": uuid4()}
-    if receipt is not None:
-        receipt.confirm = functools.partial(_claim_held, receipt, params)
+    receipt.confirm = functools.partial(_claim_held, receipt, params)
     row = yield Step("claim_instance", params)
     return interpret_claim(instance_id, worker_id, row)
 
@@ -271,7 +270,7 @@ def claimed_task(claim: Claim, loaded: rw.Loaded | None) -> ClaimedTask:
 
 
 def dispatch_program(
-    query: DispatchQuery, poison: programs.PoisonCounts, receipt: Receipt | None = None
+    query: DispatchQuery, poison: programs.PoisonCounts, receipt: Receipt
 ) -> Program[list[ClaimedTask]]:
     """Lease up to ``query.limit`` dispatchable instances and load them, all in one
     statement whatever the count. One whose checkpoint cannot be read comes back once,
@@ -283,8 +282,8 @@ def dispatch_program(
     if query.empty:
         return []
     token = uuid4()  # one per run: a lost run's leases can be found and dropped
-    if receipt is not None:
-        receipt.confirm = functools.partial(_undo_dispatch, token)
+    receipt.confirm = functools.partial(_undo_dispatch, token)
+    receipt.resend_safe = True  # whatever the lost run did is undone first
     rows = yield Step("dispatch", {**query.params(), "token": token}, Fetch.ALL, hot=True)
     claims = leased_claims(query.worker_id, rows)
     if not claims:
@@ -310,7 +309,7 @@ def _undo_dispatch(token: UUID) -> Program[bool]:
 
 
 def _report_poison(poison: programs.PoisonCounts, tasks: list[ClaimedTask]) -> None:
-    poison.instances_quarantined += len(tasks)
+    poison.count(instances=len(tasks))
     for task in tasks:
         log.warning(
             "instance %s cannot be read and is quarantined (not dispatched again until a"

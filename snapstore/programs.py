@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 import functools
+import threading
 from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, NamedTuple, Protocol, TypeVar
@@ -50,6 +51,18 @@ class PoisonCounts:
     """Instances dispatch could not read, parked until a good checkpoint is saved."""
     events_buried: int = 0
     """Buffered events whose payload could not be read, moved to ``dead_events``."""
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def count(self, *, instances: int = 0, events: int = 0) -> None:
+        """Add to the counts (sync backends call this from many threads)."""
+        with self._lock:
+            self.instances_quarantined += instances
+            self.events_buried += events
+
+    def copy(self) -> PoisonCounts:
+        """The counts as they are now."""
+        with self._lock:
+            return PoisonCounts(self.instances_quarantined, self.events_buried)
 
 
 @dataclass(frozen=True)
@@ -204,6 +217,9 @@ class Receipt:
 
     confirm: Callable[[], Program[bool]] | None = None
     outcome: Any = None
+    resend_safe: bool = False
+    """Sending the call again is safe even while the lost attempt may still be running
+    (``confirm`` undid it): behind a transaction pooler it cannot be waited for."""
 
 
 def save_committed(ctx: Context, item: rw.PreparedSave) -> Program[bool]:

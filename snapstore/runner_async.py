@@ -25,7 +25,7 @@ from typing import Any, Final, TypeVar
 
 from psycopg import AsyncConnection, AsyncCursor, AsyncRawCursor, DatabaseError, OperationalError
 from psycopg.rows import tuple_row
-from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
+from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout, TooManyRequests
 
 from snapstore.errors import (
     CommitUnknownError,
@@ -76,10 +76,10 @@ RECONNECT_EVERY: Final = 1.0
 async def retry_while_waited(pool: AsyncConnectionPool[Any]) -> None:
     """The pool's ``reconnect_failed`` hook. psycopg_pool backs off exponentially, so
     after a 40 s outage its next attempt came some 20 s after the server was back.
-    Attempts here give up after `RECONNECT_EVERY`, and while a caller is waiting a new
-    round begins at once (``check`` grows the pool): one attempt about every second
-    while anyone needs a connection, none while nobody does, and the next call tries at
-    once."""
+    A round of attempts here gives up after `RECONNECT_EVERY` (it tries at its start and
+    end), and while a caller is waiting the next round begins at once (``check`` grows
+    the pool): about two attempts a second while anyone needs a connection, none while
+    nobody does, and the next call tries at once."""
     if not pool.closed and pool.get_stats().get("requests_waiting", 0):
         with suppress(PoolClosed):  # closed meanwhile
             await pool.check()
@@ -89,6 +89,7 @@ log = logging.getLogger("snapstore.pool")
 _SERVER_PIDS: Final[weakref.WeakKeyDictionary[AsyncConnection[Any], int | None]] = (
     weakref.WeakKeyDictionary()
 )
+_SET_UP: Final[weakref.WeakSet[AsyncConnection[Any]]] = weakref.WeakSet()
 
 
 def server_pid(conn: AsyncConnection[Any]) -> int | None:
@@ -120,16 +121,19 @@ class ConnectionSetup:
         self.found = False
 
     async def __call__(self, conn: AsyncConnection[Any]) -> None:
-        """Set up one new connection (a round trip for each thing to do)."""
-        if self.pooler == "transaction":  # nothing to learn, nothing to keep per session
+        """Set up one new connection (a round trip for each thing to do). Run by an owned
+        pool as its ``configure`` hook; for a borrowed pool the runner runs it on each
+        connection's first use."""
+        _SET_UP.add(conn)
+        if self.pooler == "transaction":  # a server process id says nothing here
+            _SERVER_PIDS[conn] = None
             return
-        cur = conn.cursor(row_factory=tuple_row)
-        if self.session_timeout_ms is not None:
-            params = {"ms": str(self.session_timeout_ms), "local": False}
-            await cur.execute(self.queries["set_statement_timeout"], params, prepare=False)
-        await cur.execute(self.queries["server_pid"], prepare=False)
-        row = await cur.fetchone()
-        await cur.close()
+        async with conn.cursor(row_factory=tuple_row) as cur:
+            if self.session_timeout_ms is not None:
+                params = {"ms": str(self.session_timeout_ms), "local": False}
+                await cur.execute(self.queries["set_statement_timeout"], params, prepare=False)
+            await cur.execute(self.queries["server_pid"], prepare=False)
+            row = await cur.fetchone()
         if row is None or row[0] == conn.info.backend_pid:
             return
         if self.pooler == "session":
@@ -171,13 +175,15 @@ async def explain_timeout(pool: AsyncConnectionPool[Any], exc: PoolTimeout) -> N
     connection of our own (bounded by ``connect_timeout``, at most once a second per
     pool, so a crowd of timed-out callers cannot storm a struggling server) and, if the
     server refuses it, raise `UnavailableError` with the server's reason."""
+    if not isinstance(pool.conninfo, str) or not isinstance(pool.kwargs, dict):
+        return  # computed per connection: no one conninfo to try
     now = time.monotonic()
     seen = _REACHED.get(pool)
     if seen is None or now - seen[0] > 1.0:
-        kwargs = pool.kwargs if isinstance(pool.kwargs, dict) else {}
-        conninfo = pool.conninfo if isinstance(pool.conninfo, str) else ""
+        _REACHED[pool] = (now, None)  # callers timing out meanwhile do not probe too
+        kwargs = {"connect_timeout": 5, **pool.kwargs}
         try:
-            await reach(conninfo, kwargs)
+            await reach(pool.conninfo, kwargs)
             seen = (now, None)
         except UnavailableError as unreachable:
             seen = (now, unreachable)
@@ -198,6 +204,8 @@ def typed_error(
     server refusing a statement (`ServerError`)."""
     if isinstance(exc, PoolTimeout):
         return UnavailableError(f"{exc} (pool {pool.name}, max_size {pool.max_size})")
+    if isinstance(exc, PoolClosed | TooManyRequests):
+        return UnavailableError(f"{exc} (pool {pool.name})")
     if isinstance(exc, OperationalError) and (conn is None or conn.broken):
         if sent:
             pid = pids[0] if pids else None
@@ -215,9 +223,11 @@ class AsyncRunner:
         queries: Queries,
         *,
         local_timeout_ms: int | None = None,
+        setup: ConnectionSetup | None = None,
     ) -> None:
         self.pool = pool
         self.queries = queries
+        self.setup = setup
         # Behind a transaction pooler statement_timeout is set per transaction, so
         # every call runs in one (two more round trips).
         self.local_timeout = (
@@ -264,6 +274,8 @@ class AsyncRunner:
             conn.transaction() if transaction or local else nullcontext(),
         ):
             holder.append(conn)
+            if self.setup is not None and conn not in _SET_UP:  # a borrowed pool's
+                await self.setup(conn)
             pids.append(server_pid(conn))
             if local is not None:
                 await conn.execute(self.queries["set_statement_timeout"], local, prepare=False)

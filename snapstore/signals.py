@@ -38,6 +38,7 @@ from snapstore.errors import (
     DecodeError,
     NotFoundError,
     TerminalStateError,
+    UnknownCodecError,
     ValidationError,
 )
 from snapstore.limits import DEFAULT_LIMITS, Limits
@@ -220,7 +221,7 @@ def _open_payload(instance_id: str, event_id: int, payload: bytes | None) -> Any
     try:
         return None if payload is None else open_value(payload)
     except DecodeError as exc:
-        raise DecodeError(f"event {event_id}: {exc}", instance_id=instance_id) from exc
+        raise exc.located(instance_id=instance_id, prefix=f"event {event_id}: ") from exc
 
 
 def interpret_event(instance_id: str, row: rw.Row) -> Event:
@@ -364,7 +365,7 @@ def request(
     instance_id: str,
     kind: SignalKind,
     reason: str | None,
-    receipt: Receipt | None = None,
+    receipt: Receipt,
 ) -> Program[SignalOutcome]:
     """`cancel`/`pause`: apply now when no live claim holds the instance, else leave the
     request pending for the claimant. A Paused instance is driven by nobody even if a
@@ -377,22 +378,18 @@ def request(
     if claimed and target.status is not WorkflowStatus.PAUSED:
         yield Step("put_signal", params)  # an upsert: safe to send again
         return SignalOutcome.PENDING
-    receipt = receipt or Receipt()
     receipt.outcome = SignalOutcome.APPLIED
     yield from _apply_signal(ctx, target, kind, None, receipt)
     return SignalOutcome.APPLIED
 
 
-def unpause(
-    ctx: Context, instance_id: str, receipt: Receipt | None = None
-) -> Program[SignalOutcome]:
+def unpause(ctx: Context, instance_id: str, receipt: Receipt) -> Program[SignalOutcome]:
     """Paused -> InProgress (the save NOTIFYs: the instance is dispatchable again), and
     any pause signal goes, so a worker cannot re-pause the instance from a stale request."""
     checks.check_id("instance_id", instance_id)
     target = yield from _lock(instance_id)
     withdrawn = yield from _clear(instance_id, SignalKind.PAUSE)
     if target.status is WorkflowStatus.PAUSED:
-        receipt = receipt or Receipt()
         receipt.outcome = SignalOutcome.APPLIED
         yield from _set_status(ctx, target, WorkflowStatus.IN_PROGRESS, None, receipt)
         return SignalOutcome.APPLIED
@@ -404,7 +401,7 @@ def check_and_apply(
     instance_id: str,
     kind: SignalKind,
     claim: Claim | None,
-    receipt: Receipt | None = None,
+    receipt: Receipt,
 ) -> Program[Signal | None]:
     """Worker side: apply a pending ``kind`` signal in a checkpoint fenced by ``claim`` and
     clear it; the applied signal (with its reason), or None if none was pending. If the
@@ -415,7 +412,6 @@ def check_and_apply(
     target = yield from _lock(instance_id)
     signal = yield from _read_signal(instance_id, kind)
     if signal is not None:
-        receipt = receipt or Receipt()
         receipt.outcome = signal
         yield from _apply_signal(ctx, target, kind, claim, receipt)
     return signal
@@ -430,6 +426,8 @@ def _take_oldest(ctx: Context, instance_id: str, name: str) -> Program[Event | N
             return None
         try:
             return interpret_event(instance_id, row)
+        except UnknownCodecError:  # readable by a process that has the codec
+            raise
         except DecodeError as exc:
             yield from _bury(ctx, instance_id, row, exc, taken=True)
 
@@ -452,7 +450,7 @@ def _bury(
 def _report_buried(
     poison: programs.PoisonCounts, instance_id: str, event_id: int, error: DecodeError
 ) -> None:
-    poison.events_buried += 1
+    poison.count(events=1)
     log.warning(
         "event %s of instance %s cannot be read and was moved to dead_events: %s",
         event_id,
@@ -472,7 +470,7 @@ def _waiting_for(target: _Target, name: str) -> Program[WorkflowSnapshot | None]
 
 
 def send_event(
-    ctx: Context, instance_id: str, name: str, payload: Any, receipt: Receipt | None = None
+    ctx: Context, instance_id: str, name: str, payload: Any, receipt: Receipt
 ) -> Program[EventOutcome]:
     """Resume an instance parked on ``name`` at once, else buffer the event.
 
@@ -480,12 +478,13 @@ def send_event(
     rest buffer. If events of that name were already buffered (the engine parked without
     `park`), the oldest of them resumes the instance and this one queues behind: FIFO."""
     params = {**event_params(ctx.codec, instance_id, name, payload, ctx.limits), "token": uuid4()}
-    receipt = receipt or Receipt()
     target = yield from _lock(instance_id)
     parked = yield from _waiting_for(target, name)
     older = None if parked is None else (yield from _take_oldest(ctx, instance_id, name))
     if parked is None or older is not None:
-        receipt.confirm = functools.partial(_event_buffered, instance_id, params["token"])
+        receipt.confirm = functools.partial(
+            _event_buffered, instance_id, params["name"], params["token"]
+        )
         receipt.outcome = EventOutcome.BUFFERED
         yield Step("push_event", params, Fetch.NONE)
     if parked is None:
@@ -497,9 +496,10 @@ def send_event(
     return EventOutcome.RESUMED
 
 
-def _event_buffered(instance_id: str, token: UUID) -> Program[bool]:
+def _event_buffered(instance_id: str, name: str, token: UUID) -> Program[bool]:
     """Whether the event a lost `send_event` buffered is there (by its token)."""
-    (found,) = yield Step("event_sent", {"instance_id": instance_id, "token": token})
+    params = {"instance_id": instance_id, "name": name, "token": token}
+    (found,) = yield Step("event_sent", params)
     return bool(found)
 
 
@@ -519,6 +519,8 @@ def peek_events(
                 continue
             try:
                 events.append(interpret_event(instance_id, row[1:]))
+            except UnknownCodecError:
+                raise
             except DecodeError as exc:
                 yield from _bury(ctx, instance_id, row[1:], exc, taken=False)
                 buried = True
@@ -532,7 +534,7 @@ def consume_event(
     snapshot: WorkflowSnapshot,
     expected_version: int,
     claim: Claim | None,
-    receipt: Receipt | None = None,
+    receipt: Receipt,
 ) -> Program[int]:
     """Delete event ``event_id`` and save ``snapshot`` in one transaction. A failed save
     raises its typed error and rolls the delete back, so the event stays buffered."""
@@ -544,7 +546,6 @@ def consume_event(
                 " (already consumed, or never sent to this instance)"
             )
         raise ValidationError(f"event {event_id} is not the oldest buffered event of its name")
-    receipt = receipt or Receipt()
     receipt.outcome = expected_version + 1
     return (
         yield from programs.save(
@@ -558,7 +559,7 @@ def park(
     snapshot: WorkflowSnapshot,
     expected_version: int | None,
     claim: Claim | None,
-    receipt: Receipt | None = None,
+    receipt: Receipt,
 ) -> Program[ParkResult]:
     """Save an AtSignal checkpoint unless a matching event is already buffered; then
     consume the oldest one and save the resumed checkpoint instead.
@@ -571,7 +572,6 @@ def park(
     event = yield from _take_oldest(ctx, snapshot.instance_id, name)
     if event is not None:  # a new checkpoint, checked by its save
         snapshot = resumed_by_event(snapshot, event.payload)
-    receipt = receipt or Receipt()
     receipt.outcome = ParkResult(
         version=(expected_version or 0) + 1, snapshot=snapshot, event=event
     )

@@ -4,6 +4,7 @@ feature works, and the wakeup listener notices that LISTEN does not and keeps po
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Iterator
 from datetime import timedelta
@@ -11,6 +12,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg_pool import ConnectionPool
 
 from snapstore import (
     AtSignal,
@@ -170,20 +172,47 @@ async def test_statement_timeout_applies_behind_a_pooler_and_leaks_to_no_other_c
                 assert shown[0] != "250ms"
 
 
+@pytest.mark.parametrize("borrowed", [False, True], ids=["owned", "borrowed"])
 @pytest.mark.parametrize("pooler", [None, "session"])
 def test_behind_a_session_pooler_the_server_process_is_known(
-    dsn: str, fresh_schema: str, pooler: str | None
+    dsn: str, fresh_schema: str, pooler: str | None, borrowed: bool
 ) -> None:
     """A lost save is waited for by its server process id: behind a declared session
-    pooler that is the server's, not the id PgBouncer announced; undeclared, none."""
-    with (
-        pgbouncer(dsn, pool_mode="session") as through,
-        PostgresBackend[JsonCodec].connect(
-            through, schema=fresh_schema, pooler=pooler, max_size=1
-        ) as backend,
-        backend.pool.connection() as conn,
-    ):
-        row = conn.execute("SELECT pg_backend_pid()").fetchone()
-        assert row is not None
-        assert row[0] != conn.info.backend_pid  # PgBouncer's own id
-        assert server_pid(conn) == (row[0] if pooler == "session" else None)
+    pooler that is the server's, not the id PgBouncer announced; undeclared, none. A
+    borrowed pool's connections are checked at their first use by the store."""
+    with pgbouncer(dsn, pool_mode="session") as through, contextlib.ExitStack() as stack:
+        if borrowed:
+            pool = stack.enter_context(
+                ConnectionPool(through, kwargs={"autocommit": True}, min_size=1, max_size=1)
+            )
+            backend = PostgresBackend[JsonCodec].from_pool(pool, schema=fresh_schema, pooler=pooler)
+        else:
+            backend = stack.enter_context(
+                PostgresBackend[JsonCodec].connect(
+                    through, schema=fresh_schema, pooler=pooler, max_size=1
+                )
+            )
+        backend.save(snap())
+        with backend.pool.connection() as conn:
+            row = conn.execute("SELECT pg_backend_pid()").fetchone()
+            assert row is not None
+            assert row[0] != conn.info.backend_pid  # PgBouncer's own id
+            assert server_pid(conn) == (row[0] if pooler == "session" else None)
+            if pooler is None:
+                assert conn.prepare_threshold is None
+
+
+def test_a_borrowed_pool_behind_an_undeclared_transaction_pooler_prepares_nothing(
+    bouncer: str, fresh_schema: str
+) -> None:
+    with contextlib.ExitStack() as stack:
+        stores = []
+        for _ in range(2):
+            pool = stack.enter_context(
+                ConnectionPool(bouncer, kwargs={"autocommit": True}, min_size=1, max_size=2)
+            )
+            stores.append(PostgresBackend[JsonCodec].from_pool(pool, schema=fresh_schema))
+        for n in range(12):
+            for i, store in enumerate(stores):
+                assert store.save(snap(f"b{i}-{n}")) == 1
+                assert store.load(f"b{1 - i}-{n - 1}" if n else f"b{i}-{n}") is not None

@@ -31,7 +31,8 @@ from snapstore import (
     WorkflowSnapshot,
     WorkflowStatus,
 )
-from snapstore.errors import ClaimLostError, ConflictError, EncodeError
+from snapstore.codecs import JsonCodec, seal_value
+from snapstore.errors import ClaimLostError, ConflictError, EncodeError, UnknownCodecError
 from snapstore.model import Claim
 from snapstore.signals import (
     Event,
@@ -632,3 +633,31 @@ async def test_deleting_an_instance_deletes_its_dead_events(twin: Twin) -> None:
     await twin.peek_events(IID)
     assert await twin.delete(IID)
     assert await buried(twin) == []
+
+
+class Unregistered:
+    """A codec another process has: JSON bytes under an id no process here registered."""
+
+    codec_id = 200
+    name = "elsewhere"
+    builtin_types = ()
+
+    def dumps(self, doc: Any) -> bytes:
+        return JsonCodec().dumps(doc)
+
+
+async def test_an_event_of_a_codec_this_process_lacks_is_not_buried(twin: Twin) -> None:
+    """Not corrupt: a process that has the codec can read it (a rolling deploy)."""
+    await create(twin)
+    await twin.send_event(IID, "approval", "later")
+    blob = seal_value(Unregistered(), "x")  # type: ignore[arg-type]
+    await twin.sql(
+        "UPDATE @schema@.events SET payload = %(blob)s WHERE instance_id = %(iid)s",
+        {"blob": blob, "iid": IID},
+    )
+    with pytest.raises(UnknownCodecError):
+        await twin.peek_events(IID)
+    with pytest.raises(UnknownCodecError):
+        await twin.park(PARKED, 1)
+    assert await buried(twin) == []
+    assert await twin.count("events") == 1

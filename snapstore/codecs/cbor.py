@@ -33,7 +33,7 @@ class CborCodec:
         decoder = cbor2.CBORDecoder(
             cast(IO[bytes], reader),  # it only calls read()
             semantic_decoders=_REFUSED_TAGS,
-            max_depth=MAX_DEPTH,
+            max_depth=MAX_DEPTH + 1,  # cbor2 counts a tag as a level: a bignum leaf
         )
         try:
             doc = decoder.decode()

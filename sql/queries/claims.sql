@@ -171,5 +171,7 @@ WHERE instance_id = %(instance_id)s AND token = %(token)s::uuid;
 
 -- name: undo_dispatch
 -- After a dispatch whose connection was lost: drop the leases it took, if it committed
--- (one token per dispatch), so its instances are dispatchable again at once.
+-- (one token per dispatch), so its instances are dispatchable again at once. No index
+-- serves it (one on token would cost every lease): it reads the claims table, which
+-- holds one row per leased instance, and runs only after a lost connection.
 DELETE FROM @schema@.claims WHERE token = %(token)s::uuid;

@@ -51,7 +51,8 @@ VALUES (%(instance_id)s, %(name)s, %(payload)s, %(token)s);
 
 -- name: event_sent
 SELECT EXISTS (
-    SELECT 1 FROM @schema@.events WHERE instance_id = %(instance_id)s AND token = %(token)s);
+    SELECT 1 FROM @schema@.events
+    WHERE instance_id = %(instance_id)s AND name = %(name)s AND token = %(token)s);
 
 -- name: read_events
 -- Buffered events, oldest first; one row even when none are buffered (see read_signals).
