@@ -101,7 +101,8 @@ class PostgresBackend(CodecBound, Generic[C]):
         self._pids_known = check_pooler(pooler) != "transaction"
         local = None if self._pids_known else statement_timeout_ms
         # An owned pool sets up each connection as it opens; a borrowed one at first use.
-        setup = ConnectionSetup(self.queries, pool.name, pooler=pooler, timeout_ms=None)
+        name = getattr(pool, "name", "borrowed")  # anything with a connection() will do
+        setup = ConnectionSetup(self.queries, name, pooler=pooler, timeout_ms=None)
         self._runner = Runner(pool, self.queries, local_timeout_ms=local, setup=setup)
         self._wakeups = WakeupRegistry()
         grouped = GroupCommitter.ON_BY_DEFAULT if group_commit is None else group_commit
