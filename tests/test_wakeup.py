@@ -537,9 +537,15 @@ def test_poll_cursor_walks_the_due_set_and_wraps_around() -> None:
 def test_listen_connection_is_autocommit_named_and_keeps_the_callers_choices() -> None:
     plan = ListenerPlan.build(queries_for("snapstore"), {"application_name": "me"})
     assert plan.listen.as_string(None) == 'LISTEN "snapstore_wakeup:snapstore"'
-    pool_kwargs = {"autocommit": False, "application_name": "pool", "connect_timeout": 2}
+    pool_kwargs = {
+        "autocommit": False,
+        "application_name": "pool",
+        "connect_timeout": 2,
+        "prepare_threshold": 5,
+    }
     kwargs = plan.connect_kwargs("host=h keepalives_idle=7", pool_kwargs)
     assert (kwargs["autocommit"], kwargs["application_name"]) == (True, "me")
+    assert kwargs["prepare_threshold"] is None
     assert kwargs["connect_timeout"] == 2  # the pool's choice wins over the default
     assert "keepalives_idle" not in kwargs  # so does the conninfo's
     assert kwargs["keepalives"] == 1

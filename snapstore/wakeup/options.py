@@ -126,7 +126,9 @@ class ListenerPlan:
         Autocommit, because a LISTEN issued inside a transaction only takes
         effect at its commit; a name of its own, so it can be told apart in
         pg_stat_activity; tuple rows, whatever row factory the pool's connections
-        use; `CONNECTION_DEFAULTS` unless the caller chose otherwise.
+        use; no prepared statements (it runs a few statements now and then, and
+        behind an undeclared transaction pooler one could bind another client's);
+        `CONNECTION_DEFAULTS` unless the caller chose otherwise.
         """
         given = conninfo_to_dict(conninfo)
         kwargs = {
@@ -134,6 +136,7 @@ class ListenerPlan:
             "autocommit": True,
             "application_name": self.application_name,
             "row_factory": tuple_row,
+            "prepare_threshold": None,
         }
         for key, value in CONNECTION_DEFAULTS.items():
             if key not in given and key not in kwargs:
