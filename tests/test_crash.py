@@ -112,6 +112,33 @@ class Writer(threading.Thread):
         return None if stored is None else stored.version
 
 
+def stop_writers(stop: threading.Event, writers: list[Writer]) -> None:
+    stop.set()
+    for writer in writers:
+        writer.join(BACK_WITHIN)
+
+
+def check_acknowledged(backend: PostgresBackend[JsonCodec], writers: list[Writer]) -> None:
+    """Callers saw only typed errors; every acknowledged save is in history exactly as
+    saved (history blobs leave task outputs out), and no version is there twice or
+    missing."""
+    assert [e for w in writers for e in w.untyped] == []
+    for writer in writers:
+        assert writer.acked, writer.iid
+        entries = backend.history(writer.iid)
+        assert [e.version for e in entries] == list(range(1, len(entries) + 1))
+        history = {e.version: e.snapshot for e in entries}
+        for version, snapshot in writer.acked.items():
+            stored = history.get(version)
+            assert stored is not None, (writer.iid, version)
+            assert encoded(stored) == encoded(strip_outputs(snapshot)), (writer.iid, version)
+
+
+def typed_counts(writers: list[Writer]) -> dict[str, int]:
+    kinds = ("UnavailableError", "CommitUnknownError", "ConflictError")
+    return {k: sum(w.typed.get(k, 0) for w in writers) for k in kinds}
+
+
 def test_kill_9_and_restart_loses_no_acknowledged_save(server: Server) -> None:
     backend = PostgresBackend[JsonCodec].connect(server.uri, min_size=WRITERS, max_size=WRITERS)
     stop = threading.Event()
@@ -131,30 +158,18 @@ def test_kill_9_and_restart_loses_no_acknowledged_save(server: Server) -> None:
         resumed_in = max(w.last_ok for w in writers) - back_at
         time.sleep(0.5)
     finally:
-        stop.set()
-        for writer in writers:
-            writer.join(BACK_WITHIN)
+        stop_writers(stop, writers)
     try:
-        assert [e for w in writers for e in w.untyped] == []
         assert killed_at < back_at
-        for writer in writers:
-            assert writer.acked, writer.iid
-            # History blobs leave task outputs out; the latest load has them.
-            history = {e.version: e.snapshot for e in backend.history(writer.iid)}
-            for version, snapshot in writer.acked.items():
-                stored = history.get(version)
-                assert stored is not None, (writer.iid, version)
-                assert encoded(stored) == encoded(strip_outputs(snapshot)), (writer.iid, version)
+        check_acknowledged(backend, writers)
+        for writer in writers:  # the latest load has the task outputs too
             latest = backend.load(writer.iid)
             assert latest is not None
             last = max(writer.acked)
             assert latest.version >= last
             if latest.version == last:
                 assert encoded(latest.snapshot) == encoded(writer.acked[last])
-        typed = {
-            k: sum(w.typed.get(k, 0) for w in writers)
-            for k in ("UnavailableError", "CommitUnknownError", "ConflictError")
-        }
+        typed = typed_counts(writers)
         acked = sum(len(w.acked) for w in writers)
         print(
             f"{acked} acknowledged saves, typed errors {typed}; "
@@ -239,23 +254,11 @@ def test_terminated_backends_during_saves_give_only_resolved_outcomes(
                 time.sleep(0.05)
         time.sleep(0.5)
     finally:
-        stop.set()
-        for writer in writers:
-            writer.join(BACK_WITHIN)
+        stop_writers(stop, writers)
     try:
-        assert [e for w in writers for e in w.untyped] == []
         assert killed > 0
-        for writer in writers:
-            assert writer.acked, writer.iid
-            versions = [e.version for e in backend.history(writer.iid)]
-            assert versions == list(range(1, len(versions) + 1))  # none twice, no gap
-            history = {e.version: e.snapshot for e in backend.history(writer.iid)}
-            for version, snapshot in writer.acked.items():
-                assert encoded(history[version]) == encoded(strip_outputs(snapshot))
-        typed = {
-            k: sum(w.typed.get(k, 0) for w in writers)
-            for k in ("UnavailableError", "CommitUnknownError", "ConflictError")
-        }
+        check_acknowledged(backend, writers)
+        typed = typed_counts(writers)
         acked = sum(len(w.acked) for w in writers)
         print(f"{killed} backends terminated; {acked} acknowledged saves; {typed}")
         # A lost save that had committed, sent again, would be a conflict with itself.
