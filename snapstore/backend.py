@@ -431,7 +431,8 @@ class PostgresBackend(CodecBound, Generic[C]):
         )
 
     def check_and_pause(self, instance_id: str, claim: Claim | None = None) -> Signal | None:
-        """Apply a pending pause (fenced by ``claim``); the signal applied, or None."""
+        """Apply a pending pause (fenced by ``claim``); the signal applied, or None. If a
+        cancel is pending too, it wins: it is applied instead (the signal's ``kind``)."""
         return self._write(
             lambda r: sg.check_and_apply(self.ctx, instance_id, SignalKind.PAUSE, claim, r)
         )

@@ -433,7 +433,8 @@ class AsyncPostgresBackend(CodecBound, Generic[C]):
         )
 
     async def check_and_pause(self, instance_id: str, claim: Claim | None = None) -> Signal | None:
-        """Apply a pending pause (fenced by ``claim``); the signal applied, or None."""
+        """Apply a pending pause (fenced by ``claim``); the signal applied, or None. If a
+        cancel is pending too, it wins: it is applied instead (the signal's ``kind``)."""
         return await self._write(
             lambda r: sg.check_and_apply(self.ctx, instance_id, SignalKind.PAUSE, claim, r)
         )

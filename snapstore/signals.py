@@ -390,8 +390,12 @@ def unpause(ctx: Context, instance_id: str, receipt: Receipt) -> Program[SignalO
     target = yield from _lock(instance_id)
     withdrawn = yield from _clear(instance_id, SignalKind.PAUSE)
     if target.status is WorkflowStatus.PAUSED:
+        snapshot = yield from _load_locked(target)
+        running = msgspec.structs.replace(snapshot, status=WorkflowStatus.IN_PROGRESS)
+        # An event sent while it was paused was buffered: parked on it, it resumes now.
+        running, _ = yield from _deliver_buffered(ctx, running)
         receipt.outcome = SignalOutcome.APPLIED
-        yield from _set_status(ctx, target, WorkflowStatus.IN_PROGRESS, None, receipt)
+        yield from programs.save(ctx, running, target.version, None, receipt=receipt)
         return SignalOutcome.APPLIED
     return SignalOutcome.WITHDRAWN if withdrawn else SignalOutcome.UNCHANGED
 
@@ -410,7 +414,10 @@ def check_and_apply(
     checks.check_id("instance_id", instance_id)
     checks.check_optional_claim(claim, instance_id)
     target = yield from _lock(instance_id)
-    signal = yield from _read_signal(instance_id, kind)
+    pending = {s.kind: s for s in (yield from read_signals(instance_id, None))}
+    if kind in pending and SignalKind.CANCEL in pending:  # cancel wins over a pause
+        kind = SignalKind.CANCEL
+    signal = pending.get(kind)
     if signal is not None:
         receipt.outcome = signal
         yield from _apply_signal(ctx, target, kind, claim, receipt)
@@ -539,6 +546,8 @@ def consume_event(
     """Delete event ``event_id`` and save ``snapshot`` in one transaction. A failed save
     raises its typed error and rolls the delete back, so the event stays buffered."""
     params = take_params(event_id, snapshot, expected_version, claim)
+    # Locked first, as in `park`: an event sent meanwhile waits, then sees the new state.
+    yield Step("lock_instance", {"instance_id": snapshot.instance_id})
     if (yield Step("take_event", params)) is None:
         if (yield Step("event_state", params)) is None:
             raise NotFoundError(
@@ -546,12 +555,28 @@ def consume_event(
                 " (already consumed, or never sent to this instance)"
             )
         raise ValidationError(f"event {event_id} is not the oldest buffered event of its name")
+    snapshot, event = yield from _deliver_buffered(ctx, snapshot)
     receipt.outcome = expected_version + 1
     return (
         yield from programs.save(
-            ctx, snapshot, expected_version, claim, checked=True, receipt=receipt
+            ctx, snapshot, expected_version, claim, checked=event is None, receipt=receipt
         )
     )
+
+
+def _deliver_buffered(
+    ctx: Context, snapshot: WorkflowSnapshot
+) -> Program[tuple[WorkflowSnapshot, Event | None]]:
+    """A checkpoint about to be saved InProgress AtSignal(name) while an event of that
+    name is already buffered would wait for ever (no send comes again): it is resumed
+    with the oldest such event at once, in the same transaction (instance locked)."""
+    position = snapshot.position
+    if snapshot.status is not WorkflowStatus.IN_PROGRESS or not isinstance(position, AtSignal):
+        return snapshot, None
+    event = yield from _take_oldest(ctx, snapshot.instance_id, position.signal_name)
+    if event is None:
+        return snapshot, None
+    return resumed_by_event(snapshot, event.payload), event
 
 
 def park(
@@ -567,11 +592,9 @@ def park(
     Checking `peek_events` and then saving the parked checkpoint separately can lose an
     event sent in between (buffered because the instance was not yet parked); holding
     the instance lock across the check and the save closes that window."""
-    name = park_event_name(snapshot, expected_version, claim)
+    park_event_name(snapshot, expected_version, claim)
     yield Step("lock_instance", {"instance_id": snapshot.instance_id})
-    event = yield from _take_oldest(ctx, snapshot.instance_id, name)
-    if event is not None:  # a new checkpoint, checked by its save
-        snapshot = resumed_by_event(snapshot, event.payload)
+    snapshot, event = yield from _deliver_buffered(ctx, snapshot)  # resumed: checked by save
     receipt.outcome = ParkResult(
         version=(expected_version or 0) + 1, snapshot=snapshot, event=event
     )

@@ -661,3 +661,52 @@ async def test_an_event_of_a_codec_this_process_lacks_is_not_buried(twin: Twin) 
         await twin.park(PARKED, 1)
     assert await buried(twin) == []
     assert await twin.count("events") == 1
+
+
+# --- holes between signals and events (issue #11) ---------------------------------------------
+
+
+async def test_an_event_sent_while_paused_resumes_the_parked_instance_at_unpause(
+    twin: Twin,
+) -> None:
+    await create(twin, PARKED)
+    assert (await twin.pause(IID)).value == "applied"
+    assert await twin.send_event(IID, "approval", "yes") is EventOutcome.BUFFERED
+    assert (await twin.unpause(IID)).value == "applied"
+    stored = await twin.load(IID)
+    assert stored is not None
+    assert stored.snapshot.status is WorkflowStatus.IN_PROGRESS
+    assert stored.snapshot.position == AtTask(task_id="approve")
+    assert stored.snapshot.task_results["approve"].output == "yes"
+    assert await twin.peek_events(IID) == []
+
+
+async def test_consuming_into_a_wait_for_a_buffered_event_resumes_at_once(twin: Twin) -> None:
+    """The checkpoint a consumed event leads to waits for another event, already
+    buffered: it is delivered in the same transaction, as park does."""
+    await create(twin, PARKED)
+    await twin.save(snap(), 1)  # not parked: both events are buffered
+    await twin.send_event(IID, "approval", "first")
+    await twin.send_event(IID, "second", "next")
+    (first,) = await twin.peek_events(IID, "approval")
+    waits = snap(position=AtSignal(task_id="then", signal_name="second"))
+    assert await twin.consume_event(first.id, waits, 2) == 3
+    stored = await twin.load(IID)
+    assert stored is not None
+    assert stored.snapshot.position == AtTask(task_id="then")
+    assert stored.snapshot.task_results["then"].output == "next"
+    assert await twin.peek_events(IID) == []
+
+
+async def test_cancel_wins_over_a_pending_pause_whichever_check_comes_first(
+    twin: Twin,
+) -> None:
+    await create(twin)
+    claim = await insert_claim(twin)
+    assert (await twin.pause(IID, "hold")).value == "pending"
+    assert (await twin.cancel(IID, "stop")).value == "pending"
+    applied = await twin.check_and_pause(IID, claim=claim)
+    assert applied is not None
+    assert (applied.kind, applied.reason) == (SignalKind.CANCEL, "stop")
+    assert await status_of(twin) is WorkflowStatus.CANCELLED
+    assert await twin.get_signals(IID) == []
