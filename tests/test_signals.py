@@ -710,3 +710,17 @@ async def test_cancel_wins_over_a_pending_pause_whichever_check_comes_first(
     assert (applied.kind, applied.reason) == (SignalKind.CANCEL, "stop")
     assert await status_of(twin) is WorkflowStatus.CANCELLED
     assert await twin.get_signals(IID) == []
+
+
+@pytest.mark.parametrize("held", [True, False], ids=["held", "unclaimed"])
+async def test_an_event_resuming_an_instance_a_worker_holds_wakes_nobody(
+    twin: Twin, listener: psycopg.Connection[Any], held: bool
+) -> None:
+    """Only an instance nobody drives is announced: a live lease means its worker
+    carries on, and other workers woken for it could not take it."""
+    await create(twin, PARKED)
+    if held:
+        await insert_claim(twin)
+    wakeups(listener)
+    assert await twin.send_event(IID, "approval", "yes") is EventOutcome.RESUMED
+    assert wakeups(listener) == ([] if held else [IID])

@@ -16,7 +16,8 @@ WHERE (t.*) IS DISTINCT FROM (EXCLUDED.*)
 -- CAS update (fenced by a live claim when a token is given) or create-if-absent, its
 -- history row, task upserts (unchanged task rows are not rewritten), lease removal once
 -- finished, and a wakeup NOTIFY (delivered at commit) when it became dispatchable: it is
--- due now, no claimant is driving it, and before this save it was new, not due, not
+-- due now, no claimant is driving it (the save carries no claim and no live lease is held),
+-- and before this save it was new, not due, not
 -- InProgress or tagged differently (a worker that could not take it may take it now). An
 -- instance that stays dispatchable was announced already; announcing every step of it
 -- would cost every commit the server's global notify lock.
@@ -119,6 +120,11 @@ WITH items AS (
         WHERE saved.notify AND COALESCE(saved.available_at, now()) <= now()
           AND (p.status = 'InProgress' AND p.available_at <= now()
                AND to_jsonb(p.tags) = saved.tags) IS NOT TRUE
+          -- a worker's live lease (a send_event or unpause resuming what it holds):
+          -- nobody else may take it, so nobody is woken.
+          AND NOT EXISTS (
+              SELECT 1 FROM @schema@.claims AS c
+              WHERE c.instance_id = saved.instance_id AND c.expires_at > now())
     ) sent
 )
 SELECT n, version, created_at
@@ -189,6 +195,9 @@ WITH old AS (
     WHERE %(notify)s AND COALESCE(%(available_at)s::timestamptz, now()) <= now()
       AND (old.status = 'InProgress' AND old.available_at <= now()
            AND old.tags = %(tags)b::text[]) IS NOT TRUE
+      AND NOT EXISTS (
+          SELECT 1 FROM @schema@.claims AS c
+          WHERE c.instance_id = %(instance_id)s AND c.expires_at > now())
 )
 SELECT upd.version, upd.created_at FROM upd, (SELECT count(*) FROM wake) AS w;
 
