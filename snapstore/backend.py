@@ -320,7 +320,7 @@ class PostgresBackend(CodecBound, Generic[C]):
 
     def _dispatch(self, query: cl.DispatchQuery) -> builtins.list[ClaimedTask]:
         """Lease and load what ``query`` picks (a lost run's leases are dropped first)."""
-        return self._write(lambda r: cl.dispatch_program(query, self.ctx.poison, r))
+        return self._write(lambda r: cl.dispatch_program(self.ctx, query, r))
 
     def _ask_twice(self, program: Callable[[], programs.Program[R]]) -> R:
         """Run a read-only program, up to `ASK_ATTEMPTS` times while its connection is
@@ -346,7 +346,7 @@ class PostgresBackend(CodecBound, Generic[C]):
 
     def load(self, instance_id: str) -> StoredSnapshot | None:
         """The latest checkpoint with task outputs hydrated, or None."""
-        return self._runner.run(programs.load(instance_id), writes=False)
+        return self._runner.run(programs.load(self.ctx, instance_id), writes=False)
 
     def load_task_result(self, instance_id: str, task_id: str) -> TaskResult | None:
         """One task's stored result (with output), or None."""

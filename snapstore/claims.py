@@ -270,7 +270,7 @@ def claimed_task(claim: Claim, loaded: rw.Loaded | None) -> ClaimedTask:
 
 
 def dispatch_program(
-    query: DispatchQuery, poison: programs.PoisonCounts, receipt: Receipt
+    ctx: Context, query: DispatchQuery, receipt: Receipt
 ) -> Program[list[ClaimedTask]]:
     """Lease up to ``query.limit`` dispatchable instances and load them, all in one
     statement whatever the count. One whose checkpoint cannot be read comes back once,
@@ -288,7 +288,7 @@ def dispatch_program(
     claims = leased_claims(query.worker_id, rows)
     if not claims:
         return []
-    loaded = yield from programs.load_many([c.instance_id for c in claims], checked=True)
+    loaded = yield from programs.load_many(ctx, [c.instance_id for c in claims], checked=True)
     tasks = [claimed_task(c, loaded.get(c.instance_id)) for c in claims]
     # A codec this process lacks is not poison: another worker may have it.
     poisoned = [
@@ -297,7 +297,7 @@ def dispatch_program(
     if poisoned and query.lease:
         ids = [t.instance_id for t in poisoned]
         yield Step("quarantine", {"instance_ids": ids, "until": rw.PARKED_UNTIL}, Fetch.NONE)
-        yield AfterCommit(functools.partial(_report_poison, poison, poisoned))
+        yield AfterCommit(functools.partial(_report_poison, ctx.poison, poisoned))
     return tasks
 
 

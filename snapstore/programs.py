@@ -296,20 +296,23 @@ def merge_results(
     return [rejected[i] if i in rejected else next(outcomes) for i in range(count)]
 
 
-def load(instance_id: str) -> Program[StoredSnapshot | None]:
-    rows = yield from load_many([instance_id])
+def load(ctx: Context, instance_id: str) -> Program[StoredSnapshot | None]:
+    rows = yield from load_many(ctx, [instance_id])
     return rw.interpret_load(instance_id, rows.get(instance_id))
 
 
 def load_many(
-    instance_ids: Sequence[str], *, checked: bool = False
+    ctx: Context, instance_ids: Sequence[str], *, checked: bool = False
 ) -> Program[dict[str, rw.Loaded]]:
     """What ``load_snapshots`` read of the instances that exist, by id; interpret each
-    with `rows.interpret_load` (one undecodable blob must not hide the rest)."""
+    with `rows.interpret_load` (one undecodable blob must not hide the rest). The task
+    cache drops what it remembers of another life of an id read here."""
     params = rw.load_params(instance_ids, checked=checked)
     loaded: dict[str, rw.Loaded] = yield Step(
         "load_snapshots", params, Fetch.FOLD, binary=True, fold=rw.LoadedRows
     )
+    for instance_id, found in loaded.items():
+        ctx.tasks.keep_life(instance_id, found.created_at)
     return loaded
 
 

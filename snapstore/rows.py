@@ -588,6 +588,7 @@ class Loaded(NamedTuple):
     chain: list[tuple[int, bytes]]
     updated_at: datetime | None
     outputs: dict[str, bytes | bytearray]
+    created_at: datetime | None = None  # of the instance: which life of the id
 
     @property
     def version(self) -> int:
@@ -603,13 +604,15 @@ class LoadedRows:
         self._chunk = chunk
         self._chains: dict[str, list[tuple[int, bytes]]] = {}
         self._updated: dict[str, datetime | None] = {}
+        self._created: dict[str, datetime | None] = {}
         self._outputs: dict[str, dict[str, bytes | bytearray]] = {}
 
     def add(self, row: Row) -> None:
-        instance_id, task_id, number, updated_at, size, blob = row
+        instance_id, task_id, number, updated_at, size, blob, created_at = row
         if task_id is None:
             self._chains.setdefault(instance_id, []).append((int(number), blob))
             self._updated[instance_id] = updated_at
+            self._created[instance_id] = created_at
             return
         outputs = self._outputs.setdefault(instance_id, {})
         if size <= self._chunk:
@@ -625,7 +628,7 @@ class LoadedRows:
         """Instances without a checkpoint row do not exist."""
         return {
             iid: Loaded(sorted(chain, key=lambda c: c[0]), self._updated[iid],
-                        self._outputs.get(iid, {}))
+                        self._outputs.get(iid, {}), self._created[iid])
             for iid, chain in self._chains.items()
         }  # fmt: skip
 

@@ -287,9 +287,9 @@ def _claimed(target: _Target) -> Program[bool]:
     return bool(claimed)
 
 
-def _load_locked(target: _Target) -> Program[WorkflowSnapshot]:
+def _load_locked(ctx: Context, target: _Target) -> Program[WorkflowSnapshot]:
     """The current checkpoint of the instance `_lock` locked (task outputs hydrated)."""
-    stored = yield from programs.load(target.instance_id)
+    stored = yield from programs.load(ctx, target.instance_id)
     if stored is None or stored.version != target.version:  # impossible while we hold the lock
         raise ConflictError(target.instance_id, target.version, stored.version if stored else None)
     return stored.snapshot
@@ -305,7 +305,7 @@ def _set_status(
     Programs here make the save their last statement: the save records what it wrote in
     the process-wide task cache, and a later statement failing would roll the write back
     behind the cache's back."""
-    snapshot = yield from _load_locked(target)
+    snapshot = yield from _load_locked(ctx, target)
     changed = msgspec.structs.replace(snapshot, status=status)
     return (yield from programs.save(ctx, changed, target.version, claim, receipt=receipt))
 
@@ -390,7 +390,7 @@ def unpause(ctx: Context, instance_id: str, receipt: Receipt) -> Program[SignalO
     target = yield from _lock(instance_id)
     withdrawn = yield from _clear(instance_id, SignalKind.PAUSE)
     if target.status is WorkflowStatus.PAUSED:
-        snapshot = yield from _load_locked(target)
+        snapshot = yield from _load_locked(ctx, target)
         running = msgspec.structs.replace(snapshot, status=WorkflowStatus.IN_PROGRESS)
         # An event sent while it was paused was buffered: parked on it, it resumes now.
         running, _ = yield from _deliver_buffered(ctx, running)
@@ -467,12 +467,12 @@ def _report_buried(
     )
 
 
-def _waiting_for(target: _Target, name: str) -> Program[WorkflowSnapshot | None]:
+def _waiting_for(ctx: Context, target: _Target, name: str) -> Program[WorkflowSnapshot | None]:
     """The locked instance's checkpoint if it waits for event ``name``, else None. The
     narrow row's status and position kind spare decoding the blob in the common case."""
     if target.status is not WorkflowStatus.IN_PROGRESS or target.position_kind != "AtSignal":
         return None
-    snapshot = yield from _load_locked(target)
+    snapshot = yield from _load_locked(ctx, target)
     return snapshot if waits_for(snapshot, name) else None
 
 
@@ -486,7 +486,7 @@ def send_event(
     `park`), the oldest of them resumes the instance and this one queues behind: FIFO."""
     params = {**event_params(ctx.codec, instance_id, name, payload, ctx.limits), "token": uuid4()}
     target = yield from _lock(instance_id)
-    parked = yield from _waiting_for(target, name)
+    parked = yield from _waiting_for(ctx, target, name)
     older = None if parked is None else (yield from _take_oldest(ctx, instance_id, name))
     if parked is None or older is not None:
         receipt.confirm = functools.partial(

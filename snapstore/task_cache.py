@@ -120,6 +120,16 @@ class TaskCache:
             self._data.clear()
             self._bytes = 0
 
+    def keep_life(self, instance_id: str, created_at: datetime | None) -> None:
+        """Forget ``instance_id`` if what is remembered is another life of the id than
+        the one read (``created_at``): deleted and created again by another process. A
+        save at the version just read then sends every row instead of failing its CAS."""
+        with self._lock:
+            entry = self._data.get(instance_id)
+            if entry is not None and entry[1].created_at != created_at:
+                self._bytes -= entry[2]
+                del self._data[instance_id]
+
     def forget(self, instance_id: str) -> None:
         with self._lock:
             entry = self._data.pop(instance_id, None)

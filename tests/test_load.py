@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from datetime import UTC, datetime
 
 from snapstore import JsonCodec, PostgresBackend, TaskResult, WorkflowSnapshot, rows
 from snapstore.rows import LoadedRows
@@ -26,11 +27,13 @@ def test_an_output_bigger_than_one_load_part_reads_back_whole(
 
 def test_load_parts_fold_into_one_buffer() -> None:
     fold = LoadedRows(chunk=4)
-    fold.add(("i", None, 1, None, None, b"blob"))
+    born = datetime(2026, 1, 1, tzinfo=UTC)
+    fold.add(("i", None, 1, None, None, b"blob", born))
     for part, data in enumerate([b"abcd", b"efgh", b"ij"]):
-        fold.add(("i", "t", part, None, 10, data))
-    fold.add(("i", "u", 0, None, 3, b"xyz"))
+        fold.add(("i", "t", part, None, 10, data, None))
+    fold.add(("i", "u", 0, None, 3, b"xyz", None))
     (loaded,) = fold.result().values()
     assert loaded.outputs == {"t": bytearray(b"abcdefghij"), "u": b"xyz"}
     assert loaded.chain == [(1, b"blob")]
     assert loaded.version == 1
+    assert loaded.created_at == born

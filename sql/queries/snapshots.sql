@@ -237,8 +237,10 @@ ORDER BY q.n;
 -- row per %(chunk)s bytes of it (part, and its whole size): fetched in binary and
 -- streamed a few rows at a time, a 100 MB output never sits in the client twice over (as
 -- the server's result and as its copy), and no array is built on the server or parsed
--- in the client. Columns: instance_id, task_id, version or part, updated_at, size, data.
-SELECT s.instance_id, NULL::text AS task_id, h.version, s.updated_at, NULL::bigint, h.data
+-- in the client. Columns: instance_id, task_id, version or part, updated_at, size, data,
+-- and the instance's created_at (which life of the id this is, for the task cache).
+SELECT s.instance_id, NULL::text AS task_id, h.version, s.updated_at, NULL::bigint, h.data,
+    s.created_at
 FROM @schema@.snapshots AS s
 JOIN @schema@.history AS c ON c.instance_id = s.instance_id AND c.version = s.version
 JOIN @schema@.history AS h ON h.instance_id = s.instance_id
@@ -247,7 +249,8 @@ WHERE s.instance_id = ANY (%(instance_ids)s::text[])
 UNION ALL
 SELECT t.instance_id, t.task_id, k, NULL, octet_length(t.output),
     CASE WHEN octet_length(t.output) <= %(chunk)s THEN t.output
-         ELSE substr(t.output, k * %(chunk)s + 1, %(chunk)s) END
+         ELSE substr(t.output, k * %(chunk)s + 1, %(chunk)s) END,
+    NULL
 FROM @schema@.tasks AS t
 CROSS JOIN LATERAL generate_series(0, (octet_length(t.output) - 1) / %(chunk)s) AS k
 WHERE t.instance_id = ANY (%(instance_ids)s::text[]) AND t.output IS NOT NULL;
