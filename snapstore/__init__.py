@@ -23,6 +23,7 @@ from snapstore.errors import (
 from snapstore.group_commit import GroupCommitStats
 from snapstore.memory import MemoryBackend
 from snapstore.model import (
+    AppliedSignal,
     AtDelay,
     AtFork,
     AtJoin,
@@ -57,6 +58,7 @@ from snapstore.wakeup import AsyncWakeupListener, WakeupListener, WakeupOptions,
 __version__ = "0.1.0"
 
 __all__ = [
+    "AppliedSignal",
     "AsyncPostgresBackend",
     "AsyncWakeupListener",
     "AtDelay",

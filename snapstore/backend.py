@@ -390,13 +390,18 @@ class PostgresBackend(CodecBound, Generic[C]):
     # --- signals (see `snapstore.signals`) -------------------------------------------------
 
     def store_signal(
-        self, instance_id: str, kind: SignalKind | str, reason: str | None = None
+        self,
+        instance_id: str,
+        kind: SignalKind | str,
+        reason: str | None = None,
+        *,
+        requested_by: str | None = None,
     ) -> Signal:
         """Record a pending signal as is (no claim check; see `cancel`/`pause` for that).
 
         `ValidationError` for an unknown kind, `NotFoundError`, `TerminalStateError`.
         """
-        return self._write(lambda _: sg.store_signal(instance_id, kind, reason))
+        return self._write(lambda _: sg.store_signal(instance_id, kind, reason, requested_by))
 
     def get_signals(self, instance_id: str) -> builtins.list[Signal]:
         """The pending signals of an instance (`NotFoundError` if it does not exist)."""
@@ -410,15 +415,27 @@ class PostgresBackend(CodecBound, Generic[C]):
         """Drop the pending ``kind`` signal (every kind when None); whether one existed."""
         return self._write(lambda _: sg.clear_signal(instance_id, kind))
 
-    def cancel(self, instance_id: str, reason: str | None = None) -> SignalOutcome:
-        """Cancel now (APPLIED) unless a live claim holds the instance (PENDING)."""
-        return self._write(
-            lambda r: sg.request(self.ctx, instance_id, SignalKind.CANCEL, reason, r)
-        )
+    def cancel(
+        self, instance_id: str, reason: str | None = None, *, requested_by: str | None = None
+    ) -> SignalOutcome:
+        """Cancel now (APPLIED) unless a live claim holds the instance (PENDING). The
+        reason and requester are kept with the request and, once applied, against the
+        checkpoint that applied it (``applied_signals``, `HistoryEntry.applied_signal`)."""
+        return self._request(instance_id, SignalKind.CANCEL, reason, requested_by)
 
-    def pause(self, instance_id: str, reason: str | None = None) -> SignalOutcome:
-        """Pause now (APPLIED) unless a live claim holds the instance (PENDING)."""
-        return self._write(lambda r: sg.request(self.ctx, instance_id, SignalKind.PAUSE, reason, r))
+    def pause(
+        self, instance_id: str, reason: str | None = None, *, requested_by: str | None = None
+    ) -> SignalOutcome:
+        """Pause now (APPLIED) unless a live claim holds the instance (PENDING); the
+        reason and requester are kept as for `cancel`."""
+        return self._request(instance_id, SignalKind.PAUSE, reason, requested_by)
+
+    def _request(
+        self, instance_id: str, kind: SignalKind, reason: str | None, requested_by: str | None
+    ) -> SignalOutcome:
+        return self._write(
+            lambda r: sg.request(self.ctx, instance_id, kind, reason, requested_by, r)
+        )
 
     def unpause(self, instance_id: str) -> SignalOutcome:
         """Resume a Paused instance (APPLIED) or withdraw a pending pause (WITHDRAWN)."""
@@ -436,6 +453,12 @@ class PostgresBackend(CodecBound, Generic[C]):
         return self._write(
             lambda r: sg.check_and_apply(self.ctx, instance_id, SignalKind.PAUSE, claim, r)
         )
+
+    def check_signals(self, instance_id: str, claim: Claim | None = None) -> Signal | None:
+        """Apply whatever control signal is pending, in one transaction fenced by
+        ``claim``: a cancel before a pause; the signal applied (its ``kind`` says which),
+        or None. The one call a worker needs between steps."""
+        return self._write(lambda r: sg.check_and_apply(self.ctx, instance_id, None, claim, r))
 
     # --- events (see `snapstore.signals`) --------------------------------------------------
 

@@ -390,13 +390,18 @@ class AsyncPostgresBackend(CodecBound, Generic[C]):
     # --- signals (see `snapstore.signals`) -------------------------------------------------
 
     async def store_signal(
-        self, instance_id: str, kind: SignalKind | str, reason: str | None = None
+        self,
+        instance_id: str,
+        kind: SignalKind | str,
+        reason: str | None = None,
+        *,
+        requested_by: str | None = None,
     ) -> Signal:
         """Record a pending signal as is (no claim check; see `cancel`/`pause` for that).
 
         `ValidationError` for an unknown kind, `NotFoundError`, `TerminalStateError`.
         """
-        return await self._write(lambda _: sg.store_signal(instance_id, kind, reason))
+        return await self._write(lambda _: sg.store_signal(instance_id, kind, reason, requested_by))
 
     async def get_signals(self, instance_id: str) -> builtins.list[Signal]:
         """The pending signals of an instance (`NotFoundError` if it does not exist)."""
@@ -410,16 +415,26 @@ class AsyncPostgresBackend(CodecBound, Generic[C]):
         """Drop the pending ``kind`` signal (every kind when None); whether one existed."""
         return await self._write(lambda _: sg.clear_signal(instance_id, kind))
 
-    async def cancel(self, instance_id: str, reason: str | None = None) -> SignalOutcome:
-        """Cancel now (APPLIED) unless a live claim holds the instance (PENDING)."""
-        return await self._write(
-            lambda r: sg.request(self.ctx, instance_id, SignalKind.CANCEL, reason, r)
-        )
+    async def cancel(
+        self, instance_id: str, reason: str | None = None, *, requested_by: str | None = None
+    ) -> SignalOutcome:
+        """Cancel now (APPLIED) unless a live claim holds the instance (PENDING). The
+        reason and requester are kept with the request and, once applied, against the
+        checkpoint that applied it (``applied_signals``, `HistoryEntry.applied_signal`)."""
+        return await self._request(instance_id, SignalKind.CANCEL, reason, requested_by)
 
-    async def pause(self, instance_id: str, reason: str | None = None) -> SignalOutcome:
-        """Pause now (APPLIED) unless a live claim holds the instance (PENDING)."""
+    async def pause(
+        self, instance_id: str, reason: str | None = None, *, requested_by: str | None = None
+    ) -> SignalOutcome:
+        """Pause now (APPLIED) unless a live claim holds the instance (PENDING); the
+        reason and requester are kept as for `cancel`."""
+        return await self._request(instance_id, SignalKind.PAUSE, reason, requested_by)
+
+    async def _request(
+        self, instance_id: str, kind: SignalKind, reason: str | None, requested_by: str | None
+    ) -> SignalOutcome:
         return await self._write(
-            lambda r: sg.request(self.ctx, instance_id, SignalKind.PAUSE, reason, r)
+            lambda r: sg.request(self.ctx, instance_id, kind, reason, requested_by, r)
         )
 
     async def unpause(self, instance_id: str) -> SignalOutcome:
@@ -437,6 +452,14 @@ class AsyncPostgresBackend(CodecBound, Generic[C]):
         cancel is pending too, it wins: it is applied instead (the signal's ``kind``)."""
         return await self._write(
             lambda r: sg.check_and_apply(self.ctx, instance_id, SignalKind.PAUSE, claim, r)
+        )
+
+    async def check_signals(self, instance_id: str, claim: Claim | None = None) -> Signal | None:
+        """Apply whatever control signal is pending, in one transaction fenced by
+        ``claim``: a cancel before a pause; the signal applied (its ``kind`` says which),
+        or None. The one call a worker needs between steps."""
+        return await self._write(
+            lambda r: sg.check_and_apply(self.ctx, instance_id, None, claim, r)
         )
 
     # --- events (see `snapstore.signals`) --------------------------------------------------

@@ -155,8 +155,18 @@ class StoredSnapshot(msgspec.Struct, frozen=True, kw_only=True):
     updated_at: datetime | None = None
 
 
+class AppliedSignal(msgspec.Struct, frozen=True, kw_only=True):
+    """The cancel or pause request a checkpoint applied: who asked, why and when."""
+
+    kind: str
+    reason: str | None = None
+    requested_by: str | None = None
+    requested_at: datetime | None = None
+
+
 class HistoryEntry(msgspec.Struct, frozen=True, kw_only=True):
-    """One immutable checkpoint from the history table (task outputs not hydrated)."""
+    """One immutable checkpoint from the history table (task outputs not hydrated).
+    ``applied_signal``: the cancel or pause this checkpoint applied, if any."""
 
     instance_id: str
     version: int
@@ -165,6 +175,7 @@ class HistoryEntry(msgspec.Struct, frozen=True, kw_only=True):
     codec: str
     snapshot: WorkflowSnapshot
     created_at: datetime | None = None
+    applied_signal: AppliedSignal | None = None
 
 
 class SnapshotSummary(msgspec.Struct, frozen=True, kw_only=True):

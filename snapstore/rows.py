@@ -44,6 +44,7 @@ from snapstore.errors import (
 from snapstore.limits import DEFAULT_LIMITS, Limits
 from snapstore.model import (
     TERMINAL_STATUSES,
+    AppliedSignal,
     AtDelay,
     AtSignal,
     Claim,
@@ -757,9 +758,18 @@ def interpret_history(rows: Sequence[Row], *, skip_corrupt: bool = False) -> lis
     )
     entries = []
     for version, codec, snapshot in chain:
-        instance_id, _, status, task_id, _, _, created_at, context = by_version[version]
+        row = by_version[version]
+        instance_id, _, status, task_id, _, _, created_at, context = row[:8]
         if context:
             continue
+        kind, reason, requested_by, requested_at = row[8:12]
+        applied = (
+            None
+            if kind is None
+            else AppliedSignal(
+                kind=kind, reason=reason, requested_by=requested_by, requested_at=requested_at
+            )
+        )
         entries.append(
             HistoryEntry(
                 instance_id=instance_id,
@@ -769,6 +779,7 @@ def interpret_history(rows: Sequence[Row], *, skip_corrupt: bool = False) -> lis
                 codec=codec.name,
                 snapshot=snapshot,
                 created_at=created_at,
+                applied_signal=applied,
             )
         )
     return entries

@@ -88,12 +88,13 @@ class EventOutcome(enum.StrEnum):
 
 
 class Signal(msgspec.Struct, frozen=True, kw_only=True):
-    """A pending cancel or pause request."""
+    """A cancel or pause request: who asked (``requested_by``), why, and when."""
 
     instance_id: str
     kind: SignalKind
     reason: str | None = None
     created_at: datetime | None = None
+    requested_by: str | None = None
 
 
 class Event(msgspec.Struct, frozen=True, kw_only=True):
@@ -142,11 +143,14 @@ def signal_kind(kind: object) -> SignalKind:
         raise ValidationError(f"unknown signal kind {kind!r} (expected one of {names})") from None
 
 
-def signal_params(instance_id: str, kind: object, reason: object = None) -> rw.Params:
+def signal_params(
+    instance_id: str, kind: object, reason: object = None, requested_by: object = None
+) -> rw.Params:
     return {
         "instance_id": checks.check_id("instance_id", instance_id),
         "kind": signal_kind(kind).value,
         "reason": checks.check_text("reason", reason, optional=True),
+        "requested_by": checks.check_text("requested_by", requested_by, optional=True),
     }
 
 
@@ -211,8 +215,14 @@ def _exists(instance_id: str, exists: bool) -> None:
 def interpret_signals(instance_id: str, rows: Sequence[rw.Row]) -> list[Signal]:
     _exists(instance_id, bool(rows and rows[0][0]))
     return [
-        Signal(instance_id=instance_id, kind=SignalKind(kind), reason=reason, created_at=at)
-        for _, kind, reason, at in rows
+        Signal(
+            instance_id=instance_id,
+            kind=SignalKind(kind),
+            reason=reason,
+            created_at=at,
+            requested_by=by,
+        )
+        for _, kind, reason, at, by in rows
         if kind is not None
     ]
 
@@ -318,21 +328,38 @@ def _clear(instance_id: str, kind: SignalKind | None) -> Program[bool]:
 
 
 def _apply_signal(
-    ctx: Context, target: _Target, kind: SignalKind, claim: Claim | None, receipt: Receipt
+    ctx: Context, target: _Target, signal: Signal, claim: Claim | None, receipt: Receipt
 ) -> Program[None]:
-    """Checkpoint the status ``kind`` asks for and drop what it settles: a cancel ends the
-    instance, so no other request can still apply; a pause settles only the pause.
-    The save comes last (see `_set_status`)."""
+    """Checkpoint the status ``signal`` asks for, record who asked and why against that
+    checkpoint (applied_signals), and drop what it settles: a cancel ends the instance,
+    so no other request can still apply; a pause settles only the pause. The save comes
+    last (see `_set_status`)."""
+    kind = signal.kind
     yield from _clear(target.instance_id, None if kind is SignalKind.CANCEL else kind)
+    applied = {
+        "instance_id": target.instance_id,
+        "version": target.version + 1,
+        "kind": kind.value,
+        "reason": signal.reason,
+        "requested_by": signal.requested_by,
+        "requested_at": signal.created_at,
+    }
+    yield Step("record_applied_signal", applied, Fetch.NONE)
     yield from _set_status(ctx, target, _APPLIED_STATUS[kind], claim, receipt)
 
 
-def store_signal(instance_id: str, kind: SignalKind | str, reason: str | None) -> Program[Signal]:
-    params = signal_params(instance_id, kind, reason)
+def store_signal(
+    instance_id: str, kind: SignalKind | str, reason: str | None, requested_by: str | None
+) -> Program[Signal]:
+    params = signal_params(instance_id, kind, reason, requested_by)
     yield from _lock(instance_id)
-    _, kind_, reason_, created_at = yield Step("put_signal", params)
+    _, kind_, reason_, created_at, by = yield Step("put_signal", params)
     return Signal(
-        instance_id=instance_id, kind=SignalKind(kind_), reason=reason_, created_at=created_at
+        instance_id=instance_id,
+        kind=SignalKind(kind_),
+        reason=reason_,
+        created_at=created_at,
+        requested_by=by,
     )
 
 
@@ -365,12 +392,13 @@ def request(
     instance_id: str,
     kind: SignalKind,
     reason: str | None,
+    requested_by: str | None,
     receipt: Receipt,
 ) -> Program[SignalOutcome]:
     """`cancel`/`pause`: apply now when no live claim holds the instance, else leave the
     request pending for the claimant. A Paused instance is driven by nobody even if a
     lease on it has not run out yet, so requests against it apply at once too."""
-    params = signal_params(instance_id, kind, reason)
+    params = signal_params(instance_id, kind, reason, requested_by)
     target = yield from _lock(instance_id)
     if target.status is _APPLIED_STATUS[kind]:
         return SignalOutcome.UNCHANGED
@@ -379,7 +407,8 @@ def request(
         yield Step("put_signal", params)  # an upsert: safe to send again
         return SignalOutcome.PENDING
     receipt.outcome = SignalOutcome.APPLIED
-    yield from _apply_signal(ctx, target, kind, None, receipt)
+    signal = Signal(instance_id=instance_id, kind=kind, reason=reason, requested_by=requested_by)
+    yield from _apply_signal(ctx, target, signal, None, receipt)
     return SignalOutcome.APPLIED
 
 
@@ -403,24 +432,25 @@ def unpause(ctx: Context, instance_id: str, receipt: Receipt) -> Program[SignalO
 def check_and_apply(
     ctx: Context,
     instance_id: str,
-    kind: SignalKind,
+    kind: SignalKind | None,
     claim: Claim | None,
     receipt: Receipt,
 ) -> Program[Signal | None]:
-    """Worker side: apply a pending ``kind`` signal in a checkpoint fenced by ``claim`` and
-    clear it; the applied signal (with its reason), or None if none was pending. If the
-    lease is lost the save raises `ClaimLostError`, the transaction rolls back and the
-    signal stays pending for whoever holds the instance next."""
+    """Worker side: apply a pending ``kind`` signal (None: whichever is pending, a cancel
+    before a pause) in a checkpoint fenced by ``claim`` and clear it; the applied signal
+    (with its reason), or None if none was pending. If the lease is lost the save raises
+    `ClaimLostError`, the transaction rolls back and the signal stays pending for
+    whoever holds the instance next."""
     checks.check_id("instance_id", instance_id)
     checks.check_optional_claim(claim, instance_id)
     target = yield from _lock(instance_id)
     pending = {s.kind: s for s in (yield from read_signals(instance_id, None))}
-    if kind in pending and SignalKind.CANCEL in pending:  # cancel wins over a pause
-        kind = SignalKind.CANCEL
-    signal = pending.get(kind)
+    if (kind is None or kind in pending) and SignalKind.CANCEL in pending:
+        kind = SignalKind.CANCEL  # cancel wins over a pause
+    signal = pending.get(kind or SignalKind.PAUSE)
     if signal is not None:
         receipt.outcome = signal
-        yield from _apply_signal(ctx, target, kind, claim, receipt)
+        yield from _apply_signal(ctx, target, signal, claim, receipt)
     return signal
 
 

@@ -310,6 +310,11 @@ async def insert_child_rows(store: Twin, instance_id: str) -> None:
         " VALUES (%(iid)s, 0, 'go', '\\x00', now(), 'unreadable')",
         params,
     )
+    await store.sql(
+        "INSERT INTO @schema@.applied_signals (instance_id, version, kind, requested_at)"
+        " VALUES (%(iid)s, 1, 'pause', now())",
+        params,
+    )
 
 
 async def test_delete_removes_the_instance_and_all_its_child_rows(store: Twin) -> None:

@@ -724,3 +724,64 @@ async def test_an_event_resuming_an_instance_a_worker_holds_wakes_nobody(
     wakeups(listener)
     assert await twin.send_event(IID, "approval", "yes") is EventOutcome.RESUMED
     assert wakeups(listener) == ([] if held else [IID])
+
+
+# --- who asked, and why: kept where operators read it ------------------------------------
+
+
+async def applied_rows(twin: Twin) -> list[tuple[Any, ...]]:
+    return await twin.sql(
+        "SELECT version, kind, reason, requested_by FROM @schema@.applied_signals"
+        " WHERE instance_id = %(iid)s ORDER BY version",
+        {"iid": IID},
+    )
+
+
+async def test_a_cancel_applied_at_once_keeps_its_reason_and_requester(twin: Twin) -> None:
+    await create(twin)
+    assert await twin.cancel(IID, "duplicate order", requested_by="ops:alice") is (
+        SignalOutcome.APPLIED
+    )
+    assert await applied_rows(twin) == [(2, "cancel", "duplicate order", "ops:alice")]
+    last = (await twin.history(IID))[-1]
+    assert last.version == 2
+    assert last.applied_signal is not None
+    assert (last.applied_signal.kind, last.applied_signal.reason) == ("cancel", "duplicate order")
+    assert last.applied_signal.requested_by == "ops:alice"
+    assert last.applied_signal.requested_at is not None
+    assert (await twin.history(IID))[0].applied_signal is None
+
+
+async def test_a_pending_pause_applied_by_the_worker_keeps_its_requester(twin: Twin) -> None:
+    await create(twin)
+    claim = await insert_claim(twin)
+    assert await twin.pause(IID, "maintenance", requested_by="ops:bob") is SignalOutcome.PENDING
+    (pending,) = await twin.get_signals(IID)
+    assert (pending.reason, pending.requested_by) == ("maintenance", "ops:bob")
+    applied = await twin.check_signals(IID, claim)
+    assert applied is not None
+    assert (applied.kind, applied.requested_by) == (SignalKind.PAUSE, "ops:bob")
+    assert await applied_rows(twin) == [(2, "pause", "maintenance", "ops:bob")]
+    assert await status_of(twin) is WorkflowStatus.PAUSED
+
+
+async def test_check_signals_applies_a_cancel_before_a_pause(twin: Twin) -> None:
+    await create(twin)
+    claim = await insert_claim(twin)
+    await twin.pause(IID, "hold")
+    await twin.cancel(IID, "stop", requested_by="ops:carol")
+    applied = await twin.check_signals(IID, claim)
+    assert applied is not None
+    assert applied.kind is SignalKind.CANCEL
+    assert await status_of(twin) is WorkflowStatus.CANCELLED
+    assert await twin.get_signals(IID) == []
+    assert await applied_rows(twin) == [(2, "cancel", "stop", "ops:carol")]
+    with pytest.raises(TerminalStateError):  # finished: there is nothing left to apply
+        await twin.check_signals(IID, claim)
+
+
+async def test_check_signals_with_nothing_pending_writes_nothing(twin: Twin) -> None:
+    await create(twin)
+    assert await twin.check_signals(IID) is None
+    assert [e.version for e in await twin.history(IID)] == [1]
+    assert await applied_rows(twin) == []

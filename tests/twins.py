@@ -49,7 +49,15 @@ from snapstore.sql_catalog import bind_schema, quote_schema
 
 Kind = Literal["sync", "async"]
 KINDS: Final[tuple[Kind, ...]] = ("sync", "async")
-CHILD_TABLES: Final = ("history", "tasks", "signals", "events", "claims", "dead_events")
+CHILD_TABLES: Final = (
+    "history",
+    "tasks",
+    "signals",
+    "events",
+    "claims",
+    "dead_events",
+    "applied_signals",
+)
 ALL_TABLES: Final = ("snapshots", *CHILD_TABLES)
 
 SYNC_BACKENDS: Final[dict[type[Codec], type[PostgresBackend[Any]]]] = {

@@ -19,15 +19,17 @@ SELECT EXISTS (
     WHERE c.instance_id = %(instance_id)s AND c.expires_at > now());
 
 -- name: put_signal
--- A repeated request keeps the first one's time and reason: the signal is still the same one.
-INSERT INTO @schema@.signals AS g (instance_id, kind, reason)
-VALUES (%(instance_id)s, %(kind)s, %(reason)s)
-ON CONFLICT (instance_id, kind) DO UPDATE SET reason = COALESCE(g.reason, EXCLUDED.reason)
-RETURNING g.instance_id, g.kind, g.reason, g.created_at;
+-- A repeated request keeps the first one's time, reason and requester: the signal is
+-- still the same one.
+INSERT INTO @schema@.signals AS g (instance_id, kind, reason, requested_by)
+VALUES (%(instance_id)s, %(kind)s, %(reason)s, %(requested_by)s)
+ON CONFLICT (instance_id, kind) DO UPDATE SET reason = COALESCE(g.reason, EXCLUDED.reason),
+    requested_by = COALESCE(g.requested_by, EXCLUDED.requested_by)
+RETURNING g.instance_id, g.kind, g.reason, g.created_at, g.requested_by;
 
 -- name: read_signals
 -- One row even when nothing is pending, so an unknown instance can be told apart.
-SELECT s.instance_id IS NOT NULL, g.kind, g.reason, g.created_at
+SELECT s.instance_id IS NOT NULL, g.kind, g.reason, g.created_at, g.requested_by
 FROM (SELECT %(instance_id)s::text AS instance_id) AS k
 LEFT JOIN @schema@.snapshots AS s ON s.instance_id = k.instance_id
 LEFT JOIN @schema@.signals AS g ON g.instance_id = k.instance_id
@@ -107,3 +109,11 @@ SELECT instance_id, id, name, payload, created_at, %(reason)s FROM gone;
 -- The same for an event take_oldest_event already deleted in this transaction.
 INSERT INTO @schema@.dead_events (instance_id, id, name, payload, created_at, reason)
 VALUES (%(instance_id)s, %(id)s, %(name)s, %(payload)s, %(created_at)s, %(reason)s);
+
+-- name: record_applied_signal
+-- The request a checkpoint about to be saved (at %(version)s) applies; the save follows in
+-- the same transaction, so both commit or neither does.
+INSERT INTO @schema@.applied_signals
+    (instance_id, version, kind, reason, requested_by, requested_at)
+VALUES (%(instance_id)s, %(version)s, %(kind)s, %(reason)s, %(requested_by)s,
+    COALESCE(%(requested_at)s::timestamptz, now()));

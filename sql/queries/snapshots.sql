@@ -277,6 +277,8 @@ WITH s AS (
     DELETE FROM @schema@.claims WHERE instance_id = ANY(%(instance_ids)s::text[])
 ), d AS (
     DELETE FROM @schema@.dead_events WHERE instance_id = ANY(%(instance_ids)s::text[])
+), a AS (
+    DELETE FROM @schema@.applied_signals WHERE instance_id = ANY(%(instance_ids)s::text[])
 )
 SELECT count(*) FROM s;
 
@@ -302,15 +304,17 @@ WITH first AS (
     LIMIT 1
 )
 SELECT h.instance_id, h.version, h.status, h.current_task_id, h.codec, h.data, h.created_at,
-    h.version < first.wanted AS context
-FROM @schema@.history AS h, first
+    h.version < first.wanted AS context,
+    a.kind, a.reason, a.requested_by, a.requested_at
+FROM @schema@.history AS h CROSS JOIN first
+LEFT JOIN @schema@.applied_signals AS a ON a.instance_id = h.instance_id AND a.version = h.version
 WHERE h.instance_id = %(instance_id)s AND h.version >= first.start
 ORDER BY h.version
 LIMIT %(limit)s + (SELECT wanted - start FROM first);
 
 -- name: truncate_all
 TRUNCATE @schema@.snapshots, @schema@.history, @schema@.tasks, @schema@.signals,
-    @schema@.events, @schema@.claims, @schema@.dead_events;
+    @schema@.events, @schema@.claims, @schema@.dead_events, @schema@.applied_signals;
 
 -- name: server_pid
 -- The server process behind a new pooled connection. A pooler answers the client's
