@@ -126,6 +126,7 @@ def check_position(position: Position) -> None:
         check_time("AtDelay.wake_at", position.wake_at, optional=False, aware=True)
     elif isinstance(position, AtSignal):
         check_id("AtSignal.signal_name", position.signal_name)  # an event name resumes it
+        check_time("AtSignal.timeout_at", position.timeout_at, optional=True, aware=True)
     elif isinstance(position, AtFork):
         check_names("AtFork.branches", position.branches)
     elif isinstance(position, AtJoin):

@@ -49,7 +49,7 @@ from snapstore.errors import (
     TerminalStateError,
     UnknownCodecError,
 )
-from snapstore.model import Claim, StoredSnapshot, WorkflowSnapshot, WorkflowStatus
+from snapstore.model import AtSignal, Claim, StoredSnapshot, WorkflowSnapshot, WorkflowStatus
 from snapstore.programs import AfterCommit, Context, Fetch, Program, Receipt, Step
 
 log = logging.getLogger("snapstore.claims")
@@ -101,6 +101,12 @@ class ClaimedTask:
     @property
     def snapshot(self) -> WorkflowSnapshot:
         return self.stored.snapshot
+
+    @property
+    def timed_out(self) -> bool:
+        """Whether this is a signal wait whose deadline passed: dispatch hands out an
+        instance parked AtSignal only then (decided by the server's clock)."""
+        return isinstance(self.snapshot.position, AtSignal)
 
 
 # -- pure helpers: validation, parameters, row interpretation ------------------------------

@@ -13,6 +13,7 @@ import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Final
 
 from snapstore import checks, programs
 from snapstore import rows as rw
@@ -192,6 +193,7 @@ class MemoryBackend:
                 h.blob,
                 h.created_at,
                 False,
+                *_NO_APPLIED_SIGNAL,  # the reference model has no signals
             )
             for h in chosen
         ]
@@ -200,6 +202,9 @@ class MemoryBackend:
     def truncate_all(self) -> None:
         with self._lock:
             self._instances.clear()
+
+
+_NO_APPLIED_SIGNAL: Final = (None, None, None, None)
 
 
 def _summary(item: rw.PreparedSave, version: int, now: datetime) -> SnapshotSummary:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, TypeAlias
 
 import msgspec
@@ -61,11 +61,21 @@ class AtDelay(msgspec.Struct, frozen=True, tag_field="kind", tag="AtDelay"):
     wake_at: datetime
 
 
-class AtSignal(msgspec.Struct, frozen=True, tag_field="kind", tag="AtSignal"):
-    """Parked until an external event named ``signal_name`` arrives."""
+class AtSignal(msgspec.Struct, frozen=True, omit_defaults=True, tag_field="kind", tag="AtSignal"):
+    """Parked until an external event named ``signal_name`` arrives, or, with a
+    ``timeout_at`` (timezone-aware), until then: past it the instance is dispatchable
+    again, still AtSignal (the worker tells by `timed_out`, or `ClaimedTask.timed_out`),
+    and an event that comes later is buffered, never applied to this wait."""
 
     task_id: str
     signal_name: str
+    timeout_at: datetime | None = None
+
+    def timed_out(self, now: datetime | None = None) -> bool:
+        """Whether the wait had a deadline and it has passed (by ``now``, default the
+        client's clock; dispatch decides by the server's)."""
+        moment = datetime.now(UTC) if now is None else now
+        return self.timeout_at is not None and self.timeout_at <= moment
 
 
 class AtFork(msgspec.Struct, frozen=True, tag_field="kind", tag="AtFork"):

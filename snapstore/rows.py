@@ -66,14 +66,16 @@ Params = dict[str, Any]
 Row = Sequence[Any]
 
 
-# An instance parked on a signal waits for an event, not for a worker: it is due never.
+# An instance parked on a signal waits for an event, not for a worker: it is due never,
+# or at its wait's deadline.
 PARKED_UNTIL: Final = datetime.max.replace(tzinfo=UTC)
 
 
 def _available_at(snapshot: WorkflowSnapshot) -> datetime | None:
-    """Earliest time the instance may be dispatched: timers and retry backoff."""
+    """Earliest time the instance may be dispatched: timers, retry backoff and signal
+    deadlines (queued and indexed like timers, so dispatch and the listener find them)."""
     if isinstance(snapshot.position, AtSignal):
-        return PARKED_UNTIL
+        return snapshot.position.timeout_at or PARKED_UNTIL
     times = [r.next_attempt_at for r in snapshot.retries.values() if r.next_attempt_at]
     if isinstance(snapshot.position, AtDelay):
         times.append(snapshot.position.wake_at)

@@ -123,6 +123,7 @@ class _Target(msgspec.Struct, frozen=True):
     version: int
     status: WorkflowStatus
     position_kind: str
+    due: bool  # by the server's clock; for an AtSignal wait: its deadline has passed
 
 
 _APPLIED_STATUS: Final = {
@@ -204,7 +205,7 @@ def interpret_target(instance_id: str, row: rw.Row | None) -> _Target:
     status = WorkflowStatus(row[1])
     if status.is_terminal:
         raise TerminalStateError(instance_id, status.value)
-    return _Target(instance_id, int(row[0]), status, row[2])
+    return _Target(instance_id, int(row[0]), status, row[2], bool(row[3]))
 
 
 def _exists(instance_id: str, exists: bool) -> None:
@@ -421,8 +422,10 @@ def unpause(ctx: Context, instance_id: str, receipt: Receipt) -> Program[SignalO
     if target.status is WorkflowStatus.PAUSED:
         snapshot = yield from _load_locked(ctx, target)
         running = msgspec.structs.replace(snapshot, status=WorkflowStatus.IN_PROGRESS)
-        # An event sent while it was paused was buffered: parked on it, it resumes now.
-        running, _ = yield from _deliver_buffered(ctx, running)
+        # An event sent while it was paused was buffered: parked on it, it resumes now
+        # (unless the wait timed out meanwhile).
+        if not target.due:
+            running, _ = yield from _deliver_buffered(ctx, running)
         receipt.outcome = SignalOutcome.APPLIED
         yield from programs.save(ctx, running, target.version, None, receipt=receipt)
         return SignalOutcome.APPLIED
@@ -501,6 +504,8 @@ def _waiting_for(ctx: Context, target: _Target, name: str) -> Program[WorkflowSn
     """The locked instance's checkpoint if it waits for event ``name``, else None. The
     narrow row's status and position kind spare decoding the blob in the common case."""
     if target.status is not WorkflowStatus.IN_PROGRESS or target.position_kind != "AtSignal":
+        return None
+    if target.due:  # its deadline passed: a late event is buffered, the wait timed out
         return None
     snapshot = yield from _load_locked(ctx, target)
     return snapshot if waits_for(snapshot, name) else None

@@ -13,7 +13,7 @@ import contextlib
 import inspect
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
@@ -785,3 +785,61 @@ async def test_check_signals_with_nothing_pending_writes_nothing(twin: Twin) -> 
     assert await twin.check_signals(IID) is None
     assert [e.version for e in await twin.history(IID)] == [1]
     assert await applied_rows(twin) == []
+
+
+# --- signal waits with a deadline -------------------------------------------------------------
+
+
+def waiting_until(seconds: float) -> WorkflowSnapshot:
+    deadline = datetime.now(UTC) + timedelta(seconds=seconds)
+    return snap(position=AtSignal(task_id="approve", signal_name="approval", timeout_at=deadline))
+
+
+async def test_a_wait_past_its_deadline_is_dispatched_and_says_it_timed_out(twin: Twin) -> None:
+    parked = waiting_until(1.0)
+    wait = parked.position
+    assert isinstance(wait, AtSignal)
+    assert await twin.save(parked) == 1
+    assert await twin.find_available_tasks("w1") == []  # still waiting
+    assert await twin.next_dispatch_at() == wait.timeout_at  # a timer, queued
+    await asyncio.sleep(1.2)
+    (task,) = await twin.find_available_tasks("w1")
+    assert task.timed_out
+    assert task.snapshot.position == wait
+    assert wait.timed_out()
+
+
+async def test_an_event_after_the_deadline_is_buffered_not_applied(twin: Twin) -> None:
+    await twin.save(waiting_until(0.3))
+    await asyncio.sleep(0.5)
+    assert await twin.send_event(IID, "approval", "late") is EventOutcome.BUFFERED
+    stored = await twin.load(IID)
+    assert stored is not None
+    assert isinstance(stored.snapshot.position, AtSignal)  # the timed-out wait is untouched
+    assert [e.payload for e in await twin.peek_events(IID)] == ["late"]
+
+
+async def test_an_event_before_the_deadline_resumes_the_wait(twin: Twin) -> None:
+    await twin.save(waiting_until(60))
+    assert await twin.send_event(IID, "approval", "in time") is EventOutcome.RESUMED
+    assert await twin.find_available_tasks("w1") != []  # resumed: AtTask, due now
+
+
+async def test_a_wait_without_a_deadline_is_never_dispatched(twin: Twin) -> None:
+    await twin.save(PARKED)
+    assert await twin.find_available_tasks("w1") == []
+    assert await twin.next_dispatch_at() is None
+
+
+@pytest.mark.parametrize(
+    "deadline",
+    [datetime(2030, 1, 1), datetime.max.replace(tzinfo=UTC), "soon"],
+    ids=["naive", "end-of-time", "not-a-time"],
+)
+async def test_a_bad_deadline_is_refused_before_anything_is_written(
+    twin: Twin, deadline: Any
+) -> None:
+    bad = snap(position=AtSignal(task_id="approve", signal_name="approval", timeout_at=deadline))
+    with pytest.raises(ValidationError):
+        await twin.save(bad)
+    assert await twin.count("snapshots") == 0

@@ -33,6 +33,7 @@ from psycopg.conninfo import make_conninfo
 from snapstore import (
     AsyncPostgresBackend,
     AtDelay,
+    AtSignal,
     JsonCodec,
     PostgresBackend,
     WorkflowStatus,
@@ -332,6 +333,18 @@ async def test_a_known_timer_is_polled_when_it_comes_due_not_at_the_interval(
     await side.save(snap("sleeper", position=AtDelay(task_id="t", wake_at=wake_at)))
     listener = await side.listen(poll_interval=SLOW_POLL)  # its start poll learns the timer
     assert "sleeper" in await collect(listener, {"sleeper"})
+    stats = listener.stats()
+    assert (stats.polls, stats.polled, stats.notified) == (2, 1, 0)
+
+
+@session_loop
+async def test_a_signal_wait_is_polled_when_its_deadline_passes(side: Side) -> None:
+    """A wait with a deadline is queued like a timer: the listener wakes for it then."""
+    deadline = datetime.now(UTC) + timedelta(seconds=1)
+    wait = AtSignal(task_id="t", signal_name="go", timeout_at=deadline)
+    await side.save(snap("waiter", position=wait))
+    listener = await side.listen(poll_interval=SLOW_POLL)  # its start poll learns the deadline
+    assert "waiter" in await collect(listener, {"waiter"})
     stats = listener.stats()
     assert (stats.polls, stats.polled, stats.notified) == (2, 1, 0)
 

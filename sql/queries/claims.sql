@@ -155,10 +155,10 @@ WHERE instance_id = ANY (%(instance_ids)s::text[]) AND status = 'InProgress';
 SELECT LEAST(
     (SELECT min(s.available_at) FROM @schema@.snapshots AS s
      WHERE s.status = 'InProgress' AND s.available_at > now()
-       -- Parked AtSignal rows wait for an event, at the end of time (PARKED_UNTIL in
-       -- rows.py): the bound stops the index scan before them.
-       AND s.available_at < '9999-12-31 23:59:59.999999+00'::timestamptz
-       AND s.position_kind <> 'AtSignal'),
+       -- AtSignal rows wait for an event at the end of time (PARKED_UNTIL in rows.py),
+       -- as do quarantined ones: the bound stops the index scan before them. A wait with
+       -- a deadline is queued at its deadline, like a timer, and is found here.
+       AND s.available_at < '9999-12-31 23:59:59.999999+00'::timestamptz),
     (SELECT c.expires_at FROM @schema@.claims AS c
      JOIN @schema@.snapshots AS s ON s.instance_id = c.instance_id
      WHERE c.expires_at > now() AND s.status = 'InProgress'

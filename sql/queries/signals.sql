@@ -7,7 +7,7 @@
 -- Serialises signal and event programs on one instance. Only the locked row is read here:
 -- under READ COMMITTED the follow-up statements take a fresh snapshot once the lock is
 -- held, so they see everything committed by whoever held the lock before us.
-SELECT s.version, s.status, s.position_kind
+SELECT s.version, s.status, s.position_kind, s.available_at <= now() AS due
 FROM @schema@.snapshots AS s
 WHERE s.instance_id = %(instance_id)s
 FOR UPDATE;
