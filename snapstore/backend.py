@@ -480,8 +480,10 @@ class PostgresBackend(CodecBound, Generic[C]):
         expected_version: int,
         *,
         claim: Claim | None = None,
-    ) -> int:
-        """Consume a peeked event and save the checkpoint it led to, atomically."""
+    ) -> ParkResult:
+        """Consume a peeked event and save the checkpoint it led to, atomically; a
+        checkpoint waiting for an event already buffered is resumed with it at once
+        (see `ParkResult`: continue from its ``snapshot``)."""
         return self._write(
             lambda r: sg.consume_event(self.ctx, event_id, snapshot, expected_version, claim, r)
         )

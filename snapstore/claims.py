@@ -105,8 +105,12 @@ class ClaimedTask:
     @property
     def timed_out(self) -> bool:
         """Whether this is a signal wait whose deadline passed: dispatch hands out an
-        instance parked AtSignal only then (decided by the server's clock)."""
-        return isinstance(self.snapshot.position, AtSignal)
+        instance parked AtSignal only then (decided by the server's clock). False for a
+        task whose checkpoint could not be read."""
+        if self._stored is None:
+            return False
+        position = self._stored.snapshot.position
+        return isinstance(position, AtSignal) and position.timeout_at is not None
 
 
 # -- pure helpers: validation, parameters, row interpretation ------------------------------

@@ -108,8 +108,9 @@ class Event(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class ParkResult(msgspec.Struct, frozen=True, kw_only=True):
-    """What `park` saved: the parked checkpoint (``event`` None), or, when a matching
-    event was already buffered, the checkpoint resumed with it (``event`` consumed)."""
+    """What `park` or `consume_event` saved: the checkpoint as given (``event`` None),
+    or, when it waits AtSignal for an event already buffered, the checkpoint resumed
+    with that event (``event``, consumed too): the engine continues from ``snapshot``."""
 
     version: int
     snapshot: WorkflowSnapshot
@@ -423,9 +424,8 @@ def unpause(ctx: Context, instance_id: str, receipt: Receipt) -> Program[SignalO
         snapshot = yield from _load_locked(ctx, target)
         running = msgspec.structs.replace(snapshot, status=WorkflowStatus.IN_PROGRESS)
         # An event sent while it was paused was buffered: parked on it, it resumes now
-        # (unless the wait timed out meanwhile).
-        if not target.due:
-            running, _ = yield from _deliver_buffered(ctx, running)
+        # (if it came before the wait's deadline).
+        running, _ = yield from _deliver_buffered(ctx, running)
         receipt.outcome = SignalOutcome.APPLIED
         yield from programs.save(ctx, running, target.version, None, receipt=receipt)
         return SignalOutcome.APPLIED
@@ -457,11 +457,14 @@ def check_and_apply(
     return signal
 
 
-def _take_oldest(ctx: Context, instance_id: str, name: str) -> Program[Event | None]:
-    """Delete and return the oldest buffered event ``name``; one that cannot be read is
-    buried instead, and the next taken."""
+def _take_oldest(
+    ctx: Context, instance_id: str, name: str, before: datetime | None = None
+) -> Program[Event | None]:
+    """Delete and return the oldest buffered event ``name`` (sent ``before``, if given);
+    one that cannot be read is buried instead, and the next taken."""
+    params = {"instance_id": instance_id, "name": name, "before": before}
     while True:
-        row = yield Step("take_oldest_event", {"instance_id": instance_id, "name": name})
+        row = yield Step("take_oldest_event", params)
         if row is None:
             return None
         try:
@@ -577,9 +580,11 @@ def consume_event(
     expected_version: int,
     claim: Claim | None,
     receipt: Receipt,
-) -> Program[int]:
+) -> Program[ParkResult]:
     """Delete event ``event_id`` and save ``snapshot`` in one transaction. A failed save
-    raises its typed error and rolls the delete back, so the event stays buffered."""
+    raises its typed error and rolls the delete back, so the event stays buffered. A
+    ``snapshot`` waiting for an event already buffered is resumed with it at once, as
+    `park` does: the result says so."""
     params = take_params(event_id, snapshot, expected_version, claim)
     # Locked first, as in `park`: an event sent meanwhile waits, then sees the new state.
     yield Step("lock_instance", {"instance_id": snapshot.instance_id})
@@ -591,12 +596,11 @@ def consume_event(
             )
         raise ValidationError(f"event {event_id} is not the oldest buffered event of its name")
     snapshot, event = yield from _deliver_buffered(ctx, snapshot)
-    receipt.outcome = expected_version + 1
-    return (
-        yield from programs.save(
-            ctx, snapshot, expected_version, claim, checked=event is None, receipt=receipt
-        )
+    receipt.outcome = ParkResult(version=expected_version + 1, snapshot=snapshot, event=event)
+    version = yield from programs.save(
+        ctx, snapshot, expected_version, claim, checked=event is None, receipt=receipt
     )
+    return ParkResult(version=version, snapshot=snapshot, event=event)
 
 
 def _deliver_buffered(
@@ -608,7 +612,9 @@ def _deliver_buffered(
     position = snapshot.position
     if snapshot.status is not WorkflowStatus.IN_PROGRESS or not isinstance(position, AtSignal):
         return snapshot, None
-    event = yield from _take_oldest(ctx, snapshot.instance_id, position.signal_name)
+    # Only an event that came before the wait's deadline (server times both) answers it.
+    before = position.timeout_at
+    event = yield from _take_oldest(ctx, snapshot.instance_id, position.signal_name, before)
     if event is None:
         return snapshot, None
     return resumed_by_event(snapshot, event.payload), event

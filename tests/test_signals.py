@@ -24,6 +24,7 @@ from snapstore import (
     AtSignal,
     AtTask,
     NotFoundError,
+    SaveRequest,
     TaskResult,
     TaskStatus,
     TerminalStateError,
@@ -432,7 +433,7 @@ async def test_buffered_events_are_fifo_per_name(twin: Twin) -> None:
         oldest = (await twin.peek_events(IID, "a", limit=1))[0]
         assert oldest.payload == expected
         current = msgspec.structs.replace(current, input=oldest.payload)
-        version = await twin.consume_event(oldest.id, current, version)
+        version = (await twin.consume_event(oldest.id, current, version)).version
     assert version == 4
     assert await twin.peek_events(IID, "a") == []
     assert [e.payload for e in await twin.peek_events(IID)] == [1, 4]
@@ -460,7 +461,7 @@ async def test_consume_and_advance_is_atomic(twin: Twin) -> None:
     assert await twin.peek_events(IID) == [event]  # not consumed
     assert (await row_of(twin))[0] == 2
 
-    assert await twin.consume_event(event.id, snap(input="ok"), 2) == 3
+    assert (await twin.consume_event(event.id, snap(input="ok"), 2)).version == 3
     assert await twin.peek_events(IID) == []
     with pytest.raises(NotFoundError):  # consumed exactly once
         await twin.consume_event(event.id, snap(input="again"), 3)
@@ -623,7 +624,7 @@ async def test_peek_buries_an_unreadable_event_so_the_next_can_be_consumed(twin:
     assert len(await buried(twin)) == 1
     await twin.save(PARKED, 1)
     done = resumed_by_event(PARKED, first.payload)
-    assert await twin.consume_event(first.id, done, 2) == 3
+    assert (await twin.consume_event(first.id, done, 2)).version == 3
     assert [e.payload for e in await twin.peek_events(IID)] == ["third"]
 
 
@@ -690,10 +691,14 @@ async def test_consuming_into_a_wait_for_a_buffered_event_resumes_at_once(twin: 
     await twin.send_event(IID, "second", "next")
     (first,) = await twin.peek_events(IID, "approval")
     waits = snap(position=AtSignal(task_id="then", signal_name="second"))
-    assert await twin.consume_event(first.id, waits, 2) == 3
+    result = await twin.consume_event(first.id, waits, 2)
+    assert result.version == 3
+    assert result.event is not None
+    assert result.event.payload == "next"  # the caller is told, and continues from:
+    assert result.snapshot.position == AtTask(task_id="then")
     stored = await twin.load(IID)
     assert stored is not None
-    assert stored.snapshot.position == AtTask(task_id="then")
+    assert stored.snapshot == result.snapshot
     assert stored.snapshot.task_results["then"].output == "next"
     assert await twin.peek_events(IID) == []
 
@@ -843,3 +848,41 @@ async def test_a_bad_deadline_is_refused_before_anything_is_written(
     with pytest.raises(ValidationError):
         await twin.save(bad)
     assert await twin.count("snapshots") == 0
+
+
+async def test_a_late_event_is_not_applied_when_the_timed_out_wait_is_parked_again(
+    twin: Twin,
+) -> None:
+    """Buffered because it came after the deadline, it never answers that wait, whichever
+    call saves the wait next."""
+    wait = waiting_until(0.3)
+    await twin.save(wait)
+    await asyncio.sleep(0.5)
+    assert await twin.send_event(IID, "approval", "late") is EventOutcome.BUFFERED
+    result = await twin.park(wait, 1)
+    assert result.event is None
+    assert [e.payload for e in await twin.peek_events(IID)] == ["late"]
+
+
+async def test_an_event_in_time_but_buffered_while_paused_is_applied_at_unpause(
+    twin: Twin,
+) -> None:
+    await twin.save(waiting_until(0.5))
+    assert (await twin.pause(IID)).value == "applied"
+    assert await twin.send_event(IID, "approval", "in time") is EventOutcome.BUFFERED
+    await asyncio.sleep(0.7)  # the deadline passes while paused
+    assert (await twin.unpause(IID)).value == "applied"
+    stored = await twin.load(IID)
+    assert stored is not None
+    assert stored.snapshot.task_results["approve"].output == "in time"
+
+
+async def test_a_batch_save_resuming_a_held_instance_wakes_nobody(
+    twin: Twin, listener: psycopg.Connection[Any]
+) -> None:
+    await create(twin, PARKED)
+    await insert_claim(twin)
+    wakeups(listener)
+    (result,) = await twin.save_many([SaveRequest(snap(position=AtTask(task_id="x")), 1)])
+    assert result.version == 2
+    assert wakeups(listener) == []

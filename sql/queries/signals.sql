@@ -7,7 +7,10 @@
 -- Serialises signal and event programs on one instance. Only the locked row is read here:
 -- under READ COMMITTED the follow-up statements take a fresh snapshot once the lock is
 -- held, so they see everything committed by whoever held the lock before us.
-SELECT s.version, s.status, s.position_kind, s.available_at <= now() AS due
+SELECT s.version, s.status, s.position_kind,
+    -- the clock now, not the transaction's start: a call that waited for this lock
+    -- (behind a dispatch that found the wait timed out) must see it as that did
+    s.available_at <= clock_timestamp() AS due
 FROM @schema@.snapshots AS s
 WHERE s.instance_id = %(instance_id)s
 FOR UPDATE;
@@ -21,10 +24,14 @@ SELECT EXISTS (
 -- name: put_signal
 -- A repeated request keeps the first one's time, reason and requester: the signal is
 -- still the same one.
+-- (both from one request: a later one fills them only if the first gave neither).
 INSERT INTO @schema@.signals AS g (instance_id, kind, reason, requested_by)
 VALUES (%(instance_id)s, %(kind)s, %(reason)s, %(requested_by)s)
-ON CONFLICT (instance_id, kind) DO UPDATE SET reason = COALESCE(g.reason, EXCLUDED.reason),
-    requested_by = COALESCE(g.requested_by, EXCLUDED.requested_by)
+ON CONFLICT (instance_id, kind) DO UPDATE SET
+    reason = CASE WHEN g.reason IS NULL AND g.requested_by IS NULL
+                  THEN EXCLUDED.reason ELSE g.reason END,
+    requested_by = CASE WHEN g.reason IS NULL AND g.requested_by IS NULL
+                        THEN EXCLUDED.requested_by ELSE g.requested_by END
 RETURNING g.instance_id, g.kind, g.reason, g.created_at, g.requested_by;
 
 -- name: read_signals
@@ -91,6 +98,7 @@ DELETE FROM @schema@.events
 WHERE id = (
     SELECT v.id FROM @schema@.events AS v
     WHERE v.instance_id = %(instance_id)s AND v.name = %(name)s
+      AND (%(before)s::timestamptz IS NULL OR v.created_at < %(before)s::timestamptz)
     ORDER BY v.id
     LIMIT 1
     FOR UPDATE)
@@ -116,4 +124,8 @@ VALUES (%(instance_id)s, %(id)s, %(name)s, %(payload)s, %(created_at)s, %(reason
 INSERT INTO @schema@.applied_signals
     (instance_id, version, kind, reason, requested_by, requested_at)
 VALUES (%(instance_id)s, %(version)s, %(kind)s, %(reason)s, %(requested_by)s,
-    COALESCE(%(requested_at)s::timestamptz, now()));
+    COALESCE(%(requested_at)s::timestamptz, now()))
+-- A row already at this version is left from an earlier life of the id: replaced.
+ON CONFLICT (instance_id, version) DO UPDATE SET
+    kind = EXCLUDED.kind, reason = EXCLUDED.reason, requested_by = EXCLUDED.requested_by,
+    requested_at = EXCLUDED.requested_at, applied_at = EXCLUDED.applied_at;

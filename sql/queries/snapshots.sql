@@ -118,13 +118,15 @@ WITH items AS (
         -- p: the row as it was before this save (all of one statement reads one snapshot).
         FROM saved LEFT JOIN @schema@.snapshots p USING (instance_id)
         WHERE saved.notify AND COALESCE(saved.available_at, now()) <= now()
-          AND (p.status = 'InProgress' AND p.available_at <= now()
-               AND to_jsonb(p.tags) = saved.tags) IS NOT TRUE
           -- a worker's live lease (a send_event or unpause resuming what it holds):
-          -- nobody else may take it, so nobody is woken.
-          AND NOT EXISTS (
-              SELECT 1 FROM @schema@.claims AS c
-              WHERE c.instance_id = saved.instance_id AND c.expires_at > now())
+          -- nobody else may take it, so nobody is woken. CASE: the lease is looked up
+          -- only for a save that would announce, not for every step of a run.
+          AND CASE WHEN (p.status = 'InProgress' AND p.available_at <= now()
+                         AND to_jsonb(p.tags) = saved.tags) IS NOT TRUE
+                   THEN NOT EXISTS (
+                       SELECT 1 FROM @schema@.claims AS c
+                       WHERE c.instance_id = saved.instance_id AND c.expires_at > now())
+                   ELSE false END
     ) sent
 )
 SELECT n, version, created_at
@@ -193,11 +195,12 @@ WITH old AS (
     SELECT pg_notify(%(channel)s, %(instance_id)s)
     FROM upd, old
     WHERE %(notify)s AND COALESCE(%(available_at)s::timestamptz, now()) <= now()
-      AND (old.status = 'InProgress' AND old.available_at <= now()
-           AND old.tags = %(tags)b::text[]) IS NOT TRUE
-      AND NOT EXISTS (
-          SELECT 1 FROM @schema@.claims AS c
-          WHERE c.instance_id = %(instance_id)s AND c.expires_at > now())
+      AND CASE WHEN (old.status = 'InProgress' AND old.available_at <= now()
+                     AND old.tags = %(tags)b::text[]) IS NOT TRUE
+               THEN NOT EXISTS (
+                   SELECT 1 FROM @schema@.claims AS c
+                   WHERE c.instance_id = %(instance_id)s AND c.expires_at > now())
+               ELSE false END
 )
 SELECT upd.version, upd.created_at FROM upd, (SELECT count(*) FROM wake) AS w;
 
