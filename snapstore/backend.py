@@ -352,6 +352,16 @@ class PostgresBackend(CodecBound, Generic[C]):
         """One task's stored result (with output), or None."""
         return self._runner.run(programs.load_task_result(instance_id, task_id), writes=False)
 
+    def fork(self, source_id: str, version: int, instance_id: str) -> int:
+        """Create ``instance_id`` from version ``version`` of ``source_id`` (replay from
+        any past checkpoint), its task outputs as they were then, recorded as forked
+        from there (`SnapshotSummary.forked_from`); returns its version, 1.
+
+        `NotFoundError` if that version is not in history (pruned) or a task has run
+        again since, so its output of then is gone; `ConflictError` if ``instance_id``
+        exists."""
+        return self._write(lambda r: programs.fork(self.ctx, source_id, version, instance_id, r))
+
     def delete(self, instance_id: str) -> bool:
         """Remove an instance and every row that belongs to it; False if absent."""
         return self._write(lambda _: programs.delete(instance_id, self.ctx), transaction=False)

@@ -350,6 +350,18 @@ class AsyncPostgresBackend(CodecBound, Generic[C]):
         """One task's stored result (with output), or None."""
         return await self._runner.run(programs.load_task_result(instance_id, task_id), writes=False)
 
+    async def fork(self, source_id: str, version: int, instance_id: str) -> int:
+        """Create ``instance_id`` from version ``version`` of ``source_id`` (replay from
+        any past checkpoint), its task outputs as they were then, recorded as forked
+        from there (`SnapshotSummary.forked_from`); returns its version, 1.
+
+        `NotFoundError` if that version is not in history (pruned) or a task has run
+        again since, so its output of then is gone; `ConflictError` if ``instance_id``
+        exists."""
+        return await self._write(
+            lambda r: programs.fork(self.ctx, source_id, version, instance_id, r)
+        )
+
     async def delete(self, instance_id: str) -> bool:
         """Remove an instance and every row that belongs to it; False if absent."""
         return await self._write(

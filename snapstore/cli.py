@@ -44,9 +44,10 @@ def _ls(b: Backend, args: argparse.Namespace) -> None:
         _dump(page)
         return
     for s in page.items:
+        forked = f"\tforked from {s.forked_from}@v{s.forked_from_version}" if s.forked_from else ""
         print(
             f"{s.instance_id}\t{s.status.value}\tv{s.version}\t{s.codec}\t"
-            f"{s.current_task_id or '-'}\t{s.completed_task_count} done"
+            f"{s.current_task_id or '-'}\t{s.completed_task_count} done{forked}"
         )
     if page.next_cursor:
         print(f"# more: --cursor {page.next_cursor}", file=sys.stderr)

@@ -238,4 +238,6 @@ def _summary_row(s: SnapshotSummary) -> tuple[object, ...]:
         s.codec,
         s.error,
         s.updated_at,
+        s.forked_from,
+        s.forked_from_version,
     )

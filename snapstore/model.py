@@ -203,6 +203,9 @@ class SnapshotSummary(msgspec.Struct, frozen=True, kw_only=True):
     codec: str
     error: str | None = None
     updated_at: datetime | None = None
+    forked_from: str | None = None
+    """The instance this one was forked from (`fork`), at ``forked_from_version``."""
+    forked_from_version: int | None = None
 
 
 class Page(msgspec.Struct, frozen=True, kw_only=True):

@@ -18,7 +18,7 @@ from typing import Any, Final, NamedTuple, Protocol, TypeVar
 from snapstore import checks
 from snapstore import rows as rw
 from snapstore.codecs import Codec
-from snapstore.errors import EncodeError, ValidationError
+from snapstore.errors import EncodeError, NotFoundError, ValidationError
 from snapstore.limits import DEFAULT_LIMITS, Limits
 from snapstore.model import (
     Claim,
@@ -319,6 +319,31 @@ def load_many(
 def load_task_result(instance_id: str, task_id: str) -> Program[TaskResult | None]:
     row = yield Step("load_task_result", rw.task_params(instance_id, task_id))
     return rw.interpret_task_result(instance_id, task_id, row)
+
+
+def fork(
+    ctx: Context, source_id: str, version: int, instance_id: str, receipt: Receipt
+) -> Program[int]:
+    """Create ``instance_id`` from version ``version`` of ``source_id``, with the task
+    outputs as they were then, recorded as forked from there; its first version (1).
+
+    History keeps task metadata, the tasks table each task's latest row: an output is
+    taken where the stored row still matches the task's metadata at that version. A task
+    run again since (a loop, a retry) no longer has its output of then: `NotFoundError`
+    rather than a checkpoint paired with later outputs."""
+    checks.check_id("instance_id", instance_id)
+    checks.check_version("version", version, minimum=1)
+    rows = yield Step("read_history", rw.history_params(source_id, version - 1, 1), Fetch.ALL)
+    entries = rw.interpret_history(rows)
+    if not entries or entries[0].version != version:
+        raise NotFoundError(f"instance {source_id!r} has no version {version} in history")
+    tasks = yield Step("read_task_rows", {"instance_id": source_id}, Fetch.ALL)
+    snapshot = rw.forked_snapshot(entries[0].snapshot, instance_id, tasks)
+    receipt.outcome = 1
+    result = yield from save(ctx, snapshot, None, None, receipt=receipt)
+    marks = {"instance_id": instance_id, "source": source_id, "version": version}
+    yield Step("mark_forked", marks, Fetch.NONE)
+    return result
 
 
 def delete(instance_id: str, ctx: Context) -> Program[bool]:

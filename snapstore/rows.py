@@ -136,6 +136,39 @@ def task_row(result: TaskResult, output: bytes | None) -> TaskRow:
     )
 
 
+def _same_time(ours: datetime | None, stored: datetime | None) -> bool:
+    """Whether a task time in a checkpoint is the one stored; a naive one (read in the
+    session's time zone when stored) cannot be told apart, and counts as the same."""
+    if ours is None or stored is None:
+        return ours is stored
+    return ours.utcoffset() is None or ours == stored
+
+
+def forked_snapshot(
+    snapshot: WorkflowSnapshot, instance_id: str, rows: Sequence[Row]
+) -> WorkflowSnapshot:
+    """``snapshot`` (a history version, outputs stripped) as a new instance, each task's
+    output taken from its stored row where that row is still the task as it was then."""
+    stored = {row[0]: row for row in rows}
+    results: dict[str, TaskResult] = {}
+    for task_id, result in snapshot.task_results.items():
+        row = stored.get(task_id)
+        same = row is not None and (
+            (row[1], row[2], row[3], row[6])
+            == (result.status.value, result.attempts, result.worker_id, result.error)
+            and _same_time(result.started_at, row[4])
+            and _same_time(result.completed_at, row[5])
+        )
+        if not same or row is None:
+            raise NotFoundError(
+                f"task {task_id!r} of {snapshot.instance_id!r} ran again since: its output"
+                " at that version is no longer stored"
+            )
+        output = None if row[7] is None else open_value(row[7])
+        results[task_id] = msgspec.structs.replace(result, output=output)
+    return msgspec.structs.replace(snapshot, instance_id=instance_id, task_results=results)
+
+
 def remembered_row(row: TaskRow) -> TaskRow:
     """``row`` as the task cache keeps it: the output replaced by its digest. Rows are
     compared by value, encoded output included, so an output mutated in place is still
@@ -726,6 +759,8 @@ def interpret_list(rows: Sequence[Row], limit: int) -> Page:
             codec=r[9],
             error=r[10],
             updated_at=r[11],
+            forked_from=r[12],
+            forked_from_version=r[13],
         )
         for r in rows[:limit]
     ]

@@ -51,6 +51,19 @@ def test_ls_show_history_task(
     assert json.loads(out)["output"] == {"n": 1}
 
 
+def test_ls_shows_where_a_fork_came_from(
+    seeded: PostgresBackend[JsonCodec], dsn: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert seeded.fork("wf-1", 1, "wf-1-replay") == 1
+    code, out, _ = run(capsys, dsn, "ls")
+    assert code == 0
+    (line,) = [line for line in out.splitlines() if line.startswith("wf-1-replay")]
+    assert line.endswith("forked from wf-1@v1")
+    code, out, _ = run(capsys, dsn, "ls", "--json")
+    (item,) = [i for i in json.loads(out)["items"] if i["instance_id"] == "wf-1-replay"]
+    assert (item["forked_from"], item["forked_from_version"]) == ("wf-1", 1)
+
+
 def test_errors_are_reported_not_raised(
     seeded: PostgresBackend[JsonCodec], dsn: str, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -288,7 +288,8 @@ SELECT count(*) FROM s;
 -- name: list_snapshots
 -- Keyset pagination on instance_id; a NULL filter means "any".
 SELECT instance_id, status, definition_hash, current_task_id, position_kind,
-    completed_task_count, priority, tags, version, codec, error, updated_at
+    completed_task_count, priority, tags, version, codec, error, updated_at,
+    forked_from, forked_from_version
 FROM @schema@.snapshots
 WHERE (%(statuses)s::text[] IS NULL OR status = ANY(%(statuses)s::text[]))
   AND (%(after)s::text IS NULL OR instance_id > %(after)s::text)
@@ -328,3 +329,14 @@ SELECT pg_backend_pid();
 -- A statement_timeout for the rest of this transaction (local) or session, where a
 -- pooler refuses it as a startup option. ms is text, as set_config takes it.
 SELECT set_config('statement_timeout', %(ms)s, %(local)s);
+
+-- name: read_task_rows
+-- Every stored task row of an instance (a fork takes the outputs still valid at its version).
+SELECT task_id, status, attempts, worker_id, started_at, completed_at, error, output
+FROM @schema@.tasks
+WHERE instance_id = %(instance_id)s;
+
+-- name: mark_forked
+-- Run after the fork's create, in its transaction.
+UPDATE @schema@.snapshots SET forked_from = %(source)s, forked_from_version = %(version)s
+WHERE instance_id = %(instance_id)s;
