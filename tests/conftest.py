@@ -9,7 +9,7 @@ import pytest
 
 from snapstore import AsyncPostgresBackend, JsonCodec, PostgresBackend
 from snapstore.testing import database_url
-from tests.twins import drop_schema, isolated_schema
+from tests.twins import KINDS, Kind, Twin, drop_schema, isolated_schema, open_store
 
 # Per-process, so concurrent runs against one shared server (SNAPSTORE_DSN) don't collide.
 TEST_SCHEMA = f"snapstore_test_{os.getpid()}"
@@ -57,3 +57,13 @@ def fresh_schema(dsn: str) -> Iterator[str]:
     """A unique schema name for tests that migrate or configure their own store (dropped after)."""
     with isolated_schema(dsn) as name:
         yield name
+
+
+@pytest.fixture(params=KINDS)
+async def store(request: pytest.FixtureRequest, dsn: str, schema: str) -> AsyncIterator[Twin]:
+    """An emptied store on the module's schema, once per backend twin."""
+    kind: Kind = request.param
+    opened = await open_store(kind, dsn, schema=schema)
+    await opened.truncate_all()
+    yield opened
+    await opened.close()

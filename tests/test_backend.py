@@ -8,7 +8,7 @@ the store's own read path.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -36,26 +36,13 @@ from snapstore.codecs.snapshot import strip_outputs
 from snapstore.model import TERMINAL_STATUSES, NotStarted
 from tests.twins import (
     CHILD_TABLES,
-    KINDS,
-    Kind,
     Twin,
     advance,
-    open_store,
     snap,
     with_tasks,
 )
 
 T0 = datetime(2030, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
-
-
-@pytest.fixture(params=KINDS)
-async def store(request: pytest.FixtureRequest, dsn: str, schema: str) -> AsyncIterator[Twin]:
-    """An emptied store on this module's schema, once per backend twin."""
-    kind: Kind = request.param
-    opened = await open_store(kind, dsn, schema=schema)
-    await opened.truncate_all()
-    yield opened
-    await opened.close()
 
 
 async def task_xmins(store: Twin, instance_id: str) -> dict[str, str]:

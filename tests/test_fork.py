@@ -3,24 +3,14 @@ then, recorded as forked from there."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from snapstore import ConflictError, NotFoundError, TaskResult, TaskStatus, ValidationError
-from tests.twins import KINDS, Kind, Twin, open_store, snap
+from tests.twins import Twin, snap
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
-
-
-@pytest.fixture(params=KINDS)
-async def store(request: pytest.FixtureRequest, dsn: str, schema: str) -> AsyncIterator[Twin]:
-    kind: Kind = request.param
-    opened = await open_store(kind, dsn, schema=schema)
-    await opened.truncate_all()
-    yield opened
-    await opened.close()
 
 
 def done(output: object, minute: int) -> TaskResult:
