@@ -331,13 +331,15 @@ def fork(
     taken where the stored row still matches the task's metadata at that version. A task
     run again since (a loop, a retry) no longer has its output of then: `NotFoundError`
     rather than a checkpoint paired with later outputs."""
+    checks.check_id("source_id", source_id)
     checks.check_id("instance_id", instance_id)
     checks.check_version("version", version, minimum=1)
     rows = yield Step("read_history", rw.history_params(source_id, version - 1, 1), Fetch.ALL)
     entries = rw.interpret_history(rows)
     if not entries or entries[0].version != version:
         raise NotFoundError(f"instance {source_id!r} has no version {version} in history")
-    tasks = yield Step("read_task_rows", {"instance_id": source_id}, Fetch.ALL)
+    wanted = {"instance_id": source_id, "task_ids": list(entries[0].snapshot.task_results)}
+    tasks = yield Step("read_task_rows", wanted, Fetch.ALL, binary=True)
     snapshot = rw.forked_snapshot(entries[0].snapshot, instance_id, tasks)
     receipt.outcome = 1
     result = yield from save(ctx, snapshot, None, None, receipt=receipt)

@@ -161,10 +161,15 @@ def forked_snapshot(
         )
         if not same or row is None:
             raise NotFoundError(
-                f"task {task_id!r} of {snapshot.instance_id!r} ran again since: its output"
-                " at that version is no longer stored"
+                f"task {task_id!r} of {snapshot.instance_id!r} changed since (ran again, or"
+                " finished): its output at that version is no longer stored"
             )
-        output = None if row[7] is None else open_value(row[7])
+        try:
+            output = None if row[7] is None else open_value(row[7])
+        except DecodeError as exc:
+            raise exc.located(
+                instance_id=snapshot.instance_id, prefix=f"task {task_id!r}: "
+            ) from exc
         results[task_id] = msgspec.structs.replace(result, output=output)
     return msgspec.structs.replace(snapshot, instance_id=instance_id, task_results=results)
 

@@ -49,7 +49,7 @@ async def test_a_task_run_again_since_cannot_give_its_old_output(store: Twin) ->
     await three_steps(store)
     rerun = snap("src", task_results={"a": done({"x": "again"}, 7)})  # a loop ran "a" again
     assert await store.save(rerun, 3) == 4
-    with pytest.raises(NotFoundError, match="ran again"):
+    with pytest.raises(NotFoundError, match="changed since"):
         await store.fork("src", 2, "copy")
     assert await store.load("copy") is None
     assert await store.fork("src", 4, "copy") == 1  # the latest is always whole
@@ -70,3 +70,14 @@ async def test_fork_refuses_what_it_cannot_do_and_writes_nothing(store: Twin) ->
     with pytest.raises(ValidationError):
         await store.fork("src", 1, "")
     assert await store.load("copy") is None
+
+
+async def test_a_task_running_at_that_version_and_finished_since_is_not_taken_as_then(
+    store: Twin,
+) -> None:
+    running = TaskResult(status=TaskStatus.RUNNING, attempts=1, started_at=T0)
+    assert await store.save(snap("src", task_results={"a": running})) == 1
+    assert await store.save(snap("src", task_results={"a": done("out", 0)}), 1) == 2
+    with pytest.raises(NotFoundError, match="changed since"):
+        await store.fork("src", 1, "copy")
+    assert await store.fork("src", 2, "copy") == 1

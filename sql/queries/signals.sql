@@ -55,8 +55,10 @@ SELECT EXISTS (SELECT 1 FROM @schema@.snapshots WHERE instance_id = %(instance_i
 
 -- name: push_event
 -- token: the sender's, so a send whose connection was lost can be looked up (event_sent).
-INSERT INTO @schema@.events (instance_id, name, payload, token)
-VALUES (%(instance_id)s, %(name)s, %(payload)s, %(token)s);
+-- created_at by the clock now (not the transaction's start), as `due` in lock_instance is:
+-- an event judged late against a wait's deadline is stamped late too.
+INSERT INTO @schema@.events (instance_id, name, payload, token, created_at)
+VALUES (%(instance_id)s, %(name)s, %(payload)s, %(token)s, clock_timestamp());
 
 -- name: event_sent
 SELECT EXISTS (

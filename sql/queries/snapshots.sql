@@ -331,10 +331,11 @@ SELECT pg_backend_pid();
 SELECT set_config('statement_timeout', %(ms)s, %(local)s);
 
 -- name: read_task_rows
--- Every stored task row of an instance (a fork takes the outputs still valid at its version).
+-- The stored rows of an instance's tasks named (a fork takes the outputs still valid at
+-- its version).
 SELECT task_id, status, attempts, worker_id, started_at, completed_at, error, output
 FROM @schema@.tasks
-WHERE instance_id = %(instance_id)s;
+WHERE instance_id = %(instance_id)s AND task_id = ANY (%(task_ids)s::text[]);
 
 -- name: mark_forked
 -- Run after the fork's create, in its transaction.
