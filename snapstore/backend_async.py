@@ -98,9 +98,14 @@ class AsyncPostgresBackend(CodecBound, Generic[C]):
         # Behind a transaction pooler a server process id says nothing about a client.
         self._pids_known = check_pooler(pooler) != "transaction"
         local = None if self._pids_known else statement_timeout_ms
-        # An owned pool sets up each connection as it opens; a borrowed one at first use.
+        # An owned pool sets up each connection as it opens (`connect`'s configure hook);
+        # a borrowed one's are set up at their first use by the runner.
         name = getattr(pool, "name", "borrowed")  # anything with a connection() will do
-        setup = ConnectionSetup(self.queries, name, pooler=pooler, timeout_ms=None)
+        setup = (
+            None
+            if owns_pool
+            else ConnectionSetup(self.queries, name, pooler=pooler, timeout_ms=None)
+        )
         self._runner = AsyncRunner(pool, self.queries, local_timeout_ms=local, setup=setup)
         self._wakeups = WakeupRegistry()
         grouped = AsyncGroupCommitter.ON_BY_DEFAULT if group_commit is None else group_commit
@@ -455,23 +460,24 @@ class AsyncPostgresBackend(CodecBound, Generic[C]):
 
     async def check_and_cancel(self, instance_id: str, claim: Claim | None = None) -> Signal | None:
         """Apply a pending cancel (fenced by ``claim``); the signal applied, or None."""
-        return await self._write(
-            lambda r: sg.check_and_apply(self.ctx, instance_id, SignalKind.CANCEL, claim, r)
-        )
+        return await self._check(instance_id, SignalKind.CANCEL, claim)
 
     async def check_and_pause(self, instance_id: str, claim: Claim | None = None) -> Signal | None:
         """Apply a pending pause (fenced by ``claim``); the signal applied, or None. If a
         cancel is pending too, it wins: it is applied instead (the signal's ``kind``)."""
-        return await self._write(
-            lambda r: sg.check_and_apply(self.ctx, instance_id, SignalKind.PAUSE, claim, r)
-        )
+        return await self._check(instance_id, SignalKind.PAUSE, claim)
 
     async def check_signals(self, instance_id: str, claim: Claim | None = None) -> Signal | None:
         """Apply whatever control signal is pending, in one transaction fenced by
         ``claim``: a cancel before a pause; the signal applied (its ``kind`` says which),
         or None. The one call a worker needs between steps."""
+        return await self._check(instance_id, None, claim)
+
+    async def _check(
+        self, instance_id: str, kind: SignalKind | None, claim: Claim | None
+    ) -> Signal | None:
         return await self._write(
-            lambda r: sg.check_and_apply(self.ctx, instance_id, None, claim, r)
+            lambda r: sg.check_and_apply(self.ctx, instance_id, kind, claim, r)
         )
 
     # --- events (see `snapstore.signals`) --------------------------------------------------

@@ -308,7 +308,13 @@ def _load_locked(ctx: Context, target: _Target) -> Program[WorkflowSnapshot]:
 
 
 def _set_status(
-    ctx: Context, target: _Target, status: WorkflowStatus, claim: Claim | None, receipt: Receipt
+    ctx: Context,
+    target: _Target,
+    status: WorkflowStatus,
+    claim: Claim | None,
+    receipt: Receipt,
+    *,
+    deliver: bool = False,
 ) -> Program[int]:
     """A checkpoint of the locked instance that changes only its status. It goes through
     `programs.save` (CAS on the locked version, fenced by ``claim``), so the new version,
@@ -319,6 +325,8 @@ def _set_status(
     behind the cache's back."""
     snapshot = yield from _load_locked(ctx, target)
     changed = msgspec.structs.replace(snapshot, status=status)
+    if deliver:  # see `_deliver_buffered`
+        changed, _ = yield from _deliver_buffered(ctx, changed)
     return (yield from programs.save(ctx, changed, target.version, claim, receipt=receipt))
 
 
@@ -421,13 +429,11 @@ def unpause(ctx: Context, instance_id: str, receipt: Receipt) -> Program[SignalO
     target = yield from _lock(instance_id)
     withdrawn = yield from _clear(instance_id, SignalKind.PAUSE)
     if target.status is WorkflowStatus.PAUSED:
-        snapshot = yield from _load_locked(ctx, target)
-        running = msgspec.structs.replace(snapshot, status=WorkflowStatus.IN_PROGRESS)
+        receipt.outcome = SignalOutcome.APPLIED
         # An event sent while it was paused was buffered: parked on it, it resumes now
         # (if it came before the wait's deadline).
-        running, _ = yield from _deliver_buffered(ctx, running)
-        receipt.outcome = SignalOutcome.APPLIED
-        yield from programs.save(ctx, running, target.version, None, receipt=receipt)
+        status = WorkflowStatus.IN_PROGRESS
+        yield from _set_status(ctx, target, status, None, receipt, deliver=True)
         return SignalOutcome.APPLIED
     return SignalOutcome.WITHDRAWN if withdrawn else SignalOutcome.UNCHANGED
 
