@@ -2,6 +2,7 @@
 
 from snapstore.backend import PostgresBackend
 from snapstore.backend_async import AsyncPostgresBackend
+from snapstore.branches import BranchClaim, BranchDone, BranchState, ClaimedBranch
 from snapstore.claims import ClaimedTask, DispatchQuery
 from snapstore.codecs import CborCodec, Codec, JsonCodec, MsgpackCodec, register_codec
 from snapstore.errors import (
@@ -66,9 +67,13 @@ __all__ = [
     "AtJoin",
     "AtSignal",
     "AtTask",
+    "BranchClaim",
+    "BranchDone",
+    "BranchState",
     "CborCodec",
     "Claim",
     "ClaimLostError",
+    "ClaimedBranch",
     "ClaimedTask",
     "Codec",
     "CodecError",

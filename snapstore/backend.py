@@ -19,11 +19,13 @@ from typing import Any, Final, Generic, Self, TypeVar, Unpack, cast
 from psycopg import Connection, DatabaseError
 from psycopg_pool import ConnectionPool, PoolTimeout
 
+from snapstore import branches as br
 from snapstore import claims as cl
 from snapstore import programs
 from snapstore import retention as rt
 from snapstore import rows as rw
 from snapstore import signals as sg
+from snapstore.branches import BranchClaim, BranchDone, BranchState, ClaimedBranch
 from snapstore.claims import ClaimedTask, DispatchQuery, Seconds
 from snapstore.codecs import Codec, codec_instance
 from snapstore.codecs.registry import require_registered
@@ -613,6 +615,56 @@ class PostgresBackend(CodecBound, Generic[C]):
         backoff coming due, a lease running out), by the server clock; None if nothing
         is pending. A poller sleeps until then (or until a wakeup), then dispatches."""
         return self._runner.run(cl.next_dispatch_at_program(), writes=False)
+
+    # --- parallel branches (see `snapstore.branches`) --------------------------------------
+
+    def start_branches(
+        self,
+        snapshot: WorkflowSnapshot,
+        expected_version: int | None,
+        *,
+        claim: Claim | None = None,
+    ) -> int:
+        """Save an AtFork checkpoint and hand its branches to branch workers; its version.
+
+        The instance is not dispatched itself until the last branch result lands
+        (`complete_branch`), which saves its join checkpoint. ``claim`` fences the save
+        and is given up with it: the branches are the work now."""
+        return self._write(
+            lambda r: br.start_branches(self.ctx, snapshot, expected_version, claim, r)
+        )
+
+    def find_available_branches(
+        self,
+        worker_id: str,
+        *,
+        limit: int = 10,
+        ttl: Seconds = cl.DEFAULT_TTL,
+        tags: Iterable[str] | None = None,
+    ) -> builtins.list[ClaimedBranch]:
+        """Lease up to ``limit`` open branches, oldest first, each with its fork's
+        checkpoint; a branch whose lease expired (its worker died) is open again."""
+        query = br.BranchQuery.build(worker_id, limit=limit, ttl=ttl, tags=tags)
+        return self._write(lambda r: br.dispatch_branches(self.ctx, query, r))
+
+    def extend_branch(self, claim: BranchClaim, ttl: Seconds = cl.DEFAULT_TTL) -> BranchClaim:
+        """Renew a live branch lease (absolute, as `extend`); `ClaimLostError` if lost."""
+        return self._write(lambda _: br.extend_branch(claim, ttl), transaction=False)
+
+    def release_branch(self, claim: BranchClaim) -> bool:
+        """Give an unfinished branch back, for another worker to take at once."""
+        return self._write(lambda _: br.release_branch(claim), transaction=False)
+
+    def complete_branch(self, claim: BranchClaim, result: TaskResult) -> BranchDone:
+        """Record the branch's result (its task row, under the branch id), fenced by its
+        lease and by the fork still being current (`ClaimLostError` otherwise). The last
+        result of the fork also saves the join checkpoint (``BranchDone.joined``): every
+        branch result in ``task_results``, position `AtJoin`, dispatchable once."""
+        return self._write(lambda r: br.complete_branch(self.ctx, claim, result, r))
+
+    def branches(self, instance_id: str) -> builtins.list[BranchState]:
+        """The branches of the instance's current fork (none if it is not at one)."""
+        return self._runner.run(br.branch_states(instance_id), writes=False)
 
     # --- wakeups (see `snapstore.wakeup`) --------------------------------------------------
 

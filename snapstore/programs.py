@@ -15,6 +15,8 @@ from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, NamedTuple, Protocol, TypeVar
 
+import msgspec
+
 from snapstore import checks
 from snapstore import rows as rw
 from snapstore.codecs import Codec
@@ -251,10 +253,14 @@ def save(
     *,
     checked: bool = False,
     receipt: Receipt | None = None,
+    parked: bool = False,
 ) -> Program[int]:
     """CAS save: one statement; on failure, one read to name the precise error. With a
-    ``receipt``, the way to confirm it committed is recorded there first."""
+    ``receipt``, the way to confirm it committed is recorded there first. ``parked``:
+    the instance waits for something other than a worker (not dispatchable)."""
     item = prepare(ctx, snapshot, expected_version, claim, checked=checked)
+    if parked:
+        item = msgspec.structs.replace(item, available_at=rw.PARKED_UNTIL)
     if receipt is not None:
         receipt.confirm = functools.partial(save_committed, ctx, item)
     (result,) = yield from save_batch(ctx, [item])

@@ -302,6 +302,11 @@ async def insert_child_rows(store: Twin, instance_id: str) -> None:
         " VALUES (%(iid)s, 1, 'pause', now())",
         params,
     )
+    await store.sql(
+        "INSERT INTO @schema@.branches (instance_id, branch_id, fork_version)"
+        " VALUES (%(iid)s, 'b', 1)",
+        params,
+    )
 
 
 async def test_delete_removes_the_instance_and_all_its_child_rows(store: Twin) -> None:

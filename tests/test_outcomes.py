@@ -14,7 +14,10 @@ import psycopg
 import pytest
 
 from snapstore import (
+    AtFork,
     AtSignal,
+    AtTask,
+    BranchDone,
     Claim,
     EventOutcome,
     JsonCodec,
@@ -22,6 +25,7 @@ from snapstore import (
     PostgresBackend,
     SaveRequest,
     SignalOutcome,
+    TaskResult,
     WorkflowStatus,
     programs,
 )
@@ -262,3 +266,32 @@ def test_a_save_that_committed_unseen_returns_its_version(
     expected: object = [2] if how == "save_many" else 2
     assert lose_the_reply(dsn, fresh_schema, store, "snapshots", call) == [expected]
     assert [e.version for e in store.history("wf-1")] == [1, 2]
+
+
+def forked_branches(store: PostgresBackend[JsonCodec], branches: tuple[str, ...]) -> None:
+    store.save(snap(position=AtTask("start")))
+    store.start_branches(snap(position=AtFork("fan", branches=branches)), 1)
+
+
+@pytest.mark.parametrize("last", [False, True], ids=["sibling", "last"])
+def test_a_branch_result_that_committed_unseen_reports_it_once(
+    dsn: str, fresh_schema: str, lone: PostgresBackend[JsonCodec], last: bool
+) -> None:
+    forked_branches(lone, ("a",) if last else ("a", "b"))
+    (branch, *_) = lone.find_available_branches("w1", limit=2, ttl=60)
+    call = lambda: lone.complete_branch(branch.claim, TaskResult(output=1))  # noqa: E731
+    (done,) = lose_the_reply(dsn, fresh_schema, lone, "branches", call)
+    assert done == BranchDone(joined=last, version=3 if last else 2)
+    assert [e.version for e in lone.history("wf-1")] == ([1, 2, 3] if last else [1, 2])
+
+
+def test_a_branch_dispatch_that_committed_unseen_gives_back_its_leases_and_runs_again(
+    dsn: str, fresh_schema: str, lone: PostgresBackend[JsonCodec]
+) -> None:
+    forked_branches(lone, ("a", "b"))
+    call = lambda: lone.find_available_branches("w1", limit=1, ttl=60)  # noqa: E731
+    (branches,) = lose_the_reply(dsn, fresh_schema, lone, "branches", call)
+    assert isinstance(branches, list)
+    (branch,) = branches
+    assert lone.extend_branch(branch.claim, 60).token == branch.claim.token
+    assert [b.branch_id for b in lone.find_available_branches("w2", limit=5)] == ["b"]

@@ -57,6 +57,7 @@ CHILD_TABLES: Final = (
     "claims",
     "dead_events",
     "applied_signals",
+    "branches",
 )
 ALL_TABLES: Final = ("snapshots", *CHILD_TABLES)
 

@@ -282,6 +282,8 @@ WITH s AS (
     DELETE FROM @schema@.dead_events WHERE instance_id = ANY(%(instance_ids)s::text[])
 ), a AS (
     DELETE FROM @schema@.applied_signals WHERE instance_id = ANY(%(instance_ids)s::text[])
+), b AS (
+    DELETE FROM @schema@.branches WHERE instance_id = ANY(%(instance_ids)s::text[])
 )
 SELECT count(*) FROM s;
 
@@ -318,7 +320,8 @@ LIMIT %(limit)s + (SELECT wanted - start FROM first);
 
 -- name: truncate_all
 TRUNCATE @schema@.snapshots, @schema@.history, @schema@.tasks, @schema@.signals,
-    @schema@.events, @schema@.claims, @schema@.dead_events, @schema@.applied_signals;
+    @schema@.events, @schema@.claims, @schema@.dead_events, @schema@.applied_signals,
+    @schema@.branches;
 
 -- name: server_pid
 -- The server process behind a new pooled connection. A pooler answers the client's

@@ -1,0 +1,103 @@
+-- Parallel branches (snapstore/branches.py): one lease per branch of an instance AtFork,
+-- taken by different workers at once. Times by the server clock, as for claims.
+
+-- name: open_branches
+-- Run by start_branches before its fork checkpoint (version %(version)s) is saved, in
+-- its transaction, with the instance locked: the branches of an earlier fork go.
+WITH old AS (
+    DELETE FROM @schema@.branches WHERE instance_id = %(instance_id)s
+)
+INSERT INTO @schema@.branches (instance_id, branch_id, fork_version)
+SELECT %(instance_id)s, b, %(version)s FROM unnest(%(branch_ids)s::text[]) AS b;
+
+-- name: hand_over
+-- After the fenced fork save: the caller's instance lease goes (the branches are the
+-- work now).
+DELETE FROM @schema@.claims WHERE instance_id = %(instance_id)s AND token = %(token)s::uuid;
+
+-- name: dispatch_branches
+-- Lease up to %(limit)s open branches oldest first (index order: a call reads about
+-- %(limit)s entries of branches_open_idx whatever the backlog), of instances still at
+-- the fork that opened them, whose tags the worker has. A branch is open when no result
+-- landed and its lease, if any, expired (a killed worker's branch is taken over). SKIP
+-- LOCKED: concurrent dispatchers never get each other's rows; the row is checked again
+-- once locked, so a branch leased meanwhile is skipped, never leased twice. Only
+-- branches rows are locked, never snapshots: no lock-order cycle with complete_branch.
+WITH picked AS (
+    SELECT b.instance_id, b.branch_id
+    FROM @schema@.branches AS b
+    JOIN @schema@.snapshots AS s ON s.instance_id = b.instance_id
+    WHERE b.done_at IS NULL AND (b.expires_at IS NULL OR b.expires_at <= now())
+      AND s.version = b.fork_version AND s.status = 'InProgress'
+      AND (%(worker_tags)s::text[] IS NULL OR s.tags <@ %(worker_tags)s::text[])
+    ORDER BY b.created_at, b.instance_id, b.branch_id
+    LIMIT %(limit)s
+    FOR UPDATE OF b SKIP LOCKED
+)
+UPDATE @schema@.branches AS b
+SET worker_id = %(worker_id)s, token = %(token)s::uuid, expires_at = now() + %(ttl)s::interval
+FROM picked AS p
+WHERE b.instance_id = p.instance_id AND b.branch_id = p.branch_id
+RETURNING b.instance_id, b.branch_id, b.fork_version, b.expires_at, b.created_at;
+
+-- name: undo_branch_dispatch
+-- After a branch dispatch whose connection was lost: give back what it leased (one token
+-- per dispatch). Reads the branches table; runs only after a lost connection.
+UPDATE @schema@.branches SET worker_id = NULL, token = NULL, expires_at = NULL
+WHERE token = %(token)s::uuid AND done_at IS NULL;
+
+-- name: extend_branch
+UPDATE @schema@.branches SET expires_at = now() + %(ttl)s::interval
+WHERE instance_id = %(instance_id)s AND branch_id = %(branch_id)s
+  AND token = %(token)s::uuid AND done_at IS NULL AND expires_at > now()
+RETURNING expires_at;
+
+-- name: release_branch
+-- Give a branch back unfinished, so another worker may take it at once.
+UPDATE @schema@.branches SET worker_id = NULL, token = NULL, expires_at = NULL
+WHERE instance_id = %(instance_id)s AND branch_id = %(branch_id)s
+  AND token = %(token)s::uuid AND done_at IS NULL
+RETURNING 1;
+
+-- name: finish_branch
+-- complete_branch, with the instance locked (lock_instance) at the branch's fork: the
+-- result lands only under this token's live lease.
+UPDATE @schema@.branches SET done_at = now()
+WHERE instance_id = %(instance_id)s AND branch_id = %(branch_id)s
+  AND token = %(token)s::uuid AND fork_version = %(version)s
+  AND done_at IS NULL AND expires_at > now()
+RETURNING 1;
+
+-- name: put_branch_result
+-- The branch's result, where every task result lives (load_task_result sees it at once).
+INSERT INTO @schema@.tasks AS t (
+    instance_id, task_id, status, attempts, worker_id, started_at, completed_at, error, output)
+VALUES (%(instance_id)s, %(branch_id)s, %(status)s, %(attempts)s, %(worker_id)s,
+    %(started_at)s, %(completed_at)s, %(error)s, %(output)s)
+@part_task_upsert@;
+
+-- name: branches_left
+-- A fresh statement after finish_branch, with the instance still locked: every sibling
+-- that finished before this transaction took the lock is counted, so exactly one
+-- finisher sees none left.
+SELECT count(*) FILTER (WHERE done_at IS NULL), array_agg(branch_id ORDER BY branch_id)
+FROM @schema@.branches
+WHERE instance_id = %(instance_id)s AND fork_version = %(version)s;
+
+-- name: mark_joined
+UPDATE @schema@.branches SET joined_version = %(joined)s
+WHERE instance_id = %(instance_id)s AND branch_id = %(branch_id)s;
+
+-- name: branch_finished
+-- After a complete_branch whose connection was lost: whether its result landed, and the
+-- join version if it was the last.
+SELECT done_at IS NOT NULL, joined_version FROM @schema@.branches
+WHERE instance_id = %(instance_id)s AND branch_id = %(branch_id)s AND token = %(token)s::uuid;
+
+-- name: branch_leases
+-- The open and finished branches of an instance's current fork.
+SELECT b.branch_id, b.worker_id, b.expires_at > now(), b.done_at
+FROM @schema@.branches AS b
+JOIN @schema@.snapshots AS s ON s.instance_id = b.instance_id AND s.version = b.fork_version
+WHERE b.instance_id = %(instance_id)s
+ORDER BY b.branch_id;
