@@ -22,6 +22,7 @@ class Capabilities:
     wakeups: bool
     save_many: bool
     group_commit: bool
+    branches: bool = False
 
     def as_dict(self) -> dict[str, bool]:
         return asdict(self)
@@ -41,6 +42,10 @@ def detect(backend_type: type[Any] = PostgresBackend) -> Capabilities:
         wakeups=hasattr(backend_type, "wakeups"),
         save_many=hasattr(backend_type, "save_many"),
         group_commit="group_commit" in connect_params,
+        branches=all(
+            hasattr(backend_type, n)
+            for n in ("start_branches", "find_available_branches", "complete_branch")
+        ),
     )
 
 

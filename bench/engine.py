@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import queue
+import statistics
 import threading
 import time
 import uuid
@@ -20,12 +21,19 @@ from typing import Any
 from bench import api, db
 from bench.dispatch import Dispatcher, InProcessDispatcher, Job, StoreDispatcher
 from bench.stats import Recorder, summarize_ms
-from bench.workflows import DEFINITIONS, SIGNAL_NAME, Definition, Outcome, Shape
+from bench.workflows import (
+    DEFINITIONS,
+    SIGNAL_NAME,
+    Definition,
+    Outcome,
+    Shape,
+    branch_result,
+)
 from snapstore import AtDelay, AtSignal, PostgresBackend, WorkflowSnapshot, WorkflowStatus
 from snapstore.model import SaveRequest
 
 SAVE_WORKLOADS = ("saves", "save_many", "group_commit")
-FLOW_WORKLOADS = ("linear", "fanout", "signal", "timer")
+FLOW_WORKLOADS = ("linear", "fanout", "fanout_parallel", "signal", "timer")
 ALL_WORKLOADS = SAVE_WORKLOADS + FLOW_WORKLOADS
 CLAIM_TTL = 30.0
 JOIN_TIMEOUT = 10.0
@@ -37,7 +45,6 @@ IN_FLIGHT_PER_WORKER = {
     "saves": 4,
     "group_commit": 4,
     "linear": 1,
-    "fanout": 1,
     "signal": 2,
     "timer": 8,
 }
@@ -92,6 +99,40 @@ class PickupClock:
                 self._recorder.picked_up(at - since)
 
 
+FANOUT_WORKLOADS = ("fanout", "fanout_parallel")
+
+
+def _in_flight(spec: RunSpec, width: int) -> int:
+    """How many workflows a run keeps started. Both fan-out modes keep as many
+    branches as workers (width / branches forks): sequentially, most workers then wait
+    while one runs a fork's branches; in parallel, every worker can take one."""
+    if spec.workload in FANOUT_WORKLOADS:
+        return max(1, width // max(1, spec.shape.branches))
+    return width * IN_FLIGHT_PER_WORKER.get(spec.workload, 1)
+
+
+class BranchClock:
+    """How many of a fork's branches ran at once: the branches' summed busy time over
+    the span from the first one's start to the last one's end (1.0: one after another;
+    the branch count: all together), recorded when the workflow finishes."""
+
+    def __init__(self, recorder: Recorder) -> None:
+        self._recorder = recorder
+        self._lock = threading.Lock()
+        self._spans: dict[str, tuple[float, float, float]] = {}
+
+    def ran(self, instance_id: str, start: float, end: float) -> None:
+        with self._lock:
+            first, last, busy = self._spans.get(instance_id, (start, end, 0.0))
+            self._spans[instance_id] = (min(first, start), max(last, end), busy + end - start)
+
+    def finished(self, instance_id: str) -> None:
+        with self._lock:
+            span = self._spans.pop(instance_id, None)
+        if span is not None and span[1] > span[0]:
+            self._recorder.fanned(span[2] / (span[1] - span[0]))
+
+
 class InFlight:
     """Bounds the workflows started but not finished (parked ones included)."""
 
@@ -132,9 +173,11 @@ class Workload:
         self.dispatcher = dispatcher
         self.rec = recorder
         self.pickup = PickupClock(recorder)
+        self.branch_clock = BranchClock(recorder)
+        self.parallel = spec.workload == "fanout_parallel"
         self.use_signals = use_signals
         self.width = spec.group_threads if spec.workload == "group_commit" else spec.concurrency
-        self.flight = InFlight(self.width * IN_FLIGHT_PER_WORKER.get(spec.workload, 1))
+        self.flight = InFlight(_in_flight(spec, self.width))
         self.stop = threading.Event()
         self.started: dict[str, float] = {}
         self.signals: queue.Queue[Job] = queue.Queue()
@@ -177,10 +220,16 @@ class Workload:
                 self.rec.note("claimed_while_parked")
                 return
             while True:
+                self._work(job.instance_id, snap)
                 nxt, outcome = self.definition.step(snap)
                 if outcome is Outcome.PARK and self.use_signals and _parked_on_signal(nxt):
                     version, nxt, resumed = api.park(self.backend, nxt, version, job.claim)
                     outcome = Outcome.CONTINUE if resumed else outcome
+                elif outcome is Outcome.FORK:  # the lease goes with the branches
+                    self.backend.start_branches(nxt, version, claim=job.claim)
+                    self.rec.saved()
+                    done = True  # nothing to release
+                    break
                 else:
                     version = self.backend.save(nxt, version, claim=job.claim)
                 self.rec.saved()
@@ -200,6 +249,29 @@ class Workload:
             if not done:
                 self.dispatcher.finish(job)
 
+    def _work(self, instance_id: str, snap: WorkflowSnapshot) -> None:
+        """The task's own work (simulated), timed for the branch concurrency figure."""
+        seconds = self.definition.work(snap)
+        if seconds:
+            start = time.monotonic()
+            time.sleep(seconds)
+            self.branch_clock.ran(instance_id, start, time.monotonic())
+
+    def run_branch(self, worker_id: str) -> bool:
+        """Lease one open branch, do its work and record its result; False if none."""
+        got = self.backend.find_available_branches(worker_id, limit=1, ttl=CLAIM_TTL)
+        if not got:
+            return False
+        (branch,) = got
+        start = time.monotonic()
+        time.sleep(self.spec.shape.branch_work.total_seconds())
+        self.branch_clock.ran(branch.instance_id, start, time.monotonic())
+        done = self.backend.complete_branch(branch.claim, branch_result(branch.branch_id))
+        self.rec.saved()
+        if done.joined:
+            self.pickup.ready(branch.instance_id, time.monotonic())
+        return True
+
     def _current(self, job: Job) -> tuple[WorkflowSnapshot, int]:
         if job.snapshot is not None:
             return job.snapshot, job.version
@@ -209,6 +281,7 @@ class Workload:
         return stored.snapshot, stored.version
 
     def _complete(self, instance_id: str) -> None:
+        self.branch_clock.finished(instance_id)
         started = self.started.pop(instance_id, None)
         if started is not None:
             self.rec.completed(time.monotonic() - started)
@@ -229,6 +302,8 @@ class Workload:
             try:
                 if self.flight.try_enter():
                     self.create()
+                if self.parallel and self.run_branch(worker_id):
+                    continue
                 for job in self.dispatcher.take(worker_id, 1):
                     self.drive(job)
             except Exception as exc:  # a failing dispatch call: count it, keep the worker
@@ -330,6 +405,11 @@ class Outcomes:
             "workflows_per_s": round(rec.workflows / window, 1),
             "workflow_latency_ms": summarize_ms(rec.workflow_latency),
             "pickup_latency_ms": summarize_ms(rec.pickup_latency),
+            "branch_concurrency": (
+                round(statistics.median(rec.branch_concurrency), 2)
+                if rec.branch_concurrency
+                else None
+            ),
             "wakeups": drops,
             "blob_bytes_mean": None if self.blob_mean is None else round(self.blob_mean, 1),
             "wal_bytes_per_save": round(self.wal_bytes / rec.saves, 1) if rec.saves else None,
@@ -391,6 +471,8 @@ def run(
     mode = dispatcher.mode
     if spec.workload == "signal":
         mode += "+send_event" if caps.signals else "+in-process-events"
+    if spec.workload == "fanout_parallel":
+        mode += "+branches"
     if spec.workload == "save_many":
         mode = "save_many"
     elif spec.workload == "group_commit":

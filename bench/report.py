@@ -43,6 +43,7 @@ RUN_COLUMNS = (
     "workflow ms p50/p95/p99",
     "pickup ms p50/p95/p99",
     "wakeup drops",
+    "branches at once",
     "blob B",
     "WAL B/save",
     "errors",
@@ -61,7 +62,7 @@ def unmeasured(run: dict[str, Any]) -> str | None:
 def run_row(run: dict[str, Any]) -> list[str]:
     reason = unmeasured(run)
     if reason is not None:
-        return [run["codec"], run["workload"], reason] + ["-"] * 8
+        return [run["codec"], run["workload"], reason] + ["-"] * (len(RUN_COLUMNS) - 3)
     errors = sum(run["errors"].values())
     return [
         run["codec"],
@@ -72,6 +73,7 @@ def run_row(run: dict[str, Any]) -> list[str]:
         _lat(run["workflow_latency_ms"]),
         _lat(run["pickup_latency_ms"]),
         _drops(run),
+        _fmt(run.get("branch_concurrency"), 2),
         _fmt(run["blob_bytes_mean"]),
         _fmt(run["wal_bytes_per_save"]),
         str(errors) if errors else "0",
@@ -411,6 +413,11 @@ def summary(result: dict[str, Any], paths: list[Path]) -> str:
             f"{_fmt(pickup['p95'] if pickup else None, 1):>10} {_fmt(drops):>6} "
             f"{_fmt(r['blob_bytes_mean']):>7} {_fmt(r['wal_bytes_per_save']):>10}  {r['mode']}"
             + (f"  errors={errs}" if errs else "")
+            + (
+                f"  branches at once={r['branch_concurrency']}"
+                if r.get("branch_concurrency")
+                else ""
+            )
         )
     lines.append(
         "ceilings: "

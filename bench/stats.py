@@ -49,6 +49,7 @@ class Recorder:
         self.workflows = 0
         self.workflow_latency: list[float] = []
         self.pickup_latency: list[float] = []
+        self.branch_concurrency: list[float] = []  # per finished fork: branches at once
         self.errors: Counter[str] = Counter()
         self.notes: Counter[str] = Counter()
         self.first_error: dict[str, str] = {}
@@ -81,6 +82,11 @@ class Recorder:
             if self._open:
                 self.workflows += 1
                 self.workflow_latency.append(latency)
+
+    def fanned(self, concurrency: float) -> None:
+        with self._lock:
+            if self._open:
+                self.branch_concurrency.append(concurrency)
 
     def picked_up(self, latency: float) -> None:
         with self._lock:

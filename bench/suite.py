@@ -80,6 +80,8 @@ def _skip_reason(workload: str, caps: api.Capabilities) -> str | None:
         return "backend.save_many not available"
     if workload == "group_commit" and not caps.group_commit:
         return "group_commit connect option not available"
+    if workload == "fanout_parallel" and not (caps.branches and caps.claims):
+        return "parallel branches (start_branches) not available"
     return None
 
 

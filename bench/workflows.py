@@ -35,6 +35,7 @@ class Outcome(enum.Enum):
     CONTINUE = "continue"  # keep driving: the instance is still ours and runnable
     PARK = "park"  # waiting for a timer or a signal: hand it back
     DONE = "done"  # terminal
+    FORK = "fork"  # hand the branches to other workers (`start_branches`)
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,7 @@ class Shape:
     steps: int = 5
     branches: int = 4
     delay: timedelta = timedelta(milliseconds=200)
+    branch_work: timedelta = timedelta(milliseconds=10)  # a branch's own work, simulated
 
 
 def _input(instance_id: str) -> dict[str, Any]:
@@ -89,6 +91,8 @@ class Definition:
     name: str
     first_position: Callable[[], Any]
     step: Step
+    work: Callable[[WorkflowSnapshot], float] = lambda _: 0.0
+    """Seconds of the task's own work before ``step`` (slept by the engine)."""
 
     def create(self, instance_id: str) -> WorkflowSnapshot:
         return WorkflowSnapshot(
@@ -131,7 +135,35 @@ def fanout(shape: Shape) -> Definition:
         nxt = AtJoin(pos.task_id, waiting_for=rest)
         return _record(snap, done, position=nxt), Outcome.CONTINUE
 
-    return Definition("fanout", lambda: AtFork("fork", branches=branches), step)
+    def work(snap: WorkflowSnapshot) -> float:
+        pos = snap.position
+        running = isinstance(pos, AtJoin) and bool(pos.waiting_for)  # a branch step
+        return shape.branch_work.total_seconds() if running else 0.0
+
+    return Definition("fanout", lambda: AtFork("fork", branches=branches), step, work)
+
+
+def fanout_parallel(shape: Shape) -> Definition:
+    """The same fork, its branches run by different workers at once
+    (`start_branches` / `complete_branch`): ``step`` hands the fork over and finishes
+    at the join the store wrote; `branch_result` is each branch's work."""
+
+    def step(snap: WorkflowSnapshot) -> tuple[WorkflowSnapshot, Outcome]:
+        pos = snap.position
+        if isinstance(pos, AtFork):  # the fork task ran: hand out its branches
+            return _record(snap, pos.task_id), Outcome.FORK
+        assert isinstance(pos, AtJoin)
+        assert not pos.waiting_for
+        return _finish(snap, "join"), Outcome.DONE
+
+    return Definition("fanout_parallel", lambda: fanout(shape).first_position(), step)
+
+
+def branch_result(branch_id: str) -> TaskResult:
+    now = datetime.now(UTC)
+    return TaskResult(
+        output=_output(branch_id), worker_id="bench", started_at=now, completed_at=now
+    )
 
 
 def signal(shape: Shape) -> Definition:
@@ -171,6 +203,7 @@ def timer(shape: Shape) -> Definition:
 DEFINITIONS: dict[str, Callable[[Shape], Definition]] = {
     "linear": linear,
     "fanout": fanout,
+    "fanout_parallel": fanout_parallel,
     "signal": signal,
     "timer": timer,
 }

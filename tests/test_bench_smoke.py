@@ -88,6 +88,18 @@ def test_flow_workloads_report_dispatch(bench_run: dict[str, Any]) -> None:
 
 
 @pytest.mark.slow
+def test_fanout_reports_branch_concurrency_in_both_modes(bench_run: dict[str, Any]) -> None:
+    """Sequentially a fork's branches never overlap (at most 1.0 at once); run by
+    different workers they do."""
+    runs = {r["workload"]: r for r in bench_run["runs"]}
+    sequential, parallel = runs["fanout"], runs["fanout_parallel"]
+    assert 0 < sequential["branch_concurrency"] <= 1.0
+    assert parallel["mode"].endswith("+branches")
+    assert parallel["branch_concurrency"] > 1.0
+    assert parallel["workflows_per_s"] > 0
+
+
+@pytest.mark.slow
 def test_environment_ceilings_and_verdicts(bench_run: dict[str, Any]) -> None:
     settings = bench_run["environment"]["server"]["settings"]
     for key in ("fsync", "synchronous_commit", "wal_sync_method", "full_page_writes"):
