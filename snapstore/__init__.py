@@ -23,6 +23,8 @@ from snapstore.errors import (
 )
 from snapstore.group_commit import GroupCommitStats
 from snapstore.memory import MemoryBackend
+from snapstore.memory_async import AsyncMemoryBackend
+from snapstore.memory_state import ManualClock, MemoryStore
 from snapstore.model import (
     AppliedSignal,
     AtDelay,
@@ -60,6 +62,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AppliedSignal",
+    "AsyncMemoryBackend",
     "AsyncPostgresBackend",
     "AsyncWakeupListener",
     "AtDelay",
@@ -89,7 +92,9 @@ __all__ = [
     "HistoryEntry",
     "InLoop",
     "JsonCodec",
+    "ManualClock",
     "MemoryBackend",
+    "MemoryStore",
     "MigrationError",
     "MsgpackCodec",
     "NotFoundError",

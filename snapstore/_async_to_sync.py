@@ -35,6 +35,7 @@ SOURCES: Final = {
     "snapstore/migrate_async.py": "snapstore/migrate.py",
     "snapstore/backend_async.py": "snapstore/backend.py",
     "snapstore/wakeup/listener_async.py": "snapstore/wakeup/listener.py",
+    "snapstore/memory_async.py": "snapstore/memory.py",
 }
 """Async source -> generated sync module, relative to the checkout."""
 
@@ -44,6 +45,7 @@ NAMES: Final = {
     "AsyncCursor": "Cursor",
     "AsyncEvent": "Event",
     "AsyncGroupCommitter": "GroupCommitter",
+    "AsyncMemoryBackend": "MemoryBackend",
     "AsyncMailbox": "Mailbox",
     "AsyncPostgresBackend": "PostgresBackend",
     "AsyncRawCursor": "RawCursor",
@@ -58,6 +60,7 @@ NAMES: Final = {
     "asleep": "sleep",
     "backend_async": "backend",
     "listener_async": "listener",
+    "memory_async": "memory",
     "migrate_async": "migrate",
     "runner_async": "runner",
 }

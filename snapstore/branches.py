@@ -161,7 +161,8 @@ def joined_snapshot(snapshot: WorkflowSnapshot, results: dict[str, TaskResult]) 
     )
 
 
-def _lost(claim: BranchClaim, detail: str) -> ClaimLostError:
+def lost_branch(claim: BranchClaim, detail: str) -> ClaimLostError:
+    """The error for a branch write its lease no longer covers."""
     return ClaimLostError(claim.instance_id, f"branch {claim.branch_id!r}: {detail}")
 
 
@@ -209,6 +210,7 @@ def start_branches(
         row = yield Step("lock_instance", {"instance_id": snapshot.instance_id})
         interpret_target(snapshot.instance_id, row)
     params = {"instance_id": snapshot.instance_id, "version": version, "branch_ids": branches}
+    yield Step("close_branches", {"instance_id": snapshot.instance_id}, Fetch.NONE)
     yield Step("open_branches", params, Fetch.NONE)
     receipt.outcome = version
     saved = yield from programs.save(
@@ -264,7 +266,7 @@ def dispatch_branches(
         if isinstance(got, SnapstoreError):
             out.append(ClaimedBranch(c, error=got))
         elif got.version != c.fork_version:  # saved past the fork since: the lease fences it
-            out.append(ClaimedBranch(c, error=_lost(c, "the fork is no longer current")))
+            out.append(ClaimedBranch(c, error=lost_branch(c, "the fork is no longer current")))
         else:
             out.append(ClaimedBranch(c, _stored=got))
     return out
@@ -280,7 +282,7 @@ def extend_branch(claim: BranchClaim, ttl: Seconds) -> Program[BranchClaim]:
     params = {**branch_params(claim), "ttl": checks.check_seconds(ttl, "ttl")}
     row = yield Step("extend_branch", params)
     if row is None:
-        raise _lost(claim, "lease expired, taken over or finished")
+        raise lost_branch(claim, "lease expired, taken over or finished")
     return msgspec.structs.replace(claim, expires_at=row[0])
 
 
@@ -305,11 +307,11 @@ def complete_branch(
     try:
         target = interpret_target(claim.instance_id, row)
     except SnapstoreError as exc:
-        raise _lost(claim, str(exc)) from exc
+        raise lost_branch(claim, str(exc)) from exc
     if target.version != claim.fork_version:
-        raise _lost(claim, f"the fork (version {claim.fork_version}) is no longer current")
+        raise lost_branch(claim, f"the fork (version {claim.fork_version}) is no longer current")
     if (yield Step("finish_branch", params)) is None:
-        raise _lost(claim, "lease expired, taken over or finished")
+        raise lost_branch(claim, "lease expired, taken over or finished")
     values = rw.task_row(result, output)
     keys = ("status", "attempts", "worker_id", "started_at", "completed_at", "error", "output")
     yield Step("put_branch_result", {**params, **dict(zip(keys, values, strict=True))}, Fetch.NONE)
@@ -326,7 +328,7 @@ def _join(
     """Write the join checkpoint (the save last: see `signals._set_status`)."""
     stored = yield from programs.load(ctx, claim.instance_id)
     if stored is None or stored.version != claim.fork_version:  # we hold the lock
-        raise _lost(claim, "the fork is no longer current")
+        raise lost_branch(claim, "the fork is no longer current")
     rows = yield Step(
         "read_task_rows",
         {"instance_id": claim.instance_id, "task_ids": list(branch_ids)},

@@ -1,160 +1,105 @@
-"""An in-memory store with the exact observable semantics of `PostgresBackend`.
+# Generated from snapstore/memory_async.py by snapstore/_async_to_sync.py: do not edit.
+# Change the async source, then run `make sync`.
+"""The in-memory store behind the backend API, for threads: the reference model the
+property tests compare PostgreSQL against, and a fast test double for engines.
 
-It is the reference model the property tests compare PostgreSQL against, and a
-fast test double for engines built on snapstore. Blobs go through the same
-codec and envelope code, so what it returns is what PostgreSQL would return.
+Every method is a thin shell over one `snapstore.memory_state.MemoryStore`, which
+holds the whole logic; the sync `MemoryBackend` is generated from this module
+(``make sync``). Same arguments, results and errors as `PostgresBackend`, except
+that nothing is durable and there are no wakeups. Time comes from ``clock`` (default:
+the system clock; `ManualClock` moves only when told).
 """
 
 from __future__ import annotations
 
 import builtins
-import json
-import threading
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Final
+from datetime import datetime
+from types import TracebackType
+from typing import Any, Self
 
-from snapstore import checks, programs
-from snapstore import rows as rw
-from snapstore.codecs import Codec, JsonCodec, codec_instance, decode_snapshot
-from snapstore.errors import (
-    ConflictError,
-    NotFoundError,
-    SnapstoreError,
-    TerminalStateError,
-    ValidationError,
-)
+from snapstore import claims as cl
+from snapstore import retention as rt
+from snapstore import signals as sg
+from snapstore.branches import BranchClaim, BranchDone, BranchQuery, BranchState, ClaimedBranch
+from snapstore.claims import ClaimedTask, DispatchQuery, Seconds
+from snapstore.codecs import Codec
+from snapstore.limits import Limits
+from snapstore.memory_state import Clock, MemoryStore
 from snapstore.model import (
     Claim,
     HistoryEntry,
     Page,
     SaveRequest,
     SaveResult,
-    SnapshotSummary,
     StoredSnapshot,
     TaskResult,
+    WorkflowSnapshot,
     WorkflowStatus,
 )
-from snapstore.model import WorkflowSnapshot as Snapshot
-
-
-@dataclass
-class _History:
-    version: int
-    status: WorkflowStatus
-    current_task_id: str | None
-    blob: bytes
-    created_at: datetime
-
-
-@dataclass
-class _Instance:
-    summary: SnapshotSummary
-    history: list[_History] = field(default_factory=builtins.list)
-    outputs: dict[str, bytes] = field(default_factory=dict)
-    tasks: dict[str, TaskResult] = field(default_factory=dict)
+from snapstore.signals import Event, EventOutcome, ParkResult, Signal, SignalKind, SignalOutcome
 
 
 class MemoryBackend:
-    """Thread-safe in-process store; same API and errors as the sync backend."""
+    """An in-process store with the observable semantics of `PostgresBackend`.
 
-    def __init__(self, codec: Codec | None = None) -> None:
-        self.codec = codec if codec is not None else codec_instance(JsonCodec)
-        self._lock = threading.Lock()
-        self._instances: dict[str, _Instance] = {}
-        self._ctx = programs.Context(self.codec, "memory")
+    Pass ``store`` to share one `MemoryStore` between a sync and an backend."""
+
+    def __init__(
+        self,
+        codec: Codec | None = None,
+        *,
+        clock: Clock | None = None,
+        limits: Limits | None = None,
+        store: MemoryStore | None = None,
+    ) -> None:
+        self.store = store if store is not None else MemoryStore(codec, clock=clock, limits=limits)
+
+    @property
+    def codec(self) -> Codec:
+        """The codec new blobs are written with (settable: see `MemoryStore.codec`)."""
+        return self.store.codec
+
+    @codec.setter
+    def codec(self, codec: Codec) -> None:
+        self.store.codec = codec
+
+    def close(self) -> None:
+        """Nothing to release; here so code written for the PostgreSQL backend runs."""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    # --- checkpoints -----------------------------------------------------------------------
 
     def save(
         self,
-        snapshot: Snapshot,
+        snapshot: WorkflowSnapshot,
         expected_version: int | None = None,
         *,
         claim: Claim | None = None,
     ) -> int:
-        """Same contract as `PostgresBackend.save` (claims are not modelled: no leases here)."""
-        if claim is not None:
-            raise ValidationError("MemoryBackend does not model claims")
-        checks.check_save(snapshot, expected_version, None)
-        item = rw.prepare_save(self.codec, snapshot, expected_version)
-        with self._lock:
-            return self._apply(item, snapshot)
+        return self.store.save(snapshot, expected_version, claim)
 
     def save_many(self, requests: Sequence[SaveRequest]) -> builtins.list[SaveResult]:
-        """Same contract as `PostgresBackend.save_many`: all or nothing is applied at once."""
-        prepared, rejected = programs.prepare_many(self._ctx, requests)
-        results = iter(prepared)
-        out: builtins.list[SaveResult] = []
-        with self._lock:
-            for index, req in enumerate(requests):
-                if index in rejected:
-                    out.append(rejected[index])
-                    continue
-                item = next(results)
-                try:
-                    out.append(SaveResult(item.instance_id, self._apply(item, req.snapshot)))
-                except SnapstoreError as exc:
-                    out.append(SaveResult(item.instance_id, None, exc))
-        return out
-
-    def _apply(self, item: rw.PreparedSave, snapshot: Snapshot) -> int:
-        iid, expected_version = item.instance_id, item.expected_version
-        now = datetime.now(UTC)
-        current = self._instances.get(iid)
-        if current is None:
-            if expected_version is not None:
-                raise NotFoundError(f"instance {iid!r} does not exist")
-            current = self._instances[iid] = _Instance(summary=_summary(item, 0, now))
-        else:
-            old = current.summary
-            if old.status.is_terminal:
-                raise TerminalStateError(iid, old.status.value)
-            if expected_version != old.version:
-                raise ConflictError(iid, expected_version, old.version)
-        version = current.summary.version + 1
-        current.summary = _summary(item, version, now)
-        current.history.append(
-            _History(version, snapshot.status, item.current_task_id, item.data, now)
-        )
-        for task_id, result, row in zip(
-            item.task_ids, snapshot.task_results.values(), item.task_rows, strict=True
-        ):
-            current.tasks[task_id] = result
-            blob = row[-1]
-            if blob is None:
-                current.outputs.pop(task_id, None)
-            else:
-                current.outputs[task_id] = blob
-        return version
+        return self.store.save_many(requests)
 
     def load(self, instance_id: str) -> StoredSnapshot | None:
-        rw.id_params(instance_id)
-        with self._lock:
-            current = self._instances.get(instance_id)
-            if current is None:
-                return None
-            last, outputs = current.history[-1], dict(current.outputs)
-        codec, snapshot = decode_snapshot(
-            last.blob, outputs, instance_id=instance_id, version=last.version
-        )
-        return StoredSnapshot(
-            snapshot=snapshot, version=last.version, codec=codec.name, updated_at=last.created_at
-        )
+        return self.store.load(instance_id)
 
     def load_task_result(self, instance_id: str, task_id: str) -> TaskResult | None:
-        rw.task_params(instance_id, task_id)
-        with self._lock:
-            current = self._instances.get(instance_id)
-            if current is None or task_id not in current.tasks:
-                return None
-            result = current.tasks[task_id]
-            blob = current.outputs.get(task_id)
-        return rw.interpret_task_result(instance_id, task_id, rw.task_row(result, blob))
+        return self.store.load_task_result(instance_id, task_id)
+
+    def fork(self, source_id: str, version: int, instance_id: str) -> int:
+        return self.store.fork(source_id, version, instance_id)
 
     def delete(self, instance_id: str) -> bool:
-        rw.id_params(instance_id)
-        with self._lock:
-            return self._instances.pop(instance_id, None) is not None
+        return self.store.delete(instance_id)
 
     def list(
         self,
@@ -163,81 +108,200 @@ class MemoryBackend:
         limit: int = 100,
         cursor: str | None = None,
     ) -> Page:
-        params = rw.list_params(status, limit, cursor)
-        wanted, after = params["statuses"], params["after"]
-        with self._lock:
-            rows = sorted(
-                (iid, inst.summary)
-                for iid, inst in self._instances.items()
-                if (wanted is None or inst.summary.status.value in wanted)
-                and (after is None or iid > after)
-            )
-        summaries = [s for _, s in rows[: params["limit"]]]
-        return rw.interpret_list([_summary_row(s) for s in summaries], limit)
+        return self.store.list(status, limit, cursor)
 
     def history(
-        self, instance_id: str, *, after_version: int = 0, limit: int | None = None
+        self,
+        instance_id: str,
+        *,
+        after_version: int = 0,
+        limit: int | None = None,
+        skip_corrupt: bool = False,
     ) -> builtins.list[HistoryEntry]:
-        rw.history_params(instance_id, after_version, limit)
-        with self._lock:
-            current = self._instances.get(instance_id)
-            entries = [] if current is None else builtins.list(current.history)
-        chosen = [h for h in entries if h.version > after_version][:limit]
-        rows = [
-            (
-                instance_id,
-                h.version,
-                h.status.value,
-                h.current_task_id,
-                "",
-                h.blob,
-                h.created_at,
-                False,
-                *_NO_APPLIED_SIGNAL,  # the reference model has no signals
-            )
-            for h in chosen
-        ]
-        return rw.interpret_history(rows)
+        return self.store.history(instance_id, after_version, limit, skip_corrupt)
 
     def truncate_all(self) -> None:
-        with self._lock:
-            self._instances.clear()
+        self.store.truncate_all()
 
+    # --- signals ---------------------------------------------------------------------------
 
-_NO_APPLIED_SIGNAL: Final = (None, None, None, None)
+    def store_signal(
+        self,
+        instance_id: str,
+        kind: SignalKind | str,
+        reason: str | None = None,
+        *,
+        requested_by: str | None = None,
+    ) -> Signal:
+        return self.store.store_signal(instance_id, kind, reason, requested_by)
 
+    def get_signals(self, instance_id: str) -> builtins.list[Signal]:
+        return self.store.get_signals(instance_id, None)
 
-def _summary(item: rw.PreparedSave, version: int, now: datetime) -> SnapshotSummary:
-    return SnapshotSummary(
-        instance_id=item.instance_id,
-        status=WorkflowStatus(item.status),
-        definition_hash=item.definition_hash,
-        current_task_id=item.current_task_id,
-        position_kind=item.position_kind,
-        completed_task_count=item.completed_task_count,
-        priority=item.priority,
-        tags=tuple(json.loads(item.tags)),
-        version=version,
-        codec=item.codec,
-        error=item.error,
-        updated_at=now,
-    )
+    def get_signal(self, instance_id: str, kind: SignalKind | str) -> Signal | None:
+        return self.store.get_signal(instance_id, kind)
 
+    def clear_signal(self, instance_id: str, kind: SignalKind | str | None = None) -> bool:
+        return self.store.clear_signal(instance_id, kind)
 
-def _summary_row(s: SnapshotSummary) -> tuple[object, ...]:
-    return (
-        s.instance_id,
-        s.status.value,
-        s.definition_hash,
-        s.current_task_id,
-        s.position_kind,
-        s.completed_task_count,
-        s.priority,
-        list(s.tags),
-        s.version,
-        s.codec,
-        s.error,
-        s.updated_at,
-        s.forked_from,
-        s.forked_from_version,
-    )
+    def cancel(
+        self, instance_id: str, reason: str | None = None, *, requested_by: str | None = None
+    ) -> SignalOutcome:
+        return self.store.request(instance_id, SignalKind.CANCEL, reason, requested_by)
+
+    def pause(
+        self, instance_id: str, reason: str | None = None, *, requested_by: str | None = None
+    ) -> SignalOutcome:
+        return self.store.request(instance_id, SignalKind.PAUSE, reason, requested_by)
+
+    def unpause(self, instance_id: str) -> SignalOutcome:
+        return self.store.unpause(instance_id)
+
+    def check_and_cancel(self, instance_id: str, claim: Claim | None = None) -> Signal | None:
+        return self.store.check_and_apply(instance_id, SignalKind.CANCEL, claim)
+
+    def check_and_pause(self, instance_id: str, claim: Claim | None = None) -> Signal | None:
+        return self.store.check_and_apply(instance_id, SignalKind.PAUSE, claim)
+
+    def check_signals(self, instance_id: str, claim: Claim | None = None) -> Signal | None:
+        return self.store.check_and_apply(instance_id, None, claim)
+
+    # --- events ----------------------------------------------------------------------------
+
+    def send_event(self, instance_id: str, name: str, payload: Any = None) -> EventOutcome:
+        return self.store.send_event(instance_id, name, payload)
+
+    def peek_events(
+        self, instance_id: str, name: str | None = None, *, limit: int = sg.DEFAULT_EVENT_PAGE
+    ) -> builtins.list[Event]:
+        return self.store.peek_events(instance_id, name, limit)
+
+    def consume_event(
+        self,
+        event_id: int,
+        snapshot: WorkflowSnapshot,
+        expected_version: int,
+        *,
+        claim: Claim | None = None,
+    ) -> ParkResult:
+        return self.store.consume_event(event_id, snapshot, expected_version, claim)
+
+    def park(
+        self,
+        snapshot: WorkflowSnapshot,
+        expected_version: int | None,
+        *,
+        claim: Claim | None = None,
+    ) -> ParkResult:
+        return self.store.park(snapshot, expected_version, claim)
+
+    # --- claims and dispatch ---------------------------------------------------------------
+
+    def claim(
+        self, instance_id: str, worker_id: str, ttl: Seconds = cl.DEFAULT_TTL
+    ) -> Claim | None:
+        return self.store.claim(instance_id, worker_id, ttl)
+
+    def extend(self, claim: Claim, ttl: Seconds = cl.DEFAULT_TTL) -> Claim:
+        return self.store.extend(claim, ttl)
+
+    def release(self, claim: Claim) -> bool:
+        return self.store.release(claim)
+
+    def find_available_tasks(
+        self,
+        worker_id: str,
+        *,
+        limit: int = 10,
+        ttl: Seconds = cl.DEFAULT_TTL,
+        tags: Iterable[str] | None = None,
+        aging_interval: Seconds = cl.DEFAULT_AGING_INTERVAL,
+    ) -> builtins.list[ClaimedTask]:
+        query = DispatchQuery.build(
+            worker_id, limit=limit, ttl=ttl, tags=tags, aging_interval=aging_interval
+        )
+        return self.store.dispatch(query)
+
+    def claim_notified(
+        self,
+        instance_ids: Iterable[str],
+        worker_id: str,
+        *,
+        ttl: Seconds = cl.DEFAULT_TTL,
+        tags: Iterable[str] | None = None,
+        limit: int | None = None,
+        aging_interval: Seconds = cl.DEFAULT_AGING_INTERVAL,
+    ) -> builtins.list[ClaimedTask]:
+        query = DispatchQuery.build(
+            worker_id,
+            limit=limit,
+            ttl=ttl,
+            tags=tags,
+            aging_interval=aging_interval,
+            instance_ids=instance_ids,
+        )
+        return self.store.dispatch(query)
+
+    def dispatchable_ids(
+        self,
+        *,
+        limit: int = 100,
+        tags: Iterable[str] | None = None,
+        aging_interval: Seconds = cl.DEFAULT_AGING_INTERVAL,
+    ) -> builtins.list[str]:
+        query = DispatchQuery.build(
+            cl.PEEK_WORKER, limit=limit, tags=tags, aging_interval=aging_interval, lease=False
+        )
+        return self.store.dispatchable_ids(query)
+
+    def next_dispatch_at(self) -> datetime | None:
+        return self.store.next_dispatch_at()
+
+    # --- parallel branches -----------------------------------------------------------------
+
+    def start_branches(
+        self,
+        snapshot: WorkflowSnapshot,
+        expected_version: int | None,
+        *,
+        claim: Claim | None = None,
+    ) -> int:
+        return self.store.start_branches(snapshot, expected_version, claim)
+
+    def find_available_branches(
+        self,
+        worker_id: str,
+        *,
+        limit: int = 10,
+        ttl: Seconds = cl.DEFAULT_TTL,
+        tags: Iterable[str] | None = None,
+    ) -> builtins.list[ClaimedBranch]:
+        query = BranchQuery.build(worker_id, limit=limit, ttl=ttl, tags=tags)
+        return self.store.dispatch_branches(query)
+
+    def extend_branch(self, claim: BranchClaim, ttl: Seconds = cl.DEFAULT_TTL) -> BranchClaim:
+        return self.store.extend_branch(claim, ttl)
+
+    def release_branch(self, claim: BranchClaim) -> bool:
+        return self.store.release_branch(claim)
+
+    def complete_branch(self, claim: BranchClaim, result: TaskResult) -> BranchDone:
+        return self.store.complete_branch(claim, result)
+
+    def branches(self, instance_id: str) -> builtins.list[BranchState]:
+        return self.store.branch_states(instance_id)
+
+    # --- retention -------------------------------------------------------------------------
+
+    def prune_history(
+        self,
+        *,
+        keep_last: int = 1,
+        older_than: Seconds | None = None,
+        instance_id: str | None = None,
+        batch_size: int = rt.DEFAULT_BATCH,
+    ) -> int:
+        return self.store.prune_history(keep_last, older_than, instance_id, batch_size)
+
+    def purge_terminal(self, *, older_than: Seconds, batch_size: int = rt.DEFAULT_BATCH) -> int:
+        return self.store.purge_terminal(older_than, batch_size)

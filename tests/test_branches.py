@@ -284,3 +284,10 @@ def test_many_workers_join_each_fork_exactly_once(
 def test_ttl_must_be_positive(backend: PostgresBackend[JsonCodec]) -> None:
     with pytest.raises(ValidationError):
         backend.find_available_branches("w", ttl=timedelta(0))
+
+
+async def test_starting_the_same_fork_again_reopens_its_branches(store: Twin) -> None:
+    await store.save(snap("wf", position=AtTask("start")))
+    assert await store.start_branches(at_fork("wf"), 1) == 2
+    assert await store.start_branches(at_fork("wf"), 2) == 3
+    assert [b.claim.fork_version for b in await store.find_available_branches("w")] == [3, 3, 3]

@@ -1,12 +1,14 @@
 -- Parallel branches (snapstore/branches.py): one lease per branch of an instance AtFork,
 -- taken by different workers at once. Times by the server clock, as for claims.
 
+-- name: close_branches
+-- Run by start_branches with the instance locked: the branches of an earlier fork go
+-- (a statement of its own: an INSERT cannot see a DELETE of the same statement, so the
+-- new rows would collide with the old ones).
+DELETE FROM @schema@.branches WHERE instance_id = %(instance_id)s;
+
 -- name: open_branches
--- Run by start_branches before its fork checkpoint (version %(version)s) is saved, in
--- its transaction, with the instance locked: the branches of an earlier fork go.
-WITH old AS (
-    DELETE FROM @schema@.branches WHERE instance_id = %(instance_id)s
-)
+-- Then the branches of the fork checkpoint about to be saved (version %(version)s).
 INSERT INTO @schema@.branches (instance_id, branch_id, fork_version)
 SELECT %(instance_id)s, b, %(version)s FROM unnest(%(branch_ids)s::text[]) AS b;
 

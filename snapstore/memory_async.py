@@ -1,0 +1,307 @@
+"""The in-memory store behind the backend API, for asyncio: the reference model the
+property tests compare PostgreSQL against, and a fast test double for engines.
+
+Every method is a thin shell over one `snapstore.memory_state.MemoryStore`, which
+holds the whole logic; the sync `MemoryBackend` is generated from this module
+(``make sync``). Same arguments, results and errors as `AsyncPostgresBackend`, except
+that nothing is durable and there are no wakeups. Time comes from ``clock`` (default:
+the system clock; `ManualClock` moves only when told).
+"""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from types import TracebackType
+from typing import Any, Self
+
+from snapstore import claims as cl
+from snapstore import retention as rt
+from snapstore import signals as sg
+from snapstore.branches import BranchClaim, BranchDone, BranchQuery, BranchState, ClaimedBranch
+from snapstore.claims import ClaimedTask, DispatchQuery, Seconds
+from snapstore.codecs import Codec
+from snapstore.limits import Limits
+from snapstore.memory_state import Clock, MemoryStore
+from snapstore.model import (
+    Claim,
+    HistoryEntry,
+    Page,
+    SaveRequest,
+    SaveResult,
+    StoredSnapshot,
+    TaskResult,
+    WorkflowSnapshot,
+    WorkflowStatus,
+)
+from snapstore.signals import Event, EventOutcome, ParkResult, Signal, SignalKind, SignalOutcome
+
+
+class AsyncMemoryBackend:
+    """An in-process store with the observable semantics of `AsyncPostgresBackend`.
+
+    Pass ``store`` to share one `MemoryStore` between a sync and an async backend."""
+
+    def __init__(
+        self,
+        codec: Codec | None = None,
+        *,
+        clock: Clock | None = None,
+        limits: Limits | None = None,
+        store: MemoryStore | None = None,
+    ) -> None:
+        self.store = store if store is not None else MemoryStore(codec, clock=clock, limits=limits)
+
+    @property
+    def codec(self) -> Codec:
+        """The codec new blobs are written with (settable: see `MemoryStore.codec`)."""
+        return self.store.codec
+
+    @codec.setter
+    def codec(self, codec: Codec) -> None:
+        self.store.codec = codec
+
+    async def close(self) -> None:
+        """Nothing to release; here so code written for the PostgreSQL backend runs."""
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    # --- checkpoints -----------------------------------------------------------------------
+
+    async def save(
+        self,
+        snapshot: WorkflowSnapshot,
+        expected_version: int | None = None,
+        *,
+        claim: Claim | None = None,
+    ) -> int:
+        return self.store.save(snapshot, expected_version, claim)
+
+    async def save_many(self, requests: Sequence[SaveRequest]) -> builtins.list[SaveResult]:
+        return self.store.save_many(requests)
+
+    async def load(self, instance_id: str) -> StoredSnapshot | None:
+        return self.store.load(instance_id)
+
+    async def load_task_result(self, instance_id: str, task_id: str) -> TaskResult | None:
+        return self.store.load_task_result(instance_id, task_id)
+
+    async def fork(self, source_id: str, version: int, instance_id: str) -> int:
+        return self.store.fork(source_id, version, instance_id)
+
+    async def delete(self, instance_id: str) -> bool:
+        return self.store.delete(instance_id)
+
+    async def list(
+        self,
+        status: Iterable[WorkflowStatus] | WorkflowStatus | None = None,
+        *,
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> Page:
+        return self.store.list(status, limit, cursor)
+
+    async def history(
+        self,
+        instance_id: str,
+        *,
+        after_version: int = 0,
+        limit: int | None = None,
+        skip_corrupt: bool = False,
+    ) -> builtins.list[HistoryEntry]:
+        return self.store.history(instance_id, after_version, limit, skip_corrupt)
+
+    async def truncate_all(self) -> None:
+        self.store.truncate_all()
+
+    # --- signals ---------------------------------------------------------------------------
+
+    async def store_signal(
+        self,
+        instance_id: str,
+        kind: SignalKind | str,
+        reason: str | None = None,
+        *,
+        requested_by: str | None = None,
+    ) -> Signal:
+        return self.store.store_signal(instance_id, kind, reason, requested_by)
+
+    async def get_signals(self, instance_id: str) -> builtins.list[Signal]:
+        return self.store.get_signals(instance_id, None)
+
+    async def get_signal(self, instance_id: str, kind: SignalKind | str) -> Signal | None:
+        return self.store.get_signal(instance_id, kind)
+
+    async def clear_signal(self, instance_id: str, kind: SignalKind | str | None = None) -> bool:
+        return self.store.clear_signal(instance_id, kind)
+
+    async def cancel(
+        self, instance_id: str, reason: str | None = None, *, requested_by: str | None = None
+    ) -> SignalOutcome:
+        return self.store.request(instance_id, SignalKind.CANCEL, reason, requested_by)
+
+    async def pause(
+        self, instance_id: str, reason: str | None = None, *, requested_by: str | None = None
+    ) -> SignalOutcome:
+        return self.store.request(instance_id, SignalKind.PAUSE, reason, requested_by)
+
+    async def unpause(self, instance_id: str) -> SignalOutcome:
+        return self.store.unpause(instance_id)
+
+    async def check_and_cancel(self, instance_id: str, claim: Claim | None = None) -> Signal | None:
+        return self.store.check_and_apply(instance_id, SignalKind.CANCEL, claim)
+
+    async def check_and_pause(self, instance_id: str, claim: Claim | None = None) -> Signal | None:
+        return self.store.check_and_apply(instance_id, SignalKind.PAUSE, claim)
+
+    async def check_signals(self, instance_id: str, claim: Claim | None = None) -> Signal | None:
+        return self.store.check_and_apply(instance_id, None, claim)
+
+    # --- events ----------------------------------------------------------------------------
+
+    async def send_event(self, instance_id: str, name: str, payload: Any = None) -> EventOutcome:
+        return self.store.send_event(instance_id, name, payload)
+
+    async def peek_events(
+        self, instance_id: str, name: str | None = None, *, limit: int = sg.DEFAULT_EVENT_PAGE
+    ) -> builtins.list[Event]:
+        return self.store.peek_events(instance_id, name, limit)
+
+    async def consume_event(
+        self,
+        event_id: int,
+        snapshot: WorkflowSnapshot,
+        expected_version: int,
+        *,
+        claim: Claim | None = None,
+    ) -> ParkResult:
+        return self.store.consume_event(event_id, snapshot, expected_version, claim)
+
+    async def park(
+        self,
+        snapshot: WorkflowSnapshot,
+        expected_version: int | None,
+        *,
+        claim: Claim | None = None,
+    ) -> ParkResult:
+        return self.store.park(snapshot, expected_version, claim)
+
+    # --- claims and dispatch ---------------------------------------------------------------
+
+    async def claim(
+        self, instance_id: str, worker_id: str, ttl: Seconds = cl.DEFAULT_TTL
+    ) -> Claim | None:
+        return self.store.claim(instance_id, worker_id, ttl)
+
+    async def extend(self, claim: Claim, ttl: Seconds = cl.DEFAULT_TTL) -> Claim:
+        return self.store.extend(claim, ttl)
+
+    async def release(self, claim: Claim) -> bool:
+        return self.store.release(claim)
+
+    async def find_available_tasks(
+        self,
+        worker_id: str,
+        *,
+        limit: int = 10,
+        ttl: Seconds = cl.DEFAULT_TTL,
+        tags: Iterable[str] | None = None,
+        aging_interval: Seconds = cl.DEFAULT_AGING_INTERVAL,
+    ) -> builtins.list[ClaimedTask]:
+        query = DispatchQuery.build(
+            worker_id, limit=limit, ttl=ttl, tags=tags, aging_interval=aging_interval
+        )
+        return self.store.dispatch(query)
+
+    async def claim_notified(
+        self,
+        instance_ids: Iterable[str],
+        worker_id: str,
+        *,
+        ttl: Seconds = cl.DEFAULT_TTL,
+        tags: Iterable[str] | None = None,
+        limit: int | None = None,
+        aging_interval: Seconds = cl.DEFAULT_AGING_INTERVAL,
+    ) -> builtins.list[ClaimedTask]:
+        query = DispatchQuery.build(
+            worker_id,
+            limit=limit,
+            ttl=ttl,
+            tags=tags,
+            aging_interval=aging_interval,
+            instance_ids=instance_ids,
+        )
+        return self.store.dispatch(query)
+
+    async def dispatchable_ids(
+        self,
+        *,
+        limit: int = 100,
+        tags: Iterable[str] | None = None,
+        aging_interval: Seconds = cl.DEFAULT_AGING_INTERVAL,
+    ) -> builtins.list[str]:
+        query = DispatchQuery.build(
+            cl.PEEK_WORKER, limit=limit, tags=tags, aging_interval=aging_interval, lease=False
+        )
+        return self.store.dispatchable_ids(query)
+
+    async def next_dispatch_at(self) -> datetime | None:
+        return self.store.next_dispatch_at()
+
+    # --- parallel branches -----------------------------------------------------------------
+
+    async def start_branches(
+        self,
+        snapshot: WorkflowSnapshot,
+        expected_version: int | None,
+        *,
+        claim: Claim | None = None,
+    ) -> int:
+        return self.store.start_branches(snapshot, expected_version, claim)
+
+    async def find_available_branches(
+        self,
+        worker_id: str,
+        *,
+        limit: int = 10,
+        ttl: Seconds = cl.DEFAULT_TTL,
+        tags: Iterable[str] | None = None,
+    ) -> builtins.list[ClaimedBranch]:
+        query = BranchQuery.build(worker_id, limit=limit, ttl=ttl, tags=tags)
+        return self.store.dispatch_branches(query)
+
+    async def extend_branch(self, claim: BranchClaim, ttl: Seconds = cl.DEFAULT_TTL) -> BranchClaim:
+        return self.store.extend_branch(claim, ttl)
+
+    async def release_branch(self, claim: BranchClaim) -> bool:
+        return self.store.release_branch(claim)
+
+    async def complete_branch(self, claim: BranchClaim, result: TaskResult) -> BranchDone:
+        return self.store.complete_branch(claim, result)
+
+    async def branches(self, instance_id: str) -> builtins.list[BranchState]:
+        return self.store.branch_states(instance_id)
+
+    # --- retention -------------------------------------------------------------------------
+
+    async def prune_history(
+        self,
+        *,
+        keep_last: int = 1,
+        older_than: Seconds | None = None,
+        instance_id: str | None = None,
+        batch_size: int = rt.DEFAULT_BATCH,
+    ) -> int:
+        return self.store.prune_history(keep_last, older_than, instance_id, batch_size)
+
+    async def purge_terminal(
+        self, *, older_than: Seconds, batch_size: int = rt.DEFAULT_BATCH
+    ) -> int:
+        return self.store.purge_terminal(older_than, batch_size)
