@@ -24,7 +24,7 @@ can look with `get_signals`).
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Final
@@ -126,7 +126,25 @@ def fork_branches(snapshot: WorkflowSnapshot) -> list[str]:
         checks.check_id("branch id", branch)
     if len(set(branches)) != len(branches):
         raise ValidationError(f"branch ids must be distinct, got {branches!r}")
+    again = [b for b in branches if b in snapshot.task_results]
+    if again:  # their rows are about to be rewritten while this checkpoint still names them
+        raise ValidationError(
+            f"branches {again!r} already have results in the checkpoint: to run them again,"
+            " leave their old results out of task_results"
+        )
     return branches
+
+
+def check_branch_result(branch_id: str, result: object) -> TaskResult:
+    """A branch's result, its times timezone-aware: they are stored as timestamptz and
+    read back by the join, where a naive time would come back shifted into UTC."""
+    checks.check_task_result(branch_id, result)
+    assert isinstance(result, TaskResult)
+    for name in ("started_at", "completed_at"):
+        value = getattr(result, name)
+        if value is not None and value.utcoffset() is None:
+            raise ValidationError(f"{name} of branch {branch_id!r} must be timezone-aware")
+    return result
 
 
 def check_branch_claim(claim: object) -> BranchClaim:
@@ -205,21 +223,22 @@ def start_branches(
     """Save the AtFork checkpoint parked and open its branches; its version."""
     checks.check_save(snapshot, expected_version, claim)
     branches = fork_branches(snapshot)
-    version = (expected_version or 0) + 1
-    if expected_version is not None:  # a create has nothing to lock or hand over
-        row = yield Step("lock_instance", {"instance_id": snapshot.instance_id})
-        interpret_target(snapshot.instance_id, row)
-    params = {"instance_id": snapshot.instance_id, "version": version, "branch_ids": branches}
-    yield Step("close_branches", {"instance_id": snapshot.instance_id}, Fetch.NONE)
-    yield Step("open_branches", params, Fetch.NONE)
-    receipt.outcome = version
-    saved = yield from programs.save(
+    iid = snapshot.instance_id
+    if expected_version is not None:
+        row = yield Step("lock_instance", {"instance_id": iid})
+        interpret_target(iid, row)
+    receipt.outcome = (expected_version or 0) + 1
+    # The save first: a create that loses a race, or a stale fork, is refused before the
+    # branch rows of whatever is there are touched.
+    version = yield from programs.save(
         ctx, snapshot, expected_version, claim, checked=True, receipt=receipt, parked=True
     )
+    yield Step("close_branches", {"instance_id": iid}, Fetch.NONE)
+    params = {"instance_id": iid, "version": version, "branch_ids": branches}
+    yield Step("open_branches", params, Fetch.NONE)
     if claim is not None:
-        token = {"instance_id": snapshot.instance_id, "token": claim.token}
-        yield Step("hand_over", token, Fetch.NONE)
-    return saved
+        yield Step("hand_over", {"instance_id": iid, "token": claim.token}, Fetch.NONE)
+    return version
 
 
 def dispatch_branches(
@@ -297,7 +316,7 @@ def complete_branch(
 ) -> Program[BranchDone]:
     """Record one branch's result under its lease; the last one writes the join."""
     claim = check_branch_claim(claim)
-    checks.check_task_result(claim.branch_id, result)
+    result = check_branch_result(claim.branch_id, result)
     output = encode_output(ctx.codec, result.output)
     if output is not None:
         ctx.limits.value(len(output), f"output of branch {claim.branch_id!r}")
@@ -310,40 +329,46 @@ def complete_branch(
         raise lost_branch(claim, str(exc)) from exc
     if target.version != claim.fork_version:
         raise lost_branch(claim, f"the fork (version {claim.fork_version}) is no longer current")
+    # Counted before anything is written (a fresh statement, the instance locked): the
+    # last result checks the join it completes first, so one that cannot be saved (too
+    # big) is refused with its error, not retried for ever by whoever takes the branch.
+    others, stored_bytes = yield Step("branches_left", params)
+    ctx.limits.checkpoint(stored_bytes + len(output or b""), claim.instance_id)
+    join = None if others else (yield from _join_checkpoint(ctx, claim, result))
     if (yield Step("finish_branch", params)) is None:
         raise lost_branch(claim, "lease expired, taken over or finished")
     values = rw.task_row(result, output)
     keys = ("status", "attempts", "worker_id", "started_at", "completed_at", "error", "output")
     yield Step("put_branch_result", {**params, **dict(zip(keys, values, strict=True))}, Fetch.NONE)
-    left, branch_ids = yield Step("branches_left", params)
-    if left:
+    if join is None:
         return BranchDone(joined=False, version=claim.fork_version)
-    joined = yield from _join(ctx, claim, branch_ids, receipt)
-    return BranchDone(joined=True, version=joined)
+    version = claim.fork_version + 1
+    yield Step("mark_joined", {**params, "joined": version}, Fetch.NONE)
+    receipt.outcome = BranchDone(joined=True, version=version)
+    (saved,) = yield from programs.save_batch(ctx, [join])  # last: see `signals._set_status`
+    saved.unwrap()
+    return BranchDone(joined=True, version=version)
 
 
-def _join(
-    ctx: Context, claim: BranchClaim, branch_ids: Sequence[str], receipt: Receipt
-) -> Program[int]:
-    """Write the join checkpoint (the save last: see `signals._set_status`)."""
+def _join_checkpoint(
+    ctx: Context, claim: BranchClaim, result: TaskResult
+) -> Program[rw.PreparedSave]:
+    """The join checkpoint the last result completes, prepared (checked and encoded)."""
     stored = yield from programs.load(ctx, claim.instance_id)
     if stored is None or stored.version != claim.fork_version:  # we hold the lock
         raise lost_branch(claim, "the fork is no longer current")
-    rows = yield Step(
-        "read_task_rows",
-        {"instance_id": claim.instance_id, "task_ids": list(branch_ids)},
-        Fetch.ALL,
-    )
-    results: dict[str, TaskResult] = {}
+    position = stored.snapshot.position
+    assert isinstance(position, AtFork)
+    siblings = [b for b in position.branches if b != claim.branch_id]
+    wanted = {"instance_id": claim.instance_id, "task_ids": siblings}
+    rows = yield Step("read_task_rows", wanted, Fetch.ALL, binary=True)
+    results = {claim.branch_id: result}
     for task_id, *values in rows:
         found = rw.interpret_task_result(claim.instance_id, task_id, values)
         assert found is not None
         results[task_id] = found
     snapshot = joined_snapshot(stored.snapshot, results)
-    version = claim.fork_version + 1
-    yield Step("mark_joined", {**branch_params(claim), "joined": version}, Fetch.NONE)
-    receipt.outcome = BranchDone(joined=True, version=version)
-    return (yield from programs.save(ctx, snapshot, claim.fork_version, None))
+    return programs.prepare(ctx, snapshot, claim.fork_version, None)
 
 
 def _branch_finished(receipt: Receipt, claim: BranchClaim) -> Program[bool]:

@@ -514,6 +514,7 @@ class MemoryStore:
     def _apply_signal(self, current: _Instance, signal: Signal, claim: Claim | None) -> None:
         kind = signal.kind
         self._clear(current.summary.instance_id, None if kind is SignalKind.CANCEL else kind)
+        current.branches = {}  # a fork in progress ends here
         current.applied[current.version + 1] = AppliedSignal(
             kind=kind.value,
             reason=signal.reason,
@@ -798,6 +799,8 @@ class MemoryStore:
                     continue
                 if tags is not None and not set(current.summary.tags) <= tags:
                     continue
+                if current.signals:  # a pending cancel or pause: no branch starts
+                    continue
                 for b in current.branches.values():
                     if b.fork_version != current.version or b.done_at is not None:
                         continue
@@ -835,7 +838,13 @@ class MemoryStore:
         age = checks.check_seconds(ttl, "ttl")
         with self._atomic():
             b = self._branch(claim, live=True)
-            if b is None:
+            current = self._instances.get(claim.instance_id)
+            current_fork = (
+                current is not None
+                and current.version == claim.fork_version
+                and current.status is WorkflowStatus.IN_PROGRESS
+            )
+            if b is None or not current_fork:
                 raise br.lost_branch(claim, "lease expired, taken over or finished")
             b.expires_at = self.now + age
             return msgspec.structs.replace(claim, expires_at=b.expires_at)
@@ -851,36 +860,44 @@ class MemoryStore:
 
     def complete_branch(self, claim: BranchClaim, result: TaskResult) -> BranchDone:
         claim = br.check_branch_claim(claim)
-        checks.check_task_result(claim.branch_id, result)
+        result = br.check_branch_result(claim.branch_id, result)
         output = encode_output(self.codec, result.output)
         if output is not None:
             self.ctx.limits.value(len(output), f"output of branch {claim.branch_id!r}")
+        iid, version = claim.instance_id, claim.fork_version
         with self._atomic():
             try:
-                current = self._target(claim.instance_id)
+                current = self._target(iid)
             except SnapstoreError as exc:
                 raise br.lost_branch(claim, str(exc)) from exc
-            if current.version != claim.fork_version:
-                detail = f"the fork (version {claim.fork_version}) is no longer current"
+            if current.version != version:
+                detail = f"the fork (version {version}) is no longer current"
                 raise br.lost_branch(claim, detail)
+            mine = [x for x in current.branches.values() if x.fork_version == version]
+            others = [x for x in mine if x.done_at is None and x.branch_id != claim.branch_id]
+            stored_bytes = len(current.history[-1].blob) + sum(
+                len(row[-1]) for t, row in current.tasks.items() if t != claim.branch_id and row[-1]
+            )
+            self.ctx.limits.checkpoint(stored_bytes + len(output or b""), iid)
+            join = None
+            if not others:
+                results = {claim.branch_id: result}
+                for x in mine:
+                    if x.branch_id != claim.branch_id:
+                        row = current.tasks[x.branch_id]
+                        found = rw.interpret_task_result(iid, x.branch_id, row)
+                        assert found is not None
+                        results[x.branch_id] = found
+                join = br.joined_snapshot(self._stored(current).snapshot, results)
+                programs.prepare(self.ctx, join, version, None)  # refused before any write
             b = self._branch(claim, live=True)
-            if b is None or b.fork_version != claim.fork_version:
+            if b is None or b.fork_version != version:
                 raise br.lost_branch(claim, "lease expired, taken over or finished")
             b.done_at = self.now
             current.tasks[claim.branch_id] = rw.task_row(result, output)
-            mine = [x for x in current.branches.values() if x.fork_version == claim.fork_version]
-            if any(x.done_at is None for x in mine):
-                return BranchDone(joined=False, version=claim.fork_version)
-            results = {}
-            for x in mine:
-                found = rw.interpret_task_result(
-                    claim.instance_id, x.branch_id, current.tasks[x.branch_id]
-                )
-                assert found is not None
-                results[x.branch_id] = found
-            joined = br.joined_snapshot(self._stored(current).snapshot, results)
-            version = self._save(joined, claim.fork_version, None)
-            return BranchDone(joined=True, version=version)
+            if join is None:
+                return BranchDone(joined=False, version=version)
+            return BranchDone(joined=True, version=self._save(join, version, None))
 
     def branch_states(self, instance_id: str) -> builtins.list[BranchState]:
         rw.id_params(instance_id)

@@ -346,6 +346,8 @@ def _apply_signal(
     last (see `_set_status`)."""
     kind = signal.kind
     yield from _clear(target.instance_id, None if kind is SignalKind.CANCEL else kind)
+    # A fork in progress ends here: its branches are refused from now on anyway.
+    yield Step("close_branches", {"instance_id": target.instance_id}, Fetch.NONE)
     applied = {
         "instance_id": target.instance_id,
         "version": target.version + 1,

@@ -8,7 +8,7 @@ import random
 import threading
 from collections import Counter
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -21,6 +21,7 @@ from snapstore import (
     AtTask,
     BranchClaim,
     ClaimLostError,
+    EncodeError,
     JsonCodec,
     PostgresBackend,
     SignalOutcome,
@@ -291,3 +292,58 @@ async def test_starting_the_same_fork_again_reopens_its_branches(store: Twin) ->
     assert await store.start_branches(at_fork("wf"), 1) == 2
     assert await store.start_branches(at_fork("wf"), 2) == 3
     assert [b.claim.fork_version for b in await store.find_available_branches("w")] == [3, 3, 3]
+
+
+async def test_branches_must_be_new_tasks_of_the_checkpoint(store: Twin) -> None:
+    await store.save(snap("wf", position=AtTask("start")))
+    again = snap("wf", position=AtFork("fan", branches=("b1",)), task_results={"b1": TaskResult()})
+    with pytest.raises(ValidationError, match="already have results"):
+        await store.start_branches(again, 1)
+    assert await store.count("branches") == 0
+
+
+async def test_a_pending_cancel_starts_no_more_branches_and_ends_the_fork(store: Twin) -> None:
+    await forked(store)
+    (running,) = await store.find_available_branches("w1", limit=1)
+    assert await store.cancel("wf", "stop") == SignalOutcome.PENDING
+    assert await store.find_available_branches("w2") == []  # b2, b3 are not started
+    await store.release_branch(running.claim)
+    assert await store.cancel("wf", "stop") == SignalOutcome.APPLIED
+    assert await store.count("branches") == 0
+    with pytest.raises(ClaimLostError):
+        await store.extend_branch(running.claim)
+
+
+async def test_a_heartbeat_after_the_fork_moved_on_is_refused(store: Twin) -> None:
+    version = await forked(store)
+    (branch,) = await store.find_available_branches("w1", limit=1)
+    taken = await store.claim("wf", "boss")  # an explicit takeover of the instance
+    await store.save(snap("wf", position=AtTask("after")), version, claim=taken)
+    with pytest.raises(ClaimLostError):
+        await store.extend_branch(branch.claim)
+
+
+async def test_a_branch_result_needs_aware_times(store: Twin) -> None:
+    await forked(store)
+    (branch,) = await store.find_available_branches("w1", limit=1)
+    naive = TaskResult(started_at=datetime(2026, 1, 1))
+    with pytest.raises(ValidationError, match="timezone-aware"):
+        await store.complete_branch(branch.claim, naive)
+
+
+def test_a_join_too_big_to_save_refuses_the_last_result_and_writes_nothing(
+    dsn: str, schema: str
+) -> None:
+    options = {"max_checkpoint_bytes": 3000, "max_value_bytes": 2000}
+    with PostgresBackend[JsonCodec].connect(dsn, schema=schema, **options) as small:
+        small.truncate_all()
+        small.save(snap("wf", position=AtTask("start")))
+        small.start_branches(at_fork("wf", branches=("b1", "b2")), 1)
+        first, last = small.find_available_branches("w", limit=2)
+        small.complete_branch(first.claim, TaskResult(output="x" * 1500))
+        with pytest.raises(EncodeError, match="max_checkpoint_bytes"):
+            small.complete_branch(last.claim, TaskResult(output="y" * 1800))
+        assert [s.done_at is None for s in small.branches("wf")] == [False, True]
+        assert small.load_task_result("wf", "b2") is None
+        done = small.complete_branch(last.claim, TaskResult(status=TaskStatus.FAILED, error="big"))
+        assert done.joined

@@ -2,13 +2,13 @@
 -- taken by different workers at once. Times by the server clock, as for claims.
 
 -- name: close_branches
--- Run by start_branches with the instance locked: the branches of an earlier fork go
--- (a statement of its own: an INSERT cannot see a DELETE of the same statement, so the
--- new rows would collide with the old ones).
+-- The branches of an earlier fork go: run by start_branches (before it opens the new
+-- ones: a statement of its own, as an INSERT cannot see a DELETE of the same statement)
+-- and when a cancel or pause ends a fork; the instance is locked.
 DELETE FROM @schema@.branches WHERE instance_id = %(instance_id)s;
 
 -- name: open_branches
--- Then the branches of the fork checkpoint about to be saved (version %(version)s).
+-- Then the branches of the fork checkpoint just saved (version %(version)s).
 INSERT INTO @schema@.branches (instance_id, branch_id, fork_version)
 SELECT %(instance_id)s, b, %(version)s FROM unnest(%(branch_ids)s::text[]) AS b;
 
@@ -32,6 +32,8 @@ WITH picked AS (
     WHERE b.done_at IS NULL AND (b.expires_at IS NULL OR b.expires_at <= now())
       AND s.version = b.fork_version AND s.status = 'InProgress'
       AND (%(worker_tags)s::text[] IS NULL OR s.tags <@ %(worker_tags)s::text[])
+      -- a pending cancel or pause: no branch is started while it waits to apply
+      AND NOT EXISTS (SELECT 1 FROM @schema@.signals AS g WHERE g.instance_id = b.instance_id)
     ORDER BY b.created_at, b.instance_id, b.branch_id
     LIMIT %(limit)s
     FOR UPDATE OF b SKIP LOCKED
@@ -49,10 +51,16 @@ UPDATE @schema@.branches SET worker_id = NULL, token = NULL, expires_at = NULL
 WHERE token = %(token)s::uuid AND done_at IS NULL;
 
 -- name: extend_branch
-UPDATE @schema@.branches SET expires_at = now() + %(ttl)s::interval
-WHERE instance_id = %(instance_id)s AND branch_id = %(branch_id)s
-  AND token = %(token)s::uuid AND done_at IS NULL AND expires_at > now()
-RETURNING expires_at;
+-- Only while the fork is the instance's current checkpoint: a heartbeat after it moved
+-- on (cancelled, taken over) is refused, so the branch worker stops.
+UPDATE @schema@.branches AS b SET expires_at = now() + %(ttl)s::interval
+WHERE b.instance_id = %(instance_id)s AND b.branch_id = %(branch_id)s
+  AND b.token = %(token)s::uuid AND b.done_at IS NULL AND b.expires_at > now()
+  AND EXISTS (
+      SELECT 1 FROM @schema@.snapshots AS s
+      WHERE s.instance_id = b.instance_id AND s.version = b.fork_version
+        AND s.status = 'InProgress')
+RETURNING b.expires_at;
 
 -- name: release_branch
 -- Give a branch back unfinished, so another worker may take it at once.
@@ -79,12 +87,18 @@ VALUES (%(instance_id)s, %(branch_id)s, %(status)s, %(attempts)s, %(worker_id)s,
 @part_task_upsert@;
 
 -- name: branches_left
--- A fresh statement after finish_branch, with the instance still locked: every sibling
--- that finished before this transaction took the lock is counted, so exactly one
--- finisher sees none left.
-SELECT count(*) FILTER (WHERE done_at IS NULL), array_agg(branch_id ORDER BY branch_id)
-FROM @schema@.branches
-WHERE instance_id = %(instance_id)s AND fork_version = %(version)s;
+-- With the instance locked (a fresh statement after lock_instance: every sibling that
+-- finished before this transaction took the lock is counted, so exactly one finisher
+-- sees no other open branch): the fork's other open branches, and the bytes the join
+-- checkpoint will hold besides this result (the fork's document and the instance's
+-- stored outputs, this branch's own old row left out).
+SELECT count(*) FILTER (WHERE b.done_at IS NULL AND b.branch_id <> %(branch_id)s),
+    (SELECT COALESCE(octet_length(h.data), 0) FROM @schema@.history AS h
+     WHERE h.instance_id = %(instance_id)s AND h.version = %(version)s)
+    + (SELECT COALESCE(sum(octet_length(t.output)), 0) FROM @schema@.tasks AS t
+       WHERE t.instance_id = %(instance_id)s AND t.task_id <> %(branch_id)s)
+FROM @schema@.branches AS b
+WHERE b.instance_id = %(instance_id)s AND b.fork_version = %(version)s;
 
 -- name: mark_joined
 UPDATE @schema@.branches SET joined_version = %(joined)s
