@@ -334,8 +334,9 @@ async def test_a_branch_result_needs_aware_times(store: Twin) -> None:
 def test_a_join_too_big_to_save_refuses_the_last_result_and_writes_nothing(
     dsn: str, schema: str
 ) -> None:
-    options = {"max_checkpoint_bytes": 3000, "max_value_bytes": 2000}
-    with PostgresBackend[JsonCodec].connect(dsn, schema=schema, **options) as small:
+    with PostgresBackend[JsonCodec].connect(
+        dsn, schema=schema, max_checkpoint_bytes=3000, max_value_bytes=2000
+    ) as small:
         small.truncate_all()
         small.save(snap("wf", position=AtTask("start")))
         small.start_branches(at_fork("wf", branches=("b1", "b2")), 1)
