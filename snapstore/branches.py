@@ -15,10 +15,10 @@ becomes dispatchable exactly once, with one wakeup NOTIFY. Every finisher locks 
 instance row first and counts the open branches in a statement that starts after the
 lock, so of two racing finishers exactly one sees none left.
 
-A checkpoint saved past the fork (a cancel, a takeover by an explicit claim) ends it:
-the fork's leases and results are refused (`ClaimLostError`). A live branch lease is a
-live claim for `cancel` and `pause`: they stay pending until the join (a branch worker
-can look with `get_signals`).
+A checkpoint saved past the fork (a cancel, a pause, a takeover by an explicit claim)
+ends it: the fork's heartbeats and results are refused (`ClaimLostError`). Branch leases
+do not hold off `cancel` and `pause` (a fork has no safe point at which a branch worker
+could apply one): they apply at once.
 """
 
 from __future__ import annotations

@@ -499,17 +499,8 @@ class MemoryStore:
             return SignalOutcome.APPLIED
 
     def _claimed(self, current: _Instance) -> bool:
-        """``live_claim``: a live instance lease, or a live lease on a branch of its fork."""
-        now = self.now
-        if current.lease is not None and current.lease.expires_at > now:
-            return True
-        return any(
-            b.fork_version == current.version
-            and b.done_at is None
-            and b.expires_at is not None
-            and b.expires_at > now
-            for b in current.branches.values()
-        )
+        """``live_claim``: a live instance lease (branch leases do not count)."""
+        return current.lease is not None and current.lease.expires_at > self.now
 
     def _apply_signal(self, current: _Instance, signal: Signal, claim: Claim | None) -> None:
         kind = signal.kind

@@ -16,15 +16,13 @@ WHERE s.instance_id = %(instance_id)s
 FOR UPDATE;
 
 -- name: live_claim
--- Whether a live lease (a worker driving the instance, or one of the parallel branches
--- of its current fork) exists, by the server clock. Run with the instance locked.
+-- Whether a live lease (a worker driving the instance) exists, by the server clock.
+-- Branch leases do not count: a fork's branches have no point at which to apply a
+-- request (and no worker left to do it once they stop), so a cancel or pause ends the
+-- fork at once and the branch workers find out from their next write.
 SELECT EXISTS (
     SELECT 1 FROM @schema@.claims AS c
-    WHERE c.instance_id = %(instance_id)s AND c.expires_at > now()
-) OR EXISTS (
-    SELECT 1 FROM @schema@.branches AS b
-    JOIN @schema@.snapshots AS s ON s.instance_id = b.instance_id AND s.version = b.fork_version
-    WHERE b.instance_id = %(instance_id)s AND b.done_at IS NULL AND b.expires_at > now());
+    WHERE c.instance_id = %(instance_id)s AND c.expires_at > now());
 
 -- name: put_signal
 -- A repeated request keeps the first one's time, reason and requester: the signal is
