@@ -8,7 +8,7 @@ import pytest
 
 pytest_plugins = ["pytester"]
 
-USER_TESTS = '''
+USER_TESTS = """
 from datetime import timedelta
 
 import pytest
@@ -43,7 +43,7 @@ def test_memory_with_its_clock(snapstore_memory, snapstore_clock):
 
 def test_each_test_has_its_own_schema(snapstore_backend):
     assert snapstore_backend.load("wf") is None
-'''
+"""
 
 
 def test_users_get_backends_on_fresh_schemas_and_a_clocked_memory_store(
