@@ -21,7 +21,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from snapstore import branches as br
 from snapstore import claims as cl
-from snapstore import programs
+from snapstore import logs, programs
 from snapstore import retention as rt
 from snapstore import rows as rw
 from snapstore import signals as sg
@@ -67,6 +67,16 @@ ASK_ATTEMPTS: Final = 3
 """Tries of each question asked after a lost write (has it finished? did it commit?)."""
 
 
+def _log_settled(what: str, schema: str, committed: bool, resendable: bool) -> None:
+    """A write whose connection was lost, and what asking a fresh connection found."""
+    fate = (
+        "it had committed"
+        if committed
+        else ("it had not committed: sent again" if resendable else "its outcome is unknown")
+    )
+    logs.store.warning("connection lost during %s; %s", what, fate, extra={"schema": schema})
+
+
 class PostgresBackend(CodecBound, Generic[C]):
     """A durable snapshot store on PostgreSQL, for threads.
 
@@ -86,11 +96,13 @@ class PostgresBackend(CodecBound, Generic[C]):
         limits: Limits | None = None,
         pooler: str | None = None,
         statement_timeout_ms: int | None = None,
+        slow_statement: float | None = logs.SLOW_STATEMENT,
     ) -> None:
         """Wrap ``pool`` (use `connect` or `from_pool` rather than calling this).
 
         ``statement_timeout_ms`` is applied per transaction behind a transaction pooler
-        (elsewhere `connect` sets it on the connections)."""
+        (elsewhere `connect` sets it on the connections). ``slow_statement``: seconds
+        after which a statement is logged as slow (None: never)."""
         self.schema = validate_schema(schema)
         self.codec: Codec = (
             codec_instance(self.codec_type) if codec is None else require_registered(codec)
@@ -110,7 +122,9 @@ class PostgresBackend(CodecBound, Generic[C]):
             if owns_pool
             else ConnectionSetup(self.queries, name, pooler=pooler, timeout_ms=None)
         )
-        self._runner = Runner(pool, self.queries, local_timeout_ms=local, setup=setup)
+        self._runner = Runner(
+            pool, self.queries, local_timeout_ms=local, setup=setup, slow_statement=slow_statement
+        )
         self._wakeups = WakeupRegistry()
         grouped = GroupCommitter.ON_BY_DEFAULT if group_commit is None else group_commit
         self._committer = GroupCommitter(self._flush) if grouped else None
@@ -129,7 +143,8 @@ class PostgresBackend(CodecBound, Generic[C]):
         5 s), ``checkout_timeout`` (default 5 s: the wait for a pooled connection),
         ``max_value_bytes`` and ``max_checkpoint_bytes`` (see `snapstore.limits`) and
         ``pooler`` (``"transaction"`` behind PgBouncer's transaction pooling: no prepared
-        statements; see README "Behind PgBouncer").
+        statements; see README "Behind PgBouncer") and ``slow_statement`` (seconds, default
+        1; a statement that takes longer is logged on ``snapstore.store``; None: never).
 
         A server that cannot be reached is an `UnavailableError` carrying its reason,
         within ``connect_timeout``; pooled connections are checked before each use.
@@ -275,10 +290,17 @@ class PostgresBackend(CodecBound, Generic[C]):
                     raise
                 if deadlocks == programs.MAX_BATCH_ATTEMPTS:
                     raise
+                logs.store.info(
+                    "batch of %d saves rolled back (%s), sent again",
+                    len(items),
+                    refused.sqlstate,
+                    extra={"schema": self.schema, "sqlstate": refused.sqlstate},
+                )
             except CommitUnknownError as lost:
                 if resent:
                     raise
                 done, found = self._settle(lost, lambda: programs.committed(self.ctx, items))
+                _log_settled("a batch of saves", self.schema, bool(found), done)
                 if not found and not done:  # it may still be running: sending it again
                     raise  # could race it, and would turn its success into a conflict
                 resent = True
@@ -315,6 +337,7 @@ class PostgresBackend(CodecBound, Generic[C]):
         except CommitUnknownError as lost:
             if receipt.confirm is not None:
                 done, found = self._settle(lost, receipt.confirm)
+                _log_settled("a write", self.schema, found, done or receipt.resend_safe)
                 if found:
                     return cast(R, receipt.outcome)
                 if not (done or receipt.resend_safe):

@@ -222,6 +222,11 @@ def leased_claims(worker_id: str, rows: Sequence[rw.Row]) -> list[Claim]:
 def renewed(claim: Claim, row: rw.Row | None) -> Claim:
     """The claim with its new expiry from an ``extend_claim`` row; no row: lease lost."""
     if row is None:
+        log.info(
+            "lease on %s lost (expired or taken over): not renewed",
+            claim.instance_id,
+            extra={"instance_id": claim.instance_id, "worker_id": claim.worker_id},
+        )
         raise ClaimLostError(claim.instance_id, "lease expired or taken over; claim it again")
     return msgspec.structs.replace(claim, expires_at=row[0])
 

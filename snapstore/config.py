@@ -16,7 +16,7 @@ from typing import Any, ClassVar, Final, TypedDict
 
 from psycopg.conninfo import conninfo_to_dict
 
-from snapstore import checks
+from snapstore import checks, logs
 from snapstore.codecs import Codec, JsonCodec
 from snapstore.errors import ConfigurationError, ValidationError
 from snapstore.limits import Limits
@@ -58,6 +58,7 @@ class ConnectOptions(TypedDict, total=False):
     max_value_bytes: int
     max_checkpoint_bytes: int
     pooler: str | None
+    slow_statement: float | timedelta | None
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,7 @@ def plan_connect(options: ConnectOptions, conninfo: str = "") -> ConnectPlan:
     connect_timeout = _duration("connect_timeout", options.get("connect_timeout", 5.0))
     checkout_timeout = _duration("checkout_timeout", options.get("checkout_timeout", 5.0))
     pooler = check_pooler(options.get("pooler"))
+    slow = _duration("slow_statement", options.get("slow_statement", logs.SLOW_STATEMENT))
     threshold = options.get("prepare_threshold", None if pooler == "transaction" else 5)
     if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, int)):
         raise ConfigurationError(f"prepare_threshold must be None or an int (got {threshold!r})")
@@ -143,6 +145,7 @@ def plan_connect(options: ConnectOptions, conninfo: str = "") -> ConnectPlan:
             "group_commit": options.get("group_commit"),
             "pooler": pooler,
             "statement_timeout_ms": ms,
+            "slow_statement": None if slow is None else slow.total_seconds(),
             "limits": Limits.build(
                 options.get("max_value_bytes"), options.get("max_checkpoint_bytes")
             ),

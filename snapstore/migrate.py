@@ -9,11 +9,13 @@ when the schema is already current (runtime roles need no DDL rights then).
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from psycopg import Connection
 from psycopg.rows import tuple_row
 
+from snapstore import logs
 from snapstore.migrations import (
     EXISTS_SQL,
     LOCK_SQL,
@@ -41,6 +43,15 @@ def migrate(conn: Connection[Any], schema: str) -> list[int]:
         cur.execute(plan.applied)
         todo = pending(applied_versions(cur.fetchall()), migrations)
         for m in todo:
+            began = time.perf_counter()
             cur.execute(plan.ddl(m))
             cur.execute(plan.record, plan.record_params(m))
+            ms = round((time.perf_counter() - began) * 1000, 1)
+            logs.migrations.info(
+                "schema %s: migration %04d applied in %.1f ms (committed with the rest)",
+                schema,
+                m.version,
+                ms,
+                extra={"schema": schema, "version": m.version, "duration_ms": ms},
+            )
     return [m.version for m in todo]

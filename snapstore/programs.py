@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 import functools
+import logging
 import threading
 from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -17,10 +18,10 @@ from typing import Any, Final, NamedTuple, Protocol, TypeVar
 
 import msgspec
 
-from snapstore import checks
+from snapstore import checks, logs
 from snapstore import rows as rw
 from snapstore.codecs import Codec
-from snapstore.errors import EncodeError, NotFoundError, ValidationError
+from snapstore.errors import ClaimLostError, EncodeError, NotFoundError, ValidationError
 from snapstore.limits import DEFAULT_LIMITS, Limits
 from snapstore.model import (
     Claim,
@@ -157,9 +158,9 @@ def save_batch(ctx: Context, items: Sequence[rw.PreparedSave]) -> Program[list[S
         for index, item, saved in zip(round_, batch, outcomes, strict=True):
             if saved is None:
                 ctx.tasks.forget(item.instance_id)
-                results[index] = SaveResult(
-                    item.instance_id, None, rw.save_failure(item, next(states))
-                )
+                failure = rw.save_failure(item, next(states))
+                _log_refusal(ctx, item, failure)
+                results[index] = SaveResult(item.instance_id, None, failure)
                 continue
             results[index] = SaveResult(item.instance_id, saved.version)
             if item.status in rw.TERMINAL_NAMES:  # finished: no later save can use its rows
@@ -175,6 +176,17 @@ def save_batch(ctx: Context, items: Sequence[rw.PreparedSave]) -> Program[list[S
         if stored:
             yield AfterCommit(functools.partial(ctx.tasks.remember_many, stored))
     return [r for r in results if r is not None]
+
+
+def _log_refusal(ctx: Context, item: rw.PreparedSave, failure: Exception) -> None:
+    """A lost claim at INFO (a worker lost its instance), other refusals at DEBUG."""
+    extra = {
+        "instance_id": item.instance_id,
+        "version": item.expected_version,
+        "schema": ctx.schema,
+    }
+    level = logging.INFO if isinstance(failure, ClaimLostError) else logging.DEBUG
+    logs.store.log(level, "save refused: %s", failure, extra=extra)
 
 
 LOST_SAVE_WAIT: Final = 5.0

@@ -29,6 +29,7 @@ from psycopg import Connection, Cursor, DatabaseError, OperationalError, RawCurs
 from psycopg.rows import tuple_row
 from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout, TooManyRequests
 
+from snapstore import logs
 from snapstore.errors import (
     CommitUnknownError,
     ServerError,
@@ -80,7 +81,14 @@ def retry_while_waited(pool: ConnectionPool[Any]) -> None:
     end), and while a caller is waiting the next round begins at once (``check`` grows
     the pool): about two attempts a second while anyone needs a connection, none while
     nobody does, and the next call tries at once."""
-    if not pool.closed and pool.get_stats().get("requests_waiting", 0):
+    waiting = 0 if pool.closed else pool.get_stats().get("requests_waiting", 0)
+    if waiting:
+        logs.pool.warning(
+            "pool %s cannot reconnect to the server; trying again (%d calls waiting)",
+            pool.name,
+            waiting,
+            extra={"pool": pool.name, "waiting": waiting},
+        )
         with suppress(PoolClosed):  # closed meanwhile
             pool.check()
 
@@ -224,10 +232,12 @@ class Runner:
         *,
         local_timeout_ms: int | None = None,
         setup: ConnectionSetup | None = None,
+        slow_statement: float | None = logs.SLOW_STATEMENT,
     ) -> None:
         self.pool = pool
         self.queries = queries
         self.setup = setup
+        self.slow_statement = slow_statement  # seconds; None: never logged
         # Behind a transaction pooler statement_timeout is set per transaction, so
         # every call runs in one (two more round trips).
         self.local_timeout = (
@@ -283,6 +293,7 @@ class Runner:
                         after.append(step.action)
                         step = program.send(None)
                         continue
+                    began = time.perf_counter()
                     if step.hot:
                         statement = self.queries.positional(step.query)
                         cur: Cursor[Any] = _kept_cursor(conn)
@@ -309,6 +320,7 @@ class Runner:
                         rows = None
                     if not step.hot:  # free the server's result before rows are decoded
                         cur.close()
+                    self._timed(step.query, time.perf_counter() - began)
                     step = program.send(rows)
             except StopIteration as done:
                 result: R = done.value
@@ -317,6 +329,17 @@ class Runner:
         for action in after:
             action()
         return result
+
+    def _timed(self, query: str, seconds: float) -> None:
+        if self.slow_statement is not None and seconds >= self.slow_statement:
+            ms = round(seconds * 1000, 1)
+            logs.store.warning(
+                "slow statement %s: %.1f ms (schema %s)",
+                query,
+                ms,
+                self.queries.schema,
+                extra={"statement": query, "duration_ms": ms, "schema": self.queries.schema},
+            )
 
     def run_batches(self, batch: Callable[[Any], Program[Batch]], start: Any) -> int:
         """Run one-transaction batches, each from where the last stopped, until one says

@@ -4,6 +4,7 @@ errors, and calls succeed again soon after the server is back."""
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import signal
@@ -184,10 +185,12 @@ RECOVERED_WITHIN = 2.0  # seconds from the server accepting connections again
 
 
 def test_after_a_long_outage_calls_succeed_about_a_second_after_the_server_is_back(
-    server: Server,
+    server: Server, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The pool keeps retrying only while a caller could be waiting, so after an outage
-    of any length the first call tries afresh instead of waiting out a long backoff."""
+    of any length the first call tries afresh instead of waiting out a long backoff
+    (and says so on ``snapstore.pool``)."""
+    caplog.set_level(logging.WARNING, logger="snapstore")
     backend = PostgresBackend[JsonCodec].connect(server.uri, min_size=2, max_size=2)
     try:
         backend.save(with_tasks("wf-outage"))
@@ -215,6 +218,9 @@ def test_after_a_long_outage_calls_succeed_about_a_second_after_the_server_is_ba
         recovered = time.monotonic() - back_at
         print(f"during the outage: {errors}; first call succeeded {recovered:.2f} s after")
         assert recovered < RECOVERED_WITHIN
+        retries = [r for r in caplog.records if r.name == "snapstore.pool"]
+        assert retries, "the reconnection attempts were not logged"
+        assert all("cannot reconnect" in r.getMessage() for r in retries)
     finally:
         backend.close()
 

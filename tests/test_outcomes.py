@@ -3,6 +3,7 @@ the saves it had sent committed (their version and exact data_hash in history)."
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import threading
@@ -180,11 +181,17 @@ PARKED = snap(position=AtSignal(task_id="approve", signal_name="go"))
 
 
 def test_a_cancel_that_committed_unseen_reports_applied(
-    dsn: str, fresh_schema: str, lone: PostgresBackend[JsonCodec]
+    dsn: str,
+    fresh_schema: str,
+    lone: PostgresBackend[JsonCodec],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.WARNING, logger="snapstore")
     lone.save(snap())
     call = lambda: lone.cancel("wf-1", "stop")  # noqa: E731
     assert lose_the_reply(dsn, fresh_schema, lone, "snapshots", call) == [SignalOutcome.APPLIED]
+    (said,) = [r.getMessage() for r in caplog.records if r.name == "snapstore.store"]
+    assert said == "connection lost during a write; it had committed"
     assert [e.version for e in lone.history("wf-1")] == [1, 2]
     stored = lone.load("wf-1")
     assert stored is not None
