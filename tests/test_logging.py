@@ -5,8 +5,6 @@ WARNING, each with its facts as extras."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-
 import pytest
 
 from snapstore import AtSignal, ClaimLostError, ConflictError, JsonCodec, PostgresBackend
@@ -14,9 +12,9 @@ from tests.twins import snap
 
 
 @pytest.fixture
-def logged(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
+def logged(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
     caplog.set_level(logging.DEBUG, logger="snapstore")
-    yield caplog
+    return caplog
 
 
 def records(caplog: pytest.LogCaptureFixture, level: int) -> list[logging.LogRecord]:
