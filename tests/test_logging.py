@@ -5,6 +5,7 @@ WARNING, each with its facts as extras."""
 from __future__ import annotations
 
 import logging
+
 import pytest
 
 from snapstore import AtSignal, ClaimLostError, ConflictError, JsonCodec, PostgresBackend
