@@ -18,8 +18,9 @@ from psycopg import AsyncConnection, DatabaseError
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from snapstore import branches as br
+from snapstore import checks, logs, programs
 from snapstore import claims as cl
-from snapstore import logs, programs
+from snapstore import operations as ops
 from snapstore import retention as rt
 from snapstore import rows as rw
 from snapstore import signals as sg
@@ -43,6 +44,7 @@ from snapstore.model import (
     WorkflowSnapshot,
     WorkflowStatus,
 )
+from snapstore.operations import Problem, StoreStats
 from snapstore.programs import PoisonCounts
 from snapstore.runner_async import (
     RECONNECT_EVERY,
@@ -725,16 +727,37 @@ class AsyncPostgresBackend(CodecBound, Generic[C]):
         older_than: Seconds | None = None,
         instance_id: str | None = None,
         batch_size: int = rt.DEFAULT_BATCH,
+        dry_run: bool = False,
     ) -> int:
         """Delete checkpoints beyond the last ``keep_last`` per instance (and older than
-        ``older_than``, seconds or timedelta, if given); returns how many were deleted."""
+        ``older_than``, seconds or timedelta, if given); returns how many were deleted
+        (``dry_run``: how many would be, deleting nothing)."""
+        if checks.check_flag("dry_run", dry_run):
+            program = rt.prune_dry_run(instance_id, keep_last, older_than, batch_size)
+            return await self._runner.run(program, writes=False)
         batch = rt.prune_batches(instance_id, keep_last, older_than, batch_size)
         return await self._runner.run_batches(batch, rt.PRUNE_START)
 
     async def purge_terminal(
-        self, *, older_than: Seconds, batch_size: int = rt.DEFAULT_BATCH
+        self, *, older_than: Seconds, batch_size: int = rt.DEFAULT_BATCH, dry_run: bool = False
     ) -> int:
         """Delete instances that finished more than ``older_than`` (seconds or timedelta)
-        ago, with all their rows."""
+        ago, with all their rows (``dry_run``: count them, delete nothing)."""
+        if checks.check_flag("dry_run", dry_run):
+            program = rt.purge_dry_run(older_than, batch_size)
+            return await self._runner.run(program, writes=False)
         batch = rt.purge_batches(older_than, batch_size)
         return await self._runner.run_batches(batch, None)
+
+    # --- operators (see `snapstore.operations`) --------------------------------------------
+
+    async def stats(self) -> StoreStats:
+        """Counts of the store now: instances by status, due backlog and its oldest wait,
+        leases, buffered and dead events, open branches (exact: one statement)."""
+        return await self._runner.run(ops.store_stats(), writes=False)
+
+    async def check(self, *, older_than: Seconds = ops.DEFAULT_CHECK_AGE) -> builtins.list[Problem]:
+        """What looks wrong: migrations missing, edited or unknown; instances due for
+        longer than ``older_than`` that no worker takes; leases run out that long ago;
+        events buffered that long on instances not parked. Empty: healthy."""
+        return await self._runner.run(ops.check_store(older_than), writes=False)

@@ -321,6 +321,13 @@ def check_save(
     check_optional_claim(claim, snapshot.instance_id)
 
 
+def check_flag(kind: str, value: object) -> bool:
+    """A bool argument (a truthy string or number is refused: ``dry_run="no"`` would run)."""
+    if not isinstance(value, bool):
+        raise ValidationError(f"{kind} must be a bool")
+    return value
+
+
 def check_positive(kind: str, value: object) -> int:
     """An int >= 1 (a batch size, how many to keep)."""
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_COUNT:

@@ -16,7 +16,9 @@ from datetime import datetime
 from types import TracebackType
 from typing import Any, Self
 
+from snapstore import checks
 from snapstore import claims as cl
+from snapstore import operations as ops
 from snapstore import retention as rt
 from snapstore import signals as sg
 from snapstore.branches import BranchClaim, BranchDone, BranchQuery, BranchState, ClaimedBranch
@@ -35,6 +37,7 @@ from snapstore.model import (
     WorkflowSnapshot,
     WorkflowStatus,
 )
+from snapstore.operations import Problem, StoreStats
 from snapstore.signals import Event, EventOutcome, ParkResult, Signal, SignalKind, SignalOutcome
 
 
@@ -298,10 +301,21 @@ class AsyncMemoryBackend:
         older_than: Seconds | None = None,
         instance_id: str | None = None,
         batch_size: int = rt.DEFAULT_BATCH,
+        dry_run: bool = False,
     ) -> int:
-        return self.store.prune_history(keep_last, older_than, instance_id, batch_size)
+        checks.check_flag("dry_run", dry_run)
+        return self.store.prune_history(keep_last, older_than, instance_id, batch_size, dry_run)
 
     async def purge_terminal(
-        self, *, older_than: Seconds, batch_size: int = rt.DEFAULT_BATCH
+        self, *, older_than: Seconds, batch_size: int = rt.DEFAULT_BATCH, dry_run: bool = False
     ) -> int:
-        return self.store.purge_terminal(older_than, batch_size)
+        checks.check_flag("dry_run", dry_run)
+        return self.store.purge_terminal(older_than, batch_size, dry_run)
+
+    # --- operators -------------------------------------------------------------------------
+
+    async def stats(self) -> StoreStats:
+        return self.store.stats()
+
+    async def check(self, *, older_than: Seconds = ops.DEFAULT_CHECK_AGE) -> builtins.list[Problem]:
+        return self.store.check(older_than)

@@ -33,6 +33,7 @@ import msgspec
 from snapstore import branches as br
 from snapstore import checks, programs
 from snapstore import claims as cl
+from snapstore import operations as ops
 from snapstore import retention as rt
 from snapstore import rows as rw
 from snapstore import signals as sg
@@ -56,6 +57,7 @@ from snapstore.model import (
     WorkflowSnapshot,
     WorkflowStatus,
 )
+from snapstore.operations import Problem, StoreStats
 from snapstore.signals import Event, EventOutcome, ParkResult, Signal, SignalKind, SignalOutcome
 
 Clock = Callable[[], datetime]
@@ -916,6 +918,7 @@ class MemoryStore:
         older_than: cl.Seconds | None,
         instance_id: str | None,
         batch_size: int,
+        dry_run: bool = False,
     ) -> int:
         rt.prune_batches(instance_id, keep_last, older_than, batch_size)  # checks
         age = (
@@ -931,12 +934,13 @@ class MemoryStore:
                 for h in current.history:
                     old = h.version <= current.version - keep_last
                     if old and not h.pruned and (age is None or h.created_at < now - age):
-                        self._touch(iid)
-                        h.pruned = True
                         count += 1
+                        if not dry_run:
+                            self._touch(iid)
+                            h.pruned = True
             return count
 
-    def purge_terminal(self, older_than: cl.Seconds, batch_size: int) -> int:
+    def purge_terminal(self, older_than: cl.Seconds, batch_size: int, dry_run: bool = False) -> int:
         rt.purge_batches(older_than, batch_size)  # checks
         age = checks.check_seconds(older_than, "older_than", zero=True)
         with self._atomic():
@@ -948,15 +952,111 @@ class MemoryStore:
                 and c.completed_at is not None
                 and c.completed_at < now - age
             ]
-            for iid in gone:
+            for iid in [] if dry_run else gone:
                 del self._instances[iid]
             return len(gone)
+
+    # -- operators -------------------------------------------------------------------------
+
+    def _due(self) -> builtins.list[_Instance]:
+        now = self.now
+        return [
+            c
+            for c in self._instances.values()
+            if c.status is WorkflowStatus.IN_PROGRESS
+            and c.available_at <= now
+            and not (c.lease is not None and c.lease.expires_at > now)
+        ]
+
+    def stats(self) -> StoreStats:
+        with self._atomic():
+            now, every = self.now, builtins.list(self._instances.values())
+            due = self._due()
+            leases = [c.lease for c in every if c.lease is not None]
+            by_status: dict[str, int] = {}
+            for c in every:
+                by_status[c.status.value] = by_status.get(c.status.value, 0) + 1
+            return StoreStats(
+                instances=dict(sorted(by_status.items())),
+                due=len(due),
+                oldest_due_seconds=(
+                    (now - min(c.available_at for c in due)).total_seconds() if due else None
+                ),
+                live_leases=sum(1 for x in leases if x.expires_at > now),
+                expired_leases=sum(1 for x in leases if x.expires_at <= now),
+                buffered_events=sum(len(c.events) for c in every),
+                events_not_parked=sum(len(c.events) for c in every if not _parked(c)),
+                dead_events=0,  # this store holds only what it wrote: nothing unreadable
+                open_branches=sum(
+                    1 for c in every for b in c.branches.values() if b.done_at is None
+                ),
+            )
+
+    def check(self, older_than: cl.Seconds) -> builtins.list[Problem]:
+        age = checks.check_seconds(older_than, "older_than", zero=True)
+        with self._atomic():
+            now, limit = self.now, ops.CHECK_SAMPLE
+            ordered = sorted(self._instances.items(), key=lambda kv: _utf8(kv[0]))
+            stuck = sorted(
+                (c.available_at, _utf8(c.summary.instance_id), c)
+                for c in self._due()
+                if c.available_at <= now - age
+            )
+            problems = [
+                Problem(
+                    kind="stuck",
+                    detail="due, and no worker has taken it",
+                    instance_id=c.summary.instance_id,
+                    age_seconds=round((now - at).total_seconds(), 3),
+                )
+                for at, _, c in stuck[:limit]
+            ]
+            expired = sorted(
+                (c.lease.expires_at, _utf8(iid), iid)
+                for iid, c in ordered
+                if c.lease is not None
+                and c.lease.expires_at <= now - age
+                and not c.status.is_terminal
+            )
+            problems += [
+                Problem(
+                    kind="expired_lease",
+                    detail="its lease ran out and nobody took it over",
+                    instance_id=iid,
+                    age_seconds=round((now - at).total_seconds(), 3),
+                )
+                for at, _, iid in expired[:limit]
+            ]
+            stray = sorted(
+                (e.created_at, e.id, iid, e.name)
+                for iid, c in ordered
+                if not _parked(c)
+                for e in c.events
+                if e.created_at <= now - age
+            )
+            problems += [
+                Problem(
+                    kind="stray_event",
+                    detail=f"event {name!r} buffered; the instance is not parked waiting for one",
+                    instance_id=iid,
+                    age_seconds=round((now - at).total_seconds(), 3),
+                )
+                for at, _, iid, name in stray[:limit]
+            ]
+            return problems
 
 
 _APPLIED_STATUS = {
     SignalKind.CANCEL: WorkflowStatus.CANCELLED,
     SignalKind.PAUSE: WorkflowStatus.PAUSED,
 }
+
+
+def _parked(current: _Instance) -> bool:
+    """Waiting for an event (what ``position_kind = 'AtSignal'`` says in SQL)."""
+    return (
+        current.status is WorkflowStatus.IN_PROGRESS and current.summary.position_kind == "AtSignal"
+    )
 
 
 def _utf8(text: str) -> bytes:

@@ -70,3 +70,22 @@ def purge_batches(older_than: checks.Seconds, batch_size: int) -> BatchFactory:
     checks.check_positive("batch_size", batch_size)
     age = checks.check_seconds(older_than, "older_than", zero=True)
     return lambda after: purge_terminal(age, batch_size, after)
+
+
+def prune_dry_run(
+    instance_id: str | None, keep_last: int, older_than: checks.Seconds | None, batch_size: int
+) -> Program[int]:
+    """How many checkpoints `prune_history` with these arguments would take out now."""
+    prune_batches(instance_id, keep_last, older_than, batch_size)  # the same checks
+    age = None if older_than is None else checks.check_seconds(older_than, "older_than", zero=True)
+    params = {"instance_id": instance_id, "keep_last": keep_last, "older_than": age}
+    (count,) = yield Step("prune_count", params)
+    return int(count)
+
+
+def purge_dry_run(older_than: checks.Seconds, batch_size: int) -> Program[int]:
+    """How many instances `purge_terminal` with these arguments would delete now."""
+    purge_batches(older_than, batch_size)
+    age = checks.check_seconds(older_than, "older_than", zero=True)
+    (count,) = yield Step("purge_count", {"older_than": age})
+    return int(count)

@@ -1,0 +1,80 @@
+-- Operator statements (snapstore/operations.py): `snapstore stats`, `check` and the dry
+-- runs of retention. Exact counts, so each reads what it counts: for an operator's
+-- occasional look, not for every scrape of a busy store.
+
+-- name: store_stats
+-- The store at a glance, in one statement (one snapshot of the data). Due: what a worker
+-- could take now (InProgress, due, no live lease); its oldest has waited longest.
+WITH due AS (
+    SELECT s.available_at FROM @schema@.snapshots AS s
+    WHERE s.status = 'InProgress' AND s.available_at <= now()
+      AND NOT EXISTS (
+          SELECT 1 FROM @schema@.claims AS c
+          WHERE c.instance_id = s.instance_id AND c.expires_at > now())
+)
+SELECT
+    (SELECT COALESCE(jsonb_object_agg(q.status, q.n), '{}'::jsonb)
+     FROM (SELECT status, count(*) AS n FROM @schema@.snapshots GROUP BY status) AS q),
+    (SELECT count(*) FROM due),
+    (SELECT extract(epoch FROM now() - min(available_at))::float8 FROM due),
+    (SELECT count(*) FROM @schema@.claims WHERE expires_at > now()),
+    (SELECT count(*) FROM @schema@.claims WHERE expires_at <= now()),
+    (SELECT count(*) FROM @schema@.events),
+    (SELECT count(*) FROM @schema@.events AS e
+     JOIN @schema@.snapshots AS s ON s.instance_id = e.instance_id
+     WHERE NOT (s.status = 'InProgress' AND s.position_kind = 'AtSignal')),
+    (SELECT count(*) FROM @schema@.dead_events),
+    (SELECT count(*) FROM @schema@.branches WHERE done_at IS NULL);
+
+-- name: stuck_instances
+-- Due for longer than %(older)s with no live lease: no worker is taking them.
+SELECT s.instance_id, extract(epoch FROM now() - s.available_at)::float8
+FROM @schema@.snapshots AS s
+WHERE s.status = 'InProgress' AND s.available_at <= now() - %(older)s::interval
+  AND NOT EXISTS (
+      SELECT 1 FROM @schema@.claims AS c
+      WHERE c.instance_id = s.instance_id AND c.expires_at > now())
+ORDER BY s.available_at, s.instance_id
+LIMIT %(limit)s;
+
+-- name: expired_leases
+-- Leases on unfinished instances that ran out more than %(older)s ago (a worker died and
+-- nobody took the instance over).
+SELECT c.instance_id, extract(epoch FROM now() - c.expires_at)::float8
+FROM @schema@.claims AS c
+JOIN @schema@.snapshots AS s ON s.instance_id = c.instance_id
+WHERE c.expires_at <= now() - %(older)s::interval AND s.status IN ('InProgress', 'Paused')
+ORDER BY c.expires_at, c.instance_id
+LIMIT %(limit)s;
+
+-- name: stray_events
+-- Events buffered for longer than %(older)s on an instance that is not parked waiting for
+-- one (finished, paused, or running without consuming them).
+SELECT e.instance_id, extract(epoch FROM now() - e.created_at)::float8, e.name
+FROM @schema@.events AS e
+JOIN @schema@.snapshots AS s ON s.instance_id = e.instance_id
+WHERE e.created_at <= now() - %(older)s::interval
+  AND NOT (s.status = 'InProgress' AND s.position_kind = 'AtSignal')
+ORDER BY e.created_at, e.id
+LIMIT %(limit)s;
+
+-- name: prune_count
+-- What prune_history would take out of history() now (its dry run).
+SELECT count(*)
+FROM @schema@.history AS h
+JOIN @schema@.snapshots AS s ON s.instance_id = h.instance_id
+WHERE NOT h.pruned AND h.version <= s.version - %(keep_last)s::bigint
+  AND (%(instance_id)s::text IS NULL OR h.instance_id = %(instance_id)s::text)
+  AND (%(older_than)s::interval IS NULL OR h.created_at < now() - %(older_than)s::interval);
+
+-- name: purge_count
+-- What purge_terminal would delete now (its dry run).
+SELECT count(*) FROM @schema@.snapshots
+WHERE status IN ('Completed', 'Failed', 'Cancelled')
+  AND completed_at < now() - %(older_than)s::interval;
+
+-- name: applied_migrations
+SELECT version, checksum FROM @schema@.migrations ORDER BY version;
+
+-- name: migrations_exist
+SELECT to_regclass('@schema@.migrations') IS NOT NULL;
