@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import importlib
 import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
-from snapstore import AtTask, JsonCodec, PostgresBackend, TaskResult, WorkflowSnapshot
+import snapstore
+from snapstore import AtSignal, AtTask, JsonCodec, PostgresBackend, TaskResult, WorkflowSnapshot
 from snapstore.cli import main
 from tests.conftest import TEST_SCHEMA as SCHEMA
 
@@ -67,8 +75,8 @@ def test_ls_shows_where_a_fork_came_from(
 def test_errors_are_reported_not_raised(
     seeded: PostgresBackend[JsonCodec], dsn: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    with pytest.raises(SystemExit, match="no instance"):
-        run(capsys, dsn, "show", "nope")
+    code, _, err = run(capsys, dsn, "show", "nope")
+    assert (code, err) == (1, "snapstore: no instance 'nope'\n")
     code = main(["ls", "--dsn", dsn, "--schema", "Bad-Name"])
     assert code == 1
     assert "ConfigurationError" in capsys.readouterr().err
@@ -81,3 +89,131 @@ def test_print_sql_and_codecs(capsys: pytest.CaptureFixture[str]) -> None:
     assert "@schema@" not in ddl
     assert main(["codecs"]) == 0
     assert {c["name"] for c in json.loads(capsys.readouterr().out)} >= {"json", "msgpack", "cbor"}
+
+
+# --- the installed script ---------------------------------------------------------------
+
+SCRIPT = shutil.which("snapstore", path=str(Path(sys.executable).parent))
+
+
+def script(dsn: str | None, *args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    """Run the installed ``snapstore`` as an operator would; (exit code, stdout, stderr)."""
+    assert SCRIPT is not None, "the snapstore script is not installed next to python"
+    full = [SCRIPT, *args] + ([] if dsn is None else ["--dsn", dsn])
+    done = subprocess.run(
+        full, capture_output=True, text=True, timeout=60, env={**os.environ, **(env or {})}
+    )
+    return done.returncode, done.stdout, done.stderr
+
+
+def one_line(err: str) -> str:
+    assert err.endswith("\n")
+    assert err.count("\n") == 1, err  # one line, never a traceback
+    assert err.startswith("snapstore: ")
+    return err
+
+
+def test_operator_commands_through_the_script(dsn: str, fresh_schema: str) -> None:
+    code, out, _ = script(dsn, "migrate", "--schema", fresh_schema)
+    assert code == 0
+    assert json.loads(out)["applied"][:2] == [1, 2]
+    assert json.loads(script(dsn, "migrate", "--schema", fresh_schema)[1])["applied"] == []
+    with PostgresBackend[JsonCodec].connect(dsn, schema=fresh_schema) as store:
+        store.save(WorkflowSnapshot(instance_id="wf", definition_hash="h"))
+        store.save(WorkflowSnapshot(instance_id="wf", definition_hash="h", input=1), 1)
+        parked = WorkflowSnapshot(
+            instance_id="waits", definition_hash="h", position=AtSignal("t", "go")
+        )
+        store.save(parked)
+    on = ("--schema", fresh_schema)
+    code, out, _ = script(dsn, "stats", *on)
+    assert (code, json.loads(out)["instances"]) == (0, {"InProgress": 2})
+    assert script(dsn, "check", *on)[0] == 0  # nothing has been wrong for 5 minutes
+    code, out, _ = script(dsn, "check", *on, "--older-than", "0")
+    assert code == 3
+    assert [p["kind"] for p in json.loads(out)["problems"]] == ["stuck"]
+    code, out, _ = script(dsn, "send-event", "waits", "go", "--payload", '{"ok": true}', *on)
+    assert json.loads(out)["outcome"] == "resumed"
+    code, out, _ = script(dsn, "history", "waits", *on)
+    (first, _) = json.loads(out)
+    assert first["snapshot"]["position"] == {
+        "kind": "AtSignal",
+        "task_id": "t",
+        "signal_name": "go",
+        "timeout_at": None,
+    }
+    code, out, _ = script(dsn, "pause", "wf", "--reason", "maintenance", *on)
+    assert json.loads(out)["pause"] == "applied"
+    code, out, _ = script(dsn, "ls", "--status", "paused", *on)
+    assert [line.split("\t")[0] for line in out.splitlines()] == ["wf"]
+    assert json.loads(script(dsn, "unpause", "wf", *on)[1])["unpause"] == "applied"
+    code, out, _ = script(dsn, "prune", "--dry-run", *on)
+    assert json.loads(out) == {"schema": fresh_schema, "dry_run": True, "checkpoints": 4}
+    assert json.loads(script(dsn, "prune", *on)[1])["checkpoints"] == 4
+    assert json.loads(script(dsn, "prune", "--dry-run", *on)[1])["checkpoints"] == 0
+    assert json.loads(script(dsn, "cancel", "wf", *on)[1])["cancel"] == "applied"
+    code, out, _ = script(dsn, "purge", "--older-than", "0", "--dry-run", *on)
+    assert json.loads(out)["instances"] == 1
+    assert json.loads(script(dsn, "purge", "--older-than", "0", *on)[1])["instances"] == 1
+
+
+def test_every_error_is_one_line_and_exit_1(dsn: str, fresh_schema: str) -> None:
+    code, _, err = script(None, "ls", "--bogus")
+    assert code == 1
+    one_line(err)
+    code, _, err = script(dsn, "show", "wf", "--schema", fresh_schema)  # never migrated
+    assert code == 1
+    assert "not migrated" in one_line(err)
+    started = time.monotonic()
+    code, _, err = script("postgresql://postgres@127.0.0.1:9/none", "ls")
+    assert code == 1
+    assert "cannot connect" in one_line(err)  # the server's reason...
+    assert time.monotonic() - started < 10  # ...within seconds
+    code, _, err = script(None, "ls", env={"SNAPSTORE_DSN": ""})
+    assert code == 1
+    assert "--dsn" in one_line(err)
+    code, out, _ = script(None, "--version")
+    assert (code, out.strip()) == (0, f"snapstore {snapstore.__version__}")
+    code, out, _ = script(None, "--help")
+    assert code == 0
+    assert "``" not in out  # plain text, no markup
+
+
+CUSTOM_CODEC = """
+import msgspec
+from snapstore import register_codec
+
+
+class Backwards:
+    codec_id = 201
+    name = "backwards-cli-test"
+    builtin_types = ()
+
+    def dumps(self, doc):
+        return msgspec.json.encode(doc)[::-1]
+
+    def loads(self, payload, type_):
+        return msgspec.json.decode(payload[::-1], type=type_)
+
+
+CODEC = register_codec(Backwards())
+"""
+
+
+def test_show_decodes_custom_codecs_given_their_module(
+    dsn: str, fresh_schema: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "backwards_codec.py").write_text(CUSTOM_CODEC)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    codec = importlib.import_module("backwards_codec").CODEC
+    with PostgresBackend[JsonCodec].connect(dsn, schema=fresh_schema, codec=codec) as store:
+        store.save(WorkflowSnapshot(instance_id="wf", definition_hash="h", input="secret"))
+    env = {"PYTHONPATH": str(tmp_path)}
+    code, _, err = script(dsn, "show", "wf", "--schema", fresh_schema, env=env)
+    assert code == 1
+    assert "backwards" in one_line(err) or "201" in err
+    code, out, _ = script(
+        dsn, "show", "wf", "--schema", fresh_schema, "--codec-module", "backwards_codec", env=env
+    )
+    assert code == 0
+    assert json.loads(out)["snapshot"]["input"] == "secret"
