@@ -14,7 +14,7 @@ import builtins
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from types import TracebackType
-from typing import Any, Final, Generic, Self, TypeVar, Unpack, cast
+from typing import Any, ClassVar, Final, Generic, Self, TypeVar, Unpack, cast
 
 from psycopg import Connection, DatabaseError
 from psycopg_pool import ConnectionPool, PoolTimeout
@@ -46,8 +46,9 @@ from snapstore.model import (
     WorkflowSnapshot,
     WorkflowStatus,
 )
+from snapstore.observe import Observer, observable
 from snapstore.operations import Problem, StoreStats
-from snapstore.programs import PoisonCounts
+from snapstore.programs import OperationalCounts, PoisonCounts
 from snapstore.runner import (
     RECONNECT_EVERY,
     ConnectionSetup,
@@ -79,6 +80,7 @@ def _log_settled(what: str, schema: str, committed: bool, resendable: bool) -> N
     logs.store.warning("connection lost during %s; %s", what, fate, extra={"schema": schema})
 
 
+@observable
 class PostgresBackend(CodecBound, Generic[C]):
     """A durable snapshot store on PostgreSQL, for threads.
 
@@ -86,6 +88,8 @@ class PostgresBackend(CodecBound, Generic[C]):
     the brackets writes every new blob; blobs from any registered codec are read), or
     wrap a pool you own with `from_pool`. Thread-safe: share one per process.
     """
+
+    _is_async: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -128,6 +132,8 @@ class PostgresBackend(CodecBound, Generic[C]):
             pool, self.queries, local_timeout_ms=local, setup=setup, slow_statement=slow_statement
         )
         self._wakeups = WakeupRegistry()
+        self._observers: builtins.list[Observer] = []
+        self.counts = OperationalCounts()
         grouped = GroupCommitter.ON_BY_DEFAULT if group_commit is None else group_commit
         self._committer = GroupCommitter(self._flush) if grouped else None
 
@@ -208,6 +214,11 @@ class PostgresBackend(CodecBound, Generic[C]):
         if run_migrations:
             backend.migrate()
         return backend
+
+    def add_observer(self, observer: Observer) -> None:
+        """Tell ``observer`` of every operation from now on (see `snapstore.metrics`,
+        `snapstore.tracing`)."""
+        self._observers = [*self._observers, observer]
 
     @property
     def pool(self) -> ConnectionPool[Any]:
@@ -292,6 +303,7 @@ class PostgresBackend(CodecBound, Generic[C]):
                     raise
                 if deadlocks == programs.MAX_BATCH_ATTEMPTS:
                     raise
+                self.counts.count("retries")
                 logs.store.info(
                     "batch of %d saves rolled back (%s), sent again",
                     len(items),
@@ -302,7 +314,7 @@ class PostgresBackend(CodecBound, Generic[C]):
                 if resent:
                     raise
                 done, found = self._settle(lost, lambda: programs.committed(self.ctx, items))
-                _log_settled("a batch of saves", self.schema, bool(found), done)
+                self._settled("a batch of saves", bool(found), done)
                 if not found and not done:  # it may still be running: sending it again
                     raise  # could race it, and would turn its success into a conflict
                 resent = True
@@ -339,7 +351,7 @@ class PostgresBackend(CodecBound, Generic[C]):
         except CommitUnknownError as lost:
             if receipt.confirm is not None:
                 done, found = self._settle(lost, receipt.confirm)
-                _log_settled("a write", self.schema, found, done or receipt.resend_safe)
+                self._settled("a write", found, done or receipt.resend_safe)
                 if found:
                     return cast(R, receipt.outcome)
                 if not (done or receipt.resend_safe):
@@ -349,6 +361,11 @@ class PostgresBackend(CodecBound, Generic[C]):
                 return self._runner.run(make(programs.Receipt()), transaction=transaction)
             except UnavailableError:
                 raise lost from None
+
+    def _settled(self, what: str, committed: bool, resendable: bool) -> None:
+        outcome = "committed" if committed else ("resent" if resendable else "unknown")
+        self.counts.count(f"lost_connections_{outcome}")
+        _log_settled(what, self.schema, committed, resendable)
 
     def _dispatch(self, query: cl.DispatchQuery) -> builtins.list[ClaimedTask]:
         """Lease and load what ``query`` picks (a lost run's leases are dropped first)."""

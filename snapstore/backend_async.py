@@ -12,7 +12,7 @@ import builtins
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from types import TracebackType
-from typing import Any, Final, Generic, Self, TypeVar, Unpack, cast
+from typing import Any, ClassVar, Final, Generic, Self, TypeVar, Unpack, cast
 
 from psycopg import AsyncConnection, DatabaseError
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
@@ -44,8 +44,9 @@ from snapstore.model import (
     WorkflowSnapshot,
     WorkflowStatus,
 )
+from snapstore.observe import Observer, observable
 from snapstore.operations import Problem, StoreStats
-from snapstore.programs import PoisonCounts
+from snapstore.programs import OperationalCounts, PoisonCounts
 from snapstore.runner_async import (
     RECONNECT_EVERY,
     AsyncRunner,
@@ -77,6 +78,7 @@ def _log_settled(what: str, schema: str, committed: bool, resendable: bool) -> N
     logs.store.warning("connection lost during %s; %s", what, fate, extra={"schema": schema})
 
 
+@observable
 class AsyncPostgresBackend(CodecBound, Generic[C]):
     """A durable snapshot store on PostgreSQL, for asyncio.
 
@@ -84,6 +86,8 @@ class AsyncPostgresBackend(CodecBound, Generic[C]):
     the brackets writes every new blob; blobs from any registered codec are read), or
     wrap a pool you own with `from_pool`. Share one per event loop.
     """
+
+    _is_async: ClassVar[bool] = True  # sync: _is_async: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -126,6 +130,8 @@ class AsyncPostgresBackend(CodecBound, Generic[C]):
             pool, self.queries, local_timeout_ms=local, setup=setup, slow_statement=slow_statement
         )
         self._wakeups = WakeupRegistry()
+        self._observers: builtins.list[Observer] = []
+        self.counts = OperationalCounts()
         grouped = AsyncGroupCommitter.ON_BY_DEFAULT if group_commit is None else group_commit
         self._committer = AsyncGroupCommitter(self._flush) if grouped else None
 
@@ -206,6 +212,11 @@ class AsyncPostgresBackend(CodecBound, Generic[C]):
         if run_migrations:
             await backend.migrate()
         return backend
+
+    def add_observer(self, observer: Observer) -> None:
+        """Tell ``observer`` of every operation from now on (see `snapstore.metrics`,
+        `snapstore.tracing`)."""
+        self._observers = [*self._observers, observer]
 
     @property
     def pool(self) -> AsyncConnectionPool[Any]:
@@ -290,6 +301,7 @@ class AsyncPostgresBackend(CodecBound, Generic[C]):
                     raise
                 if deadlocks == programs.MAX_BATCH_ATTEMPTS:
                     raise
+                self.counts.count("retries")
                 logs.store.info(
                     "batch of %d saves rolled back (%s), sent again",
                     len(items),
@@ -300,7 +312,7 @@ class AsyncPostgresBackend(CodecBound, Generic[C]):
                 if resent:
                     raise
                 done, found = await self._settle(lost, lambda: programs.committed(self.ctx, items))
-                _log_settled("a batch of saves", self.schema, bool(found), done)
+                self._settled("a batch of saves", bool(found), done)
                 if not found and not done:  # it may still be running: sending it again
                     raise  # could race it, and would turn its success into a conflict
                 resent = True
@@ -337,7 +349,7 @@ class AsyncPostgresBackend(CodecBound, Generic[C]):
         except CommitUnknownError as lost:
             if receipt.confirm is not None:
                 done, found = await self._settle(lost, receipt.confirm)
-                _log_settled("a write", self.schema, found, done or receipt.resend_safe)
+                self._settled("a write", found, done or receipt.resend_safe)
                 if found:
                     return cast(R, receipt.outcome)
                 if not (done or receipt.resend_safe):
@@ -347,6 +359,11 @@ class AsyncPostgresBackend(CodecBound, Generic[C]):
                 return await self._runner.run(make(programs.Receipt()), transaction=transaction)
             except UnavailableError:
                 raise lost from None
+
+    def _settled(self, what: str, committed: bool, resendable: bool) -> None:
+        outcome = "committed" if committed else ("resent" if resendable else "unknown")
+        self.counts.count(f"lost_connections_{outcome}")
+        _log_settled(what, self.schema, committed, resendable)
 
     async def _dispatch(self, query: cl.DispatchQuery) -> builtins.list[ClaimedTask]:
         """Lease and load what ``query`` picks (a lost run's leases are dropped first)."""

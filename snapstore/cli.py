@@ -1,6 +1,7 @@
 """snapstore: look inside a store and operate it from the shell.
 
-Reads: ls, show, history, task, stats, check, codecs. Writes: cancel, pause, unpause,
+Reads: ls, show, history, task, stats, check, codecs, metrics (serves them over HTTP).
+Writes: cancel, pause, unpause,
 send-event, prune and purge (both with --dry-run), migrate. Output is JSON (one
 document per command, for jq), except ls, which prints a table unless given --json.
 The database is --dsn or $SNAPSTORE_DSN; the schema --schema (default: snapstore).
@@ -14,7 +15,9 @@ import argparse
 import dataclasses
 import importlib
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 from importlib import metadata
@@ -193,7 +196,33 @@ def _purge(b: Backend, args: argparse.Namespace) -> int:
     return 0
 
 
+def _metrics(b: Backend, args: argparse.Namespace) -> int:
+    """Serve the store's metrics until interrupted (SIGINT or SIGTERM)."""
+    try:
+        from prometheus_client import CollectorRegistry, start_http_server
+
+        from snapstore import metrics
+    except ImportError as exc:
+        extra = "pip install snapstore[metrics]"
+        raise CliError(f"metrics need the 'metrics' extra ({extra}): {exc}") from exc
+    host, _, port = args.serve.rpartition(":")
+    if not port.isdigit():
+        raise CliError(f"--serve takes HOST:PORT, got {args.serve!r}")
+    registry = CollectorRegistry()
+    metrics.instrument(b, registry=registry)
+    server, _ = start_http_server(int(port), addr=host or "0.0.0.0", registry=registry)
+    print(f"serving metrics on http://{host or '0.0.0.0'}:{server.server_port}/metrics", flush=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        stop.wait()
+    finally:
+        server.shutdown()
+    return 0
+
+
 COMMANDS: dict[str, Callable[[Backend, argparse.Namespace], int]] = {
+    "metrics": _metrics,
     "ls": _ls,
     "show": _show,
     "history": _history,
@@ -304,6 +333,8 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--older-than", type=_seconds, metavar="SECONDS")
     prune.add_argument("--instance", help="only this instance")
     prune.add_argument("--dry-run", action="store_true", help="count, delete nothing")
+    served = add("metrics", "serve Prometheus metrics of the store (the 'metrics' extra)")
+    served.add_argument("--serve", required=True, metavar="HOST:PORT", help="e.g. 0.0.0.0:9464")
     purge = add("purge", "delete finished instances")
     purge.add_argument("--older-than", type=_seconds, required=True, metavar="SECONDS")
     purge.add_argument("--dry-run", action="store_true", help="count, delete nothing")

@@ -68,6 +68,25 @@ class PoisonCounts:
             return PoisonCounts(self.instances_quarantined, self.events_buried)
 
 
+class OperationalCounts:
+    """How often a backend had to work around trouble since it started: batches sent
+    again after a deadlock (``retries``), and writes whose connection was lost, by what
+    a fresh connection found (``lost_connections_committed``, ``_resent``, ``_unknown``).
+    Thread-safe; read with `snapshot`."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: dict[str, int] = {}
+
+    def count(self, what: str) -> None:
+        with self._lock:
+            self._counts[what] = self._counts.get(what, 0) + 1
+
+    def snapshot(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._counts)
+
+
 @dataclass(frozen=True)
 class Context:
     """What operations need to know about the store they run against."""
