@@ -100,6 +100,11 @@ class StoreCollector(Collector):
         self.backend = backend
         self.read_stats = read_stats  # () -> StoreStats, or None: no store gauges
 
+    def describe(self) -> list[Metric]:
+        """Nothing up front: several backends (schemas) share the names on one registry,
+        and describing by collecting would query the store at registration."""
+        return []
+
     def collect(self) -> Iterator[Metric]:
         b, schema = self.backend, self.backend.schema
         counts = b.counts.snapshot()
