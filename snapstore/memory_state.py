@@ -1003,12 +1003,7 @@ class MemoryStore:
                 if c.available_at <= now - age
             )
             problems = [
-                Problem(
-                    kind="stuck",
-                    detail="due, and no worker has taken it",
-                    instance_id=c.summary.instance_id,
-                    age_seconds=round((now - at).total_seconds(), 3),
-                )
+                ops.problem("stuck", c.summary.instance_id, _age(now, at))
                 for at, _, c in stuck[:limit]
             ]
             expired = sorted(
@@ -1019,13 +1014,7 @@ class MemoryStore:
                 and not c.status.is_terminal
             )
             problems += [
-                Problem(
-                    kind="expired_lease",
-                    detail="its lease ran out and nobody took it over",
-                    instance_id=iid,
-                    age_seconds=round((now - at).total_seconds(), 3),
-                )
-                for at, _, iid in expired[:limit]
+                ops.problem("expired_lease", iid, _age(now, at)) for at, _, iid in expired[:limit]
             ]
             stray = sorted(
                 (e.created_at, e.id, iid, e.name)
@@ -1035,12 +1024,7 @@ class MemoryStore:
                 if e.created_at <= now - age
             )
             problems += [
-                Problem(
-                    kind="stray_event",
-                    detail=f"event {name!r} buffered; the instance is not parked waiting for one",
-                    instance_id=iid,
-                    age_seconds=round((now - at).total_seconds(), 3),
-                )
+                ops.problem("stray_event", iid, _age(now, at), name)
                 for at, _, iid, name in stray[:limit]
             ]
             return problems
@@ -1050,6 +1034,10 @@ _APPLIED_STATUS = {
     SignalKind.CANCEL: WorkflowStatus.CANCELLED,
     SignalKind.PAUSE: WorkflowStatus.PAUSED,
 }
+
+
+def _age(now: datetime, since: datetime) -> float:
+    return (now - since).total_seconds()
 
 
 def _parked(current: _Instance) -> bool:

@@ -50,6 +50,27 @@ class Problem(msgspec.Struct, frozen=True, kw_only=True):
     age_seconds: float | None = None
 
 
+CHECKS: Final = {
+    "stuck": ("stuck_instances", "due, and no worker has taken it"),
+    "expired_lease": ("expired_leases", "its lease ran out and nobody took it over"),
+    "stray_event": (
+        "stray_events",
+        "event {name!r} buffered; the instance is not parked waiting for one",
+    ),
+}
+"""Kinds of problem past the migrations: the statement finding them, what they mean."""
+
+
+def problem(kind: str, instance_id: str, age_seconds: float, name: str | None = None) -> Problem:
+    """A `Problem` of one of the `CHECKS` kinds (``name``: the event's, for stray events)."""
+    return Problem(
+        kind=kind,
+        detail=CHECKS[kind][1].format(name=name),
+        instance_id=instance_id,
+        age_seconds=round(age_seconds, 3),
+    )
+
+
 def store_stats() -> Program[StoreStats]:
     row = yield Step("store_stats")
     statuses, due, oldest, live, expired, events, stray, dead, branches = row
@@ -100,31 +121,7 @@ def check_store(older_than: checks.Seconds = DEFAULT_CHECK_AGE) -> Program[list[
     if applied is None:
         return problems  # nothing else can be read
     params: rw.Params = {"older": age, "limit": CHECK_SAMPLE}
-    for iid, waited in (yield Step("stuck_instances", params, Fetch.ALL)):
-        problems.append(
-            Problem(
-                kind="stuck",
-                detail="due, and no worker has taken it",
-                instance_id=iid,
-                age_seconds=round(waited, 3),
-            )
-        )
-    for iid, since in (yield Step("expired_leases", params, Fetch.ALL)):
-        problems.append(
-            Problem(
-                kind="expired_lease",
-                detail="its lease ran out and nobody took it over",
-                instance_id=iid,
-                age_seconds=round(since, 3),
-            )
-        )
-    for iid, since, name in (yield Step("stray_events", params, Fetch.ALL)):
-        problems.append(
-            Problem(
-                kind="stray_event",
-                detail=f"event {name!r} buffered; the instance is not parked waiting for one",
-                instance_id=iid,
-                age_seconds=round(since, 3),
-            )
-        )
+    for kind, (query, _) in CHECKS.items():
+        for iid, waited, name in (yield Step(query, params, Fetch.ALL)):
+            problems.append(problem(kind, iid, waited, name))
     return problems

@@ -67,3 +67,13 @@ async def store(request: pytest.FixtureRequest, dsn: str, schema: str) -> AsyncI
     await opened.truncate_all()
     yield opened
     await opened.close()
+
+
+@pytest.fixture(scope="module")
+def pg(dsn: str) -> Iterator[PostgresBackend[JsonCodec]]:
+    """A JSON backend on a schema of the module's own, for the model-based tests."""
+    with (
+        isolated_schema(dsn) as name,
+        PostgresBackend[JsonCodec].connect(dsn, schema=name) as backend,
+    ):
+        yield backend

@@ -10,10 +10,9 @@ got the contract wrong: the SQL (CAS, terminal guard, sidecar, ordering...) or t
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, ClassVar, TypeVar
 
-import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, rule, run_state_machine_as_test
@@ -30,7 +29,7 @@ from snapstore import (
 )
 from snapstore.model import TERMINAL_STATUSES
 from tests import strategies as sst
-from tests.twins import advance, isolated_schema, without_timestamps
+from tests.twins import advance, without_timestamps
 
 R = TypeVar("R")
 
@@ -142,15 +141,6 @@ class PostgresMatchesMemory(RuleBasedStateMachine):
     def load_task_result(self, instance_id: str, data: st.DataObject) -> None:
         task_id = data.draw(st.sampled_from(sorted(self.task_ids)))
         self.same(lambda s: s.load_task_result(instance_id, task_id))
-
-
-@pytest.fixture(scope="module")
-def pg(dsn: str) -> Iterator[PostgresBackend[JsonCodec]]:
-    with (
-        isolated_schema(dsn) as schema,
-        PostgresBackend[JsonCodec].connect(dsn, schema=schema) as backend,
-    ):
-        yield backend
 
 
 def test_postgres_backend_matches_the_memory_reference(pg: PostgresBackend[JsonCodec]) -> None:

@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
 from uuid import UUID
 
 import msgspec
-import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -50,7 +49,6 @@ from snapstore import (
 from snapstore.memory import MemoryBackend
 from snapstore.model import TERMINAL_STATUSES
 from snapstore.signals import Event
-from tests.twins import isolated_schema
 
 IDS = ["a", "é", "日本"]
 INSTANCE_IDS = st.sampled_from(IDS)
@@ -471,15 +469,6 @@ class WholeApiMatches(RuleBasedStateMachine):
         self.same(lambda s, _: s.stats())
         self.same(lambda s, _: s.check(older_than=0))
         self.same(lambda s, _: s.prune_history(keep_last=keep_last, dry_run=True))
-
-
-@pytest.fixture(scope="module")
-def pg(dsn: str) -> Iterator[PostgresBackend[JsonCodec]]:
-    with (
-        isolated_schema(dsn) as schema,
-        PostgresBackend[JsonCodec].connect(dsn, schema=schema) as backend,
-    ):
-        yield backend
 
 
 def test_postgres_matches_the_memory_model_across_the_whole_api(

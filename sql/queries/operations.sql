@@ -28,7 +28,7 @@ SELECT
 
 -- name: stuck_instances
 -- Due for longer than %(older)s with no live lease: no worker is taking them.
-SELECT s.instance_id, extract(epoch FROM now() - s.available_at)::float8
+SELECT s.instance_id, extract(epoch FROM now() - s.available_at)::float8, NULL::text
 FROM @schema@.snapshots AS s
 WHERE s.status = 'InProgress' AND s.available_at <= now() - %(older)s::interval
   AND NOT EXISTS (
@@ -40,7 +40,7 @@ LIMIT %(limit)s;
 -- name: expired_leases
 -- Leases on unfinished instances that ran out more than %(older)s ago (a worker died and
 -- nobody took the instance over).
-SELECT c.instance_id, extract(epoch FROM now() - c.expires_at)::float8
+SELECT c.instance_id, extract(epoch FROM now() - c.expires_at)::float8, NULL::text
 FROM @schema@.claims AS c
 JOIN @schema@.snapshots AS s ON s.instance_id = c.instance_id
 WHERE c.expires_at <= now() - %(older)s::interval AND s.status IN ('InProgress', 'Paused')
