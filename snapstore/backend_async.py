@@ -18,7 +18,7 @@ from psycopg import AsyncConnection, DatabaseError
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from snapstore import branches as br
-from snapstore import checks, logs, programs
+from snapstore import checks, logs, observe, programs
 from snapstore import claims as cl
 from snapstore import operations as ops
 from snapstore import retention as rt
@@ -44,7 +44,7 @@ from snapstore.model import (
     WorkflowSnapshot,
     WorkflowStatus,
 )
-from snapstore.observe import Observer, observable
+from snapstore.observe import Observer
 from snapstore.operations import Problem, StoreStats
 from snapstore.programs import OperationalCounts, PoisonCounts
 from snapstore.runner_async import (
@@ -78,7 +78,6 @@ def _log_settled(what: str, schema: str, committed: bool, resendable: bool) -> N
     logs.store.warning("connection lost during %s; %s", what, fate, extra={"schema": schema})
 
 
-@observable
 class AsyncPostgresBackend(CodecBound, Generic[C]):
     """A durable snapshot store on PostgreSQL, for asyncio.
 
@@ -215,8 +214,8 @@ class AsyncPostgresBackend(CodecBound, Generic[C]):
 
     def add_observer(self, observer: Observer) -> None:
         """Tell ``observer`` of every operation from now on (see `snapstore.metrics`,
-        `snapstore.tracing`)."""
-        self._observers = [*self._observers, observer]
+        `snapstore.tracing`); a backend nobody observes pays nothing for this."""
+        observe.attach(self, observer)
 
     @property
     def pool(self) -> AsyncConnectionPool[Any]:

@@ -18,7 +18,8 @@ lock, so of two racing finishers exactly one sees none left.
 A checkpoint saved past the fork (a cancel, a pause, a takeover by an explicit claim)
 ends it: the fork's heartbeats and results are refused (`ClaimLostError`). Branch leases
 do not hold off `cancel` and `pause` (a fork has no safe point at which a branch worker
-could apply one): they apply at once.
+could apply one): they apply at once. One left pending by a worker that held the
+instance itself is applied by whoever dispatches the join.
 """
 
 from __future__ import annotations
@@ -141,9 +142,7 @@ def check_branch_result(branch_id: str, result: object) -> TaskResult:
     checks.check_task_result(branch_id, result)
     assert isinstance(result, TaskResult)
     for name in ("started_at", "completed_at"):
-        value = getattr(result, name)
-        if value is not None and value.utcoffset() is None:
-            raise ValidationError(f"{name} of branch {branch_id!r} must be timezone-aware")
+        checks.check_time(f"{name} of branch {branch_id!r}", getattr(result, name), aware=True)
     return result
 
 

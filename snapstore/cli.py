@@ -216,6 +216,8 @@ def _metrics(b: Backend, args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
         stop.wait()
+    except KeyboardInterrupt:  # Ctrl-C ends serving as SIGTERM does
+        pass
     finally:
         server.shutdown()
     return 0
@@ -344,8 +346,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _explain(exc: SnapstoreError, args: argparse.Namespace) -> str:
     if isinstance(exc, ServerError) and exc.sqlstate == "42P01":  # undefined table
         return (
-            f"schema {args.schema!r} holds no snapstore tables: not migrated "
-            "(snapstore migrate), or another --schema"
+            f"schema {args.schema!r} lacks a snapstore table: not migrated, or not to this"
+            f" version (snapstore check, snapstore migrate), or another --schema ({exc})"
         )
     return f"{type(exc).__name__}: {exc}"
 

@@ -387,8 +387,7 @@ class MemoryStore:
         self, instance_id: str, after_version: int, limit: int | None, skip_corrupt: bool
     ) -> builtins.list[HistoryEntry]:
         rw.history_params(instance_id, after_version, limit)
-        if not isinstance(skip_corrupt, bool):
-            raise ValidationError("skip_corrupt must be a bool")
+        checks.check_flag("skip_corrupt", skip_corrupt)
         with self._lock:
             return self._history(instance_id, after_version, limit)
 
@@ -489,7 +488,7 @@ class MemoryStore:
         params = sg.signal_params(instance_id, kind, reason, requested_by)
         with self._atomic():
             current = self._target(instance_id)
-            if current.status is _APPLIED_STATUS[kind]:
+            if current.status is sg.APPLIED_STATUS[kind]:
                 return SignalOutcome.UNCHANGED
             if self._claimed(current) and current.status is not WorkflowStatus.PAUSED:
                 self._put_signal(current, params)
@@ -507,14 +506,15 @@ class MemoryStore:
     def _apply_signal(self, current: _Instance, signal: Signal, claim: Claim | None) -> None:
         kind = signal.kind
         self._clear(current.summary.instance_id, None if kind is SignalKind.CANCEL else kind)
-        current.branches = {}  # a fork in progress ends here
+        if current.summary.position_kind == "AtFork":
+            current.branches = {}  # a fork in progress ends here
         current.applied[current.version + 1] = AppliedSignal(
             kind=kind.value,
             reason=signal.reason,
             requested_by=signal.requested_by,
             requested_at=signal.created_at or self.now,
         )
-        self._set_status(current, _APPLIED_STATUS[kind], claim)
+        self._set_status(current, sg.APPLIED_STATUS[kind], claim)
 
     def _set_status(
         self,
@@ -792,8 +792,6 @@ class MemoryStore:
                     continue
                 if tags is not None and not set(current.summary.tags) <= tags:
                     continue
-                if current.signals:  # a pending cancel or pause: no branch starts
-                    continue
                 for b in current.branches.values():
                     if b.fork_version != current.version or b.done_at is not None:
                         continue
@@ -988,7 +986,10 @@ class MemoryStore:
                 events_not_parked=sum(len(c.events) for c in every if not _parked(c)),
                 dead_events=0,  # this store holds only what it wrote: nothing unreadable
                 open_branches=sum(
-                    1 for c in every for b in c.branches.values() if b.done_at is None
+                    1
+                    for c in every
+                    for b in c.branches.values()
+                    if b.done_at is None and b.fork_version == c.version
                 ),
             )
 

@@ -21,7 +21,9 @@ Every series carries a ``schema`` label, so several stores share one registry.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import threading
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
@@ -29,6 +31,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from snapstore import logs
 from snapstore.errors import ClaimLostError, ConflictError
 from snapstore.operations import StoreStats
 
@@ -93,89 +96,112 @@ class _Timing:
             self.metrics.claims_lost.labels(self.schema, operation).inc()
 
 
-class StoreCollector(Collector):
-    """What a backend knows and what its store holds, read when scraped."""
+class _Families:
+    """Metric families by name, so each appears once however many backends report."""
 
-    def __init__(self, backend: Any, read_stats: Any | None) -> None:
-        self.backend = backend
-        self.read_stats = read_stats  # () -> StoreStats, or None: no store gauges
+    def __init__(self) -> None:
+        self.found: dict[str, Metric] = {}
+
+    def counter(self, name: str, help_: str, labels: list[str]) -> CounterMetricFamily:
+        family = self.found.setdefault(name, CounterMetricFamily(name, help_, labels=labels))
+        assert isinstance(family, CounterMetricFamily)
+        return family
+
+    def gauge(self, name: str, help_: str, labels: list[str]) -> GaugeMetricFamily:
+        family = self.found.setdefault(name, GaugeMetricFamily(name, help_, labels=labels))
+        assert isinstance(family, GaugeMetricFamily)
+        return family
+
+
+class StoreCollector(Collector):
+    """What the instrumented backends of one registry know, and what their stores hold,
+    read when scraped. A backend that has gone (collected) or closed its pool is left
+    out; a store that cannot be read says so (``snapstore_store_up`` 0) instead of
+    failing the scrape."""
+
+    def __init__(self) -> None:
+        self.sources: list[tuple[weakref.ref[Any], Any | None]] = []
+        self._lock = threading.Lock()
+
+    def add(self, backend: Any, read_stats: Any | None) -> None:
+        with self._lock:
+            self.sources.append((weakref.ref(backend), read_stats))
 
     def describe(self) -> list[Metric]:
-        """Nothing up front: several backends (schemas) share the names on one registry,
-        and describing by collecting would query the store at registration."""
+        """Nothing up front: describing by collecting would query stores at registration."""
         return []
 
     def collect(self) -> Iterator[Metric]:
-        b, schema = self.backend, self.backend.schema
-        counts = b.counts.snapshot()
-        retries = CounterMetricFamily(
-            "snapstore_retries", "Batches sent again after a deadlock.", labels=["schema"]
-        )
-        retries.add_metric([schema], counts.get("retries", 0))
-        yield retries
-        lost = CounterMetricFamily(
+        with self._lock:
+            live = [(b, reader) for ref, reader in self.sources if (b := ref()) is not None]
+        families = _Families()
+        for backend, reader in live:
+            if backend.pool.closed:
+                continue
+            self._backend(families, backend)
+            if reader is not None:
+                self._store(families, backend.schema, reader)
+        yield from families.found.values()
+
+    @staticmethod
+    def _backend(f: _Families, b: Any) -> None:
+        schema, counts = b.schema, b.counts.snapshot()
+        f.counter(
+            "snapstore_retries", "Batches sent again after a deadlock.", ["schema"]
+        ).add_metric([schema], counts.get("retries", 0))
+        lost = f.counter(
             "snapstore_lost_connections",
             "Writes whose connection was lost, by what a fresh connection found.",
-            labels=["schema", "outcome"],
+            ["schema", "outcome"],
         )
         for outcome in ("committed", "resent", "unknown"):
             lost.add_metric([schema, outcome], counts.get(f"lost_connections_{outcome}", 0))
-        yield lost
         poison = b.poison_counts
-        bad = CounterMetricFamily(
+        bad = f.counter(
             "snapstore_poison",
             "Unreadable items set aside (quarantined instances, buried events).",
-            labels=["schema", "kind"],
+            ["schema", "kind"],
         )
         bad.add_metric([schema, "instance"], poison.instances_quarantined)
         bad.add_metric([schema, "event"], poison.events_buried)
-        yield bad
-        yield from self._wakeups(schema, b.wakeup_stats())
+        wakeups = b.wakeup_stats()
+        events = f.counter("snapstore_wakeups", "Wakeup listener counters.", ["schema", "event"])
+        for name, value in sorted(dataclasses.asdict(wakeups).items()):
+            events.add_metric([schema, name], value)
+        f.gauge("snapstore_wakeup_drop_ratio", "Share of wakeups dropped.", ["schema"]).add_metric(
+            [schema], wakeups.drop_rate
+        )
         grouped = b.group_commit_stats
         if grouped is not None:
-            yield from self._group_commit(schema, grouped)
-        pool = GaugeMetricFamily(
-            "snapstore_pool", "psycopg_pool figures.", labels=["schema", "figure"]
-        )
+            figures = {**dataclasses.asdict(grouped), "mean_batch": grouped.mean_batch}
+            for name, value in sorted(figures.items()):
+                f.gauge(
+                    f"snapstore_group_commit_{name}", f"Group commit: {name}.", ["schema"]
+                ).add_metric([schema], value)
+        pool = f.gauge("snapstore_pool", "psycopg_pool figures.", ["schema", "figure"])
         for figure, value in sorted(b.pool.get_stats().items()):
             pool.add_metric([schema, figure], value)
-        yield pool
-        if self.read_stats is not None:
-            yield from store_gauges(schema, self.read_stats())
 
     @staticmethod
-    def _wakeups(schema: str, stats: Any) -> Iterator[Metric]:
-        events = CounterMetricFamily(
-            "snapstore_wakeups", "Wakeup listener counters.", labels=["schema", "event"]
-        )
-        for name, value in sorted(dataclasses.asdict(stats).items()):
-            events.add_metric([schema, name], value)
-        yield events
-        ratio = GaugeMetricFamily(
-            "snapstore_wakeup_drop_ratio", "Share of wakeups dropped.", labels=["schema"]
-        )
-        ratio.add_metric([schema], stats.drop_rate)
-        yield ratio
-
-    @staticmethod
-    def _group_commit(schema: str, stats: Any) -> Iterator[Metric]:
-        figures = {**dataclasses.asdict(stats), "mean_batch": stats.mean_batch}
-        for name, value in sorted(figures.items()):
-            family = GaugeMetricFamily(
-                f"snapstore_group_commit_{name}", f"Group commit: {name}.", labels=["schema"]
+    def _store(f: _Families, schema: str, reader: Any) -> None:
+        up = f.gauge("snapstore_store_up", "1 if the store could be read this scrape.", ["schema"])
+        try:
+            stats = reader()
+        except Exception as exc:  # a scrape must not fail for one store
+            logs.store.warning(
+                "metrics: store %s cannot be read: %s", schema, exc, extra={"schema": schema}
             )
-            family.add_metric([schema], value)
-            yield family
+            up.add_metric([schema], 0)
+            return
+        up.add_metric([schema], 1)
+        store_gauges(f, schema, stats)
 
 
-def store_gauges(schema: str, stats: StoreStats) -> Iterator[Metric]:
+def store_gauges(f: _Families, schema: str, stats: StoreStats) -> None:
     """The store's own figures as gauges."""
-    instances = GaugeMetricFamily(
-        "snapstore_instances", "Instances by status.", labels=["schema", "status"]
-    )
+    instances = f.gauge("snapstore_instances", "Instances by status.", ["schema", "status"])
     for status, count in stats.instances.items():
         instances.add_metric([schema, status], count)
-    yield instances
     for name, help_, value in (
         ("snapstore_due", "Instances dispatchable now.", stats.due),
         (
@@ -183,24 +209,23 @@ def store_gauges(schema: str, stats: StoreStats) -> Iterator[Metric]:
             "How long the oldest dispatchable instance has waited.",
             stats.oldest_due_seconds or 0.0,
         ),
-        ("snapstore_open_branches", "Branches not finished.", stats.open_branches),
+        ("snapstore_open_branches", "Branches of current forks not finished.", stats.open_branches),
         ("snapstore_dead_events", "Unreadable events set aside.", stats.dead_events),
     ):
-        gauge = GaugeMetricFamily(name, help_, labels=["schema"])
-        gauge.add_metric([schema], value)
-        yield gauge
-    leases = GaugeMetricFamily("snapstore_leases", "Leases by state.", labels=["schema", "state"])
+        f.gauge(name, help_, ["schema"]).add_metric([schema], value)
+    leases = f.gauge("snapstore_leases", "Leases by state.", ["schema", "state"])
     leases.add_metric([schema, "live"], stats.live_leases)
     leases.add_metric([schema, "expired"], stats.expired_leases)
-    yield leases
-    events = GaugeMetricFamily(
+    events = f.gauge(
         "snapstore_events",
         "Buffered events (not_parked: on instances not waiting for one).",
-        labels=["schema", "state"],
+        ["schema", "state"],
     )
     events.add_metric([schema, "buffered"], stats.buffered_events)
     events.add_metric([schema, "not_parked"], stats.events_not_parked)
-    yield events
+
+
+_COLLECTORS: dict[int, tuple[CollectorRegistry, StoreCollector]] = {}
 
 
 def instrument(
@@ -216,12 +241,21 @@ def instrument(
     backend cannot be called from the scraping thread, so pass ``read_stats`` (a
     callable returning `StoreStats`, e.g. a sync backend's ``stats``) or
     ``store_gauges=False``."""
-    metrics = _metrics(registry)
-    backend.add_observer(_Timing(metrics, backend.schema))
-    reader = read_stats
+    if any(isinstance(o, _Timing) for o in backend._observers):
+        raise ValueError(f"backend of schema {backend.schema!r} is instrumented already")
+    reader = read_stats if store_gauges else None
     if store_gauges and reader is None:
-        if getattr(backend, "_is_async", False):
+        if backend._is_async:
             raise ValueError("an asyncio backend needs read_stats= (or store_gauges=False)")
         reader = backend.stats
-    registry.register(StoreCollector(backend, reader if store_gauges else None))
+    if reader is not None and inspect.iscoroutinefunction(reader):
+        raise ValueError("read_stats must be a plain callable (it runs in the scraping thread)")
+    metrics = _metrics(registry)
+    with _LOCK:
+        found = _COLLECTORS.get(id(registry))
+        if found is None or found[0] is not registry:
+            found = _COLLECTORS[id(registry)] = (registry, StoreCollector())
+            registry.register(found[1])
+    found[1].add(backend, reader)
+    backend.add_observer(_Timing(metrics, backend.schema))
     return metrics

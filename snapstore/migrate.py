@@ -42,16 +42,19 @@ def migrate(conn: Connection[Any], schema: str) -> list[int]:
         cur.execute(plan.bootstrap)
         cur.execute(plan.applied)
         todo = pending(applied_versions(cur.fetchall()), migrations)
+        took = []
         for m in todo:
             began = time.perf_counter()
             cur.execute(plan.ddl(m))
             cur.execute(plan.record, plan.record_params(m))
-            ms = round((time.perf_counter() - began) * 1000, 1)
-            logs.migrations.info(
-                "schema %s: migration %04d applied in %.1f ms (committed with the rest)",
-                schema,
-                m.version,
-                ms,
-                extra={"schema": schema, "version": m.version, "duration_ms": ms},
-            )
+            took.append(round((time.perf_counter() - began) * 1000, 1))
+    for m, ms in zip(todo, took, strict=True):  # said once committed
+        logs.migrations.info(
+            "schema %s: migration %04d_%s applied in %.1f ms",
+            schema,
+            m.version,
+            m.name,
+            ms,
+            extra={"schema": schema, "version": m.version, "duration_ms": ms},
+        )
     return [m.version for m in todo]

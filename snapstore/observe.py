@@ -1,10 +1,10 @@
 """Hooks that see every public operation of a backend: what metrics and traces use.
 
 An `Observer` is told when an operation starts (``begin``: it may make a span current)
-and ends (``end``: how long it took and the error it raised, if any). `observable`
-wraps a backend class's public operations once, at class creation; with no observer
-attached a call costs one attribute test more. `snapstore.metrics` and
-`snapstore.tracing` provide the observers.
+and ends (``end``: how long it took and the error it raised, if any). `attach` wraps
+the operations of one backend instance the first time an observer is added, so a
+backend nobody observes runs its methods unwrapped. An observer that fails is logged
+and skipped: it never turns a store call into an error, nor hides the store's own.
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ from __future__ import annotations
 import functools
 import inspect
 import time
-from collections.abc import Callable, Iterable
-from typing import Any, Protocol, TypeVar
+from collections.abc import Callable
+from typing import Any, Protocol
 
-T = TypeVar("T")
+from snapstore import logs
 
 NOT_OPERATIONS = frozenset(
     {
@@ -42,66 +42,73 @@ class Observer(Protocol):
         """Called once ``operation`` returned (``error`` None) or raised."""
 
 
-def _wrapped(operation: str, fn: Callable[..., Any]) -> Callable[..., Any]:
-    if inspect.iscoroutinefunction(fn):
+def operations(cls: type) -> list[str]:
+    """The public operations of a backend class (what `attach` wraps)."""
+    return sorted(
+        name
+        for name, value in inspect.getmembers(cls, inspect.isfunction)
+        if not name.startswith("_") and name not in NOT_OPERATIONS
+    )
 
-        @functools.wraps(fn)
-        async def run_async(self: Any, *args: Any, **kwargs: Any) -> Any:
-            observers: list[Observer] = self._observers
-            if not observers:
-                return await fn(self, *args, **kwargs)
-            tokens = [o.begin(operation, args, kwargs) for o in observers]
-            began, error = time.perf_counter(), None
+
+def _begun(
+    observers: list[Observer], operation: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> list[tuple[Observer, Any]]:
+    begun = []
+    for observer in observers:
+        try:
+            begun.append((observer, observer.begin(operation, args, kwargs)))
+        except Exception:
+            logs.store.exception("observer %r failed at the start of %s", observer, operation)
+    return begun
+
+
+def _ended(
+    begun: list[tuple[Observer, Any]], operation: str, seconds: float, error: BaseException | None
+) -> None:
+    for observer, token in reversed(begun):
+        try:
+            observer.end(token, operation, seconds, error)
+        except Exception:
+            logs.store.exception("observer %r failed at the end of %s", observer, operation)
+
+
+def _observed(backend: Any, operation: str, method: Callable[..., Any]) -> Callable[..., Any]:
+    if inspect.iscoroutinefunction(method):
+
+        @functools.wraps(method)
+        async def run_async(*args: Any, **kwargs: Any) -> Any:
+            begun = _begun(backend._observers, operation, args, kwargs)
+            started, error = time.perf_counter(), None
             try:
-                return await fn(self, *args, **kwargs)
+                return await method(*args, **kwargs)
             except BaseException as exc:
                 error = exc
                 raise
             finally:
-                _ended(observers, tokens, operation, time.perf_counter() - began, error)
+                _ended(begun, operation, time.perf_counter() - started, error)
 
         return run_async
 
-    @functools.wraps(fn)
-    def run(self: Any, *args: Any, **kwargs: Any) -> Any:
-        observers: list[Observer] = self._observers
-        if not observers:
-            return fn(self, *args, **kwargs)
-        tokens = [o.begin(operation, args, kwargs) for o in observers]
-        began, error = time.perf_counter(), None
+    @functools.wraps(method)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        begun = _begun(backend._observers, operation, args, kwargs)
+        started, error = time.perf_counter(), None
         try:
-            return fn(self, *args, **kwargs)
+            return method(*args, **kwargs)
         except BaseException as exc:
             error = exc
             raise
         finally:
-            _ended(observers, tokens, operation, time.perf_counter() - began, error)
+            _ended(begun, operation, time.perf_counter() - started, error)
 
     return run
 
 
-def _ended(
-    observers: Iterable[Observer],
-    tokens: Iterable[Any],
-    operation: str,
-    seconds: float,
-    error: BaseException | None,
-) -> None:
-    for observer, token in reversed(list(zip(observers, tokens, strict=True))):
-        observer.end(token, operation, seconds, error)
-
-
-def operations(cls: type) -> list[str]:
-    """The public operations a backend class defines (what `observable` wraps)."""
-    return sorted(
-        name
-        for name, value in vars(cls).items()
-        if not name.startswith("_") and name not in NOT_OPERATIONS and inspect.isfunction(value)
-    )
-
-
-def observable(cls: type[T]) -> type[T]:
-    """Class decorator: every public operation of ``cls`` reports to its observers."""
-    for name in operations(cls):
-        setattr(cls, name, _wrapped(name, getattr(cls, name)))
-    return cls
+def attach(backend: Any, observer: Observer) -> None:
+    """Add ``observer`` to ``backend`` (its operations are wrapped on the first one)."""
+    if not vars(backend).get("_observed_operations"):
+        for name in operations(type(backend)):
+            setattr(backend, name, _observed(backend, name, getattr(backend, name)))
+        backend._observed_operations = True
+    backend._observers = [*backend._observers, observer]

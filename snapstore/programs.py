@@ -199,13 +199,10 @@ def save_batch(ctx: Context, items: Sequence[rw.PreparedSave]) -> Program[list[S
 
 def _log_refusal(ctx: Context, item: rw.PreparedSave, failure: Exception) -> None:
     """A lost claim at INFO (a worker lost its instance), other refusals at DEBUG."""
-    extra = {
-        "instance_id": item.instance_id,
-        "version": item.expected_version,
-        "schema": ctx.schema,
-    }
     level = logging.INFO if isinstance(failure, ClaimLostError) else logging.DEBUG
-    logs.store.log(level, "save refused: %s", failure, extra=extra)
+    if logs.store.isEnabledFor(level):  # conflicts are routine: no work unless wanted
+        extra = {"instance_id": item.instance_id, "version": item.expected_version}
+        logs.store.log(level, "save refused: %s", failure, extra={**extra, "schema": ctx.schema})
 
 
 LOST_SAVE_WAIT: Final = 5.0
@@ -403,8 +400,7 @@ def history(
     instance_id: str, after_version: int, limit: int | None, skip_corrupt: bool = False
 ) -> Program[list[HistoryEntry]]:
     params = rw.history_params(instance_id, after_version, limit)
-    if not isinstance(skip_corrupt, bool):
-        raise ValidationError("skip_corrupt must be a bool")
+    checks.check_flag("skip_corrupt", skip_corrupt)
     rows = yield Step("read_history", params, Fetch.ALL)
     return rw.interpret_history(rows, skip_corrupt=skip_corrupt)
 

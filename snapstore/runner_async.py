@@ -69,6 +69,20 @@ async def check_connection(conn: AsyncConnection[Any]) -> None:
         await AsyncConnectionPool.check_connection(conn)
 
 
+RETRY_LOG_EVERY: Final = 10.0
+"""Seconds between two warnings of one pool that it cannot reconnect (during an outage
+it tries about twice a second)."""
+_LAST_SAID: Final[weakref.WeakKeyDictionary[Any, float]] = weakref.WeakKeyDictionary()
+
+
+def _due_to_say(pool: Any) -> bool:
+    now = time.monotonic()
+    if now - _LAST_SAID.get(pool, -RETRY_LOG_EVERY) < RETRY_LOG_EVERY:
+        return False
+    _LAST_SAID[pool] = now
+    return True
+
+
 RECONNECT_EVERY: Final = 1.0
 """Seconds a pool keeps retrying a lost connection before it gives up (its
 ``reconnect_timeout``); `retry_while_waited` starts again at once while callers wait."""
@@ -82,7 +96,7 @@ async def retry_while_waited(pool: AsyncConnectionPool[Any]) -> None:
     the pool): about two attempts a second while anyone needs a connection, none while
     nobody does, and the next call tries at once."""
     waiting = 0 if pool.closed else pool.get_stats().get("requests_waiting", 0)
-    if waiting:
+    if waiting and _due_to_say(pool):
         logs.pool.warning(
             "pool %s cannot reconnect to the server; trying again (%d calls waiting)",
             pool.name,

@@ -127,7 +127,7 @@ class _Target(msgspec.Struct, frozen=True):
     due: bool  # by the server's clock; for an AtSignal wait: its deadline has passed
 
 
-_APPLIED_STATUS: Final = {
+APPLIED_STATUS: Final = {
     SignalKind.CANCEL: WorkflowStatus.CANCELLED,
     SignalKind.PAUSE: WorkflowStatus.PAUSED,
 }
@@ -346,8 +346,8 @@ def _apply_signal(
     last (see `_set_status`)."""
     kind = signal.kind
     yield from _clear(target.instance_id, None if kind is SignalKind.CANCEL else kind)
-    # A fork in progress ends here: its branches are refused from now on anyway.
-    yield Step("close_branches", {"instance_id": target.instance_id}, Fetch.NONE)
+    if target.position_kind == "AtFork":  # a fork in progress ends here
+        yield Step("close_branches", {"instance_id": target.instance_id}, Fetch.NONE)
     applied = {
         "instance_id": target.instance_id,
         "version": target.version + 1,
@@ -357,7 +357,7 @@ def _apply_signal(
         "requested_at": signal.created_at,
     }
     yield Step("record_applied_signal", applied, Fetch.NONE)
-    yield from _set_status(ctx, target, _APPLIED_STATUS[kind], claim, receipt)
+    yield from _set_status(ctx, target, APPLIED_STATUS[kind], claim, receipt)
 
 
 def store_signal(
@@ -412,7 +412,7 @@ def request(
     lease on it has not run out yet, so requests against it apply at once too."""
     params = signal_params(instance_id, kind, reason, requested_by)
     target = yield from _lock(instance_id)
-    if target.status is _APPLIED_STATUS[kind]:
+    if target.status is APPLIED_STATUS[kind]:
         return SignalOutcome.UNCHANGED
     claimed = yield from _claimed(target)
     if claimed and target.status is not WorkflowStatus.PAUSED:

@@ -12,13 +12,14 @@ error sets the span's status and is recorded on it.
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 from opentelemetry import context, trace
 from opentelemetry.trace import Span, Status, StatusCode, TracerProvider
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from snapstore import __version__
+from snapstore import __version__, observe
 from snapstore.model import WorkflowSnapshot
 
 _PROPAGATOR = TraceContextTextMapPropagator()
@@ -31,22 +32,37 @@ def _snapshot(args: tuple[Any, ...], kwargs: dict[str, Any]) -> WorkflowSnapshot
     return None
 
 
-def _instance_id(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | None:
+def _first_parameters(cls: type) -> dict[str, str]:
+    """Each operation's first parameter after self, to tell which name an instance."""
+    found = {}
+    for name in observe.operations(cls):
+        parameters = list(inspect.signature(getattr(cls, name)).parameters)[1:]
+        if parameters:
+            found[name] = parameters[0]
+    return found
+
+
+def _instance_id(first: str | None, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | None:
+    """The instance an operation is about: its snapshot's, its ``instance_id`` argument,
+    or its claim's (None for operations on many instances)."""
     found = _snapshot(args, kwargs)
     if found is not None:
         return found.instance_id
-    value = kwargs.get("instance_id", args[0] if args else None)
-    if isinstance(value, str):
-        return value
-    return getattr(value, "instance_id", None) if value is not None else None
+    if first not in ("instance_id", "claim"):
+        return None
+    value = kwargs.get(first, args[0] if args else None)
+    if first == "claim":
+        value = getattr(value, "instance_id", None)
+    return value if isinstance(value, str) else None
 
 
 class _Spans:
     """The observer: a span per operation, made current for its duration."""
 
-    def __init__(self, tracer: trace.Tracer, schema: str) -> None:
+    def __init__(self, tracer: trace.Tracer, schema: str, first: dict[str, str]) -> None:
         self.tracer = tracer
         self.schema = schema
+        self.first = first
 
     def begin(
         self, operation: str, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -56,7 +72,7 @@ class _Spans:
         if snapshot is not None and snapshot.trace_parent:
             parent = _PROPAGATOR.extract({"traceparent": snapshot.trace_parent})
         attributes: dict[str, str] = {"db.system": "postgresql", "snapstore.schema": self.schema}
-        instance_id = _instance_id(args, kwargs)
+        instance_id = _instance_id(self.first.get(operation), args, kwargs)
         if instance_id is not None:
             attributes["snapstore.instance_id"] = instance_id
         span = self.tracer.start_span(
@@ -85,4 +101,4 @@ class _Spans:
 def instrument(backend: Any, *, tracer_provider: TracerProvider | None = None) -> None:
     """Trace ``backend``'s operations with ``tracer_provider`` (default: the global one)."""
     tracer = trace.get_tracer("snapstore", __version__, tracer_provider=tracer_provider)
-    backend.add_observer(_Spans(tracer, backend.schema))
+    backend.add_observer(_Spans(tracer, backend.schema, _first_parameters(type(backend))))

@@ -143,3 +143,47 @@ def test_a_span_per_operation_continuing_the_snapshots_trace(
     assert loaded.parent is None  # no trace of its own to continue
     assert refused.status.status_code is StatusCode.ERROR
     assert [e.name for e in refused.events] == ["exception"]
+
+
+def test_several_stores_share_a_registry_and_a_broken_one_does_not_fail_the_scrape(
+    backend: PostgresBackend[JsonCodec], dsn: str, fresh_schema: str
+) -> None:
+    registry = CollectorRegistry()
+    other = PostgresBackend[JsonCodec].connect(dsn, schema=fresh_schema)
+    try:
+        metrics.instrument(backend, registry=registry)
+
+        def unreadable() -> None:
+            raise RuntimeError("no")
+
+        metrics.instrument(other, registry=registry, read_stats=unreadable)
+        with pytest.raises(ValueError, match="instrumented already"):
+            metrics.instrument(backend, registry=registry)
+        server, _ = start_http_server(0, addr="127.0.0.1", registry=registry)
+        try:
+            found = scrape(f"http://127.0.0.1:{server.server_port}/metrics")
+            assert found[("snapstore_store_up", (("schema", backend.schema),))] == 1
+            assert found[("snapstore_store_up", (("schema", fresh_schema),))] == 0
+            other.close()  # a closed backend is left out, not an error
+            found = scrape(f"http://127.0.0.1:{server.server_port}/metrics")
+            assert ("snapstore_store_up", (("schema", fresh_schema),)) not in found
+        finally:
+            server.shutdown()
+    finally:
+        other.close()
+        backend._observers = []
+
+
+def test_spans_name_an_instance_only_for_operations_on_one(
+    backend: PostgresBackend[JsonCodec], spans: InMemorySpanExporter
+) -> None:
+    backend.save(snap("wf"))
+    (task,) = backend.find_available_tasks("worker-1")
+    backend.release(task.claim)
+    saved, dispatched, released = spans.get_finished_spans()
+    assert saved.attributes is not None
+    assert dispatched.attributes is not None
+    assert saved.attributes["snapstore.instance_id"] == "wf"
+    assert "snapstore.instance_id" not in dispatched.attributes  # "worker-1" is no instance
+    assert released.attributes is not None
+    assert released.attributes["snapstore.instance_id"] == "wf"  # from the claim

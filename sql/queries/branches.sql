@@ -32,8 +32,6 @@ WITH picked AS (
     WHERE b.done_at IS NULL AND (b.expires_at IS NULL OR b.expires_at <= now())
       AND s.version = b.fork_version AND s.status = 'InProgress'
       AND (%(worker_tags)s::text[] IS NULL OR s.tags <@ %(worker_tags)s::text[])
-      -- a pending cancel or pause: no branch is started while it waits to apply
-      AND NOT EXISTS (SELECT 1 FROM @schema@.signals AS g WHERE g.instance_id = b.instance_id)
     ORDER BY b.created_at, b.instance_id, b.branch_id
     LIMIT %(limit)s
     FOR UPDATE OF b SKIP LOCKED
@@ -93,8 +91,12 @@ VALUES (%(instance_id)s, %(branch_id)s, %(status)s, %(attempts)s, %(worker_id)s,
 -- checkpoint will hold besides this result (the fork's document and the instance's
 -- stored outputs, this branch's own old row left out).
 SELECT count(*) FILTER (WHERE b.done_at IS NULL AND b.branch_id <> %(branch_id)s),
-    (SELECT COALESCE(octet_length(h.data), 0) FROM @schema@.history AS h
-     WHERE h.instance_id = %(instance_id)s AND h.version = %(version)s)
+    -- the fork's document as a load reads it: its delta chain, from the whole one on
+    (SELECT COALESCE(sum(octet_length(h.data)), 0)
+     FROM @schema@.history AS c
+     JOIN @schema@.history AS h ON h.instance_id = c.instance_id
+         AND h.version BETWEEN COALESCE(c.base_version, c.version) AND c.version
+     WHERE c.instance_id = %(instance_id)s AND c.version = %(version)s)
     + (SELECT COALESCE(sum(octet_length(t.output)), 0) FROM @schema@.tasks AS t
        WHERE t.instance_id = %(instance_id)s AND t.task_id <> %(branch_id)s)
 FROM @schema@.branches AS b

@@ -24,7 +24,9 @@ SELECT
      JOIN @schema@.snapshots AS s ON s.instance_id = e.instance_id
      WHERE NOT (s.status = 'InProgress' AND s.position_kind = 'AtSignal')),
     (SELECT count(*) FROM @schema@.dead_events),
-    (SELECT count(*) FROM @schema@.branches WHERE done_at IS NULL);
+    (SELECT count(*) FROM @schema@.branches AS b
+     JOIN @schema@.snapshots AS s ON s.instance_id = b.instance_id AND s.version = b.fork_version
+     WHERE b.done_at IS NULL);
 
 -- name: stuck_instances
 -- Due for longer than %(older)s with no live lease: no worker is taking them.
