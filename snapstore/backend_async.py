@@ -390,13 +390,29 @@ class AsyncPostgresBackend(CodecBound, Generic[C]):
         """Batching figures when group commit is on."""
         return None if self._committer is None else self._committer.stats
 
-    async def load(self, instance_id: str) -> StoredSnapshot | None:
-        """The latest checkpoint with task outputs hydrated, or None."""
-        return await self._runner.run(programs.load(self.ctx, instance_id), writes=False)
+    async def load(
+        self, instance_id: str, *, input_type: Any = None, output_type: Any = None
+    ) -> StoredSnapshot | None:
+        """The latest checkpoint with task outputs hydrated, or None.
 
-    async def load_task_result(self, instance_id: str, task_id: str) -> TaskResult | None:
-        """One task's stored result (with output), or None."""
-        return await self._runner.run(programs.load_task_result(instance_id, task_id), writes=False)
+        ``input_type``/``output_type``: what to read the snapshot's input and output as
+        (a msgspec Struct, a dataclass, anything msgspec decodes into); `DecodeError`
+        when the stored value does not fit."""
+        in_type = rw.check_value_type("input_type", input_type)
+        out_type = rw.check_value_type("output_type", output_type)
+        stored = await self._runner.run(programs.load(self.ctx, instance_id), writes=False)
+        return rw.typed_load(stored, in_type, out_type)
+
+    async def load_task_result(
+        self, instance_id: str, task_id: str, *, output_type: Any = None
+    ) -> TaskResult | None:
+        """One task's stored result (with output, read as ``output_type`` if given), or
+        None."""
+        type_ = rw.check_value_type("output_type", output_type)
+        found = await self._runner.run(
+            programs.load_task_result(instance_id, task_id), writes=False
+        )
+        return rw.typed_result(instance_id, task_id, found, type_)
 
     async def fork(self, source_id: str, version: int, instance_id: str) -> int:
         """Create ``instance_id`` from version ``version`` of ``source_id`` (replay from

@@ -22,6 +22,7 @@ from snapstore import checks
 from snapstore import claims as cl
 from snapstore import operations as ops
 from snapstore import retention as rt
+from snapstore import rows as rw
 from snapstore import signals as sg
 from snapstore.branches import BranchClaim, BranchDone, BranchQuery, BranchState, ClaimedBranch
 from snapstore.claims import ClaimedTask, DispatchQuery, Seconds
@@ -92,11 +93,19 @@ class MemoryBackend:
     def save_many(self, requests: Sequence[SaveRequest]) -> builtins.list[SaveResult]:
         return self.store.save_many(requests)
 
-    def load(self, instance_id: str) -> StoredSnapshot | None:
-        return self.store.load(instance_id)
+    def load(
+        self, instance_id: str, *, input_type: Any = None, output_type: Any = None
+    ) -> StoredSnapshot | None:
+        in_type = rw.check_value_type("input_type", input_type)
+        out_type = rw.check_value_type("output_type", output_type)
+        return rw.typed_load(self.store.load(instance_id), in_type, out_type)
 
-    def load_task_result(self, instance_id: str, task_id: str) -> TaskResult | None:
-        return self.store.load_task_result(instance_id, task_id)
+    def load_task_result(
+        self, instance_id: str, task_id: str, *, output_type: Any = None
+    ) -> TaskResult | None:
+        type_ = rw.check_value_type("output_type", output_type)
+        found = self.store.load_task_result(instance_id, task_id)
+        return rw.typed_result(instance_id, task_id, found, type_)
 
     def fork(self, source_id: str, version: int, instance_id: str) -> int:
         return self.store.fork(source_id, version, instance_id)

@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from typing import Any, Final, NamedTuple
 
 import msgspec
+import msgspec.inspect
 from psycopg.types.numeric import Int2, Int4, Int8
 
 from snapstore import arrays, checks
@@ -387,7 +388,7 @@ def prepare_save(
         if everything
         else msgspec.structs.replace(snapshot, task_results={t: results[t] for t in looked})
     )
-    doc, outputs = lower_checkpoint(codec, shown)
+    doc, outputs, typed = lower_checkpoint(codec, shown)
     for task_id, output in outputs.items():
         if output is not None:
             limits.value(len(output), f"output of task {task_id!r}")
@@ -401,12 +402,14 @@ def prepare_save(
     blob: bytes | None = None
     base_version: int | None = None
     if chain is not None and stored_created_at is not None:
-        delta = seal_delta(codec, doc, changed, removed)
+        delta = seal_delta(codec, doc, changed, removed, typed=typed)
         if chain.delta_bytes + len(delta) <= chain.full_bytes:
             blob, base_version = delta, chain.base_version
             after = chain._replace(delta_bytes=chain.delta_bytes + len(delta))
     if blob is None:
-        blob = seal_document(codec, whole if whole is not None else lower_document(codec, snapshot))
+        if whole is None:
+            whole, typed = lower_document(codec, snapshot)
+        blob = seal_document(codec, whole, typed=typed)
         after = Chain((expected_version or 0) + 1, len(blob), 0)
     # Skipped rows and a delta both rely on what this life of the id stored before.
     relies = len(changed) < len(results) or base_version is not None
@@ -825,3 +828,55 @@ def interpret_history(rows: Sequence[Row], *, skip_corrupt: bool = False) -> lis
             )
         )
     return entries
+
+
+def check_value_type(kind: str, type_: Any) -> Any:
+    """A type msgspec can convert stored values into (None: none asked for)."""
+    if type_ is None:
+        return None
+    try:
+        msgspec.inspect.type_info(type_)
+    except (TypeError, ValueError) as exc:
+        raise ValidationError(f"{kind} must be a type msgspec can decode into: {exc}") from exc
+    return type_
+
+
+def typed_value(value: Any, type_: Any, what: str) -> Any:
+    """``value`` (of the value domain) as ``type_``; `DecodeError` naming ``what`` if the
+    stored data does not fit."""
+    if type_ is None:
+        return value
+    try:
+        return msgspec.convert(value, type_)
+    except msgspec.ValidationError as exc:
+        raise DecodeError(f"{what} does not fit {_type_name(type_)}: {exc}") from exc
+
+
+def _type_name(type_: Any) -> str:
+    return getattr(type_, "__qualname__", None) or repr(type_)
+
+
+def typed_load(
+    stored: StoredSnapshot | None, input_type: Any, output_type: Any
+) -> StoredSnapshot | None:
+    """A loaded checkpoint with its input and output converted to the types asked for."""
+    if stored is None or (input_type is None and output_type is None):
+        return stored
+    snap = stored.snapshot
+    where = f"instance {snap.instance_id!r} v{stored.version}"
+    converted = msgspec.structs.replace(
+        snap,
+        input=typed_value(snap.input, input_type, f"input of {where}"),
+        output=typed_value(snap.output, output_type, f"output of {where}"),
+    )
+    return msgspec.structs.replace(stored, snapshot=converted)
+
+
+def typed_result(
+    instance_id: str, task_id: str, result: TaskResult | None, output_type: Any
+) -> TaskResult | None:
+    """A task result with its output converted to ``output_type`` (None: as stored)."""
+    if result is None or output_type is None:
+        return result
+    what = f"output of task {task_id!r} of {instance_id!r}"
+    return msgspec.structs.replace(result, output=typed_value(result.output, output_type, what))

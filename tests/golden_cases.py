@@ -8,9 +8,11 @@ instead, and regenerate only the new files (see codecs/SPEC.md).
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta, timezone
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Final
+from uuid import UUID
 
 import msgspec
 
@@ -140,6 +142,25 @@ def value_path(codec: type[Codec]) -> Path:
     return GOLDEN_DIR / codec.name / "value.bin"
 
 
+# Every type of the value domain beyond JSON's own (snapstore.codecs.values), and a dict
+# that looks like a tag: what a codec switch must hand back unchanged.
+TYPED_VALUE: Final[dict[str, Any]] = {
+    "bytes": b"\x00\xffsnap",
+    "empty_bytes": b"",
+    "when": datetime(2024, 5, 17, 8, 30, 15, 123456, tzinfo=UTC),
+    "day": date(2024, 2, 29),
+    "id": UUID("12345678-1234-5678-1234-567812345678"),
+    "amount": Decimal("-1234.5600"),
+    "looks_like_a_tag": {"$uuid": "not a uuid"},
+    "nested": [{"at": datetime(1999, 12, 31, 23, 59, 59, tzinfo=UTC), "raw": [b"a", b"b"]}],
+}
+
+
+def typed_value_path(codec: type[Codec]) -> Path:
+    """Where the golden typed value blob (`TYPED_VALUE`) written by ``codec`` lives."""
+    return GOLDEN_DIR / codec.name / "value-typed.bin"
+
+
 def golden_files() -> dict[Path, bytes]:
     """Every golden file and the bytes the current code writes for it."""
     files: dict[Path, bytes] = {}
@@ -148,4 +169,5 @@ def golden_files() -> dict[Path, bytes]:
         for case, snapshot in SNAPSHOT_CASES.items():
             files[snapshot_path(codec_type, case)] = encode_snapshot(codec, snapshot)
         files[value_path(codec_type)] = seal_value(codec, VALUE)
+        files[typed_value_path(codec_type)] = seal_value(codec, TYPED_VALUE)
     return files

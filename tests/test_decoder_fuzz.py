@@ -26,7 +26,8 @@ VALUES = [seal_value(c, {"rows": [1, 2.5, "x", None, True], "nested": {"k": [[]]
 
 def _delta(codec: Codec) -> bytes:
     changed = msgspec.structs.replace(RICH, error="later")
-    return seal_delta(codec, lower_document(codec, changed), [], [])
+    doc, typed = lower_document(codec, changed)
+    return seal_delta(codec, doc, [], [], typed=typed)
 
 
 DELTAS = [_delta(c) for c in CODECS]

@@ -17,7 +17,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
 from typing import Any, ClassVar
 from uuid import UUID
 
@@ -57,7 +58,13 @@ NAMES = st.sampled_from(["go", "stop"])
 TAGS = st.lists(st.sampled_from(["x", "y"]), max_size=2, unique=True).map(tuple)
 WORKER_TAGS = st.none() | st.lists(st.sampled_from(["x", "y"]), max_size=2, unique=True)
 TEXT = st.none() | st.sampled_from(["why", "ops", "ünï"])
-PAYLOADS = st.none() | st.integers(-5, 5) | st.sampled_from(["yes", "no"]) | st.just({"k": [1]})
+PAYLOADS = (
+    st.none()
+    | st.integers(-5, 5)
+    | st.sampled_from(["yes", "no"])
+    | st.just({"k": [1]})
+    | st.sampled_from([b"\x00raw", UUID(int=5), Decimal("2.50"), date(2024, 2, 29)])
+)
 TTL = 600.0
 AGING = 3600.0
 DAY = timedelta(days=1)

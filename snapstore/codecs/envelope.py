@@ -21,6 +21,7 @@ import orjson
 
 from snapstore.codecs.base import Codec
 from snapstore.codecs.registry import codec_for_id
+from snapstore.codecs.values import lower_value, raise_value
 from snapstore.errors import DecodeError, EncodeError
 
 T = TypeVar("T")
@@ -29,7 +30,8 @@ MAGIC: Final = b"SNP"
 FORMAT_VERSION: Final = 1
 FLAG_VALUE: Final = 0x01  # payload is a bare value (task output, event payload)
 FLAG_DELTA: Final = 0x02  # a snapshot document holding only what changed since its version - 1
-KNOWN_FLAGS: Final = FLAG_VALUE | FLAG_DELTA
+FLAG_TYPED: Final = 0x04  # holds tagged values (snapstore.codecs.values): read the tags back
+KNOWN_FLAGS: Final = FLAG_VALUE | FLAG_DELTA | FLAG_TYPED
 _HEADER: Final = struct.Struct(">3sBBBI")
 _PREFIX: Final = struct.Struct(">3sBBB")  # the checksummed part of the header
 _CRC: Final = struct.Struct(">I")
@@ -100,32 +102,33 @@ def _seal(codec: Codec, flags: int, doc: Any) -> bytes:
     return prefix + _CRC.pack(zlib.crc32(payload, zlib.crc32(prefix))) + payload
 
 
-def seal_document(codec: Codec, doc: Any, *, delta: bool = False) -> bytes:
-    """Envelope a snapshot document (``delta``: a checkpoint delta, see snapshot.py)."""
-    return _seal(codec, FLAG_DELTA if delta else 0, doc)
+def seal_document(codec: Codec, doc: Any, *, delta: bool = False, typed: bool = False) -> bytes:
+    """Envelope a snapshot document (``delta``: a checkpoint delta, see snapshot.py;
+    ``typed``: its values hold tags, see `snapstore.codecs.values`)."""
+    return _seal(codec, (FLAG_DELTA if delta else 0) | (FLAG_TYPED if typed else 0), doc)
 
 
-def seal_value(codec: Codec, value: Any) -> bytes:
-    """Envelope an arbitrary value (lowered to builtins the codec carries)."""
+def seal_value(codec: Codec, value: Any, where: str = "value") -> bytes:
+    """Envelope a value of the value domain (`snapstore.codecs.values`); anything outside
+    it is an `EncodeError` naming ``where``."""
     try:
-        doc = msgspec.to_builtins(value, builtin_types=codec.builtin_types)
+        lowered, typed = lower_value(codec.builtin_types, value, where)
     except RecursionError:
         raise _too_deep() from None
-    except (TypeError, msgspec.EncodeError) as exc:
-        raise EncodeError(f"{codec.name} cannot encode this value: {exc}") from exc
-    return seal_lowered_value(codec, doc)
+    return seal_lowered_value(codec, lowered, typed=typed)
 
 
-def seal_lowered_value(codec: Codec, value: Any) -> bytes:
-    """`seal_value` of a value already lowered to the builtins the codec carries."""
-    return _seal(codec, FLAG_VALUE, value)
+def seal_lowered_value(codec: Codec, value: Any, *, typed: bool = False) -> bytes:
+    """`seal_value` of a value already lowered (`snapstore.codecs.values.lower_value`)."""
+    return _seal(codec, FLAG_VALUE | (FLAG_TYPED if typed else 0), value)
 
 
 def open_envelope(
     blob: bytes | bytearray, *, expect_value: bool, expect_delta: bool = False
 ) -> tuple[Codec, memoryview]:
     """Check the header and checksum; return the codec named by the blob and its payload
-    (a view into ``blob``: a 100 MB output is not copied once more to be decoded)."""
+    (a view into ``blob``: a 100 MB output is not copied once more to be decoded).
+    Whether its values hold tags: `is_typed`."""
     if len(blob) < HEADER_SIZE:
         raise DecodeError(f"blob of {len(blob)} bytes is shorter than the envelope header")
     magic, version, codec_id, flags, crc = _HEADER.unpack_from(blob)
@@ -158,14 +161,27 @@ def _parse(codec: Codec, payload: memoryview, type_: type[T]) -> T:
         raise DecodeError(f"{codec.name} payload does not decode: {exc}") from exc
 
 
+def is_typed(blob: bytes | bytearray | memoryview) -> bool:
+    """Whether a blob (checked by `open_envelope`) holds tagged values."""
+    return bool(blob[FLAGS_OFFSET] & FLAG_TYPED)
+
+
 def open_document(blob: bytes, type_: type[T], *, delta: bool = False) -> tuple[Codec, T]:
     """Decode a snapshot document blob (``delta``: a checkpoint delta) written by any
-    registered codec."""
+    registered codec; its input and output read back typed when the blob is flagged."""
     codec, payload = open_envelope(blob, expect_value=False, expect_delta=delta)
-    return codec, _parse(codec, payload, type_)
+    doc = _parse(codec, payload, type_)
+    if is_typed(blob):
+        doc = msgspec.structs.replace(  # type: ignore[type-var]
+            doc,
+            input=raise_value(doc.input),  # type: ignore[attr-defined]
+            output=raise_value(doc.output),  # type: ignore[attr-defined]
+        )
+    return codec, doc
 
 
 def open_value(blob: bytes | bytearray) -> Any:
     """Decode a value blob written by any registered codec."""
     codec, payload = open_envelope(blob, expect_value=True)
-    return _parse(codec, payload, object)
+    value = _parse(codec, payload, object)
+    return raise_value(value) if is_typed(blob) else value

@@ -15,7 +15,7 @@ its chain (the writer's rule, in rows.py, keeps chains short).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 
@@ -29,6 +29,7 @@ from snapstore.codecs.envelope import (
     seal_lowered_value,
     seal_value,
 )
+from snapstore.codecs.values import lower_value
 from snapstore.errors import DecodeError, EncodeError
 from snapstore.model import WorkflowSnapshot
 
@@ -41,55 +42,93 @@ class CheckpointDelta(WorkflowSnapshot, frozen=True, kw_only=True, omit_defaults
 
 
 _SNAPSHOT_FIELDS: tuple[str, ...] = WorkflowSnapshot.__struct_fields__
+_DOC_FIELDS: tuple[str, ...] = _SNAPSHOT_FIELDS
+_ABSENT: Any = object()
 
 
-def _lower(codec: Codec, snapshot: WorkflowSnapshot) -> tuple[dict[str, Any], dict[str, Any]]:
-    """``snapshot`` as the codec's builtins without task outputs, and the outputs (lowered
-    in the same pass) by task id."""
+class Lowered(NamedTuple):
+    """One snapshot lowered for a codec: the document (without outputs), each task
+    output lowered, and which of them hold tags (`snapstore.codecs.values`)."""
+
+    doc: dict[str, Any]
+    typed: bool
+    outputs: dict[str, Any]
+    typed_outputs: frozenset[str]
+
+
+def _lower(codec: Codec, snapshot: WorkflowSnapshot) -> Lowered:
+    """``snapshot`` as the codec's builtins: the engine's values (input, output, task
+    outputs) checked against the value domain and tagged where the codec lacks a type,
+    the rest by the model's own types."""
+    native = codec.builtin_types
+    input_, typed_in = lower_value(native, snapshot.input, "input")
+    output, typed_out = lower_value(native, snapshot.output, "output")
+    outputs: dict[str, Any] = {}
+    typed_outputs = set()
+    for task_id, result in snapshot.task_results.items():
+        where = f"output of task {task_id!r}"
+        outputs[task_id], tagged = lower_value(native, result.output, where)
+        if tagged:
+            typed_outputs.add(task_id)
+    bare = strip_outputs(msgspec.structs.replace(snapshot, input=None, output=None))
     try:
-        doc = msgspec.to_builtins(snapshot, builtin_types=codec.builtin_types)
+        doc = msgspec.to_builtins(bare, builtin_types=native)
     except (TypeError, msgspec.EncodeError) as exc:
         raise EncodeError(f"{codec.name} cannot encode snapshot: {exc}") from exc
-    results: dict[str, dict[str, Any]] = doc.get("task_results", {})
-    return doc, {task_id: result.pop("output", None) for task_id, result in results.items()}
+    values = {"input": input_, "output": output}
+    ordered = {}  # in field order, as the model lowers them: the bytes stay the same
+    for name in _DOC_FIELDS:
+        value = values[name] if name in values else doc.get(name, _ABSENT)
+        if value is not _ABSENT and not (name in values and value is None):
+            ordered[name] = value
+    return Lowered(ordered, typed_in or typed_out, outputs, frozenset(typed_outputs))
 
 
-def lower_document(codec: Codec, snapshot: WorkflowSnapshot) -> dict[str, Any]:
-    """The snapshot document without outputs, to seal with `seal_document`."""
-    return _lower(codec, snapshot)[0]
+def lower_document(codec: Codec, snapshot: WorkflowSnapshot) -> tuple[dict[str, Any], bool]:
+    """The snapshot document without outputs, to seal with `seal_document`, and whether
+    it holds tags (its ``typed``)."""
+    lowered = _lower(codec, snapshot)
+    return lowered.doc, lowered.typed
 
 
 def encode_snapshot(codec: Codec, snapshot: WorkflowSnapshot) -> bytes:
     """The envelope blob for ``snapshot`` without its task outputs."""
-    return seal_document(codec, _lower(codec, snapshot)[0])
+    doc, typed = lower_document(codec, snapshot)
+    return seal_document(codec, doc, typed=typed)
 
 
 def lower_checkpoint(
     codec: Codec, snapshot: WorkflowSnapshot
-) -> tuple[dict[str, Any], dict[str, bytes | None]]:
+) -> tuple[dict[str, Any], dict[str, bytes | None], bool]:
     """The snapshot document without outputs (seal it whole with `seal_document`, or as
-    a delta with `seal_delta`) and every task output's sidecar blob (`encode_output`),
-    from one lowering of the snapshot."""
-    doc, outputs = _lower(codec, snapshot)
+    a delta with `seal_delta`), every task output's sidecar blob (`encode_output`), and
+    whether the document holds tags, from one lowering of the snapshot."""
+    lowered = _lower(codec, snapshot)
     blobs = {
-        t: None if out is None else seal_lowered_value(codec, out) for t, out in outputs.items()
+        t: None if out is None else seal_lowered_value(codec, out, typed=t in lowered.typed_outputs)
+        for t, out in lowered.outputs.items()
     }
-    return doc, blobs
+    return lowered.doc, blobs, lowered.typed
 
 
 def encode_checkpoint(
     codec: Codec, snapshot: WorkflowSnapshot
 ) -> tuple[bytes, dict[str, bytes | None]]:
     """`encode_snapshot` and every task output's sidecar blob, from one lowering."""
-    doc, blobs = lower_checkpoint(codec, snapshot)
-    return seal_document(codec, doc), blobs
+    doc, blobs, typed = lower_checkpoint(codec, snapshot)
+    return seal_document(codec, doc, typed=typed), blobs
 
 
 def seal_delta(
-    codec: Codec, doc: dict[str, Any], changed: Iterable[str], removed: Iterable[str]
+    codec: Codec,
+    doc: dict[str, Any],
+    changed: Iterable[str],
+    removed: Iterable[str],
+    *,
+    typed: bool = False,
 ) -> bytes:
     """The delta blob of a lowered snapshot ``doc``: only the ``changed`` task results,
-    and the ``removed`` task ids."""
+    and the ``removed`` task ids (``typed``: the document holds tags)."""
     results = doc.get("task_results", {})
     delta = {k: v for k, v in doc.items() if k != "task_results"}
     kept = {t: results[t] for t in changed}
@@ -98,7 +137,7 @@ def seal_delta(
     gone = list(removed)
     if gone:
         delta["removed_tasks"] = gone
-    return seal_document(codec, delta, delta=True)
+    return seal_document(codec, delta, delta=True, typed=typed)
 
 
 def apply_delta(base: WorkflowSnapshot, delta: CheckpointDelta) -> WorkflowSnapshot:
@@ -151,7 +190,7 @@ def decode_chain(
 
 def encode_output(codec: Codec, output: Any) -> bytes | None:
     """The sidecar blob of one task output; None stays SQL NULL."""
-    return None if output is None else seal_value(codec, output)
+    return None if output is None else seal_value(codec, output, "output")
 
 
 def decode_snapshot(
