@@ -46,7 +46,10 @@ def test_the_readme_examples_run_as_written(default_schema: str) -> None:
     try:
         for number, code in enumerate(blocks("python"), 1):
             try:
-                exec(compile(code, f"README.md python block {number}", "exec"), namespace)
+                exec(
+                    compile(code, f"README.md python block {number}", "exec", dont_inherit=True),
+                    namespace,
+                )
             except Exception as exc:
                 raise AssertionError(f"README python block {number} failed: {exc!r}") from exc
     finally:
