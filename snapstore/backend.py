@@ -775,10 +775,13 @@ class PostgresBackend(CodecBound, Generic[C]):
 
     # --- operators (see `snapstore.operations`) --------------------------------------------
 
-    def stats(self) -> StoreStats:
+    def stats(self, *, exact: bool = True) -> StoreStats:
         """Counts of the store now: instances by status, due backlog and its oldest wait,
-        leases, buffered and dead events, open branches (exact: one statement)."""
-        return self._runner.run(ops.store_stats(), writes=False)
+        leases, buffered and dead events, open branches, in one statement. ``exact=False``
+        (what metrics scrape): a bounded cost on any store, the instances by status
+        estimated by the planner past 100k rows and the due backlog counted up to 10k."""
+        program = ops.store_stats(self.schema, exact=checks.check_flag("exact", exact))
+        return self._runner.run(program, writes=False)
 
     def check(self, *, older_than: Seconds = ops.DEFAULT_CHECK_AGE) -> builtins.list[Problem]:
         """What looks wrong: migrations missing, edited or unknown; instances due for

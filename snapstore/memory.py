@@ -325,7 +325,8 @@ class MemoryBackend:
 
     # --- operators -------------------------------------------------------------------------
 
-    def stats(self) -> StoreStats:
+    def stats(self, *, exact: bool = True) -> StoreStats:
+        checks.check_flag("exact", exact)  # in memory every count is exact and cheap
         return self.store.stats()
 
     def check(self, *, older_than: Seconds = ops.DEFAULT_CHECK_AGE) -> builtins.list[Problem]:

@@ -323,7 +323,8 @@ class AsyncMemoryBackend:
 
     # --- operators -------------------------------------------------------------------------
 
-    async def stats(self) -> StoreStats:
+    async def stats(self, *, exact: bool = True) -> StoreStats:
+        checks.check_flag("exact", exact)  # in memory every count is exact and cheap
         return self.store.stats()
 
     async def check(self, *, older_than: Seconds = ops.DEFAULT_CHECK_AGE) -> builtins.list[Problem]:

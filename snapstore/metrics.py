@@ -10,8 +10,9 @@
   {outcome}``, ``snapstore_poison_total{kind}``, the wakeup listeners' counters
   (``snapstore_wakeups_total{event}``, ``snapstore_wakeup_drop_ratio``), group commit
   (``snapstore_group_commit_*``), the pool (``snapstore_pool{figure}``) and, with
-  ``store_gauges`` (default on), the store itself from one statement per scrape
-  (`AsyncPostgresBackend.stats`): ``snapstore_instances{status}``, ``snapstore_due``,
+  ``store_gauges`` (default on), the store itself from one statement of bounded cost
+  per scrape (`AsyncPostgresBackend.stats` with ``exact=False``):
+  ``snapstore_instances{status}``, ``snapstore_due``,
   ``snapstore_oldest_due_seconds``, ``snapstore_leases{state}``, ``snapstore_events
   {state}``, ``snapstore_open_branches``.
 
@@ -21,6 +22,7 @@ Every series carries a ``schema`` label, so several stores share one registry.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 import threading
 import weakref
@@ -247,7 +249,7 @@ def instrument(
     if store_gauges and reader is None:
         if backend._is_async:
             raise ValueError("an asyncio backend needs read_stats= (or store_gauges=False)")
-        reader = backend.stats
+        reader = functools.partial(backend.stats, exact=False)
     if reader is not None and inspect.iscoroutinefunction(reader):
         raise ValueError("read_stats must be a plain callable (it runs in the scraping thread)")
     metrics = _metrics(registry)

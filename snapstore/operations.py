@@ -71,11 +71,24 @@ def problem(kind: str, instance_id: str, age_seconds: float, name: str | None = 
     )
 
 
-def store_stats() -> Program[StoreStats]:
-    row = yield Step("store_stats")
+GAUGE_EXACT_BELOW: Final = 100_000
+"""Instances up to which the cheap statement (``exact=False``) counts them by status;
+above, it reads the planner's estimate."""
+GAUGE_DUE_CAP: Final = 10_000
+"""Where the cheap statement stops counting the due backlog."""
+
+
+def store_stats(schema: str, *, exact: bool = True) -> Program[StoreStats]:
+    """The store's counts (``exact=False``: at a cost bounded whatever the store's size,
+    see ``store_gauges`` in sql/queries/operations.sql)."""
+    if exact:
+        row = yield Step("store_stats")
+    else:
+        params = {"schema": schema, "exact_below": GAUGE_EXACT_BELOW, "cap": GAUGE_DUE_CAP}
+        row = yield Step("store_gauges", params)
     statuses, due, oldest, live, expired, events, stray, dead, branches = row
     return StoreStats(
-        instances={str(k): int(v) for k, v in sorted(statuses.items())},
+        instances={str(k): int(v) for k, v in sorted(statuses.items())},  # estimates: floats
         due=due,
         oldest_due_seconds=oldest,
         live_leases=live,

@@ -474,6 +474,7 @@ class WholeApiMatches(RuleBasedStateMachine):
     @rule(keep_last=st.integers(1, 3))
     def operator_views(self, keep_last: int) -> None:
         self.same(lambda s, _: s.stats())
+        self.same(lambda s, _: s.stats(exact=False))  # small: exact too
         self.same(lambda s, _: s.check(older_than=0))
         self.same(lambda s, _: s.prune_history(keep_last=keep_last, dry_run=True))
 

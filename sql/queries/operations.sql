@@ -80,3 +80,44 @@ SELECT version, checksum FROM @schema@.migrations ORDER BY version;
 
 -- name: migrations_exist
 SELECT to_regclass('@schema@.migrations') IS NOT NULL;
+
+-- name: store_gauges
+-- store_stats for a scrape: the same figures at a bounded cost whatever the store's
+-- size. Above %(exact_below)s rows the instances by status come from the planner's
+-- statistics (pg_class.reltuples times pg_stats' frequencies of status, as fresh as the
+-- last ANALYZE); the due backlog is counted up to %(cap)s. The rest is exact: the oldest
+-- due instance is read in queue-index order, leases, events and branches are small.
+WITH due AS NOT MATERIALIZED (  -- inlined: each use reads only what it needs
+    SELECT s.available_at FROM @schema@.snapshots AS s
+    WHERE s.status = 'InProgress' AND s.available_at <= now()
+      AND NOT EXISTS (
+          SELECT 1 FROM @schema@.claims AS c
+          WHERE c.instance_id = s.instance_id AND c.expires_at > now())
+), size AS (
+    SELECT GREATEST(c.reltuples, 0) AS n FROM pg_class AS c
+    WHERE c.oid = to_regclass('@schema@.snapshots')
+)
+SELECT
+    CASE WHEN (SELECT n FROM size) < %(exact_below)s THEN
+        (SELECT COALESCE(jsonb_object_agg(q.status, q.n), '{}'::jsonb)
+         FROM (SELECT status, count(*) AS n FROM @schema@.snapshots GROUP BY status) AS q)
+    ELSE
+        (SELECT COALESCE(jsonb_object_agg(v.status, round(v.freq * (SELECT n FROM size))),
+                         '{}'::jsonb)
+         FROM pg_stats AS p,
+             unnest(p.most_common_vals::text::text[], p.most_common_freqs) AS v(status, freq)
+         WHERE p.schemaname = %(schema)s AND p.tablename = 'snapshots' AND p.attname = 'status')
+    END,
+    (SELECT count(*) FROM (SELECT 1 FROM due LIMIT %(cap)s) AS capped),
+    (SELECT extract(epoch FROM now() - available_at)::float8 FROM due
+     ORDER BY available_at LIMIT 1),
+    (SELECT count(*) FROM @schema@.claims WHERE expires_at > now()),
+    (SELECT count(*) FROM @schema@.claims WHERE expires_at <= now()),
+    (SELECT count(*) FROM @schema@.events),
+    (SELECT count(*) FROM @schema@.events AS e
+     JOIN @schema@.snapshots AS s ON s.instance_id = e.instance_id
+     WHERE NOT (s.status = 'InProgress' AND s.position_kind = 'AtSignal')),
+    (SELECT count(*) FROM @schema@.dead_events),
+    (SELECT count(*) FROM @schema@.branches AS b
+     JOIN @schema@.snapshots AS s ON s.instance_id = b.instance_id AND s.version = b.fork_version
+     WHERE b.done_at IS NULL);
