@@ -9,13 +9,14 @@ import shutil
 import subprocess
 import sys
 import time
+from importlib import metadata
 from pathlib import Path
 
 import pytest
 
 import snapstore
 from snapstore import AtSignal, AtTask, JsonCodec, PostgresBackend, TaskResult, WorkflowSnapshot
-from snapstore.cli import main
+from snapstore.cli import CODEC_ENTRY_POINTS, main
 from tests.conftest import TEST_SCHEMA as SCHEMA
 
 
@@ -217,3 +218,20 @@ def test_show_decodes_custom_codecs_given_their_module(
     )
     assert code == 0
     assert json.loads(out)["snapshot"]["input"] == "secret"
+
+
+def test_codecs_named_by_entry_points_are_registered_for_every_command(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A package that ships a codec declares it in the snapstore.codecs group."""
+    source = CUSTOM_CODEC.replace("201", "202").replace("backwards-cli-test", "entry-point-test")
+    (tmp_path / "shipped_codec.py").write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    point = metadata.EntryPoint(name="shipped", value="shipped_codec", group=CODEC_ENTRY_POINTS)
+
+    def entry_points(*, group: str) -> list[metadata.EntryPoint]:
+        return [point] if group == CODEC_ENTRY_POINTS else []
+
+    monkeypatch.setattr(metadata, "entry_points", entry_points)
+    assert main(["codecs"]) == 0
+    assert "entry-point-test" in {c["name"] for c in json.loads(capsys.readouterr().out)}
