@@ -29,7 +29,7 @@ from snapstore.codecs.envelope import (
     seal_lowered_value,
     seal_value,
 )
-from snapstore.codecs.values import lower_value
+from snapstore.codecs.values import lower_value, plain_value
 from snapstore.errors import DecodeError, EncodeError
 from snapstore.model import WorkflowSnapshot
 
@@ -42,8 +42,6 @@ class CheckpointDelta(WorkflowSnapshot, frozen=True, kw_only=True, omit_defaults
 
 
 _SNAPSHOT_FIELDS: tuple[str, ...] = WorkflowSnapshot.__struct_fields__
-_DOC_FIELDS: tuple[str, ...] = _SNAPSHOT_FIELDS
-_ABSENT: Any = object()
 
 
 class Lowered(NamedTuple):
@@ -64,24 +62,24 @@ def _lower(codec: Codec, snapshot: WorkflowSnapshot) -> Lowered:
     input_, typed_in = lower_value(native, snapshot.input, "input")
     output, typed_out = lower_value(native, snapshot.output, "output")
     outputs: dict[str, Any] = {}
-    typed_outputs = set()
+    typed_outputs: set[str] = set()
     for task_id, result in snapshot.task_results.items():
-        where = f"output of task {task_id!r}"
-        outputs[task_id], tagged = lower_value(native, result.output, where)
+        out = result.output
+        if plain_value(out, native):  # the common case: no message built, nothing copied
+            outputs[task_id] = out
+            continue
+        outputs[task_id], tagged = lower_value(native, out, f"output of task {task_id!r}")
         if tagged:
             typed_outputs.add(task_id)
-    bare = strip_outputs(msgspec.structs.replace(snapshot, input=None, output=None))
-    try:
-        doc = msgspec.to_builtins(bare, builtin_types=native)
+    if input_ is not snapshot.input or output is not snapshot.output:
+        snapshot = msgspec.structs.replace(snapshot, input=input_, output=output)
+    try:  # lowered values are builtins: the model's lowering passes them through
+        doc = msgspec.to_builtins(snapshot, builtin_types=native)
     except (TypeError, msgspec.EncodeError) as exc:
         raise EncodeError(f"{codec.name} cannot encode snapshot: {exc}") from exc
-    values = {"input": input_, "output": output}
-    ordered = {}  # in field order, as the model lowers them: the bytes stay the same
-    for name in _DOC_FIELDS:
-        value = values[name] if name in values else doc.get(name, _ABSENT)
-        if value is not _ABSENT and not (name in values and value is None):
-            ordered[name] = value
-    return Lowered(ordered, typed_in or typed_out, outputs, frozenset(typed_outputs))
+    for result in doc.get("task_results", {}).values():
+        result.pop("output", None)  # stored in the sidecar, lowered above
+    return Lowered(doc, typed_in or typed_out, outputs, frozenset(typed_outputs))
 
 
 def lower_document(codec: Codec, snapshot: WorkflowSnapshot) -> tuple[dict[str, Any], bool]:

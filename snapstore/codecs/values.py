@@ -107,9 +107,49 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
+_PLAIN: Final = frozenset({type(None), bool, str})
+
+
+def plain_value(value: Any, native: tuple[type, ...]) -> bool:
+    """Whether ``value`` needs no lowering: builtins the codec writes as they are, in
+    range, no dict that could read as a tag. A walk that copies nothing, for the common
+    case; False sends the value through `_Lowering`, which also names what is wrong."""
+    stack = [value]
+    pop, push = stack.pop, stack.extend
+    while stack:
+        item = pop()
+        kind = type(item)
+        if kind in _PLAIN:
+            continue
+        if kind is int:
+            if not MIN_INT <= item <= MAX_INT:
+                return False
+        elif kind is float:
+            if not math.isfinite(item):
+                return False
+        elif kind is list:
+            push(item)
+        elif kind is dict:
+            if len(item) == 1 and next(iter(item)) in _RESERVED:
+                return False
+            for key in item:
+                if type(key) is not str:
+                    return False
+            push(item.values())
+        elif kind is bytes:
+            if bytes not in native:
+                return False
+        else:
+            return False
+    return True
+
+
 def lower_value(native: tuple[type, ...], value: Any, where: str) -> tuple[Any, bool]:
     """``value`` as builtins a codec carrying ``native`` types can write, and whether it
-    holds a tag (so its blob must be flagged); `EncodeError` outside the domain."""
+    holds a tag (so its blob must be flagged); `EncodeError` outside the domain. A value
+    that needs nothing is returned as it is."""
+    if plain_value(value, native):
+        return value, False
     lowering = _Lowering(native)
     return lowering.lower(value, where), lowering.tagged
 
