@@ -5,6 +5,7 @@ from snapstore.backend_async import AsyncPostgresBackend
 from snapstore.branches import BranchClaim, BranchDone, BranchState, ClaimedBranch
 from snapstore.claims import ClaimedTask, DispatchQuery
 from snapstore.codecs import CborCodec, Codec, JsonCodec, MsgpackCodec, register_codec
+from snapstore.codecs.values import to_storable
 from snapstore.errors import (
     ClaimLostError,
     CodecError,
@@ -124,4 +125,5 @@ __all__ = [
     "WorkflowSnapshot",
     "WorkflowStatus",
     "register_codec",
+    "to_storable",
 ]

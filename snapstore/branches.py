@@ -316,7 +316,7 @@ def complete_branch(
     """Record one branch's result under its lease; the last one writes the join."""
     claim = check_branch_claim(claim)
     result = check_branch_result(claim.branch_id, result)
-    output = encode_output(ctx.codec, result.output)
+    output = encode_output(ctx.codec, result.output, strict=ctx.limits.strict_values)
     if output is not None:
         ctx.limits.value(len(output), f"output of branch {claim.branch_id!r}")
     params = branch_params(claim)

@@ -59,6 +59,7 @@ class ConnectOptions(TypedDict, total=False):
     max_checkpoint_bytes: int
     pooler: str | None
     slow_statement: float | timedelta | None
+    strict_values: bool
 
 
 @dataclass(frozen=True)
@@ -147,7 +148,9 @@ def plan_connect(options: ConnectOptions, conninfo: str = "") -> ConnectPlan:
             "statement_timeout_ms": ms,
             "slow_statement": None if slow is None else slow.total_seconds(),
             "limits": Limits.build(
-                options.get("max_value_bytes"), options.get("max_checkpoint_bytes")
+                options.get("max_value_bytes"),
+                options.get("max_checkpoint_bytes"),
+                options.get("strict_values", True),
             ),
             "owns_pool": True,
         },

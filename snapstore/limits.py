@@ -23,16 +23,27 @@ class Limits(NamedTuple):
 
     max_value_bytes: int = 256 * MIB
     max_checkpoint_bytes: int = 512 * MIB
+    strict_values: bool = True
+    """Refuse values outside the value domain (`snapstore.codecs.values`). False: what
+    the codec can write is written as before the domain existed (for a store holding
+    such values from then: int keys, NaN or big ints in msgpack/CBOR, tuples...)."""
 
     @classmethod
-    def build(cls, max_value_bytes: object = None, max_checkpoint_bytes: object = None) -> Limits:
+    def build(
+        cls,
+        max_value_bytes: object = None,
+        max_checkpoint_bytes: object = None,
+        strict_values: object = True,
+    ) -> Limits:
         """Validated limits (None: the default)."""
         default = cls()
         value = _bytes("max_value_bytes", max_value_bytes, default.max_value_bytes)
         total = _bytes("max_checkpoint_bytes", max_checkpoint_bytes, default.max_checkpoint_bytes)
         if value > total:
             raise ConfigurationError("max_value_bytes must not exceed max_checkpoint_bytes")
-        return cls(value, total)
+        if not isinstance(strict_values, bool):
+            raise ConfigurationError(f"strict_values must be a bool, got {strict_values!r}")
+        return cls(value, total, strict_values)
 
     def value(self, size: int, what: str) -> None:
         """`EncodeError` if one encoded value of ``size`` bytes is too big."""

@@ -852,7 +852,7 @@ class MemoryStore:
     def complete_branch(self, claim: BranchClaim, result: TaskResult) -> BranchDone:
         claim = br.check_branch_claim(claim)
         result = br.check_branch_result(claim.branch_id, result)
-        output = encode_output(self.codec, result.output)
+        output = encode_output(self.codec, result.output, strict=self.ctx.limits.strict_values)
         if output is not None:
             self.ctx.limits.value(len(output), f"output of branch {claim.branch_id!r}")
         iid, version = claim.instance_id, claim.fork_version

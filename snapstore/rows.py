@@ -388,7 +388,7 @@ def prepare_save(
         if everything
         else msgspec.structs.replace(snapshot, task_results={t: results[t] for t in looked})
     )
-    doc, outputs, typed = lower_checkpoint(codec, shown)
+    doc, outputs, typed = lower_checkpoint(codec, shown, strict=limits.strict_values)
     for task_id, output in outputs.items():
         if output is not None:
             limits.value(len(output), f"output of task {task_id!r}")
@@ -408,7 +408,7 @@ def prepare_save(
             after = chain._replace(delta_bytes=chain.delta_bytes + len(delta))
     if blob is None:
         if whole is None:
-            whole, typed = lower_document(codec, snapshot)
+            whole, typed = lower_document(codec, snapshot, strict=limits.strict_values)
         blob = seal_document(codec, whole, typed=typed)
         after = Chain((expected_version or 0) + 1, len(blob), 0)
     # Skipped rows and a delta both rely on what this life of the id stored before.

@@ -176,7 +176,7 @@ def event_params(
 
 
 def _sealed_payload(codec: Codec, payload: Any, limits: Limits) -> bytes:
-    sealed = seal_value(codec, payload, "event payload")
+    sealed = seal_value(codec, payload, "event payload", strict=limits.strict_values)
     limits.value(len(sealed), "event payload")
     return sealed
 

@@ -5,6 +5,9 @@ caller can read values as its own types."""
 from __future__ import annotations
 
 import dataclasses
+import enum
+import struct
+import zlib
 from datetime import UTC, date, datetime, time, timedelta, timezone
 from decimal import Decimal
 from typing import Any
@@ -21,12 +24,15 @@ from snapstore import (
     JsonCodec,
     MemoryBackend,
     PostgresBackend,
+    SaveRequest,
     TaskResult,
     ValidationError,
     WorkflowSnapshot,
+    to_storable,
 )
 from snapstore.codecs import CborCodec, Codec, MsgpackCodec, codec_instance, open_value, seal_value
-from snapstore.codecs.envelope import FLAG_TYPED, FLAGS_OFFSET, seal_lowered_value
+from snapstore.codecs.envelope import FLAG_TYPED, FLAG_VALUE, FLAGS_OFFSET, seal_lowered_value
+from snapstore.limits import Limits
 from tests.golden_cases import GOLDEN_CODECS, TYPED_VALUE, typed_value_path
 from tests.twins import Twin, snap
 
@@ -211,3 +217,90 @@ def test_the_memory_store_reads_typed_too() -> None:
     loaded = memory.load("wf", input_type=Item)
     assert loaded is not None
     assert loaded.snapshot.input == Item("a")
+
+
+def test_a_datetime_out_of_range_in_utc_is_an_encode_error() -> None:
+    edge = datetime(9999, 12, 31, 22, tzinfo=timezone(timedelta(hours=-5)))
+    for codec in CODECS:
+        with pytest.raises(EncodeError, match="out of range"):
+            seal_value(codec, {"at": edge})
+    results = MemoryBackend().save_many(
+        [SaveRequest(snap("ok")), SaveRequest(snap("bad", input=edge))]
+    )
+    assert results[0].ok
+    assert isinstance(results[1].error, EncodeError)  # that item only
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [
+        {"$datetime": "2024-01-01T00:00:00"},  # no offset: never written so
+        {"$decimal": "NaN"},
+        {"$uuid": 5},
+    ],
+    ids=["naive-datetime", "decimal-nan", "not-text"],
+)
+def test_a_malformed_tag_is_a_decode_error(doc: dict[str, Any]) -> None:
+    blob = seal_lowered_value(codec_instance(JsonCodec), doc, typed=True)
+    with pytest.raises(DecodeError):
+        open_value(blob)
+
+
+def test_tagged_values_too_deep_to_read_are_a_decode_error() -> None:
+    """Another writer's flagged blob nested deeper than Python recurses (orjson parses up
+    to 1024 levels): a DecodeError, like any unreadable blob, not a RecursionError."""
+    payload = b"[" * 1020 + b'{"$date":"2024-01-01"}' + b"]" * 1020
+    prefix = struct.pack(">3sBBB", b"SNP", 1, JsonCodec.codec_id, FLAG_VALUE | FLAG_TYPED)
+    blob = prefix + struct.pack(">I", zlib.crc32(payload, zlib.crc32(prefix))) + payload
+    with pytest.raises(DecodeError):
+        open_value(blob)
+
+
+class Colour(enum.StrEnum):
+    RED = "red"
+
+
+class Line(msgspec.Struct):
+    sku: str
+    sizes: tuple[int, ...]
+    colour: Colour
+    tags: frozenset[str]
+
+
+def test_to_storable_turns_the_callers_objects_into_domain_values() -> None:
+    line = Line("a", (1, 2), Colour.RED, frozenset({"b", "a"}))
+    memory = MemoryBackend()
+    memory.save(snap("wf", input=to_storable(line)))
+    loaded = memory.load("wf", input_type=Line)
+    assert loaded is not None
+    assert loaded.snapshot.input == line
+    stored = memory.load("wf").snapshot.input  # type: ignore[union-attr]
+    assert {**stored, "tags": sorted(stored["tags"])} == {
+        "sku": "a",
+        "sizes": [1, 2],
+        "colour": "red",
+        "tags": ["a", "b"],
+    }
+
+
+@pytest.mark.parametrize("codec_type", [MsgpackCodec, CborCodec], ids=lambda t: t.name)
+def test_strict_values_off_writes_what_the_codec_can_as_before(codec_type: type[Codec]) -> None:
+    """For a store holding values from before the domain (int keys, NaN): its instances
+    can be saved again."""
+    legacy = MemoryBackend(codec_instance(codec_type), limits=Limits(strict_values=False))
+    value = {1: "int key", "n": [float("inf")]}
+    legacy.save(snap("wf", input=value, task_results={"t": TaskResult(output=value)}))
+    stored = legacy.load("wf")
+    assert stored is not None
+    assert stored.snapshot.input == value
+    assert legacy.load_task_result("wf", "t").output == value  # type: ignore[union-attr]
+    with pytest.raises(EncodeError):
+        MemoryBackend(codec_instance(codec_type)).save(snap("wf", input=value))
+
+
+def test_strict_values_is_a_connect_option(dsn: str, fresh_schema: str) -> None:
+    with PostgresBackend[MsgpackCodec].connect(
+        dsn, schema=fresh_schema, strict_values=False
+    ) as legacy:
+        legacy.save(snap("wf", input={1: "int key"}))
+        assert legacy.load("wf").snapshot.input == {1: "int key"}  # type: ignore[union-attr]

@@ -108,11 +108,11 @@ def seal_document(codec: Codec, doc: Any, *, delta: bool = False, typed: bool = 
     return _seal(codec, (FLAG_DELTA if delta else 0) | (FLAG_TYPED if typed else 0), doc)
 
 
-def seal_value(codec: Codec, value: Any, where: str = "value") -> bytes:
+def seal_value(codec: Codec, value: Any, where: str = "value", *, strict: bool = True) -> bytes:
     """Envelope a value of the value domain (`snapstore.codecs.values`); anything outside
-    it is an `EncodeError` naming ``where``."""
+    it is an `EncodeError` naming ``where`` (unless not ``strict``)."""
     try:
-        lowered, typed = lower_value(codec.builtin_types, value, where)
+        lowered, typed = lower_value(codec.builtin_types, value, where, strict=strict)
     except RecursionError:
         raise _too_deep() from None
     return seal_lowered_value(codec, lowered, typed=typed)

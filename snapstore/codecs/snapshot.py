@@ -54,13 +54,13 @@ class Lowered(NamedTuple):
     typed_outputs: frozenset[str]
 
 
-def _lower(codec: Codec, snapshot: WorkflowSnapshot) -> Lowered:
+def _lower(codec: Codec, snapshot: WorkflowSnapshot, strict: bool = True) -> Lowered:
     """``snapshot`` as the codec's builtins: the engine's values (input, output, task
     outputs) checked against the value domain and tagged where the codec lacks a type,
     the rest by the model's own types."""
     native = codec.builtin_types
-    input_, typed_in = lower_value(native, snapshot.input, "input")
-    output, typed_out = lower_value(native, snapshot.output, "output")
+    input_, typed_in = lower_value(native, snapshot.input, "input", strict=strict)
+    output, typed_out = lower_value(native, snapshot.output, "output", strict=strict)
     outputs: dict[str, Any] = {}
     typed_outputs: set[str] = set()
     for task_id, result in snapshot.task_results.items():
@@ -68,7 +68,8 @@ def _lower(codec: Codec, snapshot: WorkflowSnapshot) -> Lowered:
         if plain_value(out, native):  # the common case: no message built, nothing copied
             outputs[task_id] = out
             continue
-        outputs[task_id], tagged = lower_value(native, out, f"output of task {task_id!r}")
+        where = f"output of task {task_id!r}"
+        outputs[task_id], tagged = lower_value(native, out, where, strict=strict)
         if tagged:
             typed_outputs.add(task_id)
     if input_ is not snapshot.input or output is not snapshot.output:
@@ -82,10 +83,12 @@ def _lower(codec: Codec, snapshot: WorkflowSnapshot) -> Lowered:
     return Lowered(doc, typed_in or typed_out, outputs, frozenset(typed_outputs))
 
 
-def lower_document(codec: Codec, snapshot: WorkflowSnapshot) -> tuple[dict[str, Any], bool]:
+def lower_document(
+    codec: Codec, snapshot: WorkflowSnapshot, *, strict: bool = True
+) -> tuple[dict[str, Any], bool]:
     """The snapshot document without outputs, to seal with `seal_document`, and whether
     it holds tags (its ``typed``)."""
-    lowered = _lower(codec, snapshot)
+    lowered = _lower(codec, snapshot, strict)
     return lowered.doc, lowered.typed
 
 
@@ -96,12 +99,13 @@ def encode_snapshot(codec: Codec, snapshot: WorkflowSnapshot) -> bytes:
 
 
 def lower_checkpoint(
-    codec: Codec, snapshot: WorkflowSnapshot
+    codec: Codec, snapshot: WorkflowSnapshot, *, strict: bool = True
 ) -> tuple[dict[str, Any], dict[str, bytes | None], bool]:
     """The snapshot document without outputs (seal it whole with `seal_document`, or as
     a delta with `seal_delta`), every task output's sidecar blob (`encode_output`), and
-    whether the document holds tags, from one lowering of the snapshot."""
-    lowered = _lower(codec, snapshot)
+    whether the document holds tags, from one lowering of the snapshot (``strict``: see
+    `Limits.strict_values`)."""
+    lowered = _lower(codec, snapshot, strict)
     blobs = {
         t: None if out is None else seal_lowered_value(codec, out, typed=t in lowered.typed_outputs)
         for t, out in lowered.outputs.items()
@@ -186,9 +190,9 @@ def decode_chain(
         yield version, codec, current
 
 
-def encode_output(codec: Codec, output: Any) -> bytes | None:
+def encode_output(codec: Codec, output: Any, *, strict: bool = True) -> bytes | None:
     """The sidecar blob of one task output; None stays SQL NULL."""
-    return None if output is None else seal_value(codec, output, "output")
+    return None if output is None else seal_value(codec, output, "output", strict=strict)
 
 
 def decode_snapshot(

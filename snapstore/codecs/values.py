@@ -25,6 +25,8 @@ from decimal import Decimal
 from typing import Any, Final
 from uuid import UUID
 
+import msgspec
+
 from snapstore.errors import DecodeError, EncodeError
 
 MIN_INT: Final = -(2**63)
@@ -43,7 +45,7 @@ def _refused(value: object, where: str) -> EncodeError:
         "bytearray": "store bytes",
         "memoryview": "store bytes",
         "time": "store a str or a datetime",
-    }.get(kind, "store it as builtins (msgspec.to_builtins) and read it typed")
+    }.get(kind, "store snapstore.to_storable(it) and read it typed (load(..., input_type=))")
     return EncodeError(
         f"{where}: a {kind} is not a storable value (it would come back as another type):"
         f" {hint}; see snapstore.codecs.values"
@@ -86,7 +88,10 @@ class _Lowering:
         if kind is datetime:
             if value.utcoffset() is None:
                 raise EncodeError(f"{where}: a naive datetime is not storable: give it a tz")
-            utc = value.astimezone(UTC)
+            try:
+                utc = value.astimezone(UTC)
+            except OverflowError:
+                raise EncodeError(f"{where}: {value.isoformat()} is out of range in UTC") from None
             return utc if datetime in self.native else self._tag("$datetime", utc.isoformat())
         if kind is date:
             return self._tag("$date", value.isoformat())
@@ -144,35 +149,87 @@ def plain_value(value: Any, native: tuple[type, ...]) -> bool:
     return True
 
 
-def lower_value(native: tuple[type, ...], value: Any, where: str) -> tuple[Any, bool]:
+def lower_value(
+    native: tuple[type, ...], value: Any, where: str, *, strict: bool = True
+) -> tuple[Any, bool]:
     """``value`` as builtins a codec carrying ``native`` types can write, and whether it
     holds a tag (so its blob must be flagged); `EncodeError` outside the domain. A value
-    that needs nothing is returned as it is."""
+    that needs nothing is returned as it is. Not ``strict`` (`Limits.strict_values`): a
+    value outside the domain is lowered as before the domain existed, untagged."""
     if plain_value(value, native):
         return value, False
     lowering = _Lowering(native)
-    return lowering.lower(value, where), lowering.tagged
+    try:
+        return lowering.lower(value, where), lowering.tagged
+    except EncodeError:
+        if strict:
+            raise
+    try:
+        return msgspec.to_builtins(value, builtin_types=native), False
+    except (TypeError, msgspec.EncodeError) as exc:
+        raise EncodeError(f"{where}: cannot be encoded: {exc}") from exc
+
+
+def to_storable(value: Any) -> Any:
+    """``value`` as values of the domain: msgspec Structs, dataclasses and attrs objects
+    as dicts of their fields, enums as their values, tuples as lists, sets as lists (in
+    iteration order: sort them first where order matters); datetime, date, UUID, Decimal
+    and bytes kept. Store that, and read your type
+    back with ``load(..., input_type=...)``. A naive datetime stays naive (and is
+    refused at save): give it a time zone."""
+    kept = (bytes, datetime, date, UUID, Decimal)
+    return _lists(msgspec.to_builtins(value, builtin_types=kept))
+
+
+def _lists(value: Any) -> Any:
+    """to_builtins keeps tuples (and lists sets): lists all the way down."""
+    if isinstance(value, list | tuple):
+        return [_lists(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _lists(v) for k, v in value.items()}
+    return value
+
+
+def _read_datetime(text: str) -> datetime:
+    value = datetime.fromisoformat(text)
+    if value.utcoffset() is None:  # never written so: not read in the host's zone
+        raise ValueError("a $datetime without an offset")
+    return value.astimezone(UTC)
+
+
+def _read_decimal(text: str) -> Decimal:
+    value = Decimal(text)
+    if not value.is_finite():
+        raise ValueError("a $decimal that is not finite")
+    return value
 
 
 _READERS: Final = {
     "$bytes": lambda text: base64.b64decode(text, validate=True),
-    "$datetime": lambda text: datetime.fromisoformat(text).astimezone(UTC),
+    "$datetime": _read_datetime,
     "$date": date.fromisoformat,
     "$uuid": UUID,
-    "$decimal": Decimal,
+    "$decimal": _read_decimal,
 }
 
 
 def raise_value(value: Any) -> Any:
     """A value read from a flagged blob, its tags turned back into their types."""
+    try:
+        return _raised(value)
+    except RecursionError:
+        raise DecodeError("tagged value nests too deep to read") from None
+
+
+def _raised(value: Any) -> Any:
     if type(value) is list:
-        return [raise_value(v) for v in value]
+        return [_raised(v) for v in value]
     if type(value) is not dict:
         return value
     if len(value) == 1:
         ((key, inner),) = value.items()
         if key == ESCAPE and type(inner) is dict:
-            return {k: raise_value(v) for k, v in inner.items()}
+            return {k: _raised(v) for k, v in inner.items()}
         reader = _READERS.get(key)
         if reader is not None:
             if type(inner) is not str:
@@ -181,4 +238,4 @@ def raise_value(value: Any) -> Any:
                 return reader(inner)
             except (ValueError, ArithmeticError) as exc:
                 raise DecodeError(f"tag {key} does not read: {exc}") from exc
-    return {k: raise_value(v) for k, v in value.items()}
+    return {k: _raised(v) for k, v in value.items()}
