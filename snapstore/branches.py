@@ -235,6 +235,7 @@ def start_branches(
     yield Step("close_branches", {"instance_id": iid}, Fetch.NONE)
     params = {"instance_id": iid, "version": version, "branch_ids": branches}
     yield Step("open_branches", params, Fetch.NONE)
+    yield Step("announce_branches", {"channel": ctx.channel, "instance_id": iid}, Fetch.NONE)
     if claim is not None:
         yield Step("hand_over", {"instance_id": iid, "token": claim.token}, Fetch.NONE)
     return version

@@ -348,3 +348,15 @@ def test_a_join_too_big_to_save_refuses_the_last_result_and_writes_nothing(
         assert small.load_task_result("wf", "b2") is None
         done = small.complete_branch(last.claim, TaskResult(status=TaskStatus.FAILED, error="big"))
         assert done.joined
+
+
+def test_starting_branches_wakes_idle_workers_once(
+    backend: PostgresBackend[JsonCodec], dsn: str
+) -> None:
+    backend.save(snap("wf", position=AtTask("start")))
+    with psycopg.connect(dsn, autocommit=True) as listener:
+        channel = pgsql.Identifier(wakeup_channel(backend.schema))
+        listener.execute(pgsql.SQL("LISTEN {}").format(channel))
+        backend.start_branches(at_fork("wf"), 1)
+        assert [n.payload for n in listener.notifies(timeout=1.0)] == ["wf"]
+    assert backend.claim_notified(["wf"], "w") == []  # parked: the branches are the work

@@ -12,6 +12,12 @@ DELETE FROM @schema@.branches WHERE instance_id = %(instance_id)s;
 INSERT INTO @schema@.branches (instance_id, branch_id, fork_version)
 SELECT %(instance_id)s, b, %(version)s FROM unnest(%(branch_ids)s::text[]) AS b;
 
+-- name: announce_branches
+-- After the branches are open: a NOTIFY (at commit) with the instance id, so idle workers
+-- waiting on wakeups look for branches now instead of at their next poll (a dispatch of
+-- the id itself finds nothing: the instance is parked).
+SELECT pg_notify(%(channel)s, %(instance_id)s);
+
 -- name: hand_over
 -- After the fenced fork save: the caller's instance lease goes (the branches are the
 -- work now).
