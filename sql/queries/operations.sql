@@ -2,31 +2,44 @@
 -- runs of retention. Exact counts, so each reads what it counts: for an operator's
 -- occasional look, not for every scrape of a busy store.
 
+-- name: part_due
+-- What a worker could take now: InProgress, due, no live lease (snapshots aliased s).
+SELECT s.available_at FROM @schema@.snapshots AS s
+WHERE s.status = 'InProgress' AND s.available_at <= now()
+  AND NOT EXISTS (
+      SELECT 1 FROM @schema@.claims AS c
+      WHERE c.instance_id = s.instance_id AND c.expires_at > now())
+
+-- name: part_status_counts
+-- Instances by status, counted.
+(SELECT COALESCE(jsonb_object_agg(q.status, q.n), '{}'::jsonb)
+ FROM (SELECT status, count(*) AS n FROM @schema@.snapshots GROUP BY status) AS q)
+
+-- name: part_small_counts
+-- The counts of tables that stay small (leases, events, dead events, open branches of
+-- current forks), the same for both statements below.
+(SELECT count(*) FROM @schema@.claims WHERE expires_at > now()),
+(SELECT count(*) FROM @schema@.claims WHERE expires_at <= now()),
+(SELECT count(*) FROM @schema@.events),
+(SELECT count(*) FROM @schema@.events AS e
+ JOIN @schema@.snapshots AS s ON s.instance_id = e.instance_id
+ WHERE NOT (s.status = 'InProgress' AND s.position_kind = 'AtSignal')),
+(SELECT count(*) FROM @schema@.dead_events),
+(SELECT count(*) FROM @schema@.branches AS b
+ JOIN @schema@.snapshots AS s ON s.instance_id = b.instance_id AND s.version = b.fork_version
+ WHERE b.done_at IS NULL)
+
 -- name: store_stats
 -- The store at a glance, in one statement (one snapshot of the data). Due: what a worker
 -- could take now (InProgress, due, no live lease); its oldest has waited longest.
 WITH due AS (
-    SELECT s.available_at FROM @schema@.snapshots AS s
-    WHERE s.status = 'InProgress' AND s.available_at <= now()
-      AND NOT EXISTS (
-          SELECT 1 FROM @schema@.claims AS c
-          WHERE c.instance_id = s.instance_id AND c.expires_at > now())
+    @part_due@
 )
 SELECT
-    (SELECT COALESCE(jsonb_object_agg(q.status, q.n), '{}'::jsonb)
-     FROM (SELECT status, count(*) AS n FROM @schema@.snapshots GROUP BY status) AS q),
+    @part_status_counts@,
     (SELECT count(*) FROM due),
     (SELECT extract(epoch FROM now() - min(available_at))::float8 FROM due),
-    (SELECT count(*) FROM @schema@.claims WHERE expires_at > now()),
-    (SELECT count(*) FROM @schema@.claims WHERE expires_at <= now()),
-    (SELECT count(*) FROM @schema@.events),
-    (SELECT count(*) FROM @schema@.events AS e
-     JOIN @schema@.snapshots AS s ON s.instance_id = e.instance_id
-     WHERE NOT (s.status = 'InProgress' AND s.position_kind = 'AtSignal')),
-    (SELECT count(*) FROM @schema@.dead_events),
-    (SELECT count(*) FROM @schema@.branches AS b
-     JOIN @schema@.snapshots AS s ON s.instance_id = b.instance_id AND s.version = b.fork_version
-     WHERE b.done_at IS NULL);
+    @part_small_counts@;
 
 -- name: stuck_instances
 -- Due for longer than %(older)s with no live lease: no worker is taking them.
@@ -88,19 +101,14 @@ SELECT to_regclass('@schema@.migrations') IS NOT NULL;
 -- last ANALYZE); the due backlog is counted up to %(cap)s. The rest is exact: the oldest
 -- due instance is read in queue-index order, leases, events and branches are small.
 WITH due AS NOT MATERIALIZED (  -- inlined: each use reads only what it needs
-    SELECT s.available_at FROM @schema@.snapshots AS s
-    WHERE s.status = 'InProgress' AND s.available_at <= now()
-      AND NOT EXISTS (
-          SELECT 1 FROM @schema@.claims AS c
-          WHERE c.instance_id = s.instance_id AND c.expires_at > now())
+    @part_due@
 ), size AS (
     SELECT GREATEST(c.reltuples, 0) AS n FROM pg_class AS c
     WHERE c.oid = to_regclass('@schema@.snapshots')
 )
 SELECT
     CASE WHEN (SELECT n FROM size) < %(exact_below)s THEN
-        (SELECT COALESCE(jsonb_object_agg(q.status, q.n), '{}'::jsonb)
-         FROM (SELECT status, count(*) AS n FROM @schema@.snapshots GROUP BY status) AS q)
+        @part_status_counts@
     ELSE
         (SELECT COALESCE(jsonb_object_agg(v.status, round(v.freq * (SELECT n FROM size))),
                          '{}'::jsonb)
@@ -111,13 +119,4 @@ SELECT
     (SELECT count(*) FROM (SELECT 1 FROM due LIMIT %(cap)s) AS capped),
     (SELECT extract(epoch FROM now() - available_at)::float8 FROM due
      ORDER BY available_at LIMIT 1),
-    (SELECT count(*) FROM @schema@.claims WHERE expires_at > now()),
-    (SELECT count(*) FROM @schema@.claims WHERE expires_at <= now()),
-    (SELECT count(*) FROM @schema@.events),
-    (SELECT count(*) FROM @schema@.events AS e
-     JOIN @schema@.snapshots AS s ON s.instance_id = e.instance_id
-     WHERE NOT (s.status = 'InProgress' AND s.position_kind = 'AtSignal')),
-    (SELECT count(*) FROM @schema@.dead_events),
-    (SELECT count(*) FROM @schema@.branches AS b
-     JOIN @schema@.snapshots AS s ON s.instance_id = b.instance_id AND s.version = b.fork_version
-     WHERE b.done_at IS NULL);
+    @part_small_counts@;
