@@ -357,18 +357,30 @@ def _join_checkpoint(
     stored = yield from programs.load(ctx, claim.instance_id)
     if stored is None or stored.version != claim.fork_version:  # we hold the lock
         raise lost_branch(claim, "the fork is no longer current")
-    position = stored.snapshot.position
-    assert isinstance(position, AtFork)
-    siblings = [b for b in position.branches if b != claim.branch_id]
-    wanted = {"instance_id": claim.instance_id, "task_ids": siblings}
+    wanted = {"instance_id": claim.instance_id, "task_ids": siblings(claim, stored.snapshot)}
     rows = yield Step("read_task_rows", wanted, Fetch.ALL, binary=True)
+    snapshot = join_of(claim, stored.snapshot, result, rows)
+    return programs.prepare(ctx, snapshot, claim.fork_version, None)
+
+
+def siblings(claim: BranchClaim, fork: WorkflowSnapshot) -> list[str]:
+    """The other branches of the fork ``claim``'s branch belongs to."""
+    position = fork.position
+    assert isinstance(position, AtFork)
+    return [b for b in position.branches if b != claim.branch_id]
+
+
+def join_of(
+    claim: BranchClaim, fork: WorkflowSnapshot, result: TaskResult, rows: Iterable[rw.Row]
+) -> WorkflowSnapshot:
+    """The join checkpoint: ``fork`` with ``result`` and the siblings' stored task rows
+    (task_id, then the tasks-table values)."""
     results = {claim.branch_id: result}
     for task_id, *values in rows:
         found = rw.interpret_task_result(claim.instance_id, task_id, values)
         assert found is not None
         results[task_id] = found
-    snapshot = joined_snapshot(stored.snapshot, results)
-    return programs.prepare(ctx, snapshot, claim.fork_version, None)
+    return joined_snapshot(fork, results)
 
 
 def _branch_finished(receipt: Receipt, claim: BranchClaim) -> Program[bool]:

@@ -872,14 +872,9 @@ class MemoryStore:
             self.ctx.limits.checkpoint(stored_bytes + len(output or b""), iid)
             join = None
             if not others:
-                results = {claim.branch_id: result}
-                for x in mine:
-                    if x.branch_id != claim.branch_id:
-                        row = current.tasks[x.branch_id]
-                        found = rw.interpret_task_result(iid, x.branch_id, row)
-                        assert found is not None
-                        results[x.branch_id] = found
-                join = br.joined_snapshot(self._stored(current).snapshot, results)
+                fork = self._stored(current).snapshot
+                rows = [(b, *current.tasks[b]) for b in br.siblings(claim, fork)]
+                join = br.join_of(claim, fork, result, rows)
                 programs.prepare(self.ctx, join, version, None)  # refused before any write
             b = self._branch(claim, live=True)
             if b is None or b.fork_version != version:

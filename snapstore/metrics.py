@@ -67,16 +67,8 @@ class Metrics:
         )
 
 
-_BY_REGISTRY: dict[int, Metrics] = {}
+_REGISTRIES: dict[int, tuple[CollectorRegistry, Metrics, StoreCollector]] = {}
 _LOCK = threading.Lock()
-
-
-def _metrics(registry: CollectorRegistry) -> Metrics:
-    with _LOCK:
-        found = _BY_REGISTRY.get(id(registry))
-        if found is None or found.registry is not registry:
-            found = _BY_REGISTRY[id(registry)] = Metrics(registry)
-        return found
 
 
 class _Timing:
@@ -227,9 +219,6 @@ def store_gauges(f: _Families, schema: str, stats: StoreStats) -> None:
     events.add_metric([schema, "not_parked"], stats.events_not_parked)
 
 
-_COLLECTORS: dict[int, tuple[CollectorRegistry, StoreCollector]] = {}
-
-
 def instrument(
     backend: Any,
     *,
@@ -252,12 +241,12 @@ def instrument(
         reader = functools.partial(backend.stats, exact=False)
     if reader is not None and inspect.iscoroutinefunction(reader):
         raise ValueError("read_stats must be a plain callable (it runs in the scraping thread)")
-    metrics = _metrics(registry)
-    with _LOCK:
-        found = _COLLECTORS.get(id(registry))
+    with _LOCK:  # one set of families and one collector per registry
+        found = _REGISTRIES.get(id(registry))
         if found is None or found[0] is not registry:
-            found = _COLLECTORS[id(registry)] = (registry, StoreCollector())
-            registry.register(found[1])
-    found[1].add(backend, reader)
+            found = _REGISTRIES[id(registry)] = (registry, Metrics(registry), StoreCollector())
+            registry.register(found[2])
+    _, metrics, collector = found
+    collector.add(backend, reader)
     backend.add_observer(_Timing(metrics, backend.schema))
     return metrics
