@@ -1,17 +1,20 @@
-"""The physical ceiling: the store's own save statement with pre-encoded params.
+"""The physical ceiling: the store's own save statements with pre-encoded params.
 
-Same SQL shape as `PostgresBackend.save` (the ``save_snapshots`` statement from
-sql/queries/snapshots.sql), but over plain psycopg with no validation, encoding
-or pooling, so "single-save path / ceiling" isolates the library's overhead.
-``pgbench`` running the same statement is a second, Python-free reference.
+The statements `PostgresBackend.save` sends (sql/queries/snapshots.sql: the snapshot
+row's create or CAS update, then its history row, task rows and lease removal, in one
+pipeline, plus the wakeup a create needs), laid out by `programs.save_steps` once and
+sent again over plain psycopg with no validation, encoding or pooling, so "single-save
+path / ceiling" isolates the library's overhead. ``pgbench`` running the same
+statements is a second, Python-free reference.
 
 Two kinds of raw run: ``raw_single``/``raw_grouped_tx``/``raw_batch`` update a
 few fixed instances over and over with an unchanged task row (the cheapest use
-of the statement: no inserts, no wakeups), while ``raw_workflow_<codec>``
+of the statements: no inserts but history, no wakeups), while ``raw_workflow_<codec>``
 replays the exact statements the ``saves`` workload sends (linear workflows:
 create, one new task row per step, finish, with the store's wakeup on create),
 encoded once. The single-save target is checked against the replay: same
-statements, same data, same table growth, so the ratio is the library's cost.
+statements, same data, same round trips, same table growth, so the ratio is the
+library's cost.
 """
 
 from __future__ import annotations
@@ -24,49 +27,156 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final, NamedTuple
 
+import msgspec
 import psycopg
+from psycopg import sql
+from psycopg.rows import tuple_row
 from psycopg.types.numeric import Int8
 
 from bench import db
 from bench.workflows import Shape, linear
-from snapstore import JsonCodec, arrays
+from snapstore import JsonCodec, programs
 from snapstore import rows as rw
 from snapstore.codecs import codec_instance
+from snapstore.programs import Fetch, Step
 from snapstore.sql_catalog import queries_for, wakeup_channel
 
 # Stands in for the instance's created_at while encoding; the replay sends the real one.
 _CREATED_PLACEHOLDER: Final = datetime(2000, 1, 1, tzinfo=UTC)
 
-SAVE_STATEMENT = "save_snapshots"
-ONE_STATEMENT = "save_one"  # what the store sends for an update of one instance
 GROUP = 10  # saves per commit in the grouped ceilings (the design's reference shape)
 
 
-def _template(schema: str, instance_id: str) -> dict[str, Any]:
-    """Parameters of one linear step (a task result and a small output), encoded once."""
+def _template(instance_id: str) -> rw.PreparedSave:
+    """One linear step (a task result and a small output), encoded once."""
     definition = linear(Shape())
     snapshot, _ = definition.step(definition.create(instance_id))
-    item = rw.prepare_save(codec_instance(JsonCodec), snapshot, 1)
-    return rw.save_batch_params([item], wakeup_channel(schema))
+    return rw.prepare_save(codec_instance(JsonCodec), snapshot, 1)
 
 
-def _with(params: dict[str, Any], instance_id: str, expected: int | None) -> dict[str, Any]:
-    return {**params, "instance_id": [instance_id], "expected_version": [expected]}
+def _item_params(step: Step) -> Sequence[rw.Params]:
+    """The params of each item ``step`` saves (several for a `Step.many`)."""
+    if step.many:
+        assert isinstance(step.params, list)
+        return step.params
+    assert isinstance(step.params, dict)
+    return [step.params]
 
 
-def _batch(params: dict[str, Any], ids: list[str], versions: list[int | None]) -> dict[str, Any]:
-    """``params`` (one item) widened to one statement saving ``ids``."""
-    wide = {k: (v * len(ids) if isinstance(v, list) else v) for k, v in params.items()}
-    wide["instance_id"], wide["expected_version"] = ids, versions
-    tasks = len(params["task_ids"])
-    wide["task_items"] = [n for n in range(1, len(ids) + 1) for _ in range(tasks)]
-    return wide
+class _Plan(NamedTuple):
+    """A save pipeline as `programs.save_steps` lays it out, kept to be sent again with
+    other params: its steps, which of them returns each item's outcome, each item's
+    params (one dict that all its statements share) and, per step, the items it saves."""
+
+    items: tuple[rw.PreparedSave, ...]
+    steps: tuple[Step, ...]
+    heads: list[tuple[int, list[int]]]
+    params: tuple[rw.Params, ...]
+    slots: tuple[tuple[int, ...], ...]
+
+    @property
+    def statements(self) -> list[str]:
+        return [step.query for step in self.steps]
+
+
+def _save_plan(items: Sequence[rw.PreparedSave]) -> _Plan:
+    """The store's pipeline for ``items``, encoded once."""
+    steps, heads = programs.save_steps(items)
+    params: list[rw.Params] = [{}] * len(items)
+    for index, positions in heads:  # every item has exactly one head statement
+        for position, given in zip(positions, _item_params(steps[index]), strict=True):
+            params[position] = given
+    where = {id(given): position for position, given in enumerate(params)}
+    slots = tuple(tuple(where[id(given)] for given in _item_params(s)) for s in steps)
+    return _Plan(tuple(items), steps, heads, tuple(params), slots)
+
+
+def _fresh(
+    template: rw.Params, instance_id: str, version: int | None, created_at: datetime | None
+) -> rw.Params:
+    """One save's params from an item's ``template``: its instance, the CAS it expects and
+    a token of its own, typed as `rows.save_params` types them."""
+    return {
+        **template,
+        "instance_id": instance_id,
+        "expected_version": None if version is None else Int8(version),
+        "expected_created_at": created_at,
+        "save_token": uuid.uuid4(),
+    }
+
+
+def _result_sets(cur: psycopg.Cursor[Any], many: bool) -> list[list[Any]]:
+    """A pipelined statement's rows, one list per item (as the runner's ``_fetched``)."""
+    sets = [cur.fetchall()]
+    while many and cur.nextset():
+        sets.append(cur.fetchall())
+    return sets
+
+
+class _Session:
+    """One thread's autocommit connection and the two raw cursors the store's runner keeps
+    per connection: one for a pipeline's first (hot) statement, one for the statements
+    whose results nobody reads. Statements go in their ``$n`` form: nothing to parse."""
+
+    def __init__(self, conn: psycopg.Connection[Any], schema: str) -> None:
+        self.conn = conn
+        self.queries = queries_for(schema)
+        self.channel = wakeup_channel(schema)
+        self.kept = psycopg.RawCursor(conn, row_factory=tuple_row)
+        self.side = psycopg.RawCursor(conn, row_factory=tuple_row)
+
+    def save(self, plan: _Plan, params: Sequence[rw.Params]) -> list[rw.Saved | None]:
+        """Send ``plan`` with ``params`` (one dict per item) in one pipeline, as the store's
+        ``Runner._pipeline`` does, then wake what it made dispatchable (`programs.wake`);
+        per item what it wrote, None where its CAS failed."""
+        cursors: list[psycopg.Cursor[Any]] = []
+        with self.conn.pipeline():
+            for k, (step, slots) in enumerate(zip(plan.steps, plan.slots, strict=True)):
+                if step.fetch is Fetch.NONE:
+                    cur = self.side
+                elif k == 0 and step.hot:
+                    cur = self.kept
+                else:
+                    cur = psycopg.RawCursor(self.conn, row_factory=tuple_row)
+                statement = self.queries.positional(step.query)
+                args = [statement.values(params[slot]) for slot in slots]
+                if step.many:
+                    cur.executemany(statement.sql, args, returning=step.fetch is Fetch.ALL)
+                else:
+                    cur.execute(statement.sql, args[0])
+                cursors.append(cur)
+        outcomes: list[rw.Saved | None] = [None] * len(params)
+        for index, positions in plan.heads:
+            sets = _result_sets(cursors[index], plan.steps[index].many)
+            for position, rows in zip(positions, sets, strict=True):
+                outcomes[position] = rw.saved(rows)
+        woken = [
+            given["instance_id"]
+            for item, given, done in zip(plan.items, params, outcomes, strict=True)
+            if done is not None and rw.wakes(item, done)
+        ]
+        if woken:
+            self._wake(woken)
+        return outcomes
+
+    def _wake(self, instance_ids: list[str]) -> None:
+        """`programs.wake`: NOTIFY the instances no live lease holds."""
+        held = self._execute("live_leases", {"instance_ids": instance_ids}).fetchall()
+        leased = {instance_id for (instance_id,) in held}
+        free = [i for i in instance_ids if i not in leased]
+        if free:
+            self._execute("notify", {"channel": self.channel, "instance_ids": free})
+
+    def _execute(self, name: str, params: rw.Params) -> psycopg.Cursor[Any]:
+        statement = self.queries.positional(name)
+        return self.kept.execute(statement.sql, statement.values(params))
 
 
 class _Driver:
@@ -74,9 +184,6 @@ class _Driver:
 
     def __init__(self, dsn: str, schema: str, threads: int, seconds: float) -> None:
         self.dsn, self.schema, self.threads, self.seconds = dsn, schema, threads, seconds
-        # The form the store sends: $n placeholders on a raw cursor (nothing to parse).
-        queries = queries_for(schema)
-        self.statements = {n: queries.positional(n) for n in (SAVE_STATEMENT, ONE_STATEMENT)}
         self.saves = 0
         self.failed = 0
         self._lock = threading.Lock()
@@ -88,14 +195,6 @@ class _Driver:
     def stopped(self) -> bool:
         return self._stop.is_set()
 
-    def execute(
-        self, conn: psycopg.Connection[Any], params: dict[str, Any], name: str = SAVE_STATEMENT
-    ) -> list[Any]:
-        """Run a save statement with named ``params``; its rows."""
-        statement = self.statements[name]
-        cur = psycopg.RawCursor(conn).execute(statement.sql, statement.args(params))
-        return cur.fetchall()
-
     def count(self, ok: int, failed: int) -> None:
         """Only commits that finished inside the window count."""
         with self._lock:
@@ -103,15 +202,14 @@ class _Driver:
                 self.saves += ok
                 self.failed += failed
 
-    def _thread(self, index: int, body: Callable[[psycopg.Connection[Any], int], None]) -> None:
+    def _thread(self, index: int, body: Callable[[_Session, int], None]) -> None:
         with psycopg.connect(self.dsn, autocommit=True, prepare_threshold=5) as conn:
+            session = _Session(conn, self.schema)
             self._go.wait()
-            body(conn, index)
+            body(session, index)
 
     def run(
-        self,
-        body: Callable[[psycopg.Connection[Any], int], None],
-        before_window: Callable[[], None] | None = None,
+        self, body: Callable[[_Session, int], None], before_window: Callable[[], None] | None = None
     ) -> dict[str, Any]:
         """Run ``body`` on every thread; the window opens once ``before_window`` (run while
         the threads already work: a warm-up) has returned."""
@@ -143,52 +241,55 @@ class _Driver:
             "saves_per_s": round(self.saves / window, 1),
         }
 
-    def save_loop(self, conn: psycopg.Connection[Any], ids: list[str], per_commit: str) -> None:
+    def save_loop(self, session: _Session, ids: list[str], per_commit: str) -> None:
         """Create ``ids`` then CAS-update them until stopped; ``per_commit`` picks the shape:
-        ``single`` (one statement per commit), ``tx`` (one transaction of len(ids)
-        statements) or ``batch`` (one statement saving all ids)."""
-        params = _template(self.schema, ids[0])
+        ``single`` (one save per commit), ``tx`` (one transaction of len(ids) saves) or
+        ``batch`` (one pipeline saving all ids, as ``save_many`` sends it)."""
+        template = _template(ids[0])
+        batch = per_commit == "batch"
+        items = (
+            [msgspec.structs.replace(template, instance_id=i) for i in ids] if batch else [template]
+        )
+        create, update = (
+            _save_plan([msgspec.structs.replace(i, expected_version=v) for i in items])
+            for v in (None, 1)
+        )
+        plan = create
         versions: list[int | None] = [None] * len(ids)
-        while not self._stop.is_set():
-            if per_commit == "batch":
-                rows = self.execute(conn, _batch(params, ids, versions))
-                got = [None if r[1] is None else int(r[1]) for r in rows]
+        while not self.stopped:
+            if batch:
+                fresh = zip(plan.params, ids, versions, strict=True)
+                got = session.save(plan, [_fresh(p, i, v, None) for p, i, v in fresh])
             else:
-                with conn.transaction() if per_commit == "tx" else nullcontext():
+                with session.conn.transaction() if per_commit == "tx" else nullcontext():
                     got = [
-                        _saved(self.execute(conn, _with(params, i, v)))
+                        session.save(plan, [_fresh(plan.params[0], i, v, None)])[0]
                         for i, v in zip(ids, versions, strict=True)
                     ]
-            ok = [g for g in got if g is not None]
-            self.count(len(ok), len(got) - len(ok))
-            versions = [g if g is not None else v for g, v in zip(got, versions, strict=True)]
+            failed = sum(g is None for g in got)
+            self.count(len(got) - failed, failed)
+            versions = [v if g is None else g.version for g, v in zip(got, versions, strict=True)]
+            plan = update
 
 
 class _Save(NamedTuple):
-    statement: str  # save_snapshots (the create) or save_one (every update)
-    params: dict[str, Any]
+    plan: _Plan  # the create or CAS update, history, task rows (if any), finish (if final)
     checks_created_at: bool  # the save relies on what this life of the instance stored
 
 
-def workflow_saves(schema: str, codec: str) -> list[_Save]:
-    """The parameters of one linear workflow's saves, as the store sends them for the
-    ``saves`` workload: the create as ``save_snapshots``, each step as ``save_one`` with
-    only the task rows that changed and its checkpoint as a delta where the store's
-    task cache would make one."""
+def workflow_saves(codec: str) -> list[_Save]:
+    """The saves of one linear workflow, as the store sends them for the ``saves``
+    workload: the create, then each step as a CAS update with only the task rows that
+    changed and its checkpoint as a delta where the store's task cache would make one."""
     definition = linear(Shape())
     encoder = codec_instance(db.CODECS[codec])
-    channel = wakeup_channel(schema)
     snapshot = definition.create("raw-workflow")
     known = rw.UNKNOWN
     version: int | None = None
     saves: list[_Save] = []
     while True:
         item = rw.prepare_save(encoder, snapshot, version, None, known)
-        relies = item.expected_created_at is not None
-        if version is None:
-            saves.append(_Save(SAVE_STATEMENT, rw.save_batch_params([item], channel), relies))
-        else:
-            saves.append(_Save(ONE_STATEMENT, rw.save_one_params(item, channel), relies))
+        saves.append(_Save(_save_plan([item]), item.expected_created_at is not None))
         if snapshot.status.is_terminal:
             return saves
         known = rw.Known(_CREATED_PLACEHOLDER, item.all_task_rows, item.chain, item.prior)
@@ -196,15 +297,8 @@ def workflow_saves(schema: str, codec: str) -> list[_Save]:
         snapshot, _ = definition.step(snapshot)
 
 
-def _saved(rows: list[Any]) -> int | None:
-    return None if not rows or rows[0][1] is None else int(rows[0][1])
-
-
-def replay_workflows(
-    driver: _Driver, conn: psycopg.Connection[Any], index: int, saves: list[_Save]
-) -> None:
+def replay_workflows(driver: _Driver, session: _Session, index: int, saves: list[_Save]) -> None:
     """Save workflow after workflow, one commit per save, as the ``saves`` workload does."""
-    column = arrays.encode_column
     for k in itertools.count():
         if driver.stopped:
             return
@@ -213,30 +307,14 @@ def replay_workflows(
         created: datetime | None = None
         for save in saves:
             when = created if save.checks_created_at else None
-            if save.statement == SAVE_STATEMENT:
-                params = {
-                    **save.params,
-                    "instance_id": column(arrays.TEXT, [instance]),
-                    "expected_version": column(arrays.BIGINT, [version]),
-                    "expected_created_at": column(arrays.TIMESTAMPTZ, [when]),
-                }
-                found = driver.execute(conn, params)
-                row = found[0][1:] if found and found[0][1] is not None else None
-            else:
-                assert version is not None  # save_one follows the create
-                params = {
-                    **save.params,
-                    "instance_id": instance,
-                    "expected_version": Int8(version),
-                    "expected_created_at": when,
-                }
-                found = driver.execute(conn, params, ONE_STATEMENT)
-                row = found[0] if found else None
-            if row is None:
+            (done,) = session.save(
+                save.plan, [_fresh(save.plan.params[0], instance, version, when)]
+            )
+            if done is None:
                 driver.count(0, 1)
                 break
             driver.count(1, 0)
-            version, created = int(row[0]), row[1]
+            version, created = done.version, done.created_at
 
 
 def workflow_ceiling_name(codec: str) -> str:
@@ -263,7 +341,7 @@ def workflow_ceiling(
         db.fresh_schema(dsn, schema, codec)
     else:
         db.truncate_tables(dsn, schema)
-    saves = workflow_saves(schema, codec)
+    saves = workflow_saves(codec)
     driver = _Driver(dsn, schema, threads, seconds)
 
     def warm_up() -> None:
@@ -271,7 +349,8 @@ def workflow_ceiling(
         db.settle(dsn, schema)
 
     result = driver.run(
-        lambda conn, index: replay_workflows(driver, conn, index, saves), before_window=warm_up
+        lambda session, index: replay_workflows(driver, session, index, saves),
+        before_window=warm_up,
     )
     if fresh:
         db.drop_schema(dsn, schema)
@@ -282,13 +361,13 @@ def workflow_ceiling(
 
 
 def raw_ceiling(dsn: str, schema: str, threads: int, seconds: float, shape: str) -> dict[str, Any]:
-    """Saves/s of the bare statement: ``shape`` is single, tx or batch (see `save_loop`)."""
+    """Saves/s of the bare statements: ``shape`` is single, tx or batch (see `save_loop`)."""
     db.checkpoint(dsn)
     driver = _Driver(dsn, schema, threads, seconds)
     per = 1 if shape == "single" else GROUP
 
-    def body(conn: psycopg.Connection[Any], index: int) -> None:
-        driver.save_loop(conn, [f"raw-{shape}-{index}-{k}" for k in range(per)], shape)
+    def body(session: _Session, index: int) -> None:
+        driver.save_loop(session, [f"raw-{shape}-{index}-{k}" for k in range(per)], shape)
 
     result = driver.run(body)
     result["saves_per_commit"] = per
@@ -318,31 +397,41 @@ def pgbench_path(dsn_from_env: bool) -> str | None:
 _BINARY_PLACEHOLDER: Final = re.compile(r"%\((\w+)\)b")
 
 
-def _script_statement(conn: psycopg.Connection[Any], schema: str, k: int) -> str:
-    """The save statement as pgbench SQL: every value a literal except the instance id
-    and expected version, which come from per-client variables (``\\gset`` keeps the
-    version returned by the previous run, so every save is a successful CAS)."""
-    params = _template(schema, "x")
-    query = queries_for(schema)[SAVE_STATEMENT].decode()  # already without comments
-    query = _BINARY_PLACEHOLDER.sub(r"%(\1)s", query)  # literals below: text format
-    query = query.replace("%(instance_id)s", f"ARRAY[:iid{k}::text]")
-    query = query.replace("%(expected_version)s", f"ARRAY[:v{k}_version::bigint]")
-    # pgbench reads ":name" even inside string literals, and the channel has a colon.
-    channel = " || chr(58) || ".join(f"'{part}'" for part in params["channel"].split(":"))
-    params["channel"] = "@channel@"
+def _script_save(conn: psycopg.Connection[Any], schema: str, plan: _Plan, k: int) -> list[str]:
+    """The ``raw_single`` save (``plan``) as pgbench SQL, one line per statement: every
+    value a literal but the instance id and expected version, from per-client variables,
+    and the save token, made of the version (new each save, one for all its statements)."""
+    variables = {
+        "instance_id": f":iid{k}::text",
+        "expected_version": f":v{k}::bigint",
+        "save_token": f"md5(:v{k}::text)::uuid",
+    }
+    lines = []
     with psycopg.ClientCursor(conn) as cur:
-        text = " ".join(cur.mogrify(query, params).split()).rstrip(";")
-    return text.replace("'@channel@'", f"({channel})")
+        for step in plan.steps:
+            query = queries_for(schema)[step.query].decode()  # one line, no comments
+            query = _BINARY_PLACEHOLDER.sub(r"%(\1)s", query)  # literals below: text format
+            for name, value in variables.items():
+                query = query.replace(f"%({name})s", f"({value})")
+            lines.append(cur.mogrify(query, plan.params[0]).rstrip(";") + ";")
+    return lines
 
 
 def pgbench_script(conn: psycopg.Connection[Any], schema: str, per_commit: int) -> str:
-    """One pgbench transaction: ``per_commit`` saves, each on the client's own instance."""
+    """One pgbench transaction: ``per_commit`` saves, each on the client's own instance and
+    in one pipeline (one round trip, as the store sends it), several in one transaction as
+    in ``raw_grouped_tx``. A pipeline's rows cannot be read into variables (``\\gset``):
+    each client counts its instances' versions instead (``-D`` starts them at 1), which
+    holds as long as every CAS succeeds (`pgbench_ceiling` checks that they did)."""
+    plan = _save_plan([_template("x")])
     lines = [f"\\set iid{k} :client_id * {per_commit} + {k}" for k in range(per_commit)]
     if per_commit > 1:
         lines.append("BEGIN;")
-    lines += [f"{_script_statement(conn, schema, k)} \\gset v{k}_" for k in range(per_commit)]
+    for k in range(per_commit):
+        lines += ["\\startpipeline", *_script_save(conn, schema, plan, k), "\\endpipeline"]
     if per_commit > 1:
         lines.append("COMMIT;")
+    lines += [f"\\set v{k} :v{k} + 1" for k in range(per_commit)]
     return "\n".join(lines) + "\n"
 
 
@@ -353,6 +442,14 @@ def _prepare_pgbench_schema(dsn: str, schema: str, instances: int) -> None:
     with db.open_backend(dsn, "json", schema, pool_size=2) as backend:
         for i in range(instances):
             backend.save(definition.create(str(i)), None)
+
+
+def _versions_written(dsn: str, schema: str) -> int:
+    """Saves that went through since `_prepare_pgbench_schema` (every one adds a version)."""
+    query = sql.SQL("SELECT COALESCE(sum(version - 1), 0) FROM {}.snapshots")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute(query.format(sql.Identifier(schema))).fetchone()
+    return 0 if row is None else int(row[0])
 
 
 def _parse_pgbench(output: str) -> dict[str, float]:
@@ -371,7 +468,7 @@ def _parse_pgbench(output: str) -> dict[str, float]:
 def pgbench_ceiling(
     dsn: str, schema: str, binary: str, clients: int, seconds: float, per_commit: int
 ) -> dict[str, Any]:
-    """``pgbench -n -M prepared -f script -c N -j N -T secs`` on the same statement."""
+    """``pgbench -n -M prepared -f script -c N -j N -T secs`` on the same statements."""
     _prepare_pgbench_schema(dsn, schema, clients * per_commit)
     with psycopg.connect(dsn, autocommit=True) as conn:
         script = pgbench_script(conn, schema, per_commit)
@@ -382,7 +479,7 @@ def pgbench_ceiling(
         os.chmod(tmp, 0o755)
         args = [binary, "-n", "-M", "prepared", "-f", str(path), "-c", str(clients)]
         args += ["-j", str(clients), "-T", str(max(1, round(seconds)))]
-        args += [f"-Dv{k}_version=1" for k in range(per_commit)]
+        args += [f"-Dv{k}=1" for k in range(per_commit)]
         proc = subprocess.run(
             [*args, dsn], capture_output=True, text=True, timeout=seconds + 60, check=False
         )
@@ -396,10 +493,15 @@ def pgbench_ceiling(
     if proc.returncode != 0 or "tps" not in parsed:
         result["error"] = (proc.stderr or proc.stdout).strip()[-500:]
         return result
+    transactions = int(parsed.get("transactions", 0))
+    missed = transactions * per_commit - _versions_written(dsn, schema)
+    if missed:  # a CAS that finds no row is no error: the versions counted went wrong
+        result["error"] = f"{missed} of {transactions * per_commit} saves wrote nothing"
+        return result
     result.update(
         tps=round(parsed["tps"], 1),
         saves_per_s=round(parsed["tps"] * per_commit, 1),
-        transactions=int(parsed.get("transactions", 0)),
+        transactions=transactions,
         failed=int(parsed.get("failed", 0)),
     )
     return result

@@ -289,13 +289,10 @@ class PostgresBackend(CodecBound, Generic[C]):
         batch was sent is resolved on a fresh connection: the results if it
         committed, one more try if it did not, `CommitUnknownError` while that cannot
         be told (the server still unreachable)."""
-        transaction = programs.needs_transaction(items)
         deadlocks, resent = 0, False
         while True:
             try:
-                return self._runner.run(
-                    programs.save_batch(self.ctx, items), transaction=transaction
-                )
+                return self._runner.run(programs.save_batch(self.ctx, items))
             except ServerError as refused:
                 deadlocks += 1
                 if refused.sqlstate not in programs.RETRYABLE_SQLSTATES:

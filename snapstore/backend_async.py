@@ -287,13 +287,10 @@ class AsyncPostgresBackend(CodecBound, Generic[C]):
         batch was sent is resolved on a fresh connection: the results if it
         committed, one more try if it did not, `CommitUnknownError` while that cannot
         be told (the server still unreachable)."""
-        transaction = programs.needs_transaction(items)
         deadlocks, resent = 0, False
         while True:
             try:
-                return await self._runner.run(
-                    programs.save_batch(self.ctx, items), transaction=transaction
-                )
+                return await self._runner.run(programs.save_batch(self.ctx, items))
             except ServerError as refused:
                 deadlocks += 1
                 if refused.sqlstate not in programs.RETRYABLE_SQLSTATES:

@@ -12,6 +12,7 @@ import enum
 import functools
 import logging
 import threading
+import uuid
 from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, NamedTuple, Protocol, TypeVar
@@ -132,11 +133,26 @@ class Step(NamedTuple):
     """
 
     query: str
-    params: rw.Params | None = None
+    params: rw.Params | Sequence[rw.Params] | None = None
     fetch: Fetch = Fetch.ONE
     hot: bool = False
     binary: bool = False
     fold: Callable[[], Fold] | None = None
+    many: bool = False
+    """``params`` is a sequence: the statement runs once per item (executemany), and with
+    `Fetch.ALL` the result is one list of rows per item."""
+    best_effort: bool = False
+    """Outside a transaction, the server refusing it is logged and its result is None:
+    what came before has committed and stands (a wakeup after the saves it announces)."""
+
+
+class Pipeline(NamedTuple):
+    """Statements sent together, one round trip: inside the caller's transaction, or
+    else in the one implicit transaction a pipeline's Sync ends, so they commit (or fail)
+    as one. The result is one per step, as `Step` describes (None for `Fetch.NONE`);
+    only `Fetch.NONE` and `Fetch.ALL` steps may be pipelined."""
+
+    steps: tuple[Step, ...]
 
 
 class AfterCommit(NamedTuple):
@@ -146,7 +162,7 @@ class AfterCommit(NamedTuple):
     action: Callable[[], None]
 
 
-Program = Generator[Step | AfterCommit, Any, R]
+Program = Generator[Step | Pipeline | AfterCommit, Any, R]
 
 
 class Batch(NamedTuple):
@@ -157,44 +173,93 @@ class Batch(NamedTuple):
 
 
 def save_batch(ctx: Context, items: Sequence[rw.PreparedSave]) -> Program[list[SaveResult]]:
-    """Save prepared items; per-item outcomes. Run it in one transaction for one commit."""
-    results: list[SaveResult | None] = [None] * len(items)
-    for round_ in rw.save_rounds(items):
-        batch = [items[i] for i in round_]
-        if len(batch) == 1 and batch[0].expected_version is not None:  # the common save
-            params = rw.save_one_params(batch[0], ctx.channel)
-            found = yield Step("save_one", params, Fetch.ALL, hot=True)
-            rows = [(1, version, created_at) for version, created_at in found]
+    """Save prepared items, all in one pipeline (one round trip, one commit); per-item
+    outcomes. On failures one read names the precise errors; instances the saves made
+    dispatchable are announced by the client's own NOTIFY."""
+    steps, heads = save_steps(items)
+    found = yield Pipeline(steps)
+    outcomes: list[rw.Saved | None] = [None] * len(items)
+    for step, positions in heads:
+        sets = found[step] if steps[step].many else [found[step]]
+        for position, rows in zip(positions, sets, strict=True):
+            outcomes[position] = rw.saved(rows)
+    failed = [item for item, o in zip(items, outcomes, strict=True) if o is None]
+    states = iter(
+        (yield Step("current_states", rw.states_params(failed), Fetch.ALL)) if failed else ()
+    )
+    results: list[SaveResult] = []
+    stored: list[Stored] = []
+    for item, done in zip(items, outcomes, strict=True):
+        if done is None:
+            ctx.tasks.forget(item.instance_id)
+            failure = rw.save_failure(item, next(states))
+            _log_refusal(ctx, item, failure)
+            results.append(SaveResult(item.instance_id, None, failure))
+            continue
+        results.append(SaveResult(item.instance_id, done.version))
+        if item.status in rw.TERMINAL_NAMES:  # finished: no later save can use its rows
+            ctx.tasks.forget(item.instance_id)
         else:
-            params = rw.save_batch_params(batch, ctx.channel)
-            rows = yield Step("save_snapshots", params, Fetch.ALL, hot=True)
-        outcomes = rw.saved_versions(rows, len(batch))
-        failed = [item for item, o in zip(batch, outcomes, strict=True) if o is None]
-        states = iter(
-            (yield Step("current_states", rw.states_params(failed), Fetch.ALL)) if failed else ()
-        )
-        stored: list[Stored] = []
-        for index, item, saved in zip(round_, batch, outcomes, strict=True):
-            if saved is None:
-                ctx.tasks.forget(item.instance_id)
-                failure = rw.save_failure(item, next(states))
-                _log_refusal(ctx, item, failure)
-                results[index] = SaveResult(item.instance_id, None, failure)
-                continue
-            results[index] = SaveResult(item.instance_id, saved.version)
-            if item.status in rw.TERMINAL_NAMES:  # finished: no later save can use its rows
-                ctx.tasks.forget(item.instance_id)
-            else:
-                stored.append(
-                    Stored(
-                        item.instance_id,
-                        saved.version,
-                        rw.Known(saved.created_at, item.all_task_rows, item.chain, item.prior),
-                    )
-                )
-        if stored:
-            yield AfterCommit(functools.partial(ctx.tasks.remember_many, stored))
-    return [r for r in results if r is not None]
+            known = rw.Known(done.created_at, item.all_task_rows, item.chain, item.prior)
+            stored.append(Stored(item.instance_id, done.version, known))
+    woken = [
+        item.instance_id
+        for item, done in zip(items, outcomes, strict=True)
+        if done is not None and rw.wakes(item, done)
+    ]
+    if woken:
+        yield from wake(ctx, woken)
+    if stored:
+        yield AfterCommit(functools.partial(ctx.tasks.remember_many, stored))
+    return results
+
+
+def save_steps(
+    items: Sequence[rw.PreparedSave],
+) -> tuple[tuple[Step, ...], list[tuple[int, list[int]]]]:
+    """The pipeline of a batch, and which of its steps returns each item's outcome (step
+    index, item positions in order). Per round (distinct instance ids) the snapshot rows
+    are written in instance_id order, one lock order for every batch, then the history
+    rows, task rows and lease removals of that round."""
+    params = [rw.save_params(item, uuid.uuid4()) for item in items]
+    steps: list[Step] = []
+    heads: list[tuple[int, list[int]]] = []
+
+    def add(query: str, positions: list[int], fetch: Fetch) -> None:
+        if not positions:
+            return
+        if fetch is Fetch.ALL:
+            heads.append((len(steps), positions))
+        if len(positions) == 1:  # no executemany machinery for the common save
+            steps.append(Step(query, params[positions[0]], fetch, hot=not steps))
+        else:
+            steps.append(Step(query, [params[p] for p in positions], fetch, many=True))
+
+    for round_ in rw.save_rounds(items):
+        ordered = sorted(round_, key=lambda p: items[p].instance_id)
+        by_head: dict[str, list[int]] = {}
+        for position in ordered:
+            by_head.setdefault(rw.head_statement(items[position]), []).append(position)
+        for query, positions in by_head.items():
+            add(query, positions, Fetch.ALL)
+        add("save_history", ordered, Fetch.NONE)
+        add("save_tasks", [p for p in ordered if items[p].task_ids], Fetch.NONE)
+        add("save_finish", [p for p in ordered if items[p].status in rw.TERMINAL_NAMES], Fetch.NONE)
+    return tuple(steps), heads
+
+
+def wake(ctx: Context, instance_ids: Sequence[str]) -> Program[None]:
+    """NOTIFY the wakeup channel for instances that became dispatchable, but for those a
+    live lease holds (nobody else may take them)."""
+    ids: rw.Params = {"instance_ids": list(instance_ids)}
+    held = yield Step("live_leases", ids, Fetch.ALL, best_effort=True)
+    if held is None:  # refused: the saves stand; the listeners' poll finds them
+        return
+    leased = {instance_id for (instance_id,) in held}
+    free = [i for i in instance_ids if i not in leased]
+    if free:
+        wakeups: rw.Params = {"channel": ctx.channel, "instance_ids": free}
+        yield Step("notify", wakeups, Fetch.NONE, best_effort=True)
 
 
 def _log_refusal(ctx: Context, item: rw.PreparedSave, failure: Exception) -> None:
@@ -283,8 +348,8 @@ def save(
     receipt: Receipt | None = None,
     parked: bool = False,
 ) -> Program[int]:
-    """CAS save: one statement; on failure, one read to name the precise error. With a
-    ``receipt``, the way to confirm it committed is recorded there first. ``parked``:
+    """CAS save: one pipeline of statements; on failure, one read to name the precise
+    error. With a ``receipt``, the way to confirm it committed is recorded there first. ``parked``:
     the instance waits for something other than a worker (not dispatchable)."""
     item = prepare(ctx, snapshot, expected_version, claim, checked=checked)
     if parked:
@@ -310,15 +375,6 @@ def prepare_many(
             instance_id = getattr(req.snapshot, "instance_id", None)  # a wrong snapshot has none
             rejected[index] = SaveResult(str(instance_id or "?"), None, exc)
     return prepared, rejected
-
-
-def needs_transaction(items: Sequence[rw.PreparedSave]) -> bool:
-    """Whether `save_batch` must run inside BEGIN/COMMIT to commit once.
-
-    One round is one statement, which autocommit already makes atomic: skipping
-    BEGIN and COMMIT saves two round trips per commit.
-    """
-    return len(rw.save_rounds(items)) > 1
 
 
 def merge_results(

@@ -447,58 +447,22 @@ def prepare_save(
     )
 
 
-# Columns of ``save_snapshots`` and their element types (the SQL casts name the same).
-_ITEM_COLUMNS: Final = (
-    ("instance_id", arrays.TEXT), ("expected_version", arrays.BIGINT),
-    ("expected_created_at", arrays.TIMESTAMPTZ), ("claim_token", arrays.UUID),
-    ("status", arrays.TEXT), ("definition_hash", arrays.TEXT),
-    ("current_task_id", arrays.TEXT), ("position_kind", arrays.TEXT),
-    ("completed_task_count", arrays.INTEGER), ("error", arrays.TEXT),
-    ("priority", arrays.SMALLINT), ("tags", arrays.JSONB), ("delay_wake_at", arrays.TIMESTAMPTZ),
-    ("available_at", arrays.TIMESTAMPTZ), ("codec", arrays.TEXT), ("data", arrays.BYTEA),
-    ("data_hash", arrays.BYTEA), ("base_version", arrays.BIGINT),
-)  # fmt: skip
-_FIELD_INDEX: Final = {name: k for k, name in enumerate(PreparedSave.__struct_fields__)}
-_ITEM_PLAN: Final = tuple((name, element, _FIELD_INDEX[name]) for name, element in _ITEM_COLUMNS)
-_NO_FIELDS: Final[list[tuple[Any, ...]]] = [()] * len(PreparedSave.__struct_fields__)
 _TASK_COLUMNS: Final = (
     ("status", arrays.TEXT), ("attempts", arrays.INTEGER), ("worker", arrays.TEXT),
     ("started", arrays.TIMESTAMPTZ), ("completed", arrays.TIMESTAMPTZ), ("error", arrays.TEXT),
     ("output", arrays.BYTEA),
 )  # fmt: skip
+_NO_TASK_ROWS: Final[list[tuple[Any, ...]]] = [()] * len(_TASK_COLUMNS)
 
 
-def save_batch_params(items: Sequence[PreparedSave], channel: str) -> Params:
-    """Parameters of ``save_snapshots``: one pre-encoded array per column, tasks flattened
-    by item."""
+def save_params(item: PreparedSave, save_token: uuid.UUID) -> Params:
+    """Parameters of the statements of one save (sql/queries/snapshots.sql), typed so
+    that every call binds the same parameter types (one prepared statement each)."""
     column = arrays.encode_column
-    # One tuple per field of PreparedSave, across the items.
-    fields = list(zip(*map(msgspec.structs.astuple, items), strict=True)) or _NO_FIELDS
-    params: Params = {name: column(element, fields[k]) for name, element, k in _ITEM_PLAN}
-    task_items: list[int] = []
-    task_ids: list[str] = []
-    task_rows: list[tuple[Any, ...]] = []
-    for n, item in enumerate(items, start=1):
-        task_items.extend([n] * len(item.task_ids))
-        task_ids.extend(item.task_ids)
-        task_rows.extend(item.task_rows)
-    params["task_items"] = column(arrays.BIGINT, task_items)
-    params["task_ids"] = column(arrays.TEXT, task_ids)
-    values = list(zip(*task_rows, strict=True)) if task_rows else [()] * len(_TASK_COLUMNS)
-    for (name, element), column_values in zip(_TASK_COLUMNS, values, strict=True):
-        params[f"task_{name}"] = column(element, column_values)
-    params["channel"] = channel
-    return params
-
-
-def save_one_params(item: PreparedSave, channel: str) -> Params:
-    """Parameters of ``save_one`` (an update: ``item.expected_version`` is set), typed
-    so that every call binds the same parameter types (one prepared statement)."""
-    assert item.expected_version is not None, "save_one updates; creating is save_snapshots"
-    column = arrays.encode_column
+    expected = item.expected_version
     params: Params = {
         "instance_id": item.instance_id,
-        "expected_version": Int8(item.expected_version),
+        "expected_version": None if expected is None else Int8(expected),
         "expected_created_at": item.expected_created_at,
         "claim_token": item.claim_token,
         "status": item.status,
@@ -515,15 +479,22 @@ def save_one_params(item: PreparedSave, channel: str) -> Params:
         "data": item.data,
         "data_hash": item.data_hash,
         "base_version": None if item.base_version is None else Int8(item.base_version),
-        "terminal": item.status in TERMINAL_NAMES,
-        "notify": item.status == "InProgress" and item.claim_token is None,
-        "channel": channel,
+        "save_token": save_token,
         "task_ids": column(arrays.TEXT, item.task_ids),
     }
-    values = list(zip(*item.task_rows, strict=True)) if item.task_rows else [()] * 7
+    values = list(zip(*item.task_rows, strict=True)) if item.task_rows else _NO_TASK_ROWS
     for (name, element), column_values in zip(_TASK_COLUMNS, values, strict=True):
         params[f"task_{name}"] = column(element, column_values)
     return params
+
+
+def head_statement(item: PreparedSave) -> str:
+    """The statement that writes the snapshot row of ``item``: its create or CAS update,
+    finishing the instance or not."""
+    final = item.status in TERMINAL_NAMES
+    if item.expected_version is None:
+        return "save_create_final" if final else "save_create"
+    return "save_update_final" if final else "save_update"
 
 
 def save_rounds(items: Sequence[PreparedSave]) -> list[list[int]]:
@@ -541,19 +512,34 @@ def save_rounds(items: Sequence[PreparedSave]) -> list[list[int]]:
 
 
 class Saved(NamedTuple):
-    """What one successful item of ``save_snapshots`` wrote."""
+    """What one save that went through wrote, from its RETURNING row."""
 
     version: int
     created_at: datetime  # of the instance: tells two lives of one id apart
+    was_dispatchable: bool  # InProgress, due and tagged the same before this save
+    due: bool  # due now
 
 
-def saved_versions(rows: Sequence[Row], count: int) -> list[Saved | None]:
-    """Per item (1-based ordinal in the rows), what it wrote; None where the CAS failed."""
-    saved: list[Saved | None] = [None] * count
-    for n, version, created_at in rows:
-        if version is not None:
-            saved[int(n) - 1] = Saved(int(version), created_at)
-    return saved
+def saved(rows: Sequence[Row]) -> Saved | None:
+    """The RETURNING row of a head statement; None where the CAS failed."""
+    if not rows:
+        return None
+    version, created_at, was_dispatchable, due = rows[0]
+    return Saved(int(version), created_at, bool(was_dispatchable), bool(due))
+
+
+def wakes(item: PreparedSave, done: Saved) -> bool:
+    """Whether ``item``'s save made its instance dispatchable (due now, and before it
+    was new, not due, not InProgress or tagged differently) with no claimant driving
+    it: only an unclaimed save leaves the instance to other workers. An instance that
+    stays dispatchable was announced already; announcing every step of it would cost
+    every commit the server's global notify lock. The lease check comes after."""
+    return (
+        item.status == "InProgress"
+        and item.claim_token is None
+        and done.due
+        and not done.was_dispatchable
+    )
 
 
 def committed_params(items: Sequence[PreparedSave]) -> Params:

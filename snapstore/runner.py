@@ -26,6 +26,7 @@ from contextlib import nullcontext, suppress
 from typing import Any, Final, TypeVar
 
 from psycopg import Connection, Cursor, DatabaseError, OperationalError, RawCursor
+from psycopg.pq import TransactionStatus
 from psycopg.rows import tuple_row
 from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout, TooManyRequests
 
@@ -36,7 +37,7 @@ from snapstore.errors import (
     SnapstoreError,
     UnavailableError,
 )
-from snapstore.programs import STREAM_ROWS, AfterCommit, Batch, Fetch, Program
+from snapstore.programs import STREAM_ROWS, AfterCommit, Batch, Fetch, Pipeline, Program, Step
 from snapstore.sql_catalog import Queries
 
 R = TypeVar("R")
@@ -47,17 +48,51 @@ _CURSORS: Final[weakref.WeakKeyDictionary[Connection[Any], Cursor[Any]]] = (
 )
 
 
-def _kept_cursor(conn: Connection[Any]) -> Cursor[Any]:
-    """The cursor ``conn`` keeps for hot statements."""
-    cur = _CURSORS.get(conn)
+_SIDE_CURSORS: Final[weakref.WeakKeyDictionary[Connection[Any], Cursor[Any]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+# Connections whose last statement streamed its rows (`Fetch.FOLD`). libpq (17, 18) keeps
+# that query's chunked-rows mode into a pipeline entered next, whose first result then
+# comes in chunks psycopg refuses; any plain statement resets the mode.
+_STREAMED: Final[weakref.WeakSet[Connection[Any]]] = weakref.WeakSet()
+_RESET_STREAM_MODE: Final = b"SELECT"
+
+
+def _kept_cursor(
+    conn: Connection[Any], kept: weakref.WeakKeyDictionary[Any, Any] = _CURSORS
+) -> Cursor[Any]:
+    """The cursor ``conn`` keeps for hot statements (``kept``: or the other one it keeps
+    for pipelined statements whose results nobody reads)."""
+    cur = kept.get(conn)
     if cur is None:
-        cur = _CURSORS[conn] = RawCursor(conn, row_factory=tuple_row)
+        cur = kept[conn] = RawCursor(conn, row_factory=tuple_row)
     return cur
 
 
 IDLE_CHECK_AFTER: Final = 1.0
 """Seconds a pooled connection may sit idle and still be handed out unprobed."""
 _LAST_USED: Final[weakref.WeakKeyDictionary[Connection[Any], float]] = weakref.WeakKeyDictionary()
+
+
+def _skippable(conn: Connection[Any], step: Step, exc: DatabaseError) -> bool:
+    """Whether a refused `Step.best_effort` statement may be skipped: outside a
+    transaction (it took nothing else with it) and with the connection still up."""
+    idle = conn.info.transaction_status == TransactionStatus.IDLE
+    return step.best_effort and idle and exc.sqlstate is not None and not conn.closed
+
+
+def _fetched(cur: Cursor[Any], step: Step) -> Any:
+    """A pipelined step's result: its rows (one list per item of a `Step.many`)."""
+    if step.fetch is Fetch.NONE:
+        return None
+    if not step.many:
+        return cur.fetchall()
+    sets = [cur.fetchall()]
+    while cur.nextset():
+        sets.append(cur.fetchall())
+    return sets
 
 
 def check_connection(conn: Connection[Any]) -> None:
@@ -228,7 +263,7 @@ def typed_error(
         return UnavailableError(f"{exc} (pool {pool.name}, max_size {pool.max_size})")
     if isinstance(exc, PoolClosed | TooManyRequests):
         return UnavailableError(f"{exc} (pool {pool.name})")
-    if isinstance(exc, OperationalError) and (conn is None or conn.broken):
+    if isinstance(exc, OperationalError) and (conn is None or conn.broken or conn.closed):
         if sent:
             pid = pids[0] if pids else None
             return CommitUnknownError(f"connection lost during a write: {exc}", backend_pid=pid)
@@ -307,33 +342,26 @@ class Runner:
                         after.append(step.action)
                         step = program.send(None)
                         continue
+                    if isinstance(step, Pipeline):
+                        began = time.perf_counter()
+                        results = self._pipeline(conn, step)
+                        named = "+".join(s.query for s in step.steps)
+                        self._timed(named, time.perf_counter() - began)
+                        step = program.send(results)
+                        continue
                     began = time.perf_counter()
-                    if step.hot:
-                        statement = self.queries.positional(step.query)
-                        cur: Cursor[Any] = _kept_cursor(conn)
-                        cur.execute(statement.sql, statement.args(step.params))
-                    else:
-                        cur = conn.cursor(row_factory=tuple_row, binary=step.binary)
-                        if step.fetch is Fetch.FOLD:
-                            assert step.fold is not None
-                            fold = step.fold()
-                            query = self.queries[step.query]
-                            for row in cur.stream(query, step.params, size=STREAM_ROWS):
-                                fold.add(row)
-                        else:
-                            cur.execute(self.queries[step.query], step.params)
-                    if step.fetch is Fetch.FOLD:
-                        rows: Any = fold.result()
-                    elif step.fetch is Fetch.ONE:
-                        rows = cur.fetchone()
-                    elif step.fetch is Fetch.ALL:
-                        rows = cur.fetchall()
-                    elif step.fetch is Fetch.ROWCOUNT:
-                        rows = cur.rowcount
-                    else:
+                    try:
+                        rows = self._step(conn, step)
+                    except DatabaseError as exc:
+                        if not _skippable(conn, step, exc):
+                            raise
+                        logs.store.warning(
+                            "%s failed, skipped: %s",
+                            step.query,
+                            exc,
+                            extra={"statement": step.query, "schema": self.queries.schema},
+                        )
                         rows = None
-                    if not step.hot:  # free the server's result before rows are decoded
-                        cur.close()
                     self._timed(step.query, time.perf_counter() - began)
                     step = program.send(rows)
             except StopIteration as done:
@@ -343,6 +371,74 @@ class Runner:
         for action in after:
             action()
         return result
+
+    def _step(self, conn: Connection[Any], step: Step) -> Any:
+        """Run one statement; what ``step.fetch`` asks for."""
+        _STREAMED.discard(conn)
+        if step.hot:
+            cur: Cursor[Any] = _kept_cursor(conn)
+            self._send(cur, step)
+        else:
+            cur = conn.cursor(row_factory=tuple_row, binary=step.binary)
+            if step.fetch is Fetch.FOLD:
+                assert step.fold is not None
+                fold = step.fold()
+                query = self.queries[step.query]
+                for row in cur.stream(query, step.params, size=STREAM_ROWS):
+                    fold.add(row)
+                _STREAMED.add(conn)
+            else:
+                cur.execute(self.queries[step.query], step.params)
+        if step.fetch is Fetch.FOLD:
+            rows: Any = fold.result()
+        elif step.fetch is Fetch.ONE:
+            rows = cur.fetchone()
+        elif step.fetch is Fetch.ALL:
+            rows = cur.fetchall()
+        elif step.fetch is Fetch.ROWCOUNT:
+            rows = cur.rowcount
+        else:
+            rows = None
+        if not step.hot:  # free the server's result before rows are decoded
+            cur.close()
+        return rows
+
+    def _pipeline(self, conn: Connection[Any], pipeline: Pipeline) -> list[Any]:
+        """Send every statement of ``pipeline``, then read the results (one round trip).
+        A first step that fetches runs on the kept cursor; others that fetch get their
+        own; the rest share the side cursor, whose results are dropped."""
+        if conn in _STREAMED:
+            _STREAMED.discard(conn)
+            _kept_cursor(conn, _SIDE_CURSORS).execute(_RESET_STREAM_MODE)
+        cursors: list[Cursor[Any]] = []
+        try:
+            with conn.pipeline():
+                for k, step in enumerate(pipeline.steps):
+                    if step.fetch is Fetch.NONE:
+                        cur = _kept_cursor(conn, _SIDE_CURSORS)
+                    elif k == 0 and step.hot:
+                        cur = _kept_cursor(conn)
+                    else:
+                        cur = RawCursor(conn, row_factory=tuple_row)
+                    self._send(cur, step)
+                    cursors.append(cur)
+        except OperationalError as exc:
+            # Not the server's answer but libpq's (e.g. the server went away while the
+            # pipeline was ending): the connection's state is unknown, it is lost.
+            if exc.sqlstate is None and not conn.closed:
+                conn.close()
+            raise
+        return [_fetched(cur, step) for cur, step in zip(cursors, pipeline.steps, strict=True)]
+
+    def _send(self, cur: Cursor[Any], step: Step) -> None:
+        statement = self.queries.positional(step.query)
+        if step.many:
+            assert isinstance(step.params, list)
+            args = [statement.values(params) for params in step.params]
+            cur.executemany(statement.sql, args, returning=step.fetch is Fetch.ALL)
+        else:
+            assert step.params is None or isinstance(step.params, dict)
+            cur.execute(statement.sql, statement.args(step.params))
 
     def _timed(self, query: str, seconds: float) -> None:
         if self.slow_statement is not None and seconds >= self.slow_statement:

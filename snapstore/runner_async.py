@@ -24,6 +24,7 @@ from contextlib import nullcontext, suppress
 from typing import Any, Final, TypeVar
 
 from psycopg import AsyncConnection, AsyncCursor, AsyncRawCursor, DatabaseError, OperationalError
+from psycopg.pq import TransactionStatus
 from psycopg.rows import tuple_row
 from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout, TooManyRequests
 
@@ -34,7 +35,7 @@ from snapstore.errors import (
     SnapstoreError,
     UnavailableError,
 )
-from snapstore.programs import STREAM_ROWS, AfterCommit, Batch, Fetch, Program
+from snapstore.programs import STREAM_ROWS, AfterCommit, Batch, Fetch, Pipeline, Program, Step
 from snapstore.sql_catalog import Queries
 
 R = TypeVar("R")
@@ -45,11 +46,26 @@ _CURSORS: Final[weakref.WeakKeyDictionary[AsyncConnection[Any], AsyncCursor[Any]
 )
 
 
-def _kept_cursor(conn: AsyncConnection[Any]) -> AsyncCursor[Any]:
-    """The cursor ``conn`` keeps for hot statements."""
-    cur = _CURSORS.get(conn)
+_SIDE_CURSORS: Final[weakref.WeakKeyDictionary[AsyncConnection[Any], AsyncCursor[Any]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+# Connections whose last statement streamed its rows (`Fetch.FOLD`). libpq (17, 18) keeps
+# that query's chunked-rows mode into a pipeline entered next, whose first result then
+# comes in chunks psycopg refuses; any plain statement resets the mode.
+_STREAMED: Final[weakref.WeakSet[AsyncConnection[Any]]] = weakref.WeakSet()
+_RESET_STREAM_MODE: Final = b"SELECT"
+
+
+def _kept_cursor(
+    conn: AsyncConnection[Any], kept: weakref.WeakKeyDictionary[Any, Any] = _CURSORS
+) -> AsyncCursor[Any]:
+    """The cursor ``conn`` keeps for hot statements (``kept``: or the other one it keeps
+    for pipelined statements whose results nobody reads)."""
+    cur = kept.get(conn)
     if cur is None:
-        cur = _CURSORS[conn] = AsyncRawCursor(conn, row_factory=tuple_row)
+        cur = kept[conn] = AsyncRawCursor(conn, row_factory=tuple_row)
     return cur
 
 
@@ -58,6 +74,25 @@ IDLE_CHECK_AFTER: Final = 1.0
 _LAST_USED: Final[weakref.WeakKeyDictionary[AsyncConnection[Any], float]] = (
     weakref.WeakKeyDictionary()
 )
+
+
+def _skippable(conn: AsyncConnection[Any], step: Step, exc: DatabaseError) -> bool:
+    """Whether a refused `Step.best_effort` statement may be skipped: outside a
+    transaction (it took nothing else with it) and with the connection still up."""
+    idle = conn.info.transaction_status == TransactionStatus.IDLE
+    return step.best_effort and idle and exc.sqlstate is not None and not conn.closed
+
+
+async def _fetched(cur: AsyncCursor[Any], step: Step) -> Any:
+    """A pipelined step's result: its rows (one list per item of a `Step.many`)."""
+    if step.fetch is Fetch.NONE:
+        return None
+    if not step.many:
+        return await cur.fetchall()
+    sets = [await cur.fetchall()]
+    while cur.nextset():
+        sets.append(await cur.fetchall())
+    return sets
 
 
 async def check_connection(conn: AsyncConnection[Any]) -> None:
@@ -228,7 +263,7 @@ def typed_error(
         return UnavailableError(f"{exc} (pool {pool.name}, max_size {pool.max_size})")
     if isinstance(exc, PoolClosed | TooManyRequests):
         return UnavailableError(f"{exc} (pool {pool.name})")
-    if isinstance(exc, OperationalError) and (conn is None or conn.broken):
+    if isinstance(exc, OperationalError) and (conn is None or conn.broken or conn.closed):
         if sent:
             pid = pids[0] if pids else None
             return CommitUnknownError(f"connection lost during a write: {exc}", backend_pid=pid)
@@ -309,33 +344,26 @@ class AsyncRunner:
                         after.append(step.action)
                         step = program.send(None)
                         continue
+                    if isinstance(step, Pipeline):
+                        began = time.perf_counter()
+                        results = await self._pipeline(conn, step)
+                        named = "+".join(s.query for s in step.steps)
+                        self._timed(named, time.perf_counter() - began)
+                        step = program.send(results)
+                        continue
                     began = time.perf_counter()
-                    if step.hot:
-                        statement = self.queries.positional(step.query)
-                        cur: AsyncCursor[Any] = _kept_cursor(conn)
-                        await cur.execute(statement.sql, statement.args(step.params))
-                    else:
-                        cur = conn.cursor(row_factory=tuple_row, binary=step.binary)
-                        if step.fetch is Fetch.FOLD:
-                            assert step.fold is not None
-                            fold = step.fold()
-                            query = self.queries[step.query]
-                            async for row in cur.stream(query, step.params, size=STREAM_ROWS):
-                                fold.add(row)
-                        else:
-                            await cur.execute(self.queries[step.query], step.params)
-                    if step.fetch is Fetch.FOLD:
-                        rows: Any = fold.result()
-                    elif step.fetch is Fetch.ONE:
-                        rows = await cur.fetchone()
-                    elif step.fetch is Fetch.ALL:
-                        rows = await cur.fetchall()
-                    elif step.fetch is Fetch.ROWCOUNT:
-                        rows = cur.rowcount
-                    else:
+                    try:
+                        rows = await self._step(conn, step)
+                    except DatabaseError as exc:
+                        if not _skippable(conn, step, exc):
+                            raise
+                        logs.store.warning(
+                            "%s failed, skipped: %s",
+                            step.query,
+                            exc,
+                            extra={"statement": step.query, "schema": self.queries.schema},
+                        )
                         rows = None
-                    if not step.hot:  # free the server's result before rows are decoded
-                        await cur.close()
                     self._timed(step.query, time.perf_counter() - began)
                     step = program.send(rows)
             except StopIteration as done:
@@ -345,6 +373,76 @@ class AsyncRunner:
         for action in after:
             action()
         return result
+
+    async def _step(self, conn: AsyncConnection[Any], step: Step) -> Any:
+        """Run one statement; what ``step.fetch`` asks for."""
+        _STREAMED.discard(conn)
+        if step.hot:
+            cur: AsyncCursor[Any] = _kept_cursor(conn)
+            await self._send(cur, step)
+        else:
+            cur = conn.cursor(row_factory=tuple_row, binary=step.binary)
+            if step.fetch is Fetch.FOLD:
+                assert step.fold is not None
+                fold = step.fold()
+                query = self.queries[step.query]
+                async for row in cur.stream(query, step.params, size=STREAM_ROWS):
+                    fold.add(row)
+                _STREAMED.add(conn)
+            else:
+                await cur.execute(self.queries[step.query], step.params)
+        if step.fetch is Fetch.FOLD:
+            rows: Any = fold.result()
+        elif step.fetch is Fetch.ONE:
+            rows = await cur.fetchone()
+        elif step.fetch is Fetch.ALL:
+            rows = await cur.fetchall()
+        elif step.fetch is Fetch.ROWCOUNT:
+            rows = cur.rowcount
+        else:
+            rows = None
+        if not step.hot:  # free the server's result before rows are decoded
+            await cur.close()
+        return rows
+
+    async def _pipeline(self, conn: AsyncConnection[Any], pipeline: Pipeline) -> list[Any]:
+        """Send every statement of ``pipeline``, then read the results (one round trip).
+        A first step that fetches runs on the kept cursor; others that fetch get their
+        own; the rest share the side cursor, whose results are dropped."""
+        if conn in _STREAMED:
+            _STREAMED.discard(conn)
+            await _kept_cursor(conn, _SIDE_CURSORS).execute(_RESET_STREAM_MODE)
+        cursors: list[AsyncCursor[Any]] = []
+        try:
+            async with conn.pipeline():
+                for k, step in enumerate(pipeline.steps):
+                    if step.fetch is Fetch.NONE:
+                        cur = _kept_cursor(conn, _SIDE_CURSORS)
+                    elif k == 0 and step.hot:
+                        cur = _kept_cursor(conn)
+                    else:
+                        cur = AsyncRawCursor(conn, row_factory=tuple_row)
+                    await self._send(cur, step)
+                    cursors.append(cur)
+        except OperationalError as exc:
+            # Not the server's answer but libpq's (e.g. the server went away while the
+            # pipeline was ending): the connection's state is unknown, it is lost.
+            if exc.sqlstate is None and not conn.closed:
+                await conn.close()
+            raise
+        return [
+            await _fetched(cur, step) for cur, step in zip(cursors, pipeline.steps, strict=True)
+        ]
+
+    async def _send(self, cur: AsyncCursor[Any], step: Step) -> None:
+        statement = self.queries.positional(step.query)
+        if step.many:
+            assert isinstance(step.params, list)
+            args = [statement.values(params) for params in step.params]
+            await cur.executemany(statement.sql, args, returning=step.fetch is Fetch.ALL)
+        else:
+            assert step.params is None or isinstance(step.params, dict)
+            await cur.execute(statement.sql, statement.args(step.params))
 
     def _timed(self, query: str, seconds: float) -> None:
         if self.slow_statement is not None and seconds >= self.slow_statement:

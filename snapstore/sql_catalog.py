@@ -130,7 +130,10 @@ class Positional(NamedTuple):
 
     def args(self, params: Mapping[str, Any] | None) -> list[Any] | None:
         """The positional arguments for named ``params``."""
-        return None if params is None else [params[name] for name in self.names]
+        return None if params is None else self.values(params)
+
+    def values(self, params: Mapping[str, Any]) -> list[Any]:
+        return [params[name] for name in self.names]
 
 
 def positional(body: str) -> Positional:

@@ -216,8 +216,9 @@ def test_pgbench_script_uses_only_its_own_variables(dsn: str) -> None:
     with psycopg.connect(dsn, autocommit=True) as conn:
         script = ceiling.pgbench_script(conn, "bench_script_probe", 2)
     names = set(re.findall(r"(?<![:\w]):([A-Za-z_]\w*)", script))
-    assert names == {"client_id", "iid0", "iid1", "v0_version", "v1_version"}
-    assert script.count("\\gset") == 2
+    assert names == {"client_id", "iid0", "iid1", "v0", "v1"}
+    assert script.count("\\startpipeline") == script.count("\\endpipeline") == 2
+    assert "\\gset" not in script  # refused inside a pipeline
     assert "BEGIN;" in script
     assert "COMMIT;" in script
 
@@ -232,21 +233,27 @@ def test_percentile_is_nearest_rank() -> None:
 
 
 def test_the_workflow_replay_sends_what_the_store_sends() -> None:
-    """One linear workflow: a create (the batch statement), then save_one per step with
-    only the task row that is new, the instance's created_at required once rows are
-    skipped or the checkpoint is a delta (as the task cache does), deltas where the
-    chain has room."""
-    saves = ceiling.workflow_saves("bench_json", "json")
+    """One linear workflow: a create, then a CAS update per step with only the task row
+    that is new (the last one finishing the instance), each with its history row, the
+    instance's created_at required once rows are skipped or the checkpoint is a delta (as
+    the task cache does), deltas where the chain has room."""
+    saves = ceiling.workflow_saves("json")
     shape = Shape()
     assert len(saves) == shape.steps + 1
-    assert [s.statement for s in saves] == ["save_snapshots"] + ["save_one"] * shape.steps
-    assert [len(s.params["task_ids"]) for s in saves] == [0] + [1] * shape.steps
+    heads = ["save_create"] + ["save_update"] * (shape.steps - 1) + ["save_update_final"]
+    assert [s.plan.statements for s in saves] == (
+        [[heads[0], "save_history"]]
+        + [[head, "save_history", "save_tasks"] for head in heads[1:-1]]
+        + [[heads[-1], "save_history", "save_tasks", "save_finish"]]
+    )
+    params = [s.plan.params[0] for s in saves]
+    assert [len(p["task_ids"]) for p in params] == [0] + [1] * shape.steps
     assert [s.checks_created_at for s in saves] == [False, False] + [True] * (shape.steps - 1)
-    deltas = [s.params["base_version"] is not None for s in saves[1:]]
+    deltas = [p["base_version"] is not None for p in params[1:]]
     assert any(deltas)
     assert not all(deltas)
-    assert list(saves[0].params["status"]) == ["InProgress"]
-    assert saves[-1].params["status"] == "Completed"
+    assert params[0]["status"] == "InProgress"
+    assert params[-1]["status"] == "Completed"
 
 
 def test_snapstore_on_the_langgraph_shape_saves_and_drops_its_schema(dsn: str) -> None:

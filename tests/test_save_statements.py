@@ -1,5 +1,6 @@
-"""The two save statements agree: ``save_one`` (one update, scalar parameters: the common
-save) writes exactly what ``save_snapshots`` (any batch) writes for the same item.
+"""The two ways a save is sent agree: alone (each statement executed once: the common
+save) it writes exactly what it writes inside a batch (each statement executemany'd over
+the batch's items).
 
 The same scenario runs twice, on instance "solo" through plain saves and on instance
 "many" inside two-item batches (the second item pads the batch, so the batch statement
@@ -99,7 +100,7 @@ def rows(backend: PostgresBackend[JsonCodec], iid: str) -> list[object]:
     return found
 
 
-def test_save_one_writes_what_the_batch_statement_writes(
+def test_a_save_alone_writes_what_it_writes_in_a_batch(
     backend: PostgresBackend[JsonCodec], dsn: str
 ) -> None:
     channel = wakeup_channel(backend.schema)

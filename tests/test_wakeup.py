@@ -219,6 +219,27 @@ def test_a_save_notifies_only_when_the_instance_became_dispatchable(
     assert raw.until("sentinel") == ["a", "a", "a", "a", "sentinel"]
 
 
+def test_a_refused_wakeup_leaves_the_committed_save_standing(
+    store: PostgresBackend[JsonCodec],
+    admin: psycopg.Connection[Any],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The wakeup statements run after the saves committed: their failure is logged and
+    the save's result returned (a raised error would send the caller to save again, into
+    a conflict with its own checkpoint)."""
+    claims = sql.Identifier(store.schema, "claims")
+    admin.execute(sql.SQL("ALTER TABLE {} RENAME TO claims_away").format(claims))
+    try:
+        with caplog.at_level("WARNING", logger="snapstore"):
+            assert store.save(snap("woken")) == 1  # new and due: a wakeup, refused
+    finally:
+        away = sql.Identifier(store.schema, "claims_away")
+        admin.execute(sql.SQL("ALTER TABLE {} RENAME TO claims").format(away))
+    assert [r.statement for r in caplog.records] == ["live_leases"]  # type: ignore[attr-defined]
+    stored = store.load("woken")
+    assert stored is not None and stored.version == 1
+
+
 class OneConnection:
     """Lends one connection, in whatever transaction it is in, where a pool is expected:
     a backend built on it runs its real statements inside the caller's transaction."""

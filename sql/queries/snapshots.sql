@@ -2,7 +2,7 @@
 -- values are always bound parameters (%(name)s). Sections start with "-- name: <key>".
 
 -- name: part_task_upsert
--- How both save statements write a task row (aliased t): unchanged rows are not rewritten.
+-- How a save writes a task row (aliased t): unchanged rows are not rewritten.
 -- Whole rows: this upsert writes every column of tasks (keep it so).
 ON CONFLICT (instance_id, task_id) DO UPDATE SET
     status = EXCLUDED.status, attempts = EXCLUDED.attempts,
@@ -11,198 +11,140 @@ ON CONFLICT (instance_id, task_id) DO UPDATE SET
     output = EXCLUDED.output
 WHERE (t.*) IS DISTINCT FROM (EXCLUDED.*)
 
--- name: save_snapshots
--- Saves a batch (one item for a plain save) in one statement, so one commit: per item a
--- CAS update (fenced by a live claim when a token is given) or create-if-absent, its
--- history row, task upserts (unchanged task rows are not rewritten), lease removal once
--- finished, and a wakeup NOTIFY (delivered at commit) when it became dispatchable: it is
--- due now, no claimant is driving it (the save carries no claim and no live lease is held),
--- and before this save it was new, not due, not
--- InProgress or tagged differently (a worker that could not take it may take it now). An
--- instance that stays dispatchable was announced already; announcing every step of it
--- would cost every commit the server's global notify lock.
--- Instance ids within one batch are distinct. Returns (ordinal, new version, created_at),
--- NULLs where the CAS failed.
-WITH items AS (
-    -- terminal: the save finishes it. notify: a candidate for a wakeup (see wake), since
-    -- only an unclaimed save leaves the instance to other workers.
-    SELECT *, status NOT IN ('InProgress', 'Paused') AS terminal,
-        status = 'InProgress' AND claim_token IS NULL AS notify
-    FROM unnest(
-        %(instance_id)b::text[], %(expected_version)b::bigint[],
-        %(expected_created_at)b::timestamptz[], %(claim_token)b::uuid[], %(status)b::text[], %(definition_hash)b::text[],
-        %(current_task_id)b::text[],
-        %(position_kind)b::text[], %(completed_task_count)b::integer[], %(error)b::text[],
-        %(priority)b::smallint[], %(tags)b::jsonb[], %(delay_wake_at)b::timestamptz[],
-        %(available_at)b::timestamptz[], %(codec)b::text[], %(data)b::bytea[],
-        %(data_hash)b::bytea[], %(base_version)b::bigint[]
-    ) WITH ORDINALITY i(
-        instance_id, expected_version, expected_created_at, claim_token, status, definition_hash,
-        current_task_id, position_kind, completed_task_count, error, priority, tags, delay_wake_at,
-        available_at, codec, data, data_hash, base_version, n)
-), upd AS (
-    UPDATE @schema@.snapshots s SET
-        status = i.status,
-        definition_hash = i.definition_hash,
-        current_task_id = i.current_task_id,
-        position_kind = i.position_kind,
-        completed_task_count = i.completed_task_count,
-        error = i.error,
-        priority = i.priority,
-        tags = ARRAY(SELECT jsonb_array_elements_text(i.tags)),
-        delay_wake_at = i.delay_wake_at,
-        -- Due since: kept while the instance stays due (its queue position, and an
-        -- unchanged indexed column keeps the update HOT); release_claim re-queues it.
-        available_at = COALESCE(i.available_at,
-            CASE s.status WHEN 'InProgress' THEN LEAST(s.available_at, now()) ELSE now() END),
-        version = s.version + 1,
-        codec = i.codec,
-        data_hash = i.data_hash,
-        updated_at = now(),
-        completed_at = CASE WHEN i.terminal THEN now() END
-    FROM items i
-    WHERE s.instance_id = i.instance_id
-      AND s.version = i.expected_version
-      -- Task rows were skipped as stored at that version: it must be the same life of the id
-      -- (a deleted and recreated instance has a later created_at; see task_cache.py).
-      AND (i.expected_created_at IS NULL OR s.created_at = i.expected_created_at)
-      AND s.status IN ('InProgress', 'Paused')  -- not finished
-      AND (i.claim_token IS NULL OR EXISTS (
-          SELECT 1 FROM @schema@.claims c
-          WHERE c.instance_id = s.instance_id AND c.token = i.claim_token
-            AND c.expires_at > now()))
-    RETURNING s.instance_id, s.version, s.created_at
-), ins AS (
-    INSERT INTO @schema@.snapshots AS s (
-        instance_id, status, definition_hash, current_task_id, position_kind,
-        completed_task_count, error, priority, tags, delay_wake_at, available_at,
-        version, codec, data_hash, completed_at)
-    SELECT instance_id, status, definition_hash, current_task_id, position_kind,
-        completed_task_count, error, priority,
-        ARRAY(SELECT jsonb_array_elements_text(tags)), delay_wake_at,
-        COALESCE(available_at, now()), 1, codec, data_hash,
-        CASE WHEN terminal THEN now() END
-    FROM items
-    WHERE expected_version IS NULL
-    ORDER BY instance_id
-    ON CONFLICT (instance_id) DO NOTHING
-    RETURNING s.instance_id, s.version, s.created_at
-), saved AS (
-    SELECT * FROM items JOIN (TABLE upd UNION ALL TABLE ins) v USING (instance_id)
-), hist AS (
-    INSERT INTO @schema@.history (
-        instance_id, version, status, current_task_id, codec, data, data_hash, base_version)
-    SELECT instance_id, version, status, current_task_id, codec, data, data_hash, base_version
-    FROM saved
-), tsk AS (
-    INSERT INTO @schema@.tasks AS t (
-        instance_id, task_id, status, attempts, worker_id, started_at, completed_at,
-        error, output)
-    SELECT saved.instance_id, u.task_id, u.status, u.attempts, u.worker_id, u.started_at,
-        u.completed_at, u.error, u.output
-    FROM unnest(%(task_items)b::bigint[], %(task_ids)b::text[], %(task_status)b::text[],
-        %(task_attempts)b::integer[], %(task_worker)b::text[],
-        %(task_started)b::timestamptz[], %(task_completed)b::timestamptz[],
-        %(task_error)b::text[], %(task_output)b::bytea[])
-        u(n, task_id, status, attempts, worker_id, started_at, completed_at, error, output)
-    JOIN saved USING (n)
-    @part_task_upsert@
-), done AS (
-    -- A finished instance needs no lease: drop it so claims do not pile up.
-    DELETE FROM @schema@.claims c
-    USING saved
-    WHERE saved.terminal AND c.instance_id = saved.instance_id
-), wake AS (
-    SELECT count(*) FROM (
-        SELECT pg_notify(%(channel)s, instance_id)
-        -- p: the row as it was before this save (all of one statement reads one snapshot).
-        FROM saved LEFT JOIN @schema@.snapshots p USING (instance_id)
-        WHERE saved.notify AND COALESCE(saved.available_at, now()) <= now()
-          -- a worker's live lease (a send_event or unpause resuming what it holds):
-          -- nobody else may take it, so nobody is woken. CASE: the lease is looked up
-          -- only for a save that would announce, not for every step of a run.
-          AND CASE WHEN (p.status = 'InProgress' AND p.available_at <= now()
-                         AND to_jsonb(p.tags) = saved.tags) IS NOT TRUE
-                   THEN NOT EXISTS (
-                       SELECT 1 FROM @schema@.claims AS c
-                       WHERE c.instance_id = saved.instance_id AND c.expires_at > now())
-                   ELSE false END
-    ) sent
-)
-SELECT n, version, created_at
-FROM items LEFT JOIN saved USING (n) CROSS JOIN wake
-ORDER BY n;
+-- A save is a few single-key statements sent in one pipeline, so one round trip and one
+-- transaction (the implicit one a pipeline's Sync ends, or the caller's): the snapshot row
+-- (CAS update, or create), then its history row, its task rows and, once finished, the
+-- lease removal. Each is filtered by instance_id = <parameter>, so a distributed planner
+-- routes it to one shard; none spans tables in a data-modifying CTE. The later ones find
+-- their row by the save's own token (save_token, set by the first): where the CAS failed
+-- they write nothing, and the transaction still commits the rest of a batch.
+-- now() never sits inside CASE or COALESCE (Citus evaluates now() on the coordinator and
+-- cannot there): COALESCE(g, x) is written LEAST(GREATEST(x, g), g), since LEAST and
+-- GREATEST skip NULLs. The wakeup is decided by the client from RETURNING (was it
+-- dispatchable before, is it due now) and sent by its own NOTIFY statement.
 
--- name: save_one
--- One save of an existing instance (the common case), with scalar parameters: the same
--- writes and rules as save_snapshots for one item, at about a third of its server time
--- (no arrays to unnest and join per column). The old CTE reads the row as it was before
--- this save (one statement reads one snapshot), for the wakeup rule. Returns the new
--- version and the instance's created_at, or no row where the CAS failed.
-WITH old AS (
-    SELECT s.status, s.available_at, s.tags FROM @schema@.snapshots AS s
-    WHERE s.instance_id = %(instance_id)s
-), upd AS (
-    UPDATE @schema@.snapshots AS s SET
-        status = %(status)s,
-        definition_hash = %(definition_hash)s,
-        current_task_id = %(current_task_id)s,
-        position_kind = %(position_kind)s,
-        completed_task_count = %(completed_task_count)s,
-        error = %(error)s,
-        priority = %(priority)s,
-        tags = %(tags)b::text[],
-        delay_wake_at = %(delay_wake_at)s,
-        available_at = COALESCE(%(available_at)s::timestamptz,
-            CASE s.status WHEN 'InProgress' THEN LEAST(s.available_at, now()) ELSE now() END),
-        version = s.version + 1,
-        codec = %(codec)s,
-        data_hash = %(data_hash)s,
-        updated_at = now(),
-        completed_at = CASE WHEN %(terminal)s THEN now() END
-    WHERE s.instance_id = %(instance_id)s
-      AND s.version = %(expected_version)s
-      AND (%(expected_created_at)s::timestamptz IS NULL
-           OR s.created_at = %(expected_created_at)s::timestamptz)
-      AND s.status IN ('InProgress', 'Paused')
-      AND (%(claim_token)s::uuid IS NULL OR EXISTS (
-          SELECT 1 FROM @schema@.claims AS c
-          WHERE c.instance_id = s.instance_id AND c.token = %(claim_token)s::uuid
-            AND c.expires_at > now()))
-    RETURNING s.version, s.created_at
-), hist AS (
-    INSERT INTO @schema@.history (
-        instance_id, version, status, current_task_id, codec, data, data_hash, base_version)
-    SELECT %(instance_id)s, version, %(status)s, %(current_task_id)s, %(codec)s, %(data)s,
-        %(data_hash)s, %(base_version)s
-    FROM upd
-), tsk AS (
-    INSERT INTO @schema@.tasks AS t (
-        instance_id, task_id, status, attempts, worker_id, started_at, completed_at,
-        error, output)
-    SELECT %(instance_id)s, u.*
-    FROM upd, unnest(%(task_ids)b::text[], %(task_status)b::text[],
-        %(task_attempts)b::integer[], %(task_worker)b::text[],
-        %(task_started)b::timestamptz[], %(task_completed)b::timestamptz[],
-        %(task_error)b::text[], %(task_output)b::bytea[])
-        u(task_id, status, attempts, worker_id, started_at, completed_at, error, output)
-    @part_task_upsert@
-), done AS (
-    DELETE FROM @schema@.claims AS c
-    WHERE %(terminal)s AND c.instance_id = %(instance_id)s AND EXISTS (SELECT 1 FROM upd)
-), wake AS (
-    -- As in save_snapshots: only when it became dispatchable, unclaimed.
-    SELECT pg_notify(%(channel)s, %(instance_id)s)
-    FROM upd, old
-    WHERE %(notify)s AND COALESCE(%(available_at)s::timestamptz, now()) <= now()
-      AND CASE WHEN (old.status = 'InProgress' AND old.available_at <= now()
-                     AND old.tags = %(tags)b::text[]) IS NOT TRUE
-               THEN NOT EXISTS (
-                   SELECT 1 FROM @schema@.claims AS c
-                   WHERE c.instance_id = %(instance_id)s AND c.expires_at > now())
-               ELSE false END
-)
-SELECT upd.version, upd.created_at FROM upd, (SELECT count(*) FROM wake) AS w;
+-- name: part_save_columns
+-- The snapshot columns every update sets (snapshots aliased s).
+status = %(status)s,
+definition_hash = %(definition_hash)s,
+current_task_id = %(current_task_id)s,
+position_kind = %(position_kind)s,
+completed_task_count = %(completed_task_count)s,
+error = %(error)s,
+priority = %(priority)s,
+tags = %(tags)b::text[],
+delay_wake_at = %(delay_wake_at)s,
+version = s.version + 1,
+codec = %(codec)s,
+data_hash = %(data_hash)s,
+save_token = %(save_token)s,
+updated_at = now(),
+
+-- name: part_save_cas
+-- The CAS of an update (p: the row as it was before, for the wakeup decision): the
+-- version read, the same life of the id (task rows were skipped as stored at that
+-- version, see task_cache.py), not finished, and fenced by a live lease when a claim
+-- token is given. Returns the new version, the instance's created_at, whether it was
+-- dispatchable before (InProgress, due, tagged the same) and whether it is due now.
+FROM @schema@.snapshots AS p
+WHERE s.instance_id = %(instance_id)s AND p.instance_id = %(instance_id)s
+  AND s.version = %(expected_version)s
+  AND (%(expected_created_at)s::timestamptz IS NULL
+       OR s.created_at = %(expected_created_at)s::timestamptz)
+  AND s.status IN ('InProgress', 'Paused')
+  AND (%(claim_token)s::uuid IS NULL OR EXISTS (
+      SELECT 1 FROM @schema@.claims AS c
+      WHERE c.instance_id = %(instance_id)s AND c.token = %(claim_token)s::uuid
+        AND c.expires_at > now()))
+RETURNING s.version, s.created_at,
+    (p.status = 'InProgress' AND p.available_at <= now() AND p.tags = s.tags) IS TRUE,
+    s.available_at <= now()
+
+-- name: save_update
+-- A running instance's next checkpoint. Due since (available_at) is kept while it stays
+-- InProgress and due: its queue position, and an unchanged indexed column keeps the
+-- update HOT; release_claim re-queues it. A timer or backoff given replaces it.
+UPDATE @schema@.snapshots AS s SET
+    @part_save_columns@
+    available_at = LEAST(GREATEST(
+        LEAST(now(), CASE WHEN p.status = 'InProgress' THEN p.available_at END),
+        %(available_at)s::timestamptz), %(available_at)s::timestamptz),
+    completed_at = NULL
+@part_save_cas@;
+
+-- name: save_update_final
+-- A checkpoint that finishes the instance (Completed, Failed, Cancelled).
+UPDATE @schema@.snapshots AS s SET
+    @part_save_columns@
+    available_at = now(),
+    completed_at = now()
+@part_save_cas@;
+
+-- name: part_save_create
+-- Create-if-absent: a taken id is left alone (RETURNING gives no row).
+INSERT INTO @schema@.snapshots AS s (
+    instance_id, status, definition_hash, current_task_id, position_kind,
+    completed_task_count, error, priority, tags, delay_wake_at, version, codec, data_hash,
+    save_token, available_at, completed_at)
+VALUES (%(instance_id)s, %(status)s, %(definition_hash)s, %(current_task_id)s,
+    %(position_kind)s, %(completed_task_count)s, %(error)s, %(priority)s, %(tags)b::text[],
+    %(delay_wake_at)s, 1, %(codec)s, %(data_hash)s, %(save_token)s,
+    LEAST(GREATEST(now(), %(available_at)s::timestamptz), %(available_at)s::timestamptz),
+
+-- name: save_create
+@part_save_create@
+    NULL)
+ON CONFLICT (instance_id) DO NOTHING
+RETURNING s.version, s.created_at, false, s.available_at <= now();
+
+-- name: save_create_final
+@part_save_create@
+    now())
+ON CONFLICT (instance_id) DO NOTHING
+RETURNING s.version, s.created_at, false, s.available_at <= now();
+
+-- name: save_history
+-- The checkpoint's history row, if this save's update or create went through.
+INSERT INTO @schema@.history (
+    instance_id, version, status, current_task_id, codec, data, data_hash, base_version)
+SELECT s.instance_id, s.version, s.status, s.current_task_id, s.codec, %(data)s,
+    s.data_hash, %(base_version)s
+FROM @schema@.snapshots AS s
+WHERE s.instance_id = %(instance_id)s AND s.save_token = %(save_token)s;
+
+-- name: save_tasks
+-- The new and changed task rows of a save that went through.
+INSERT INTO @schema@.tasks AS t (
+    instance_id, task_id, status, attempts, worker_id, started_at, completed_at,
+    error, output)
+SELECT s.instance_id, u.*
+FROM @schema@.snapshots AS s, unnest(%(task_ids)b::text[], %(task_status)b::text[],
+    %(task_attempts)b::integer[], %(task_worker)b::text[],
+    %(task_started)b::timestamptz[], %(task_completed)b::timestamptz[],
+    %(task_error)b::text[], %(task_output)b::bytea[])
+    AS u(task_id, status, attempts, worker_id, started_at, completed_at, error, output)
+WHERE s.instance_id = %(instance_id)s AND s.save_token = %(save_token)s
+@part_task_upsert@;
+
+-- name: save_finish
+-- A finished instance needs no lease: drop it so claims do not pile up. After the
+-- snapshot row (locked by the update), as everywhere: snapshot first, then claims.
+DELETE FROM @schema@.claims AS c
+USING @schema@.snapshots AS s
+WHERE c.instance_id = %(instance_id)s AND s.instance_id = %(instance_id)s
+  AND s.save_token = %(save_token)s;
+
+-- name: live_leases
+-- Which of the instances a save made dispatchable are held by a live lease (a send_event
+-- or unpause resuming what a worker holds): nobody else may take those, so nobody is
+-- woken for them.
+SELECT c.instance_id FROM @schema@.claims AS c
+WHERE c.instance_id = ANY (%(instance_ids)s::text[]) AND c.expires_at > now();
+
+-- name: notify
+-- Wakeups, sent by the client on its own connection (delivered at commit when in a
+-- transaction): no table is read, so it runs where the client is connected.
+SELECT pg_notify(%(channel)s, i) FROM unnest(%(instance_ids)s::text[]) AS i;
 
 -- name: current_states
 -- Why saves failed: stored version and status, and whether each given claim is live.
