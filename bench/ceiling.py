@@ -1,11 +1,11 @@
 """The physical ceiling: the store's own save statements with pre-encoded params.
 
-The statements `PostgresBackend.save` sends (sql/queries/snapshots.sql: the snapshot
-row's create or CAS update, then its history row, task rows and lease removal, in one
-pipeline, plus the wakeup a create needs), laid out by `programs.save_steps` once and
-sent again over plain psycopg with no validation, encoding or pooling, so "single-save
-path / ceiling" isolates the library's overhead. ``pgbench`` running the same
-statements is a second, Python-free reference.
+The statements `PostgresBackend.save` sends (``save_checkpoint``: one call per save,
+several executemany'd in one pipeline for a batch as `programs.save_steps` lays them
+out, plus the wakeup a create needs), encoded once and sent again over plain psycopg
+with no validation, encoding or pooling, so "single-save path / ceiling" isolates the
+library's overhead. ``pgbench`` running the same statement is a second, Python-free
+reference.
 
 Two kinds of raw run: ``raw_single``/``raw_grouped_tx``/``raw_batch`` update a
 few fixed instances over and over with an unchanged task row (the cheapest use
@@ -27,7 +27,6 @@ import subprocess
 import tempfile
 import threading
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from datetime import UTC, datetime
@@ -45,7 +44,6 @@ from bench.workflows import Shape, linear
 from snapstore import JsonCodec, programs
 from snapstore import rows as rw
 from snapstore.codecs import codec_instance
-from snapstore.programs import Fetch, Step
 from snapstore.sql_catalog import queries_for, wakeup_channel
 
 # Stands in for the instance's created_at while encoding; the replay sends the real one.
@@ -61,102 +59,84 @@ def _template(instance_id: str) -> rw.PreparedSave:
     return rw.prepare_save(codec_instance(JsonCodec), snapshot, 1)
 
 
-def _item_params(step: Step) -> Sequence[rw.Params]:
-    """The params of each item ``step`` saves (several for a `Step.many`)."""
-    if step.many:
-        assert isinstance(step.params, list)
-        return step.params
-    assert isinstance(step.params, dict)
-    return [step.params]
-
-
 class _Plan(NamedTuple):
-    """A save pipeline as `programs.save_steps` lays it out, kept to be sent again with
-    other params: its steps, which of them returns each item's outcome, each item's
-    params (one dict that all its statements share) and, per step, the items it saves."""
+    """A save as the store sends it, kept to be sent again with other params: its items,
+    each item's params and, per executemany of a batch's pipeline, the items it saves
+    (one item: a single call, no pipeline)."""
 
     items: tuple[rw.PreparedSave, ...]
-    steps: tuple[Step, ...]
-    heads: list[tuple[int, list[int]]]
     params: tuple[rw.Params, ...]
-    slots: tuple[tuple[int, ...], ...]
+    order: tuple[tuple[int, ...], ...]
 
     @property
     def statements(self) -> list[str]:
-        return [step.query for step in self.steps]
+        return [SAVE] * len(self.order)
+
+
+SAVE: Final = "save_checkpoint"
 
 
 def _save_plan(items: Sequence[rw.PreparedSave]) -> _Plan:
-    """The store's pipeline for ``items``, encoded once."""
-    steps, heads = programs.save_steps(items)
+    """The store's statements for ``items``, encoded once."""
+    if len(items) == 1:
+        return _Plan(tuple(items), (rw.save_params(items[0]),), ((0,),))
+    steps, order = programs.save_steps(items)
     params: list[rw.Params] = [{}] * len(items)
-    for index, positions in heads:  # every item has exactly one head statement
-        for position, given in zip(positions, _item_params(steps[index]), strict=True):
+    for step, positions in zip(steps, order, strict=True):
+        assert isinstance(step.params, list)
+        for position, given in zip(positions, step.params, strict=True):
             params[position] = given
-    where = {id(given): position for position, given in enumerate(params)}
-    slots = tuple(tuple(where[id(given)] for given in _item_params(s)) for s in steps)
-    return _Plan(tuple(items), steps, heads, tuple(params), slots)
+    return _Plan(tuple(items), tuple(params), tuple(tuple(p) for p in order))
 
 
 def _fresh(
     template: rw.Params, instance_id: str, version: int | None, created_at: datetime | None
 ) -> rw.Params:
-    """One save's params from an item's ``template``: its instance, the CAS it expects and
-    a token of its own, typed as `rows.save_params` types them."""
+    """One save's params from an item's ``template``: its instance and the CAS it
+    expects, typed as `rows.save_params` types them."""
     return {
         **template,
         "instance_id": instance_id,
         "expected_version": None if version is None else Int8(version),
         "expected_created_at": created_at,
-        "save_token": uuid.uuid4(),
     }
 
 
-def _result_sets(cur: psycopg.Cursor[Any], many: bool) -> list[list[Any]]:
-    """A pipelined statement's rows, one list per item (as the runner's ``_fetched``)."""
-    sets = [cur.fetchall()]
-    while many and cur.nextset():
-        sets.append(cur.fetchall())
-    return sets
-
-
 class _Session:
-    """One thread's autocommit connection and the two raw cursors the store's runner keeps
-    per connection: one for a pipeline's first (hot) statement, one for the statements
-    whose results nobody reads. Statements go in their ``$n`` form: nothing to parse."""
+    """One thread's autocommit connection and the raw cursor the store's runner keeps per
+    connection for the save. Statements go in their ``$n`` form: nothing to parse."""
 
     def __init__(self, conn: psycopg.Connection[Any], schema: str) -> None:
         self.conn = conn
         self.queries = queries_for(schema)
         self.channel = wakeup_channel(schema)
         self.kept = psycopg.RawCursor(conn, row_factory=tuple_row)
-        self.side = psycopg.RawCursor(conn, row_factory=tuple_row)
+        self.statement = self.queries.positional(SAVE)
 
     def save(self, plan: _Plan, params: Sequence[rw.Params]) -> list[rw.Saved | None]:
-        """Send ``plan`` with ``params`` (one dict per item) in one pipeline, as the store's
-        ``Runner._pipeline`` does, then wake what it made dispatchable (`programs.wake`);
-        per item what it wrote, None where its CAS failed."""
-        cursors: list[psycopg.Cursor[Any]] = []
-        with self.conn.pipeline():
-            for k, (step, slots) in enumerate(zip(plan.steps, plan.slots, strict=True)):
-                if step.fetch is Fetch.NONE:
-                    cur = self.side
-                elif k == 0 and step.hot:
-                    cur = self.kept
-                else:
-                    cur = psycopg.RawCursor(self.conn, row_factory=tuple_row)
-                statement = self.queries.positional(step.query)
-                args = [statement.values(params[slot]) for slot in slots]
-                if step.many:
-                    cur.executemany(statement.sql, args, returning=step.fetch is Fetch.ALL)
-                else:
-                    cur.execute(statement.sql, args[0])
-                cursors.append(cur)
+        """Send ``plan`` with ``params`` (one dict per item) as `programs.save_batch` does,
+        then wake what it made dispatchable (`programs.wake`); per item what it wrote,
+        None where its CAS failed."""
+        sql_, values = self.statement.sql, self.statement.values
         outcomes: list[rw.Saved | None] = [None] * len(params)
-        for index, positions in plan.heads:
-            sets = _result_sets(cursors[index], plan.steps[index].many)
-            for position, rows in zip(positions, sets, strict=True):
-                outcomes[position] = rw.saved(rows)
+        if len(params) == 1:
+            outcomes[0] = rw.saved(self.kept.execute(sql_, values(params[0])).fetchall())
+        else:
+            cursors: list[psycopg.RawCursor[Any]] = []
+            with self.conn.pipeline():
+                for k, positions in enumerate(plan.order):
+                    cur = (
+                        self.kept if k == 0 else psycopg.RawCursor(self.conn, row_factory=tuple_row)
+                    )
+                    args = [values(params[p]) for p in positions]
+                    cur.executemany(sql_, args, returning=True)
+                    cursors.append(cur)
+            for cur, positions in zip(cursors, plan.order, strict=True):
+                sets = [cur.fetchall()]
+                while cur.nextset():
+                    sets.append(cur.fetchall())
+                for position, rows in zip(positions, sets, strict=True):
+                    outcomes[position] = rw.saved(rows)
         woken = [
             given["instance_id"]
             for item, given, done in zip(plan.items, params, outcomes, strict=True)
@@ -397,38 +377,27 @@ def pgbench_path(dsn_from_env: bool) -> str | None:
 _BINARY_PLACEHOLDER: Final = re.compile(r"%\((\w+)\)b")
 
 
-def _script_save(conn: psycopg.Connection[Any], schema: str, plan: _Plan, k: int) -> list[str]:
-    """The ``raw_single`` save (``plan``) as pgbench SQL, one line per statement: every
-    value a literal but the instance id and expected version, from per-client variables,
-    and the save token, made of the version (new each save, one for all its statements)."""
-    variables = {
-        "instance_id": f":iid{k}::text",
-        "expected_version": f":v{k}::bigint",
-        "save_token": f"md5(:v{k}::text)::uuid",
-    }
-    lines = []
+def _script_save(conn: psycopg.Connection[Any], schema: str, plan: _Plan, k: int) -> str:
+    """The ``raw_single`` save (``plan``) as pgbench SQL: every value a literal but the
+    instance id and expected version, from per-client variables."""
+    query = queries_for(schema)[SAVE].decode()  # one line, no comments
+    query = _BINARY_PLACEHOLDER.sub(r"%(\1)s", query)  # literals below: text format
+    query = query.replace("%(instance_id)s", f"(:iid{k}::text)")
+    query = query.replace("%(expected_version)s", f"(:v{k}::bigint)")
     with psycopg.ClientCursor(conn) as cur:
-        for step in plan.steps:
-            query = queries_for(schema)[step.query].decode()  # one line, no comments
-            query = _BINARY_PLACEHOLDER.sub(r"%(\1)s", query)  # literals below: text format
-            for name, value in variables.items():
-                query = query.replace(f"%({name})s", f"({value})")
-            lines.append(cur.mogrify(query, plan.params[0]).rstrip(";") + ";")
-    return lines
+        return cur.mogrify(query, plan.params[0]).rstrip(";") + ";"
 
 
 def pgbench_script(conn: psycopg.Connection[Any], schema: str, per_commit: int) -> str:
-    """One pgbench transaction: ``per_commit`` saves, each on the client's own instance and
-    in one pipeline (one round trip, as the store sends it), several in one transaction as
-    in ``raw_grouped_tx``. A pipeline's rows cannot be read into variables (``\\gset``):
-    each client counts its instances' versions instead (``-D`` starts them at 1), which
+    """One pgbench transaction: ``per_commit`` saves, each on the client's own instance,
+    several in one transaction as in ``raw_grouped_tx``. Each client counts its
+    instances' versions (``-D`` starts them at 1) instead of reading them back, which
     holds as long as every CAS succeeds (`pgbench_ceiling` checks that they did)."""
     plan = _save_plan([_template("x")])
     lines = [f"\\set iid{k} :client_id * {per_commit} + {k}" for k in range(per_commit)]
     if per_commit > 1:
         lines.append("BEGIN;")
-    for k in range(per_commit):
-        lines += ["\\startpipeline", *_script_save(conn, schema, plan, k), "\\endpipeline"]
+    lines += [_script_save(conn, schema, plan, k) for k in range(per_commit)]
     if per_commit > 1:
         lines.append("COMMIT;")
     lines += [f"\\set v{k} :v{k} + 1" for k in range(per_commit)]

@@ -12,7 +12,6 @@ import enum
 import functools
 import logging
 import threading
-import uuid
 from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, NamedTuple, Protocol, TypeVar
@@ -173,16 +172,19 @@ class Batch(NamedTuple):
 
 
 def save_batch(ctx: Context, items: Sequence[rw.PreparedSave]) -> Program[list[SaveResult]]:
-    """Save prepared items, all in one pipeline (one round trip, one commit); per-item
-    outcomes. On failures one read names the precise errors; instances the saves made
-    dispatchable are announced by the client's own NOTIFY."""
-    steps, heads = save_steps(items)
-    found = yield Pipeline(steps)
-    outcomes: list[rw.Saved | None] = [None] * len(items)
-    for step, positions in heads:
-        sets = found[step] if steps[step].many else [found[step]]
-        for position, rows in zip(positions, sets, strict=True):
-            outcomes[position] = rw.saved(rows)
+    """Save prepared items in one round trip and one commit (one `save_checkpoint` call
+    per item); per-item outcomes. On failures one read names the precise errors;
+    instances the saves made dispatchable are announced by the client's own NOTIFY."""
+    if len(items) == 1:  # the common save: one statement, no pipeline machinery
+        rows = yield Step("save_checkpoint", rw.save_params(items[0]), Fetch.ALL, hot=True)
+        outcomes = [rw.saved(rows)]
+    else:
+        steps, order = save_steps(items)
+        found = yield Pipeline(steps)
+        outcomes = [None] * len(items)
+        for positions, sets in zip(order, found, strict=True):
+            for position, rows in zip(positions, sets, strict=True):
+                outcomes[position] = rw.saved(rows)
     failed = [item for item, o in zip(items, outcomes, strict=True) if o is None]
     states = iter(
         (yield Step("current_states", rw.states_params(failed), Fetch.ALL)) if failed else ()
@@ -214,38 +216,18 @@ def save_batch(ctx: Context, items: Sequence[rw.PreparedSave]) -> Program[list[S
     return results
 
 
-def save_steps(
-    items: Sequence[rw.PreparedSave],
-) -> tuple[tuple[Step, ...], list[tuple[int, list[int]]]]:
-    """The pipeline of a batch, and which of its steps returns each item's outcome (step
-    index, item positions in order). Per round (distinct instance ids) the snapshot rows
-    are written in instance_id order, one lock order for every batch, then the history
-    rows, task rows and lease removals of that round."""
-    params = [rw.save_params(item, uuid.uuid4()) for item in items]
+def save_steps(items: Sequence[rw.PreparedSave]) -> tuple[tuple[Step, ...], list[list[int]]]:
+    """The pipeline of a batch: per round (distinct instance ids) one executemany of
+    `save_checkpoint` in instance_id order (one lock order for every batch), and the
+    item positions each returns rows for."""
     steps: list[Step] = []
-    heads: list[tuple[int, list[int]]] = []
-
-    def add(query: str, positions: list[int], fetch: Fetch) -> None:
-        if not positions:
-            return
-        if fetch is Fetch.ALL:
-            heads.append((len(steps), positions))
-        if len(positions) == 1:  # no executemany machinery for the common save
-            steps.append(Step(query, params[positions[0]], fetch, hot=not steps))
-        else:
-            steps.append(Step(query, [params[p] for p in positions], fetch, many=True))
-
+    order: list[list[int]] = []
     for round_ in rw.save_rounds(items):
-        ordered = sorted(round_, key=lambda p: items[p].instance_id)
-        by_head: dict[str, list[int]] = {}
-        for position in ordered:
-            by_head.setdefault(rw.head_statement(items[position]), []).append(position)
-        for query, positions in by_head.items():
-            add(query, positions, Fetch.ALL)
-        add("save_history", ordered, Fetch.NONE)
-        add("save_tasks", [p for p in ordered if items[p].task_ids], Fetch.NONE)
-        add("save_finish", [p for p in ordered if items[p].status in rw.TERMINAL_NAMES], Fetch.NONE)
-    return tuple(steps), heads
+        positions = sorted(round_, key=lambda p: items[p].instance_id)
+        params = [rw.save_params(items[p]) for p in positions]
+        steps.append(Step("save_checkpoint", params, Fetch.ALL, hot=not steps, many=True))
+        order.append(positions)
+    return tuple(steps), order
 
 
 def wake(ctx: Context, instance_ids: Sequence[str]) -> Program[None]:

@@ -455,9 +455,9 @@ _TASK_COLUMNS: Final = (
 _NO_TASK_ROWS: Final[list[tuple[Any, ...]]] = [()] * len(_TASK_COLUMNS)
 
 
-def save_params(item: PreparedSave, save_token: uuid.UUID) -> Params:
-    """Parameters of the statements of one save (sql/queries/snapshots.sql), typed so
-    that every call binds the same parameter types (one prepared statement each)."""
+def save_params(item: PreparedSave) -> Params:
+    """Parameters of ``save_checkpoint`` for one save, typed so that every call binds
+    the same parameter types (one prepared statement)."""
     column = arrays.encode_column
     expected = item.expected_version
     params: Params = {
@@ -479,22 +479,12 @@ def save_params(item: PreparedSave, save_token: uuid.UUID) -> Params:
         "data": item.data,
         "data_hash": item.data_hash,
         "base_version": None if item.base_version is None else Int8(item.base_version),
-        "save_token": save_token,
         "task_ids": column(arrays.TEXT, item.task_ids),
     }
     values = list(zip(*item.task_rows, strict=True)) if item.task_rows else _NO_TASK_ROWS
     for (name, element), column_values in zip(_TASK_COLUMNS, values, strict=True):
         params[f"task_{name}"] = column(element, column_values)
     return params
-
-
-def head_statement(item: PreparedSave) -> str:
-    """The statement that writes the snapshot row of ``item``: its create or CAS update,
-    finishing the instance or not."""
-    final = item.status in TERMINAL_NAMES
-    if item.expected_version is None:
-        return "save_create_final" if final else "save_create"
-    return "save_update_final" if final else "save_update"
 
 
 def save_rounds(items: Sequence[PreparedSave]) -> list[list[int]]:
@@ -521,10 +511,10 @@ class Saved(NamedTuple):
 
 
 def saved(rows: Sequence[Row]) -> Saved | None:
-    """The RETURNING row of a head statement; None where the CAS failed."""
-    if not rows:
-        return None
+    """The row ``save_checkpoint`` returned; None where the CAS failed."""
     version, created_at, was_dispatchable, due = rows[0]
+    if version is None:
+        return None
     return Saved(int(version), created_at, bool(was_dispatchable), bool(due))
 
 

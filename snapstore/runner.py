@@ -42,32 +42,26 @@ from snapstore.sql_catalog import Queries
 
 R = TypeVar("R")
 
-# A connection is used by one thread or task at a time, so its cursor is too.
-_CURSORS: Final[weakref.WeakKeyDictionary[Connection[Any], Cursor[Any]]] = (
+# A connection is used by one thread or task at a time, so its cursors are too.
+_CURSORS: Final[weakref.WeakKeyDictionary[Connection[Any], dict[str, Cursor[Any]]]] = (
     weakref.WeakKeyDictionary()
 )
-
-
-_SIDE_CURSORS: Final[weakref.WeakKeyDictionary[Connection[Any], Cursor[Any]]] = (
-    weakref.WeakKeyDictionary()
-)
-
-
 # Connections whose last statement streamed its rows (`Fetch.FOLD`). libpq (17, 18) keeps
 # that query's chunked-rows mode into a pipeline entered next, whose first result then
 # comes in chunks psycopg refuses; any plain statement resets the mode.
 _STREAMED: Final[weakref.WeakSet[Connection[Any]]] = weakref.WeakSet()
-_RESET_STREAM_MODE: Final = b"SELECT"
+_RESET_STREAM_MODE: Final = Step("server_pid", None, Fetch.NONE, hot=True)  # any would do
 
 
-def _kept_cursor(
-    conn: Connection[Any], kept: weakref.WeakKeyDictionary[Any, Any] = _CURSORS
-) -> Cursor[Any]:
-    """The cursor ``conn`` keeps for hot statements (``kept``: or the other one it keeps
-    for pipelined statements whose results nobody reads)."""
-    cur = kept.get(conn)
+def _kept_cursor(conn: Connection[Any], query: str) -> Cursor[Any]:
+    """The cursor ``conn`` keeps for the hot statement ``query``: a cursor that always
+    runs one statement keeps the dumpers and loaders it looked up."""
+    kept = _CURSORS.get(conn)
+    if kept is None:
+        kept = _CURSORS[conn] = {}
+    cur = kept.get(query)
     if cur is None:
-        cur = kept[conn] = RawCursor(conn, row_factory=tuple_row)
+        cur = kept[query] = RawCursor(conn, row_factory=tuple_row)
     return cur
 
 
@@ -376,7 +370,7 @@ class Runner:
         """Run one statement; what ``step.fetch`` asks for."""
         _STREAMED.discard(conn)
         if step.hot:
-            cur: Cursor[Any] = _kept_cursor(conn)
+            cur: Cursor[Any] = _kept_cursor(conn, step.query)
             self._send(cur, step)
         else:
             cur = conn.cursor(row_factory=tuple_row, binary=step.binary)
@@ -404,21 +398,18 @@ class Runner:
         return rows
 
     def _pipeline(self, conn: Connection[Any], pipeline: Pipeline) -> list[Any]:
-        """Send every statement of ``pipeline``, then read the results (one round trip).
-        A first step that fetches runs on the kept cursor; others that fetch get their
-        own; the rest share the side cursor, whose results are dropped."""
+        """Send every statement of ``pipeline``, then read the results (one round trip),
+        each on the cursor kept for it (a fresh one for a statement whose rows are wanted
+        that came earlier in the pipeline too)."""
         if conn in _STREAMED:
             _STREAMED.discard(conn)
-            _kept_cursor(conn, _SIDE_CURSORS).execute(_RESET_STREAM_MODE)
+            self._step(conn, _RESET_STREAM_MODE)
         cursors: list[Cursor[Any]] = []
         try:
             with conn.pipeline():
-                for k, step in enumerate(pipeline.steps):
-                    if step.fetch is Fetch.NONE:
-                        cur = _kept_cursor(conn, _SIDE_CURSORS)
-                    elif k == 0 and step.hot:
-                        cur = _kept_cursor(conn)
-                    else:
+                for step in pipeline.steps:
+                    cur = _kept_cursor(conn, step.query)
+                    if step.fetch is not Fetch.NONE and cur in cursors:  # its rows are wanted
                         cur = RawCursor(conn, row_factory=tuple_row)
                     self._send(cur, step)
                     cursors.append(cur)

@@ -40,32 +40,26 @@ from snapstore.sql_catalog import Queries
 
 R = TypeVar("R")
 
-# A connection is used by one thread or task at a time, so its cursor is too.
-_CURSORS: Final[weakref.WeakKeyDictionary[AsyncConnection[Any], AsyncCursor[Any]]] = (
+# A connection is used by one thread or task at a time, so its cursors are too.
+_CURSORS: Final[weakref.WeakKeyDictionary[AsyncConnection[Any], dict[str, AsyncCursor[Any]]]] = (
     weakref.WeakKeyDictionary()
 )
-
-
-_SIDE_CURSORS: Final[weakref.WeakKeyDictionary[AsyncConnection[Any], AsyncCursor[Any]]] = (
-    weakref.WeakKeyDictionary()
-)
-
-
 # Connections whose last statement streamed its rows (`Fetch.FOLD`). libpq (17, 18) keeps
 # that query's chunked-rows mode into a pipeline entered next, whose first result then
 # comes in chunks psycopg refuses; any plain statement resets the mode.
 _STREAMED: Final[weakref.WeakSet[AsyncConnection[Any]]] = weakref.WeakSet()
-_RESET_STREAM_MODE: Final = b"SELECT"
+_RESET_STREAM_MODE: Final = Step("server_pid", None, Fetch.NONE, hot=True)  # any would do
 
 
-def _kept_cursor(
-    conn: AsyncConnection[Any], kept: weakref.WeakKeyDictionary[Any, Any] = _CURSORS
-) -> AsyncCursor[Any]:
-    """The cursor ``conn`` keeps for hot statements (``kept``: or the other one it keeps
-    for pipelined statements whose results nobody reads)."""
-    cur = kept.get(conn)
+def _kept_cursor(conn: AsyncConnection[Any], query: str) -> AsyncCursor[Any]:
+    """The cursor ``conn`` keeps for the hot statement ``query``: a cursor that always
+    runs one statement keeps the dumpers and loaders it looked up."""
+    kept = _CURSORS.get(conn)
+    if kept is None:
+        kept = _CURSORS[conn] = {}
+    cur = kept.get(query)
     if cur is None:
-        cur = kept[conn] = AsyncRawCursor(conn, row_factory=tuple_row)
+        cur = kept[query] = AsyncRawCursor(conn, row_factory=tuple_row)
     return cur
 
 
@@ -378,7 +372,7 @@ class AsyncRunner:
         """Run one statement; what ``step.fetch`` asks for."""
         _STREAMED.discard(conn)
         if step.hot:
-            cur: AsyncCursor[Any] = _kept_cursor(conn)
+            cur: AsyncCursor[Any] = _kept_cursor(conn, step.query)
             await self._send(cur, step)
         else:
             cur = conn.cursor(row_factory=tuple_row, binary=step.binary)
@@ -406,21 +400,18 @@ class AsyncRunner:
         return rows
 
     async def _pipeline(self, conn: AsyncConnection[Any], pipeline: Pipeline) -> list[Any]:
-        """Send every statement of ``pipeline``, then read the results (one round trip).
-        A first step that fetches runs on the kept cursor; others that fetch get their
-        own; the rest share the side cursor, whose results are dropped."""
+        """Send every statement of ``pipeline``, then read the results (one round trip),
+        each on the cursor kept for it (a fresh one for a statement whose rows are wanted
+        that came earlier in the pipeline too)."""
         if conn in _STREAMED:
             _STREAMED.discard(conn)
-            await _kept_cursor(conn, _SIDE_CURSORS).execute(_RESET_STREAM_MODE)
+            await self._step(conn, _RESET_STREAM_MODE)
         cursors: list[AsyncCursor[Any]] = []
         try:
             async with conn.pipeline():
-                for k, step in enumerate(pipeline.steps):
-                    if step.fetch is Fetch.NONE:
-                        cur = _kept_cursor(conn, _SIDE_CURSORS)
-                    elif k == 0 and step.hot:
-                        cur = _kept_cursor(conn)
-                    else:
+                for step in pipeline.steps:
+                    cur = _kept_cursor(conn, step.query)
+                    if step.fetch is not Fetch.NONE and cur in cursors:  # its rows are wanted
                         cur = AsyncRawCursor(conn, row_factory=tuple_row)
                     await self._send(cur, step)
                     cursors.append(cur)

@@ -217,8 +217,7 @@ def test_pgbench_script_uses_only_its_own_variables(dsn: str) -> None:
         script = ceiling.pgbench_script(conn, "bench_script_probe", 2)
     names = set(re.findall(r"(?<![:\w]):([A-Za-z_]\w*)", script))
     assert names == {"client_id", "iid0", "iid1", "v0", "v1"}
-    assert script.count("\\startpipeline") == script.count("\\endpipeline") == 2
-    assert "\\gset" not in script  # refused inside a pipeline
+    assert script.count("save_checkpoint(") == 2
     assert "BEGIN;" in script
     assert "COMMIT;" in script
 
@@ -234,18 +233,13 @@ def test_percentile_is_nearest_rank() -> None:
 
 def test_the_workflow_replay_sends_what_the_store_sends() -> None:
     """One linear workflow: a create, then a CAS update per step with only the task row
-    that is new (the last one finishing the instance), each with its history row, the
+    that is new (the last one finishing the instance), one call each, the
     instance's created_at required once rows are skipped or the checkpoint is a delta (as
     the task cache does), deltas where the chain has room."""
     saves = ceiling.workflow_saves("json")
     shape = Shape()
     assert len(saves) == shape.steps + 1
-    heads = ["save_create"] + ["save_update"] * (shape.steps - 1) + ["save_update_final"]
-    assert [s.plan.statements for s in saves] == (
-        [[heads[0], "save_history"]]
-        + [[head, "save_history", "save_tasks"] for head in heads[1:-1]]
-        + [[heads[-1], "save_history", "save_tasks", "save_finish"]]
-    )
+    assert [s.plan.statements for s in saves] == [["save_checkpoint"]] * (shape.steps + 1)
     params = [s.plan.params[0] for s in saves]
     assert [len(p["task_ids"]) for p in params] == [0] + [1] * shape.steps
     assert [s.checks_created_at for s in saves] == [False, False] + [True] * (shape.steps - 1)

@@ -237,7 +237,8 @@ def test_a_refused_wakeup_leaves_the_committed_save_standing(
         admin.execute(sql.SQL("ALTER TABLE {} RENAME TO claims").format(away))
     assert [r.statement for r in caplog.records] == ["live_leases"]  # type: ignore[attr-defined]
     stored = store.load("woken")
-    assert stored is not None and stored.version == 1
+    assert stored is not None
+    assert stored.version == 1
 
 
 class OneConnection:

@@ -2,8 +2,8 @@
 -- values are always bound parameters (%(name)s). Sections start with "-- name: <key>".
 
 -- name: part_task_upsert
--- How a save writes a task row (aliased t): unchanged rows are not rewritten.
--- Whole rows: this upsert writes every column of tasks (keep it so).
+-- How a branch result writes its task row (aliased t), as save_checkpoint does:
+-- unchanged rows are not rewritten. Whole rows: every column of tasks (keep it so).
 ON CONFLICT (instance_id, task_id) DO UPDATE SET
     status = EXCLUDED.status, attempts = EXCLUDED.attempts,
     worker_id = EXCLUDED.worker_id, started_at = EXCLUDED.started_at,
@@ -11,128 +11,21 @@ ON CONFLICT (instance_id, task_id) DO UPDATE SET
     output = EXCLUDED.output
 WHERE (t.*) IS DISTINCT FROM (EXCLUDED.*)
 
--- A save is a few single-key statements sent in one pipeline, so one round trip and one
--- transaction (the implicit one a pipeline's Sync ends, or the caller's): the snapshot row
--- (CAS update, or create), then its history row, its task rows and, once finished, the
--- lease removal. Each is filtered by instance_id = <parameter>, so a distributed planner
--- routes it to one shard; none spans tables in a data-modifying CTE. The later ones find
--- their row by the save's own token (save_token, set by the first): where the CAS failed
--- they write nothing, and the transaction still commits the rest of a batch.
--- now() never sits inside CASE or COALESCE (Citus evaluates now() on the coordinator and
--- cannot there): COALESCE(g, x) is written LEAST(GREATEST(x, g), g), since LEAST and
--- GREATEST skip NULLs. The wakeup is decided by the client from RETURNING (was it
--- dispatchable before, is it due now) and sent by its own NOTIFY statement.
-
--- name: part_save_columns
--- The snapshot columns every update sets (snapshots aliased s).
-status = %(status)s,
-definition_hash = %(definition_hash)s,
-current_task_id = %(current_task_id)s,
-position_kind = %(position_kind)s,
-completed_task_count = %(completed_task_count)s,
-error = %(error)s,
-priority = %(priority)s,
-tags = %(tags)b::text[],
-delay_wake_at = %(delay_wake_at)s,
-version = s.version + 1,
-codec = %(codec)s,
-data_hash = %(data_hash)s,
-save_token = %(save_token)s,
-updated_at = now(),
-
--- name: part_save_cas
--- The CAS of an update (p: the row as it was before, for the wakeup decision): the
--- version read, the same life of the id (task rows were skipped as stored at that
--- version, see task_cache.py), not finished, and fenced by a live lease when a claim
--- token is given. Returns the new version, the instance's created_at, whether it was
--- dispatchable before (InProgress, due, tagged the same) and whether it is due now.
-FROM @schema@.snapshots AS p
-WHERE s.instance_id = %(instance_id)s AND p.instance_id = %(instance_id)s
-  AND s.version = %(expected_version)s
-  AND (%(expected_created_at)s::timestamptz IS NULL
-       OR s.created_at = %(expected_created_at)s::timestamptz)
-  AND s.status IN ('InProgress', 'Paused')
-  AND (%(claim_token)s::uuid IS NULL OR EXISTS (
-      SELECT 1 FROM @schema@.claims AS c
-      WHERE c.instance_id = %(instance_id)s AND c.token = %(claim_token)s::uuid
-        AND c.expires_at > now()))
-RETURNING s.version, s.created_at,
-    (p.status = 'InProgress' AND p.available_at <= now() AND p.tags = s.tags) IS TRUE,
-    s.available_at <= now()
-
--- name: save_update
--- A running instance's next checkpoint. Due since (available_at) is kept while it stays
--- InProgress and due: its queue position, and an unchanged indexed column keeps the
--- update HOT; release_claim re-queues it. A timer or backoff given replaces it.
-UPDATE @schema@.snapshots AS s SET
-    @part_save_columns@
-    available_at = LEAST(GREATEST(
-        LEAST(now(), CASE WHEN p.status = 'InProgress' THEN p.available_at END),
-        %(available_at)s::timestamptz), %(available_at)s::timestamptz),
-    completed_at = NULL
-@part_save_cas@;
-
--- name: save_update_final
--- A checkpoint that finishes the instance (Completed, Failed, Cancelled).
-UPDATE @schema@.snapshots AS s SET
-    @part_save_columns@
-    available_at = now(),
-    completed_at = now()
-@part_save_cas@;
-
--- name: part_save_create
--- Create-if-absent: a taken id is left alone (RETURNING gives no row).
-INSERT INTO @schema@.snapshots AS s (
-    instance_id, status, definition_hash, current_task_id, position_kind,
-    completed_task_count, error, priority, tags, delay_wake_at, version, codec, data_hash,
-    save_token, available_at, completed_at)
-VALUES (%(instance_id)s, %(status)s, %(definition_hash)s, %(current_task_id)s,
-    %(position_kind)s, %(completed_task_count)s, %(error)s, %(priority)s, %(tags)b::text[],
-    %(delay_wake_at)s, 1, %(codec)s, %(data_hash)s, %(save_token)s,
-    LEAST(GREATEST(now(), %(available_at)s::timestamptz), %(available_at)s::timestamptz),
-
--- name: save_create
-@part_save_create@
-    NULL)
-ON CONFLICT (instance_id) DO NOTHING
-RETURNING s.version, s.created_at, false, s.available_at <= now();
-
--- name: save_create_final
-@part_save_create@
-    now())
-ON CONFLICT (instance_id) DO NOTHING
-RETURNING s.version, s.created_at, false, s.available_at <= now();
-
--- name: save_history
--- The checkpoint's history row, if this save's update or create went through.
-INSERT INTO @schema@.history (
-    instance_id, version, status, current_task_id, codec, data, data_hash, base_version)
-SELECT s.instance_id, s.version, s.status, s.current_task_id, s.codec, %(data)s,
-    s.data_hash, %(base_version)s
-FROM @schema@.snapshots AS s
-WHERE s.instance_id = %(instance_id)s AND s.save_token = %(save_token)s;
-
--- name: save_tasks
--- The new and changed task rows of a save that went through.
-INSERT INTO @schema@.tasks AS t (
-    instance_id, task_id, status, attempts, worker_id, started_at, completed_at,
-    error, output)
-SELECT s.instance_id, u.*
-FROM @schema@.snapshots AS s, unnest(%(task_ids)b::text[], %(task_status)b::text[],
-    %(task_attempts)b::integer[], %(task_worker)b::text[],
-    %(task_started)b::timestamptz[], %(task_completed)b::timestamptz[],
-    %(task_error)b::text[], %(task_output)b::bytea[])
-    AS u(task_id, status, attempts, worker_id, started_at, completed_at, error, output)
-WHERE s.instance_id = %(instance_id)s AND s.save_token = %(save_token)s
-@part_task_upsert@;
-
--- name: save_finish
--- A finished instance needs no lease: drop it so claims do not pile up. After the
--- snapshot row (locked by the update), as everywhere: snapshot first, then claims.
-DELETE FROM @schema@.claims AS c
-USING @schema@.snapshots AS s
-WHERE c.instance_id = %(instance_id)s AND s.instance_id = %(instance_id)s
-  AND s.save_token = %(save_token)s;
+-- name: save_checkpoint
+-- One save (migration 0010 says what the function writes); a batch is one call per item,
+-- executemany'd in one pipeline, so one round trip and one transaction. Returns the new
+-- version and created_at (NULLs where the CAS failed), whether the instance was
+-- dispatchable before and whether it is due now.
+SELECT version, created_at, was_dispatchable, due
+FROM @schema@.save_checkpoint(%(instance_id)s::text, %(expected_version)s::bigint,
+    %(expected_created_at)s::timestamptz, %(claim_token)s::uuid, %(status)s::text,
+    %(definition_hash)s::text, %(current_task_id)s::text, %(position_kind)s::text,
+    %(completed_task_count)s::integer, %(error)s::text, %(priority)s::smallint,
+    %(tags)b::text[], %(delay_wake_at)s::timestamptz, %(available_at)s::timestamptz,
+    %(codec)s::text, %(data)s::bytea, %(data_hash)s::bytea, %(base_version)s::bigint,
+    %(task_ids)b::text[], %(task_status)b::text[], %(task_attempts)b::integer[],
+    %(task_worker)b::text[], %(task_started)b::timestamptz[],
+    %(task_completed)b::timestamptz[], %(task_error)b::text[], %(task_output)b::bytea[]);
 
 -- name: live_leases
 -- Which of the instances a save made dispatchable are held by a live lease (a send_event
