@@ -83,9 +83,10 @@ def _save_plan(items: Sequence[rw.PreparedSave]) -> _Plan:
     steps, order = programs.save_steps(items)
     params: list[rw.Params] = [{}] * len(items)
     for step, positions in zip(steps, order, strict=True):
-        assert isinstance(step.params, list)
-        for position, given in zip(positions, step.params, strict=True):
-            params[position] = given
+        given = step.params if isinstance(step.params, list) else [step.params]
+        for position, one in zip(positions, given, strict=True):
+            assert isinstance(one, dict)
+            params[position] = one
     return _Plan(tuple(items), tuple(params), tuple(tuple(p) for p in order))
 
 
@@ -119,18 +120,24 @@ class _Session:
         None where its CAS failed."""
         sql_, values = self.statement.sql, self.statement.values
         outcomes: list[rw.Saved | None] = [None] * len(params)
-        if len(params) == 1:
+        announce = [
+            given["instance_id"]
+            for item, given in zip(plan.items, params, strict=True)
+            if rw.announced(item)
+        ]
+        if len(params) == 1 and not announce:
             outcomes[0] = rw.saved(self.kept.execute(sql_, values(params[0])).fetchall())
         else:
             cursors: list[psycopg.RawCursor[Any]] = []
             with self.conn.pipeline():
                 for k, positions in enumerate(plan.order):
-                    cur = (
-                        self.kept if k == 0 else psycopg.RawCursor(self.conn, row_factory=tuple_row)
-                    )
+                    cur = self.kept if k == 0 else psycopg.RawCursor(self.conn)
                     args = [values(params[p]) for p in positions]
                     cur.executemany(sql_, args, returning=True)
                     cursors.append(cur)
+                if announce:  # in the saves' transaction, as the store sends it
+                    wakeups = {"channel": self.channel, "instance_ids": announce}
+                    self._execute("notify", wakeups, psycopg.RawCursor(self.conn))
             for cur, positions in zip(cursors, plan.order, strict=True):
                 sets = [cur.fetchall()]
                 while cur.nextset():
@@ -140,7 +147,7 @@ class _Session:
         woken = [
             given["instance_id"]
             for item, given, done in zip(plan.items, params, outcomes, strict=True)
-            if done is not None and rw.wakes(item, done)
+            if done is not None and rw.wakes(item, done) and not rw.announced(item)
         ]
         if woken:
             self._wake(woken)
@@ -154,9 +161,11 @@ class _Session:
         if free:
             self._execute("notify", {"channel": self.channel, "instance_ids": free})
 
-    def _execute(self, name: str, params: rw.Params) -> psycopg.Cursor[Any]:
+    def _execute(
+        self, name: str, params: rw.Params, cur: psycopg.RawCursor[Any] | None = None
+    ) -> psycopg.RawCursor[Any]:
         statement = self.queries.positional(name)
-        return self.kept.execute(statement.sql, statement.values(params))
+        return (cur or self.kept).execute(statement.sql, statement.values(params))
 
 
 class _Driver:

@@ -175,14 +175,19 @@ def save_batch(ctx: Context, items: Sequence[rw.PreparedSave]) -> Program[list[S
     """Save prepared items in one round trip and one commit (one `save_checkpoint` call
     per item); per-item outcomes. On failures one read names the precise errors;
     instances the saves made dispatchable are announced by the client's own NOTIFY."""
-    if len(items) == 1:  # the common save: one statement, no pipeline machinery
+    announce = [item.instance_id for item in items if rw.announced(item)]
+    if len(items) == 1 and not announce:  # the common save: one statement, no pipeline
         rows = yield Step("save_checkpoint", rw.save_params(items[0]), Fetch.ALL, hot=True)
         outcomes = [rw.saved(rows)]
     else:
         steps, order = save_steps(items)
+        if announce:  # in the saves' transaction: sent at their commit
+            wakeups: rw.Params = {"channel": ctx.channel, "instance_ids": announce}
+            steps += (Step("notify", wakeups, Fetch.NONE),)
         found = yield Pipeline(steps)
         outcomes = [None] * len(items)
-        for positions, sets in zip(order, found, strict=True):
+        for k, positions in enumerate(order):
+            sets = found[k] if steps[k].many else [found[k]]
             for position, rows in zip(positions, sets, strict=True):
                 outcomes[position] = rw.saved(rows)
     failed = [item for item, o in zip(items, outcomes, strict=True) if o is None]
@@ -207,7 +212,7 @@ def save_batch(ctx: Context, items: Sequence[rw.PreparedSave]) -> Program[list[S
     woken = [
         item.instance_id
         for item, done in zip(items, outcomes, strict=True)
-        if done is not None and rw.wakes(item, done)
+        if done is not None and rw.wakes(item, done) and not rw.announced(item)
     ]
     if woken:
         yield from wake(ctx, woken)
@@ -224,8 +229,12 @@ def save_steps(items: Sequence[rw.PreparedSave]) -> tuple[tuple[Step, ...], list
     order: list[list[int]] = []
     for round_ in rw.save_rounds(items):
         positions = sorted(round_, key=lambda p: items[p].instance_id)
-        params = [rw.save_params(items[p]) for p in positions]
-        steps.append(Step("save_checkpoint", params, Fetch.ALL, hot=not steps, many=True))
+        if len(positions) == 1:
+            params: rw.Params | list[rw.Params] = rw.save_params(items[positions[0]])
+        else:
+            params = [rw.save_params(items[p]) for p in positions]
+        many = isinstance(params, list)
+        steps.append(Step("save_checkpoint", params, Fetch.ALL, hot=not steps, many=many))
         order.append(positions)
     return tuple(steps), order
 

@@ -518,6 +518,19 @@ def saved(rows: Sequence[Row]) -> Saved | None:
     return Saved(int(version), created_at, bool(was_dispatchable), bool(due))
 
 
+def announced(item: PreparedSave) -> bool:
+    """Whether ``item`` will make its instance dispatchable if it goes through, known
+    before it is sent: a create of a due, unclaimed instance (a new instance holds no
+    lease). Its NOTIFY goes in the same pipeline, so it costs no round trip of its own;
+    one whose create fails (a taken id) only wakes a worker for nothing."""
+    return (
+        item.expected_version is None
+        and item.status == "InProgress"
+        and item.claim_token is None
+        and item.available_at is None
+    )
+
+
 def wakes(item: PreparedSave, done: Saved) -> bool:
     """Whether ``item``'s save made its instance dispatchable (due now, and before it
     was new, not due, not InProgress or tagged differently) with no claimant driving

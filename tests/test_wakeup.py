@@ -227,18 +227,20 @@ def test_a_refused_wakeup_leaves_the_committed_save_standing(
     """The wakeup statements run after the saves committed: their failure is logged and
     the save's result returned (a raised error would send the caller to save again, into
     a conflict with its own checkpoint)."""
+    store.save(snap("woken"))
+    store.save(snap("woken", status=WorkflowStatus.PAUSED), 1)
     claims = sql.Identifier(store.schema, "claims")
     admin.execute(sql.SQL("ALTER TABLE {} RENAME TO claims_away").format(claims))
     try:
         with caplog.at_level("WARNING", logger="snapstore"):
-            assert store.save(snap("woken")) == 1  # new and due: a wakeup, refused
+            assert store.save(snap("woken"), 2) == 3  # resumed: a wakeup, refused
     finally:
         away = sql.Identifier(store.schema, "claims_away")
         admin.execute(sql.SQL("ALTER TABLE {} RENAME TO claims").format(away))
     assert [r.statement for r in caplog.records] == ["live_leases"]  # type: ignore[attr-defined]
     stored = store.load("woken")
     assert stored is not None
-    assert stored.version == 1
+    assert stored.version == 3
 
 
 class OneConnection:
