@@ -41,7 +41,7 @@ from psycopg.types.numeric import Int8
 
 from bench import db
 from bench.workflows import Shape, linear
-from snapstore import JsonCodec, programs
+from snapstore import JsonCodec, arrays, programs
 from snapstore import rows as rw
 from snapstore.codecs import codec_instance
 from snapstore.sql_catalog import queries_for, wakeup_channel
@@ -60,34 +60,30 @@ def _template(instance_id: str) -> rw.PreparedSave:
 
 
 class _Plan(NamedTuple):
-    """A save as the store sends it, kept to be sent again with other params: its items,
-    each item's params and, per executemany of a batch's pipeline, the items it saves
-    (one item: a single call, no pipeline)."""
+    """A save as the store sends it, kept to be sent again with other instances and
+    versions: its items, each item's ``save_checkpoint`` params and, for several items
+    (distinct instances: one round), the ``save_checkpoints`` params and the items in
+    the order it saves them."""
 
     items: tuple[rw.PreparedSave, ...]
     params: tuple[rw.Params, ...]
-    order: tuple[tuple[int, ...], ...]
+    batch: rw.Params | None
+    order: tuple[int, ...]
 
     @property
     def statements(self) -> list[str]:
-        return [SAVE] * len(self.order)
-
-
-SAVE: Final = "save_checkpoint"
+        return ["save_checkpoint" if self.batch is None else "save_checkpoints"]
 
 
 def _save_plan(items: Sequence[rw.PreparedSave]) -> _Plan:
-    """The store's statements for ``items``, encoded once."""
+    """The store's statement for ``items``, encoded once."""
+    params = tuple(rw.save_params(item) for item in items)
     if len(items) == 1:
-        return _Plan(tuple(items), (rw.save_params(items[0]),), ((0,),))
+        return _Plan(tuple(items), params, None, (0,))
     steps, order = programs.save_steps(items)
-    params: list[rw.Params] = [{}] * len(items)
-    for step, positions in zip(steps, order, strict=True):
-        given = step.params if isinstance(step.params, list) else [step.params]
-        for position, one in zip(positions, given, strict=True):
-            assert isinstance(one, dict)
-            params[position] = one
-    return _Plan(tuple(items), tuple(params), tuple(tuple(p) for p in order))
+    (step,), (positions,) = steps, order  # distinct instances: one round
+    assert isinstance(step.params, dict)
+    return _Plan(tuple(items), params, step.params, tuple(positions))
 
 
 def _fresh(
@@ -112,38 +108,34 @@ class _Session:
         self.queries = queries_for(schema)
         self.channel = wakeup_channel(schema)
         self.kept = psycopg.RawCursor(conn, row_factory=tuple_row)
-        self.statement = self.queries.positional(SAVE)
 
     def save(self, plan: _Plan, params: Sequence[rw.Params]) -> list[rw.Saved | None]:
         """Send ``plan`` with ``params`` (one dict per item) as `programs.save_batch` does,
         then wake what it made dispatchable (`programs.wake`); per item what it wrote,
         None where its CAS failed."""
-        sql_, values = self.statement.sql, self.statement.values
         outcomes: list[rw.Saved | None] = [None] * len(params)
         announce = [
             given["instance_id"]
             for item, given in zip(plan.items, params, strict=True)
             if rw.announced(item)
         ]
-        if len(params) == 1 and not announce:
-            outcomes[0] = rw.saved(self.kept.execute(sql_, values(params[0])).fetchall())
+        if plan.batch is None and not announce:
+            outcomes[0] = rw.saved(self._execute("save_checkpoint", params[0]).fetchall())
         else:
-            cursors: list[psycopg.RawCursor[Any]] = []
             with self.conn.pipeline():
-                for k, positions in enumerate(plan.order):
-                    cur = self.kept if k == 0 else psycopg.RawCursor(self.conn)
-                    args = [values(params[p]) for p in positions]
-                    cur.executemany(sql_, args, returning=True)
-                    cursors.append(cur)
+                if plan.batch is None:
+                    self._execute("save_checkpoint", params[0])
+                else:
+                    self._execute("save_checkpoints", _batch(plan, params))
                 if announce:  # in the saves' transaction, as the store sends it
                     wakeups = {"channel": self.channel, "instance_ids": announce}
                     self._execute("notify", wakeups, psycopg.RawCursor(self.conn))
-            for cur, positions in zip(cursors, plan.order, strict=True):
-                sets = [cur.fetchall()]
-                while cur.nextset():
-                    sets.append(cur.fetchall())
-                for position, rows in zip(positions, sets, strict=True):
-                    outcomes[position] = rw.saved(rows)
+            rows = self.kept.fetchall()
+            if plan.batch is None:
+                outcomes[0] = rw.saved(rows)
+            else:
+                for n, *returned in rows:
+                    outcomes[plan.order[n - 1]] = rw.saved([returned])
         woken = [
             given["instance_id"]
             for item, given, done in zip(plan.items, params, outcomes, strict=True)
@@ -166,6 +158,21 @@ class _Session:
     ) -> psycopg.RawCursor[Any]:
         statement = self.queries.positional(name)
         return (cur or self.kept).execute(statement.sql, statement.values(params))
+
+
+def _batch(plan: _Plan, params: Sequence[rw.Params]) -> rw.Params:
+    """``plan``'s batch params for the instances and versions of ``params``."""
+    assert plan.batch is not None
+    given = [params[p] for p in plan.order]
+    column = arrays.encode_column
+    return {
+        **plan.batch,
+        "instance_id": column(arrays.TEXT, [g["instance_id"] for g in given]),
+        "expected_version": column(arrays.BIGINT, [g["expected_version"] for g in given]),
+        "expected_created_at": column(
+            arrays.TIMESTAMPTZ, [g["expected_created_at"] for g in given]
+        ),
+    }
 
 
 class _Driver:
@@ -389,7 +396,7 @@ _BINARY_PLACEHOLDER: Final = re.compile(r"%\((\w+)\)b")
 def _script_save(conn: psycopg.Connection[Any], schema: str, plan: _Plan, k: int) -> str:
     """The ``raw_single`` save (``plan``) as pgbench SQL: every value a literal but the
     instance id and expected version, from per-client variables."""
-    query = queries_for(schema)[SAVE].decode()  # one line, no comments
+    query = queries_for(schema)["save_checkpoint"].decode()  # one line, no comments
     query = _BINARY_PLACEHOLDER.sub(r"%(\1)s", query)  # literals below: text format
     query = query.replace("%(instance_id)s", f"(:iid{k}::text)")
     query = query.replace("%(expected_version)s", f"(:v{k}::bigint)")

@@ -187,9 +187,11 @@ def save_batch(ctx: Context, items: Sequence[rw.PreparedSave]) -> Program[list[S
         found = yield Pipeline(steps)
         outcomes = [None] * len(items)
         for k, positions in enumerate(order):
-            sets = found[k] if steps[k].many else [found[k]]
-            for position, rows in zip(positions, sets, strict=True):
-                outcomes[position] = rw.saved(rows)
+            if steps[k].query == "save_checkpoint":
+                outcomes[positions[0]] = rw.saved(found[k])
+                continue
+            for n, *returned in found[k]:  # ordinals, 1-based
+                outcomes[positions[n - 1]] = rw.saved([returned])
     failed = [item for item, o in zip(items, outcomes, strict=True) if o is None]
     states = iter(
         (yield Step("current_states", rw.states_params(failed), Fetch.ALL)) if failed else ()
@@ -222,19 +224,19 @@ def save_batch(ctx: Context, items: Sequence[rw.PreparedSave]) -> Program[list[S
 
 
 def save_steps(items: Sequence[rw.PreparedSave]) -> tuple[tuple[Step, ...], list[list[int]]]:
-    """The pipeline of a batch: per round (distinct instance ids) one executemany of
-    `save_checkpoint` in instance_id order (one lock order for every batch), and the
-    item positions each returns rows for."""
+    """The pipeline of a batch: per round (distinct instance ids) one statement saving
+    its items in instance_id order (one lock order for every batch), and the item
+    positions each returns rows for, in that order."""
     steps: list[Step] = []
     order: list[list[int]] = []
     for round_ in rw.save_rounds(items):
         positions = sorted(round_, key=lambda p: items[p].instance_id)
         if len(positions) == 1:
-            params: rw.Params | list[rw.Params] = rw.save_params(items[positions[0]])
+            step = Step("save_checkpoint", rw.save_params(items[positions[0]]), Fetch.ALL)
         else:
-            params = [rw.save_params(items[p]) for p in positions]
-        many = isinstance(params, list)
-        steps.append(Step("save_checkpoint", params, Fetch.ALL, hot=not steps, many=many))
+            params = rw.save_many_params([items[p] for p in positions])
+            step = Step("save_checkpoints", params, Fetch.ALL)
+        steps.append(step._replace(hot=not steps))
         order.append(positions)
     return tuple(steps), order
 

@@ -455,6 +455,47 @@ _TASK_COLUMNS: Final = (
 _NO_TASK_ROWS: Final[list[tuple[Any, ...]]] = [()] * len(_TASK_COLUMNS)
 
 
+# The per-item columns of ``save_checkpoints`` and their element types (the SQL casts
+# name the same). Tags go as JSON arrays: arrays of arrays must be rectangular.
+_ITEM_COLUMNS: Final = (
+    ("instance_id", arrays.TEXT), ("expected_version", arrays.BIGINT),
+    ("expected_created_at", arrays.TIMESTAMPTZ), ("claim_token", arrays.UUID),
+    ("status", arrays.TEXT), ("definition_hash", arrays.TEXT),
+    ("current_task_id", arrays.TEXT), ("position_kind", arrays.TEXT),
+    ("completed_task_count", arrays.INTEGER), ("error", arrays.TEXT),
+    ("priority", arrays.SMALLINT), ("tags", arrays.JSONB), ("delay_wake_at", arrays.TIMESTAMPTZ),
+    ("available_at", arrays.TIMESTAMPTZ), ("codec", arrays.TEXT), ("data", arrays.BYTEA),
+    ("data_hash", arrays.BYTEA), ("base_version", arrays.BIGINT),
+)  # fmt: skip
+_FIELD_INDEX: Final = {name: k for k, name in enumerate(PreparedSave.__struct_fields__)}
+_ITEM_PLAN: Final = tuple((name, element, _FIELD_INDEX[name]) for name, element in _ITEM_COLUMNS)
+
+
+def save_many_params(items: Sequence[PreparedSave]) -> Params:
+    """Parameters of ``save_checkpoints`` (several instances, distinct): one pre-encoded
+    array per column, and the task rows flattened, each item's the slice
+    [task_from, task_to] (1-based, empty when from > to)."""
+    column = arrays.encode_column
+    fields = list(zip(*map(msgspec.structs.astuple, items), strict=True))
+    params: Params = {name: column(element, fields[k]) for name, element, k in _ITEM_PLAN}
+    task_from: list[int] = []
+    task_to: list[int] = []
+    task_ids: list[str] = []
+    task_rows: list[tuple[Any, ...]] = []
+    for item in items:
+        task_from.append(len(task_ids) + 1)
+        task_ids.extend(item.task_ids)
+        task_rows.extend(item.task_rows)
+        task_to.append(len(task_ids))
+    params["task_from"] = column(arrays.INTEGER, task_from)
+    params["task_to"] = column(arrays.INTEGER, task_to)
+    params["task_ids"] = column(arrays.TEXT, task_ids)
+    values = list(zip(*task_rows, strict=True)) if task_rows else _NO_TASK_ROWS
+    for (name, element), column_values in zip(_TASK_COLUMNS, values, strict=True):
+        params[f"task_{name}"] = column(element, column_values)
+    return params
+
+
 def save_params(item: PreparedSave) -> Params:
     """Parameters of ``save_checkpoint`` for one save, typed so that every call binds
     the same parameter types (one prepared statement)."""

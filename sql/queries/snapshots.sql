@@ -12,8 +12,8 @@ ON CONFLICT (instance_id, task_id) DO UPDATE SET
 WHERE (t.*) IS DISTINCT FROM (EXCLUDED.*)
 
 -- name: save_checkpoint
--- One save (migration 0010 says what the function writes); a batch is one call per item,
--- executemany'd in one pipeline, so one round trip and one transaction. Returns the new
+-- One save (migration 0010 says what the function writes); a batch is save_checkpoints.
+-- Returns the new
 -- version and created_at (NULLs where the CAS failed), whether the instance was
 -- dispatchable before and whether it is due now.
 SELECT version, created_at, was_dispatchable, due
@@ -26,6 +26,41 @@ FROM @schema@.save_checkpoint(%(instance_id)s::text, %(expected_version)s::bigin
     %(task_ids)b::text[], %(task_status)b::text[], %(task_attempts)b::integer[],
     %(task_worker)b::text[], %(task_started)b::timestamptz[],
     %(task_completed)b::timestamptz[], %(task_error)b::text[], %(task_output)b::bytea[]);
+
+-- name: save_checkpoints
+-- Saves of several distinct instances in one statement: save_checkpoint per item, in
+-- the order given (the client sorts by instance id: one lock order), each with its slice
+-- of the flattened task rows. Returns (ordinal, what save_checkpoint returns). A
+-- distributed store sends one save_checkpoint per instance instead (README "Scaling
+-- past one server"): this statement spans shards.
+SELECT i.n, r.version, r.created_at, r.was_dispatchable, r.due
+FROM unnest(
+    %(instance_id)b::text[], %(expected_version)b::bigint[],
+    %(expected_created_at)b::timestamptz[], %(claim_token)b::uuid[], %(status)b::text[],
+    %(definition_hash)b::text[], %(current_task_id)b::text[], %(position_kind)b::text[],
+    %(completed_task_count)b::integer[], %(error)b::text[], %(priority)b::smallint[],
+    %(tags)b::jsonb[], %(delay_wake_at)b::timestamptz[], %(available_at)b::timestamptz[],
+    %(codec)b::text[], %(data)b::bytea[], %(data_hash)b::bytea[],
+    %(base_version)b::bigint[], %(task_from)b::integer[], %(task_to)b::integer[]
+) WITH ORDINALITY AS i(
+    instance_id, expected_version, expected_created_at, claim_token, status,
+    definition_hash, current_task_id, position_kind, completed_task_count, error, priority,
+    tags, delay_wake_at, available_at, codec, data, data_hash, base_version, task_from,
+    task_to, n)
+CROSS JOIN LATERAL @schema@.save_checkpoint(i.instance_id, i.expected_version,
+    i.expected_created_at, i.claim_token, i.status, i.definition_hash, i.current_task_id,
+    i.position_kind, i.completed_task_count, i.error, i.priority,
+    ARRAY(SELECT jsonb_array_elements_text(i.tags)), i.delay_wake_at, i.available_at,
+    i.codec, i.data, i.data_hash, i.base_version,
+    (%(task_ids)b::text[])[i.task_from:i.task_to],
+    (%(task_status)b::text[])[i.task_from:i.task_to],
+    (%(task_attempts)b::integer[])[i.task_from:i.task_to],
+    (%(task_worker)b::text[])[i.task_from:i.task_to],
+    (%(task_started)b::timestamptz[])[i.task_from:i.task_to],
+    (%(task_completed)b::timestamptz[])[i.task_from:i.task_to],
+    (%(task_error)b::text[])[i.task_from:i.task_to],
+    (%(task_output)b::bytea[])[i.task_from:i.task_to]) AS r
+ORDER BY i.n;
 
 -- name: live_leases
 -- Which of the instances a save made dispatchable are held by a live lease (a send_event
