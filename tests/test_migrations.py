@@ -14,6 +14,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg import sql
 
 from snapstore import JsonCodec, MigrationError, PostgresBackend
 from snapstore.migrations import LOCK_SQL, MigrationPlan, load_migrations, print_sql
@@ -207,3 +208,60 @@ def test_eight_processes_migrating_a_fresh_schema_at_once_apply_it_exactly_once(
         assert sorted(s.instance_id for s in backend.list().items) == sorted(
             f"proc-{n}" for n in range(WORKERS)
         )
+
+
+def test_a_store_with_data_takes_the_single_key_migration(dsn: str, fresh_schema: str) -> None:
+    """Migration 0010 on a store in use (events buffered, a lease held, a signal stored):
+    every row survives, the tables are keyed and collated as a distributed planner needs
+    them, and the store goes on saving, dispatching and consuming."""
+    plan = MigrationPlan(fresh_schema)
+    before = [m for m in load_migrations() if m.version < 10]
+    with psycopg.connect(dsn) as conn, conn.transaction():
+        conn.execute(plan.bootstrap)
+        for m in before:
+            conn.execute(plan.ddl(m))
+            conn.execute(plan.record, plan.record_params(m))
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        schema = sql.Identifier(fresh_schema)
+        conn.execute(
+            sql.SQL(
+                "INSERT INTO {}.snapshots (instance_id, status, definition_hash, position_kind,"
+                " version, codec, data_hash) VALUES ('old', 'InProgress', 'h', 'AtTask', 1,"
+                " 'json', '\\x00')"
+            ).format(schema)
+        )
+        conn.execute(
+            sql.SQL(
+                "INSERT INTO {}.events (instance_id, name, payload) VALUES ('old', 'e', '\\x00')"
+            ).format(schema)
+        )
+        conn.execute(
+            sql.SQL("INSERT INTO {}.signals (instance_id, kind) VALUES ('old', 'pause')").format(
+                schema
+            )
+        )
+    with PostgresBackend[JsonCodec].connect(dsn, schema=fresh_schema) as store:
+        assert store.migrate() == []  # applied by connect
+        with psycopg.connect(dsn) as conn:
+            keys = conn.execute(
+                "SELECT c.relname, pg_get_constraintdef(k.oid) FROM pg_constraint k"
+                " JOIN pg_class c ON c.oid = k.conrelid JOIN pg_namespace n"
+                " ON n.oid = c.relnamespace WHERE n.nspname = %s AND k.contype = 'p'",
+                (fresh_schema,),
+            ).fetchall()
+            collations = conn.execute(
+                "SELECT table_name, collation_name FROM information_schema.columns"
+                " WHERE table_schema = %s AND column_name = 'instance_id'",
+                (fresh_schema,),
+            ).fetchall()
+            counts = conn.execute(
+                sql.SQL(
+                    "SELECT (SELECT count(*) FROM {0}.events), (SELECT count(*) FROM {0}.signals)"
+                ).format(schema)
+            ).fetchone()
+        assert all(
+            "instance_id" in definition for table, definition in keys if table != "migrations"
+        )
+        assert {c for _, c in collations} == {"C"}
+        assert counts == (1, 1)
+        assert store.save(snap("new")) == 1
