@@ -1,8 +1,8 @@
 """The physical ceiling: the store's own save statements with pre-encoded params.
 
 The statements `PostgresBackend.save` sends (``save_checkpoint``: one call per save,
-several executemany'd in one pipeline for a batch as `programs.save_steps` lays them
-out, plus the wakeup a create needs), encoded once and sent again over plain psycopg
+``save_checkpoints`` for a batch as `programs.save_steps` lays it out, plus the wakeup a
+create needs), encoded once and sent again over plain psycopg
 with no validation, encoding or pooling, so "single-save path / ceiling" isolates the
 library's overhead. ``pgbench`` running the same statement is a second, Python-free
 reference.

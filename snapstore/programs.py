@@ -132,14 +132,11 @@ class Step(NamedTuple):
     """
 
     query: str
-    params: rw.Params | Sequence[rw.Params] | None = None
+    params: rw.Params | None = None
     fetch: Fetch = Fetch.ONE
     hot: bool = False
     binary: bool = False
     fold: Callable[[], Fold] | None = None
-    many: bool = False
-    """``params`` is a sequence: the statement runs once per item (executemany), and with
-    `Fetch.ALL` the result is one list of rows per item."""
     best_effort: bool = False
     """Outside a transaction, the server refusing it is logged and its result is None:
     what came before has committed and stands (a wakeup after the saves it announces)."""

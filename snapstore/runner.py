@@ -78,15 +78,8 @@ def _skippable(conn: Connection[Any], step: Step, exc: DatabaseError) -> bool:
 
 
 def _fetched(cur: Cursor[Any], step: Step) -> Any:
-    """A pipelined step's result: its rows (one list per item of a `Step.many`)."""
-    if step.fetch is Fetch.NONE:
-        return None
-    if not step.many:
-        return cur.fetchall()
-    sets = [cur.fetchall()]
-    while cur.nextset():
-        sets.append(cur.fetchall())
-    return sets
+    """A pipelined step's result: its rows (None for `Fetch.NONE`)."""
+    return None if step.fetch is Fetch.NONE else cur.fetchall()
 
 
 def check_connection(conn: Connection[Any]) -> None:
@@ -423,13 +416,7 @@ class Runner:
 
     def _send(self, cur: Cursor[Any], step: Step) -> None:
         statement = self.queries.positional(step.query)
-        if step.many:
-            assert isinstance(step.params, list)
-            args = [statement.values(params) for params in step.params]
-            cur.executemany(statement.sql, args, returning=step.fetch is Fetch.ALL)
-        else:
-            assert step.params is None or isinstance(step.params, dict)
-            cur.execute(statement.sql, statement.args(step.params))
+        cur.execute(statement.sql, statement.args(step.params))
 
     def _timed(self, query: str, seconds: float) -> None:
         if self.slow_statement is not None and seconds >= self.slow_statement:

@@ -78,15 +78,8 @@ def _skippable(conn: AsyncConnection[Any], step: Step, exc: DatabaseError) -> bo
 
 
 async def _fetched(cur: AsyncCursor[Any], step: Step) -> Any:
-    """A pipelined step's result: its rows (one list per item of a `Step.many`)."""
-    if step.fetch is Fetch.NONE:
-        return None
-    if not step.many:
-        return await cur.fetchall()
-    sets = [await cur.fetchall()]
-    while cur.nextset():
-        sets.append(await cur.fetchall())
-    return sets
+    """A pipelined step's result: its rows (None for `Fetch.NONE`)."""
+    return None if step.fetch is Fetch.NONE else await cur.fetchall()
 
 
 async def check_connection(conn: AsyncConnection[Any]) -> None:
@@ -427,13 +420,7 @@ class AsyncRunner:
 
     async def _send(self, cur: AsyncCursor[Any], step: Step) -> None:
         statement = self.queries.positional(step.query)
-        if step.many:
-            assert isinstance(step.params, list)
-            args = [statement.values(params) for params in step.params]
-            await cur.executemany(statement.sql, args, returning=step.fetch is Fetch.ALL)
-        else:
-            assert step.params is None or isinstance(step.params, dict)
-            await cur.execute(statement.sql, statement.args(step.params))
+        await cur.execute(statement.sql, statement.args(step.params))
 
     def _timed(self, query: str, seconds: float) -> None:
         if self.slow_statement is not None and seconds >= self.slow_statement:
