@@ -172,23 +172,22 @@ def save_batch(ctx: Context, items: Sequence[rw.PreparedSave]) -> Program[list[S
     """Save prepared items in one round trip and one commit (one `save_checkpoint` call
     per item); per-item outcomes. On failures one read names the precise errors;
     instances the saves made dispatchable are announced by the client's own NOTIFY."""
+    steps, order = save_steps(items)
     announce = [item.instance_id for item in items if rw.announced(item)]
-    if len(items) == 1 and not announce:  # the common save: one statement, no pipeline
-        rows = yield Step("save_checkpoint", rw.save_params(items[0]), Fetch.ALL, hot=True)
-        outcomes = [rw.saved(rows)]
+    if announce:  # in the saves' transaction: sent at their commit
+        wakeups: rw.Params = {"channel": ctx.channel, "instance_ids": announce}
+        steps += (Step("notify", wakeups, Fetch.NONE),)
+    if len(steps) == 1:  # the common save: one statement, no pipeline machinery
+        found = [(yield steps[0])]
     else:
-        steps, order = save_steps(items)
-        if announce:  # in the saves' transaction: sent at their commit
-            wakeups: rw.Params = {"channel": ctx.channel, "instance_ids": announce}
-            steps += (Step("notify", wakeups, Fetch.NONE),)
         found = yield Pipeline(steps)
-        outcomes = [None] * len(items)
-        for k, positions in enumerate(order):
-            if steps[k].query == "save_checkpoint":
-                outcomes[positions[0]] = rw.saved(found[k])
-                continue
-            for n, *returned in found[k]:  # ordinals, 1-based
-                outcomes[positions[n - 1]] = rw.saved([returned])
+    outcomes: list[rw.Saved | None] = [None] * len(items)
+    for k, positions in enumerate(order):
+        if steps[k].query == "save_checkpoint":
+            outcomes[positions[0]] = rw.saved(found[k])
+            continue
+        for n, *returned in found[k]:  # ordinals, 1-based
+            outcomes[positions[n - 1]] = rw.saved([returned])
     failed = [item for item, o in zip(items, outcomes, strict=True) if o is None]
     states = iter(
         (yield Step("current_states", rw.states_params(failed), Fetch.ALL)) if failed else ()
@@ -338,8 +337,8 @@ def save(
     receipt: Receipt | None = None,
     parked: bool = False,
 ) -> Program[int]:
-    """CAS save: one pipeline of statements; on failure, one read to name the precise
-    error. With a ``receipt``, the way to confirm it committed is recorded there first. ``parked``:
+    """CAS save: one statement; on failure, one read to name the precise error. With a
+    ``receipt``, the way to confirm it committed is recorded there first. ``parked``:
     the instance waits for something other than a worker (not dispatchable)."""
     item = prepare(ctx, snapshot, expected_version, claim, checked=checked)
     if parked:
