@@ -35,7 +35,7 @@ import msgspec
 
 from snapstore import checks, programs
 from snapstore import rows as rw
-from snapstore.claims import DEFAULT_TTL, MAX_DISPATCH, Seconds
+from snapstore.claims import DEFAULT_TTL, MAX_DISPATCH, Seconds, candidates
 from snapstore.codecs.snapshot import encode_output
 from snapstore.errors import ClaimLostError, NotFoundError, SnapstoreError, ValidationError
 from snapstore.model import (
@@ -255,8 +255,13 @@ def dispatch_branches(
         "worker_tags": query.tags,
         "token": token,
     }
-    rows = yield Step("dispatch_branches", params, Fetch.ALL, hot=True)
-    rows = sorted(rows, key=lambda r: (r[4], r[0], r[1]))  # oldest first, as picked
+    scan = {**params, "limit": candidates(query.limit)}
+    found = yield Step("branch_candidates", scan, Fetch.ALL, hot=True)
+    if not found:
+        return []
+    params["instance_ids"] = [row[0] for row in found]
+    params["branch_ids"] = [row[1] for row in found]
+    rows = yield Step("lease_branches", params, Fetch.ALL, hot=True)  # oldest first
     claims = [
         BranchClaim(
             instance_id=iid,

@@ -29,7 +29,6 @@ helpers below; the backends' methods only run them.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import logging
 from collections.abc import Iterable, Sequence
@@ -187,7 +186,6 @@ class DispatchQuery:
             "worker_tags": self.tags,
             "aging_seconds": self.aging_interval.total_seconds(),
             "instance_ids": self.instance_ids,
-            "claim": self.lease,
             "token": None,  # the lease's, set per run by dispatch_program
         }
 
@@ -195,7 +193,7 @@ class DispatchQuery:
 def interpret_claim(instance_id: str, worker_id: str, row: rw.Row | None) -> Claim | None:
     """The `Claim` from a ``claim_instance`` row: None if another worker holds a live
     lease; `NotFoundError` / `TerminalStateError` when the instance cannot be claimed."""
-    if row is None:
+    if row is None or row[0] is None:  # claim_instance answers NULLs for no instance
         raise NotFoundError(f"instance {instance_id!r} does not exist")
     status, task_id, token, expires_at = row
     if WorkflowStatus(status).is_terminal:
@@ -268,8 +266,23 @@ def extend_program(claim: Claim, ttl: Seconds) -> Program[Claim]:
 
 
 def release_program(ctx: Context, claim: Claim) -> Program[bool]:
-    row = yield Step("release_claim", {**token_params(claim), "channel": ctx.channel}, hot=True)
-    return bool(row[0])
+    """Drop the lease; an instance it put back in its queue is announced by this client's
+    own NOTIFY (best effort: the release stands if the server refuses it)."""
+    released, requeued = yield Step("release_claim", token_params(claim), hot=True)
+    if requeued:
+        wakeup = {"channel": ctx.channel, "instance_ids": [claim.instance_id]}
+        yield Step("notify", wakeup, Fetch.NONE, best_effort=True)
+    return bool(released)
+
+
+CANDIDATES_PER_LEASE: Final = 4
+"""How many candidates a dispatch reads per lease it wants: concurrent dispatchers read
+the same queue head without locking it, and pass over what another one is leasing."""
+
+
+def candidates(limit: int) -> int:
+    """The candidate scan's size for a dispatch of ``limit``."""
+    return min(limit * CANDIDATES_PER_LEASE, MAX_DISPATCH * CANDIDATES_PER_LEASE)
 
 
 def claimed_task(claim: Claim, loaded: rw.Loaded | None) -> ClaimedTask:
@@ -287,9 +300,10 @@ def claimed_task(claim: Claim, loaded: rw.Loaded | None) -> ClaimedTask:
 def dispatch_program(
     ctx: Context, query: DispatchQuery, receipt: Receipt
 ) -> Program[list[ClaimedTask]]:
-    """Lease up to ``query.limit`` dispatchable instances and load them, all in one
-    statement whatever the count. One whose checkpoint cannot be read comes back once,
-    its ``error`` set, and is quarantined so that no worker is handed it again.
+    """Lease up to ``query.limit`` dispatchable instances and load them: a candidate scan
+    in queue order (of the ids a wakeup named, if given), one statement that leases each
+    candidate by its key, and the loads. One whose checkpoint cannot be read comes back once, its
+    ``error`` set, and is quarantined so that no worker is handed it again.
 
     Run it in one transaction: the snapshot rows stay locked until the loads are done,
     and a failure anywhere leaves no lease behind.
@@ -299,7 +313,13 @@ def dispatch_program(
     token = uuid4()  # one per run: a lost run's leases can be found and dropped
     receipt.confirm = functools.partial(_undo_dispatch, token)
     receipt.resend_safe = True  # whatever the lost run did is undone first
-    rows = yield Step("dispatch", {**query.params(), "token": token}, Fetch.ALL, hot=True)
+    params = {**query.params(), "token": token}
+    scan = {**params, "limit": candidates(query.limit)}
+    found = yield Step("dispatch_candidates", scan, Fetch.ALL, hot=True)
+    if not found:
+        return []
+    params["instance_ids"] = [row[0] for row in found]
+    rows = yield Step("lease_instances", params, Fetch.ALL, hot=True)
     claims = leased_claims(query.worker_id, rows)
     if not claims:
         return []
@@ -337,7 +357,7 @@ def _report_poison(poison: programs.PoisonCounts, tasks: list[ClaimedTask]) -> N
 
 def dispatchable_ids_program(query: DispatchQuery) -> Program[list[str]]:
     """Ids ``dispatch`` would lease now, in the same order, without leasing them."""
-    rows = yield Step("dispatch", dataclasses.replace(query, lease=False).params(), Fetch.ALL)
+    rows = yield Step("dispatch_candidates", query.params(), Fetch.ALL)
     return [row[0] for row in rows]
 
 

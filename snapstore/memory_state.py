@@ -208,7 +208,9 @@ class MemoryStore:
     def _target(self, instance_id: str) -> _Instance:
         """What ``lock_instance`` + `signals.interpret_target` require: exists, not done."""
         current = self._touch(instance_id)
-        row = None if current is None else (current.version, current.status.value, "", False)
+        row = None
+        if current is not None:
+            row = (current.version, current.status.value, "", False, self.now)
         sg.interpret_target(instance_id, row)
         assert current is not None
         return current

@@ -430,7 +430,7 @@ def fork(
 def delete(instance_id: str, ctx: Context) -> Program[bool]:
     checks.check_id("instance_id", instance_id)
     ctx.tasks.forget(instance_id)
-    row = yield Step("delete_instances", {"instance_ids": [instance_id]})
+    row = yield Step("delete_instances", {"instance_ids": [instance_id], "finished_before": None})
     return bool(row[0])
 
 

@@ -51,7 +51,7 @@ from snapstore.model import (
     WorkflowSnapshot,
     WorkflowStatus,
 )
-from snapstore.programs import AfterCommit, Context, Fetch, Program, Receipt, Step
+from snapstore.programs import AfterCommit, Context, Fetch, Pipeline, Program, Receipt, Step
 
 log = logging.getLogger("snapstore.events")
 
@@ -125,6 +125,7 @@ class _Target(msgspec.Struct, frozen=True):
     status: WorkflowStatus
     position_kind: str
     due: bool  # by the server's clock; for an AtSignal wait: its deadline has passed
+    server_now: datetime  # the transaction's now(): when a request applied at once was made
 
 
 APPLIED_STATUS: Final = {
@@ -206,7 +207,7 @@ def interpret_target(instance_id: str, row: rw.Row | None) -> _Target:
     status = WorkflowStatus(row[1])
     if status.is_terminal:
         raise TerminalStateError(instance_id, status.value)
-    return _Target(instance_id, int(row[0]), status, row[2], bool(row[3]))
+    return _Target(instance_id, int(row[0]), status, row[2], bool(row[3]), row[4])
 
 
 def _exists(instance_id: str, exists: bool) -> None:
@@ -332,8 +333,10 @@ def _set_status(
 
 def _clear(instance_id: str, kind: SignalKind | None) -> Program[bool]:
     params = {"instance_id": instance_id, "kind": None if kind is None else kind.value}
-    exists, removed = yield Step("delete_signals", params)
-    _exists(instance_id, bool(exists))
+    removed, exists = yield Pipeline(
+        (Step("delete_signals", params, Fetch.ALL), Step("instance_exists", params, Fetch.ALL))
+    )
+    _exists(instance_id, bool(exists[0][0]))
     return bool(removed)
 
 
@@ -354,7 +357,7 @@ def _apply_signal(
         "kind": kind.value,
         "reason": signal.reason,
         "requested_by": signal.requested_by,
-        "requested_at": signal.created_at,
+        "requested_at": signal.created_at or target.server_now,
     }
     yield Step("record_applied_signal", applied, Fetch.NONE)
     yield from _set_status(ctx, target, APPLIED_STATUS[kind], claim, receipt)
@@ -489,12 +492,11 @@ def _bury(
     """Move an unreadable event to dead_events (``taken``: already deleted from events in
     this transaction), so it never blocks its instance; reported once committed."""
     event_id, name, payload, created_at = row
-    params = {"instance_id": instance_id, "id": event_id, "reason": str(error)}
-    if taken:
-        extra = {"name": name, "payload": payload, "created_at": created_at}
-        yield Step("bury_taken_event", {**params, **extra}, Fetch.NONE)
-    else:
-        yield Step("bury_event", params, Fetch.NONE)
+    params = {"instance_id": instance_id, "id": event_id}
+    if not taken:
+        yield Step("drop_event", params, Fetch.NONE)
+    extra = {"name": name, "payload": payload, "created_at": created_at, "reason": str(error)}
+    yield Step("bury_taken_event", {**params, **extra}, Fetch.NONE)
     yield AfterCommit(functools.partial(_report_buried, ctx.poison, instance_id, event_id, error))
 
 

@@ -581,7 +581,7 @@ async def test_dispatch_is_served_by_the_partial_index(claims: Claims) -> None:
         " 'd', 'NotStarted', 1, 'json', '\\x00'::bytea FROM generate_series(1, 5000) AS n"
     )
     await claims.sql("ANALYZE @schema@.snapshots")
-    statement = claims.backend.queries["dispatch"].decode()
+    statement = claims.backend.queries["dispatch_candidates"].decode()
     query = DispatchQuery.build("w1", limit=10, tags=["gpu"])
     plan = "\n".join(r[0] for r in await claims.sql("EXPLAIN " + statement, query.params()))
     assert "Seq Scan on snapshots" not in plan, plan

@@ -23,30 +23,28 @@ SELECT pg_notify(%(channel)s, %(instance_id)s);
 -- work now).
 DELETE FROM @schema@.claims WHERE instance_id = %(instance_id)s AND token = %(token)s::uuid;
 
--- name: dispatch_branches
--- Lease up to %(limit)s open branches oldest first (index order: a call reads about
--- %(limit)s entries of branches_open_idx whatever the backlog), of instances still at
--- the fork that opened them, whose tags the worker has. A branch is open when no result
--- landed and its lease, if any, expired (a killed worker's branch is taken over). SKIP
--- LOCKED: concurrent dispatchers never get each other's rows; the row is checked again
--- once locked, so a branch leased meanwhile is skipped, never leased twice. Only
--- branches rows are locked, never snapshots: no lock-order cycle with complete_branch.
-WITH picked AS (
-    SELECT b.instance_id, b.branch_id
-    FROM @schema@.branches AS b
-    JOIN @schema@.snapshots AS s ON s.instance_id = b.instance_id
-    WHERE b.done_at IS NULL AND (b.expires_at IS NULL OR b.expires_at <= now())
-      AND s.version = b.fork_version AND s.status = 'InProgress'
-      AND (%(worker_tags)s::text[] IS NULL OR s.tags <@ %(worker_tags)s::text[])
-    ORDER BY b.created_at, b.instance_id, b.branch_id
-    LIMIT %(limit)s
-    FOR UPDATE OF b SKIP LOCKED
-)
-UPDATE @schema@.branches AS b
-SET worker_id = %(worker_id)s, token = %(token)s::uuid, expires_at = now() + %(ttl)s::interval
-FROM picked AS p
-WHERE b.instance_id = p.instance_id AND b.branch_id = p.branch_id
-RETURNING b.instance_id, b.branch_id, b.fork_version, b.expires_at, b.created_at;
+-- name: branch_candidates
+-- Up to %(limit)s open branches oldest first (index order: a call reads about %(limit)s
+-- entries of branches_open_idx whatever the backlog), of instances still at the fork
+-- that opened them, whose tags the worker has. A branch is open when no result landed
+-- and its lease, if any, expired (a killed worker's branch is taken over). Read without
+-- locking any: lease_branches then takes each by its key.
+SELECT b.instance_id, b.branch_id
+FROM @schema@.branches AS b
+JOIN @schema@.snapshots AS s ON s.instance_id = b.instance_id
+WHERE b.done_at IS NULL AND (b.expires_at IS NULL OR b.expires_at <= now())
+  AND s.version = b.fork_version AND s.status = 'InProgress'
+  AND (%(worker_tags)s::text[] IS NULL OR s.tags <@ %(worker_tags)s::text[])
+ORDER BY b.created_at, b.instance_id, b.branch_id
+LIMIT %(limit)s;
+
+-- name: lease_branches
+-- Lease up to %(limit)s of the candidate branches, in their order, each by its key
+-- (migration 0011).
+SELECT instance_id, branch_id, fork_version, expires_at, created_at
+FROM @schema@.lease_branches(%(instance_ids)s::text[], %(branch_ids)s::text[],
+    %(limit)s::integer, %(worker_id)s::text, %(token)s::uuid, %(ttl)s::interval,
+    %(worker_tags)s::text[]);
 
 -- name: undo_branch_dispatch
 -- After a branch dispatch whose connection was lost: give back what it leased (one token
@@ -62,7 +60,7 @@ WHERE b.instance_id = %(instance_id)s AND b.branch_id = %(branch_id)s
   AND b.token = %(token)s::uuid AND b.done_at IS NULL AND b.expires_at > now()
   AND EXISTS (
       SELECT 1 FROM @schema@.snapshots AS s
-      WHERE s.instance_id = b.instance_id AND s.version = b.fork_version
+      WHERE s.instance_id = %(instance_id)s AND s.version = b.fork_version
         AND s.status = 'InProgress')
 RETURNING b.expires_at;
 
@@ -100,7 +98,7 @@ SELECT count(*) FILTER (WHERE b.done_at IS NULL AND b.branch_id <> %(branch_id)s
     -- the fork's document as a load reads it: its delta chain, from the whole one on
     (SELECT COALESCE(sum(octet_length(h.data)), 0)
      FROM @schema@.history AS c
-     JOIN @schema@.history AS h ON h.instance_id = c.instance_id
+     JOIN @schema@.history AS h ON h.instance_id = %(instance_id)s
          AND h.version BETWEEN COALESCE(c.base_version, c.version) AND c.version
      WHERE c.instance_id = %(instance_id)s AND c.version = %(version)s)
     + (SELECT COALESCE(sum(octet_length(t.output)), 0) FROM @schema@.tasks AS t
@@ -122,6 +120,6 @@ WHERE instance_id = %(instance_id)s AND branch_id = %(branch_id)s AND token = %(
 -- The open and finished branches of an instance's current fork.
 SELECT b.branch_id, b.worker_id, b.expires_at > now(), b.done_at
 FROM @schema@.branches AS b
-JOIN @schema@.snapshots AS s ON s.instance_id = b.instance_id AND s.version = b.fork_version
+JOIN @schema@.snapshots AS s ON s.instance_id = %(instance_id)s AND s.version = b.fork_version
 WHERE b.instance_id = %(instance_id)s
 ORDER BY b.branch_id;

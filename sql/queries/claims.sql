@@ -3,32 +3,11 @@
 -- the server clock (now()), so workers with skewed clocks still agree on who holds a lease.
 
 -- name: claim_instance
--- An explicit lease on one non-terminal instance (InProgress or Paused; timers, tags and
--- priority do not matter here). A fresh token is issued when there is no lease, when the
--- lease expired (steal), or when the same worker claims again (the newest lease wins and
--- the old token stops fencing). The snapshot row is locked first, so a claim waits for an
--- in-flight save or dispatch of the instance instead of racing it.
-WITH target AS (
-    SELECT s.instance_id, s.status, s.current_task_id
-    FROM @schema@.snapshots AS s
-    WHERE s.instance_id = %(instance_id)s
-    FOR UPDATE
-), leased AS (
-    INSERT INTO @schema@.claims AS c (
-        instance_id, task_id, worker_id, token, claimed_at, expires_at)
-    SELECT t.instance_id, t.current_task_id, %(worker_id)s, %(token)s::uuid, now(),
-        now() + %(ttl)s::interval
-    FROM target AS t
-    WHERE t.status NOT IN ('Completed', 'Failed', 'Cancelled')
-    ON CONFLICT (instance_id) DO UPDATE SET
-        task_id = EXCLUDED.task_id, worker_id = EXCLUDED.worker_id, token = EXCLUDED.token,
-        claimed_at = EXCLUDED.claimed_at, expires_at = EXCLUDED.expires_at
-    WHERE c.expires_at <= now() OR c.worker_id = EXCLUDED.worker_id
-    RETURNING c.task_id, c.token, c.expires_at
-)
-SELECT t.status, l.task_id, l.token, l.expires_at
-FROM target AS t
-LEFT JOIN leased AS l ON true;
+-- An explicit lease on one instance (migration 0011 says which): the status (NULL: no
+-- such instance) and the lease taken (NULLs: another worker holds a live one).
+SELECT status, task_id, token, expires_at
+FROM @schema@.claim_instance(%(instance_id)s::text, %(worker_id)s::text, %(token)s::uuid,
+    %(ttl)s::interval);
 
 -- name: extend_claim
 -- Absolute renewal: the lease now ends %(ttl)s after the server's now(), whatever was left
@@ -40,32 +19,10 @@ WHERE instance_id = %(instance_id)s AND token = %(token)s::uuid AND expires_at >
 RETURNING expires_at;
 
 -- name: release_claim
--- Drop the lease if it is still this token's. An instance that is dispatchable now goes to
--- the back of its priority's queue (available_at: due from now; saves keep it while the
--- instance stays due), and in the same statement a NOTIFY on the wakeup channel (delivered
--- at commit) lets an idle worker pick it up without waiting for the fallback poll.
--- Lock order, as in every statement that touches both: the snapshot row first, then the
--- claim (the EXISTS is a one-time filter, evaluated before the claims scan), so release
--- cannot deadlock with dispatch, claim or a finishing save.
-WITH target AS MATERIALIZED (
-    SELECT s.instance_id FROM @schema@.snapshots AS s
-    WHERE s.instance_id = %(instance_id)s
-    FOR NO KEY UPDATE
-), gone AS (
-    DELETE FROM @schema@.claims AS c
-    WHERE c.instance_id = %(instance_id)s AND c.token = %(token)s::uuid
-      AND EXISTS (SELECT 1 FROM target)
-    RETURNING c.instance_id
-), requeued AS (
-    UPDATE @schema@.snapshots AS s SET available_at = now()
-    FROM gone AS g
-    WHERE s.instance_id = g.instance_id
-      AND s.status = 'InProgress' AND s.available_at <= now()
-    RETURNING s.instance_id
-), woken AS (
-    SELECT pg_notify(%(channel)s, instance_id) FROM requeued
-)
-SELECT (SELECT count(*) FROM gone), (SELECT count(*) FROM woken);
+-- Drop the lease if it is still this token's (migration 0011): whether it was, and
+-- whether the instance went back to its queue, dispatchable (the client's NOTIFY follows).
+SELECT released, requeued
+FROM @schema@.release_claim(%(instance_id)s::text, %(token)s::uuid);
 
 -- name: part_candidate
 -- A dispatch candidate (snapshots aliased s) and its effective priority.
@@ -82,22 +39,20 @@ AND NOT EXISTS (
     SELECT 1 FROM @schema@.claims AS c
     WHERE c.instance_id = s.instance_id AND c.expires_at > now())
 
--- name: dispatch
--- THE dispatch predicate, shared by find_available_tasks (%(instance_ids)s NULL),
--- claim_notified (the ids a wakeup named) and dispatchable_ids (%(claim)s false: report,
--- do not lease). Dispatchable = InProgress, due (available_at covers AtDelay timers and
--- retry backoff), no live lease, and the instance's tags a subset of the worker's
--- (%(worker_tags)s NULL: the worker takes anything). Every condition is a filter on rows
--- read in queue order, so rows a worker cannot take never use up its LIMIT.
+-- name: dispatch_candidates
+-- THE dispatch predicate, shared by find_available_tasks (%(instance_ids)s NULL) and
+-- dispatchable_ids (a report, no lease): instances in the order a worker should take
+-- them, read without locking any (lease_instances then takes each by its key).
+-- Dispatchable = InProgress, due (available_at covers AtDelay timers and retry backoff),
+-- no live lease, and the instance's tags a subset of the worker's (%(worker_tags)s NULL:
+-- the worker takes anything). Every condition is a filter on rows read in queue order,
+-- so rows a worker cannot take never use up its LIMIT.
 -- Order: effective priority = priority (1 = most urgent) minus one level per
 -- %(aging_seconds)s spent due, so old low-priority work eventually overtakes fresh urgent
 -- work; then longest due first. Within one priority that is index order
 -- (snapshots_queue_idx), so the queue is read as five short index scans, one per priority,
 -- each stopping after %(limit)s rows: the global first %(limit)s are among them, and the
--- cost does not depend on the backlog. SKIP LOCKED: concurrent dispatchers never wait for,
--- nor get, each other's rows (locked rows that miss the cut are released at commit). The
--- ON CONFLICT guard is what makes a double lease impossible (a lease committed after this
--- statement's snapshot is seen there and not overwritten).
+-- cost does not depend on the backlog.
 WITH candidates AS (
     SELECT q.* FROM unnest('{1,2,3,4,5}'::smallint[]) AS p(priority)
     CROSS JOIN LATERAL (
@@ -105,38 +60,24 @@ WITH candidates AS (
         WHERE s.priority = p.priority AND @part_dispatchable@
         ORDER BY s.available_at, s.instance_id
         LIMIT %(limit)s
-        FOR UPDATE OF s SKIP LOCKED
     ) AS q
     WHERE %(instance_ids)s::text[] IS NULL
     UNION ALL
     SELECT n.* FROM (
         @part_candidate@
         WHERE s.instance_id = ANY (%(instance_ids)s::text[]) AND @part_dispatchable@
-        ORDER BY s.instance_id
-        FOR UPDATE OF s SKIP LOCKED
     ) AS n
-), picked AS (
-    SELECT * FROM candidates
-    ORDER BY effective_priority, available_at, instance_id
-    LIMIT %(limit)s
-), leased AS (
-    INSERT INTO @schema@.claims AS c (
-        instance_id, task_id, worker_id, token, claimed_at, expires_at)
-    SELECT p.instance_id, p.current_task_id, %(worker_id)s, %(token)s::uuid, now(),
-        now() + %(ttl)s::interval
-    FROM picked AS p
-    WHERE %(claim)s
-    ON CONFLICT (instance_id) DO UPDATE SET
-        task_id = EXCLUDED.task_id, worker_id = EXCLUDED.worker_id, token = EXCLUDED.token,
-        claimed_at = EXCLUDED.claimed_at, expires_at = EXCLUDED.expires_at
-    WHERE c.expires_at <= now()
-    RETURNING c.instance_id, c.task_id, c.token, c.expires_at
 )
-SELECT p.instance_id, l.task_id, l.token, l.expires_at
-FROM picked AS p
-LEFT JOIN leased AS l ON l.instance_id = p.instance_id
-WHERE NOT %(claim)s OR l.token IS NOT NULL
-ORDER BY p.effective_priority, p.available_at, p.instance_id;
+SELECT instance_id FROM candidates
+ORDER BY effective_priority, available_at, instance_id
+LIMIT %(limit)s;
+
+-- name: lease_instances
+-- Lease up to %(limit)s of the candidates, in their order, each by its key (migration
+-- 0011): the leases taken, in that order.
+SELECT instance_id, task_id, token, expires_at
+FROM @schema@.lease_instances(%(instance_ids)s::text[], %(limit)s::integer,
+    %(worker_id)s::text, %(token)s::uuid, %(ttl)s::interval, %(worker_tags)s::text[]);
 
 -- name: quarantine
 -- Dispatch leased instances whose checkpoint cannot be read: they wait at the end of

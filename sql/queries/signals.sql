@@ -10,7 +10,7 @@
 SELECT s.version, s.status, s.position_kind,
     -- the clock now, not the transaction's start: a call that waited for this lock
     -- (behind a dispatch that found the wait timed out) must see it as that did
-    s.available_at <= clock_timestamp() AS due
+    s.available_at <= clock_timestamp() AS due, now() AS server_now
 FROM @schema@.snapshots AS s
 WHERE s.instance_id = %(instance_id)s
 FOR UPDATE;
@@ -41,20 +41,20 @@ RETURNING g.instance_id, g.kind, g.reason, g.created_at, g.requested_by;
 -- One row even when nothing is pending, so an unknown instance can be told apart.
 SELECT s.instance_id IS NOT NULL, g.kind, g.reason, g.created_at, g.requested_by
 FROM (SELECT %(instance_id)s::text AS instance_id) AS k
-LEFT JOIN @schema@.snapshots AS s ON s.instance_id = k.instance_id
-LEFT JOIN @schema@.signals AS g ON g.instance_id = k.instance_id
+LEFT JOIN @schema@.snapshots AS s ON s.instance_id = %(instance_id)s
+LEFT JOIN @schema@.signals AS g ON g.instance_id = %(instance_id)s
     AND (%(kind)s::text IS NULL OR g.kind = %(kind)s::text)
 ORDER BY g.kind;
 
 -- name: delete_signals
--- Removes one kind (or all, for a NULL kind) and says whether the instance exists.
-WITH gone AS (
-    DELETE FROM @schema@.signals
-    WHERE instance_id = %(instance_id)s AND (%(kind)s::text IS NULL OR kind = %(kind)s::text)
-    RETURNING 1
-)
-SELECT EXISTS (SELECT 1 FROM @schema@.snapshots WHERE instance_id = %(instance_id)s),
-    (SELECT count(*) FROM gone);
+-- Removes one kind (or all, for a NULL kind); a row per signal removed. Pipelined with
+-- instance_exists, which tells an unknown instance apart.
+DELETE FROM @schema@.signals
+WHERE instance_id = %(instance_id)s AND (%(kind)s::text IS NULL OR kind = %(kind)s::text)
+RETURNING kind;
+
+-- name: instance_exists
+SELECT EXISTS (SELECT 1 FROM @schema@.snapshots WHERE instance_id = %(instance_id)s);
 
 -- name: push_event
 -- token: the sender's, so a send whose connection was lost can be looked up (event_sent).
@@ -72,11 +72,11 @@ SELECT EXISTS (
 -- Buffered events, oldest first; one row even when none are buffered (see read_signals).
 SELECT s.instance_id IS NOT NULL, e.id, e.name, e.payload, e.created_at
 FROM (SELECT %(instance_id)s::text AS instance_id) AS k
-LEFT JOIN @schema@.snapshots AS s ON s.instance_id = k.instance_id
+LEFT JOIN @schema@.snapshots AS s ON s.instance_id = %(instance_id)s
 LEFT JOIN LATERAL (
     SELECT v.id, v.name, v.payload, v.created_at
     FROM @schema@.events AS v
-    WHERE v.instance_id = k.instance_id AND (%(name)s::text IS NULL OR v.name = %(name)s::text)
+    WHERE v.instance_id = %(instance_id)s AND (%(name)s::text IS NULL OR v.name = %(name)s::text)
     ORDER BY v.id
     LIMIT %(limit)s
 ) AS e ON true
@@ -89,7 +89,7 @@ DELETE FROM @schema@.events AS e
 WHERE e.id = %(event_id)s AND e.instance_id = %(instance_id)s
   AND NOT EXISTS (
       SELECT 1 FROM @schema@.events AS o
-      WHERE o.instance_id = e.instance_id AND o.name = e.name AND o.id < e.id)
+      WHERE o.instance_id = %(instance_id)s AND o.name = e.name AND o.id < e.id)
 RETURNING e.id, e.name, e.payload, e.created_at;
 
 -- name: event_state
@@ -100,7 +100,7 @@ WHERE e.id = %(event_id)s AND e.instance_id = %(instance_id)s;
 
 -- name: take_oldest_event
 DELETE FROM @schema@.events
-WHERE id = (
+WHERE instance_id = %(instance_id)s AND id = (
     SELECT v.id FROM @schema@.events AS v
     WHERE v.instance_id = %(instance_id)s AND v.name = %(name)s
       AND (%(before)s::timestamptz IS NULL OR v.created_at < %(before)s::timestamptz)
@@ -109,27 +109,24 @@ WHERE id = (
     FOR UPDATE)
 RETURNING id, name, payload, created_at;
 
--- name: bury_event
--- Moves a buffered event whose payload cannot be read to dead_events (0006).
-WITH gone AS (
-    DELETE FROM @schema@.events WHERE id = %(id)s AND instance_id = %(instance_id)s
-    RETURNING instance_id, id, name, payload, created_at
-)
-INSERT INTO @schema@.dead_events (instance_id, id, name, payload, created_at, reason)
-SELECT instance_id, id, name, payload, created_at, %(reason)s FROM gone;
+-- name: drop_event
+-- A buffered event whose payload cannot be read leaves events (bury_taken_event follows).
+DELETE FROM @schema@.events WHERE instance_id = %(instance_id)s AND id = %(id)s;
 
 -- name: bury_taken_event
--- The same for an event take_oldest_event already deleted in this transaction.
+-- Moves an event whose payload cannot be read, already deleted from events in this
+-- transaction (by take_oldest_event or drop_event), to dead_events (0006).
 INSERT INTO @schema@.dead_events (instance_id, id, name, payload, created_at, reason)
 VALUES (%(instance_id)s, %(id)s, %(name)s, %(payload)s, %(created_at)s, %(reason)s);
 
 -- name: record_applied_signal
 -- The request a checkpoint about to be saved (at %(version)s) applies; the save follows in
--- the same transaction, so both commit or neither does.
+-- the same transaction, so both commit or neither does. A request applied at once, never
+-- stored, was made when lock_instance read the clock (%(requested_at)s is that time then).
 INSERT INTO @schema@.applied_signals
     (instance_id, version, kind, reason, requested_by, requested_at)
 VALUES (%(instance_id)s, %(version)s, %(kind)s, %(reason)s, %(requested_by)s,
-    COALESCE(%(requested_at)s::timestamptz, now()))
+    %(requested_at)s)
 -- A row already at this version is left from an earlier life of the id: replaced.
 ON CONFLICT (instance_id, version) DO UPDATE SET
     kind = EXCLUDED.kind, reason = EXCLUDED.reason, requested_by = EXCLUDED.requested_by,

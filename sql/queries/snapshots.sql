@@ -76,13 +76,12 @@ SELECT pg_notify(%(channel)s, i) FROM unnest(%(instance_ids)s::text[]) AS i;
 
 -- name: current_states
 -- Why saves failed: stored version and status, and whether each given claim is live.
-SELECT s.version, s.status, EXISTS (
-    SELECT 1 FROM @schema@.claims AS c
-    WHERE c.instance_id = s.instance_id AND c.token = q.claim_token
-      AND c.expires_at > now())
+SELECT s.version, s.status, c.instance_id IS NOT NULL
 FROM unnest(%(instance_ids)s::text[], %(claim_tokens)s::uuid[])
     WITH ORDINALITY AS q(instance_id, claim_token, n)
 LEFT JOIN @schema@.snapshots AS s ON s.instance_id = q.instance_id
+LEFT JOIN @schema@.claims AS c ON c.instance_id = q.instance_id
+    AND c.token = q.claim_token AND c.expires_at > now()
 ORDER BY q.n;
 
 -- name: backend_running
@@ -134,28 +133,13 @@ FROM @schema@.tasks
 WHERE instance_id = %(instance_id)s AND task_id = %(task_id)s;
 
 -- name: delete_instances
--- Removes instances and every row that belongs to them; returns how many existed.
-WITH s AS (
-    DELETE FROM @schema@.snapshots WHERE instance_id = ANY(%(instance_ids)s::text[])
-    RETURNING 1
-), h AS (
-    DELETE FROM @schema@.history WHERE instance_id = ANY(%(instance_ids)s::text[])
-), t AS (
-    DELETE FROM @schema@.tasks WHERE instance_id = ANY(%(instance_ids)s::text[])
-), sg AS (
-    DELETE FROM @schema@.signals WHERE instance_id = ANY(%(instance_ids)s::text[])
-), e AS (
-    DELETE FROM @schema@.events WHERE instance_id = ANY(%(instance_ids)s::text[])
-), c AS (
-    DELETE FROM @schema@.claims WHERE instance_id = ANY(%(instance_ids)s::text[])
-), d AS (
-    DELETE FROM @schema@.dead_events WHERE instance_id = ANY(%(instance_ids)s::text[])
-), a AS (
-    DELETE FROM @schema@.applied_signals WHERE instance_id = ANY(%(instance_ids)s::text[])
-), b AS (
-    DELETE FROM @schema@.branches WHERE instance_id = ANY(%(instance_ids)s::text[])
-)
-SELECT count(*) FROM s;
+-- Removes instances and every row that belongs to them (delete_instance, migration 0011,
+-- per instance by its key); returns how many existed. %(finished_before)s (purge): only
+-- those finished before then.
+SELECT count(*) FILTER (WHERE d)
+FROM unnest(%(instance_ids)s::text[]) AS i(instance_id)
+CROSS JOIN LATERAL @schema@.delete_instance(i.instance_id,
+    %(finished_before)s::timestamptz) AS d;
 
 -- name: list_snapshots
 -- Keyset pagination on instance_id; a NULL filter means "any".
@@ -183,7 +167,8 @@ SELECT h.instance_id, h.version, h.status, h.current_task_id, h.codec, h.data, h
     h.version < first.wanted AS context,
     a.kind, a.reason, a.requested_by, a.requested_at
 FROM @schema@.history AS h CROSS JOIN first
-LEFT JOIN @schema@.applied_signals AS a ON a.instance_id = h.instance_id AND a.version = h.version
+LEFT JOIN @schema@.applied_signals AS a
+    ON a.instance_id = %(instance_id)s AND a.version = h.version
 WHERE h.instance_id = %(instance_id)s AND h.version >= first.start
 ORDER BY h.version
 LIMIT %(limit)s + (SELECT wanted - start FROM first);
