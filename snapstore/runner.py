@@ -68,6 +68,10 @@ def _kept_cursor(conn: Connection[Any], query: str) -> Cursor[Any]:
 IDLE_CHECK_AFTER: Final = 1.0
 """Seconds a pooled connection may sit idle and still be handed out unprobed."""
 _LAST_USED: Final[weakref.WeakKeyDictionary[Connection[Any], float]] = weakref.WeakKeyDictionary()
+_LOST_AT: Final = [0.0]
+"""When this process last lost a connection under a call (monotonic): a server crash or
+failover kills every connection at once, also those idle for less than
+`IDLE_CHECK_AFTER`, so each last used before then is probed before it is handed out."""
 
 
 def _skippable(conn: Connection[Any], step: Step, exc: DatabaseError) -> bool:
@@ -84,10 +88,11 @@ def _fetched(cur: Cursor[Any], step: Step) -> Any:
 
 def check_connection(conn: Connection[Any]) -> None:
     """The pool's check before handing a connection out: one that has been idle for a
-    while (long enough for a server restart to have killed it) is probed with an empty
-    query, so a dead one is replaced instead of failing the call; a busy connection
-    costs nothing."""
-    if time.monotonic() - _LAST_USED.get(conn, 0.0) > IDLE_CHECK_AFTER:
+    while (long enough for a server restart to have killed it), or was last used before
+    a connection was lost, is probed with an empty query, so a dead one is replaced
+    instead of failing the call; a busy connection costs nothing."""
+    last_used = _LAST_USED.get(conn, 0.0)
+    if time.monotonic() - last_used > IDLE_CHECK_AFTER or last_used <= _LOST_AT[0]:
         ConnectionPool.check_connection(conn)
 
 
@@ -251,6 +256,7 @@ def typed_error(
     if isinstance(exc, PoolClosed | TooManyRequests):
         return UnavailableError(f"{exc} (pool {pool.name})")
     if isinstance(exc, OperationalError) and (conn is None or conn.broken or conn.closed):
+        _LOST_AT[0] = time.monotonic()
         if sent:
             pid = pids[0] if pids else None
             return CommitUnknownError(f"connection lost during a write: {exc}", backend_pid=pid)
