@@ -21,6 +21,7 @@ from snapstore import branches as br
 from snapstore import checks, logs, observe, programs
 from snapstore import claims as cl
 from snapstore import operations as ops
+from snapstore import replicas as rp
 from snapstore import retention as rt
 from snapstore import rows as rw
 from snapstore import signals as sg
@@ -47,6 +48,7 @@ from snapstore.model import (
 from snapstore.observe import Observer
 from snapstore.operations import Problem, StoreStats
 from snapstore.programs import OperationalCounts, PoisonCounts
+from snapstore.replicas import Replica, Replicas
 from snapstore.runner_async import (
     RECONNECT_EVERY,
     AsyncRunner,
@@ -78,6 +80,24 @@ def _log_settled(what: str, schema: str, committed: bool, resendable: bool) -> N
     logs.store.warning("connection lost during %s; %s", what, fate, extra={"schema": schema})
 
 
+def _owned_pool(
+    conninfo: str,
+    kwargs: dict[str, Any],
+    setup: ConnectionSetup,
+    reconnect_failed: Callable[[AsyncConnectionPool[Any]], Any],
+) -> AsyncConnectionPool[Any]:
+    """A pool `connect` opens (the primary's or a replica's): each new connection set up
+    by ``setup``, idle ones checked before use, reconnecting in rounds."""
+    return AsyncConnectionPool(
+        conninfo,
+        check=check_connection,
+        configure=setup,
+        reconnect_failed=reconnect_failed,
+        reconnect_timeout=RECONNECT_EVERY,
+        **kwargs,
+    )
+
+
 class AsyncPostgresBackend(CodecBound, Generic[C]):
     """A durable snapshot store on PostgreSQL, for asyncio.
 
@@ -100,12 +120,14 @@ class AsyncPostgresBackend(CodecBound, Generic[C]):
         pooler: str | None = None,
         statement_timeout_ms: int | None = None,
         slow_statement: float | None = logs.SLOW_STATEMENT,
+        replicas: Sequence[AsyncConnectionPool[Any]] = (),
     ) -> None:
         """Wrap ``pool`` (use `connect` or `from_pool` rather than calling this).
 
         ``statement_timeout_ms`` is applied per transaction behind a transaction pooler
         (elsewhere `connect` sets it on the connections). ``slow_statement``: seconds
-        after which a statement is logged as slow (None: never)."""
+        after which a statement is logged as slow (None: never). ``replicas``: pools of
+        read replicas (see `snapstore.replicas`), owned when ``pool`` is."""
         self.schema = validate_schema(schema)
         self.codec: Codec = (
             codec_instance(self.codec_type) if codec is None else require_registered(codec)
@@ -117,20 +139,29 @@ class AsyncPostgresBackend(CodecBound, Generic[C]):
         # Behind a transaction pooler a server process id says nothing about a client.
         self._pids_known = check_pooler(pooler) != "transaction"
         local = None if self._pids_known else statement_timeout_ms
-        # An owned pool sets up each connection as it opens (`connect`'s configure hook);
-        # a borrowed one's are set up at their first use by the runner.
-        name = getattr(pool, "name", "borrowed")  # anything with a connection() will do
-        setup = (
-            None
-            if owns_pool
-            else ConnectionSetup(self.queries, name, pooler=pooler, timeout_ms=None)
-        )
-        self._runner = AsyncRunner(
-            pool, self.queries, local_timeout_ms=local, setup=setup, slow_statement=slow_statement
+
+        def runner(on: AsyncConnectionPool[Any], name: str) -> AsyncRunner:
+            # An owned pool sets up each connection as it opens (`connect`'s configure
+            # hook); a borrowed one's are set up at their first use by the runner.
+            setup = (
+                None
+                if owns_pool
+                else ConnectionSetup(self.queries, name, pooler=pooler, timeout_ms=None)
+            )
+            return AsyncRunner(
+                on, self.queries, local_timeout_ms=local, setup=setup, slow_statement=slow_statement
+            )
+
+        # Anything with a connection() will do as a pool, named or not.
+        self._runner = runner(pool, getattr(pool, "name", "borrowed"))
+        self.counts = OperationalCounts()
+        named = [(getattr(r, "name", f"replica{i}"), r) for i, r in enumerate(replicas)]
+        self._replicas: Replicas[AsyncRunner] = Replicas(
+            [Replica(name, r, runner(r, name), schema=self.schema) for name, r in named],
+            self.counts,
         )
         self._wakeups = WakeupRegistry()
         self._observers: builtins.list[Observer] = []
-        self.counts = OperationalCounts()
         grouped = AsyncGroupCommitter.ON_BY_DEFAULT if group_commit is None else group_commit
         self._committer = AsyncGroupCommitter(self._flush) if grouped else None
 
@@ -149,28 +180,32 @@ class AsyncPostgresBackend(CodecBound, Generic[C]):
         ``max_value_bytes`` and ``max_checkpoint_bytes`` (see `snapstore.limits`) and
         ``pooler`` (``"transaction"`` behind PgBouncer's transaction pooling: no prepared
         statements; see README "Behind PgBouncer") and ``slow_statement`` (seconds, default
-        1; a statement that takes longer is logged on ``snapstore.store``; None: never).
+        1; a statement that takes longer is logged on ``snapstore.store``; None: never)
+        and ``replicas`` (a list of conninfos of hot standbys: `load`, `history`, `list`
+        and `load_task_result` may be served by them, see `snapstore.replicas`; each gets
+        a pool sized and set up as the primary's).
 
         A server that cannot be reached is an `UnavailableError` carrying its reason,
-        within ``connect_timeout``; pooled connections are checked before each use.
+        within ``connect_timeout``; pooled connections are checked before each use. A
+        replica that cannot be reached is not: its pool opens without waiting, and reads
+        go to the primary while it is down (logged on ``snapstore.pool``).
         """
         plan = plan_connect(options, conninfo)
         pooler, ms = plan.backend_kwargs["pooler"], plan.backend_kwargs["statement_timeout_ms"]
-        setup = ConnectionSetup(
-            queries_for(plan.backend_kwargs["schema"]),
-            plan.pool_kwargs["name"],
-            pooler=pooler,
-            timeout_ms=ms,
+        queries = queries_for(plan.backend_kwargs["schema"])
+
+        def setup(name: str) -> ConnectionSetup:
+            return ConnectionSetup(queries, name, pooler=pooler, timeout_ms=ms)
+
+        pool = _owned_pool(
+            conninfo, plan.pool_kwargs, setup(plan.pool_kwargs["name"]), retry_while_waited
         )
-        pool = AsyncConnectionPool(
-            conninfo,
-            check=check_connection,
-            configure=setup,
-            reconnect_failed=retry_while_waited,
-            reconnect_timeout=RECONNECT_EVERY,
-            **plan.pool_kwargs,
-        )
-        backend = cls(pool, **plan.backend_kwargs)  # checks the rest: still no I/O
+        replicas = [
+            _owned_pool(target, kwargs, setup(kwargs["name"]), rp.unreachable)
+            for target, kwargs in plan.replicas
+        ]
+        # cls checks the rest: still no I/O
+        backend = cls(pool, replicas=replicas, **plan.backend_kwargs)
         try:
             await reach(conninfo, plan.pool_kwargs["kwargs"])
             try:
@@ -179,6 +214,8 @@ class AsyncPostgresBackend(CodecBound, Generic[C]):
                 raise UnavailableError(f"{exc} (server reachable, pool not filled)") from exc
             if plan.run_migrations:
                 await backend.migrate()
+            for replica in replicas:  # a replica that is down must not stop the primary
+                await replica.open(wait=False)
         except BaseException:
             await backend.close()
             raise
@@ -195,11 +232,13 @@ class AsyncPostgresBackend(CodecBound, Generic[C]):
         group_commit: bool | None = None,
         limits: Limits | None = None,
         pooler: str | None = None,
+        replicas: Sequence[AsyncConnectionPool[Any]] = (),
     ) -> Self:
         """Use a pool the caller owns (and closes). Its connections should be autocommit.
 
         ``limits``: see `snapstore.limits` (defaults: 256 MiB per value, 512 MiB per
-        checkpoint)."""
+        checkpoint). ``replicas``: pools of read replicas the caller owns too (see
+        `connect`)."""
         backend = cls(
             pool,
             schema=schema,
@@ -207,6 +246,7 @@ class AsyncPostgresBackend(CodecBound, Generic[C]):
             group_commit=group_commit,
             limits=limits,
             pooler=pooler,
+            replicas=replicas,
         )
         if run_migrations:
             await backend.migrate()
@@ -219,14 +259,21 @@ class AsyncPostgresBackend(CodecBound, Generic[C]):
 
     @property
     def pool(self) -> AsyncConnectionPool[Any]:
-        """The connection pool the backend runs on."""
+        """The connection pool the backend runs on (the primary's)."""
         return self._pool
 
+    @property
+    def replica_pools(self) -> tuple[AsyncConnectionPool[Any], ...]:
+        """The pools of the read replicas, in the order given (empty: none)."""
+        return tuple(member.pool for member in self._replicas.members)
+
     async def close(self) -> None:
-        """Stop this backend's wakeup listeners, then close the pool if this backend
-        opened it; a borrowed pool is left alone."""
+        """Stop this backend's wakeup listeners, then close the pools (the primary's and
+        the replicas') if this backend opened them; borrowed pools are left alone."""
         await self.close_wakeups()
         if self._owns_pool:
+            for member in self._replicas.members:
+                await member.pool.close()
             await self._pool.close()
 
     async def __aenter__(self) -> Self:
@@ -365,6 +412,29 @@ class AsyncPostgresBackend(CodecBound, Generic[C]):
         """Lease and load what ``query`` picks (a lost run's leases are dropped first)."""
         return await self._write(lambda r: cl.dispatch_program(self.ctx, query, r))
 
+    async def _read(
+        self,
+        make: Callable[[], programs.Program[R]],
+        replica: bool,
+        enough: Callable[[R], bool] | None = None,
+    ) -> R:
+        """Run the read-only program ``make`` builds on a replica if one may serve it
+        (``replica``, and one is up), and return its answer when it is ``enough`` (no
+        test: any answer is). A replica that fails or is behind hands the read to the
+        primary, whose answer, or error, is the caller's (see `snapstore.replicas`)."""
+        member = self._replicas.pick(checks.check_flag("replica", replica))
+        if member is not None:
+            try:
+                found = await member.runner.run(make(), writes=False)
+            except (UnavailableError, ServerError) as exc:
+                self._replicas.failed(member, exc)
+            else:
+                if enough is None or enough(found):
+                    self._replicas.served(member)
+                    return found
+                self._replicas.behind(member)
+        return await self._runner.run(make(), writes=False)
+
     async def _ask_twice(self, program: Callable[[], programs.Program[R]]) -> R:
         """Run a read-only program, up to `ASK_ATTEMPTS` times while its connection is
         lost under it (the pool may hand out another connection the same outage killed;
@@ -388,27 +458,56 @@ class AsyncPostgresBackend(CodecBound, Generic[C]):
         return None if self._committer is None else self._committer.stats
 
     async def load(
-        self, instance_id: str, *, input_type: Any = None, output_type: Any = None
+        self,
+        instance_id: str,
+        *,
+        input_type: Any = None,
+        output_type: Any = None,
+        min_version: int | None = None,
+        replica: bool = True,
     ) -> StoredSnapshot | None:
         """The latest checkpoint with task outputs hydrated, or None.
 
         ``input_type``/``output_type``: what to read the snapshot's input and output as
         (a msgspec Struct, a dataclass, anything msgspec decodes into); `DecodeError`
-        when the stored value does not fit."""
+        when the stored value does not fit. With replicas, a replica may answer, as it
+        was a moment ago: ``min_version`` (e.g. what your last save returned) asks for
+        that version or later, from the primary when the replica has not replayed it
+        yet (read-your-writes); ``replica=False`` asks the primary."""
         in_type = rw.check_value_type("input_type", input_type)
         out_type = rw.check_value_type("output_type", output_type)
-        stored = await self._runner.run(programs.load(self.ctx, instance_id), writes=False)
+        floor = rp.check_min_version(min_version)
+        stored = await self._read(
+            lambda: programs.load(self.ctx, instance_id),
+            replica,
+            lambda found: rp.load_reached(found, floor),
+        )
         return rw.typed_load(stored, in_type, out_type)
 
     async def load_task_result(
-        self, instance_id: str, task_id: str, *, output_type: Any = None
+        self,
+        instance_id: str,
+        task_id: str,
+        *,
+        output_type: Any = None,
+        min_version: int | None = None,
+        replica: bool = True,
     ) -> TaskResult | None:
         """One task's stored result (with output, read as ``output_type`` if given), or
-        None."""
+        None. ``min_version`` and ``replica`` as for `load`: the result is that of the
+        instance at ``min_version`` or later."""
         type_ = rw.check_value_type("output_type", output_type)
-        found = await self._runner.run(
-            programs.load_task_result(instance_id, task_id), writes=False
-        )
+        floor = rp.check_min_version(min_version)
+        if floor is None or replica is False or not self._replicas:  # no probe needed
+            found = await self._read(
+                lambda: programs.load_task_result(instance_id, task_id), replica
+            )
+        else:
+            _, found = await self._read(
+                lambda: rp.task_result_at(instance_id, task_id),
+                replica,
+                lambda at: rp.version_reached(at[0], floor),
+            )
         return rw.typed_result(instance_id, task_id, found, type_)
 
     async def fork(self, source_id: str, version: int, instance_id: str) -> int:
@@ -435,9 +534,12 @@ class AsyncPostgresBackend(CodecBound, Generic[C]):
         *,
         limit: int = 100,
         cursor: str | None = None,
+        replica: bool = True,
     ) -> Page:
-        """Instances ordered by id, without decoding blobs; follow ``next_cursor``."""
-        return await self._runner.run(programs.list_snapshots(status, limit, cursor), writes=False)
+        """Instances ordered by id, without decoding blobs; follow ``next_cursor``.
+
+        With replicas, a replica may answer (``replica=False``: the primary)."""
+        return await self._read(lambda: programs.list_snapshots(status, limit, cursor), replica)
 
     async def history(
         self,
@@ -446,15 +548,23 @@ class AsyncPostgresBackend(CodecBound, Generic[C]):
         after_version: int = 0,
         limit: int | None = None,
         skip_corrupt: bool = False,
+        min_version: int | None = None,
+        replica: bool = True,
     ) -> builtins.list[HistoryEntry]:
         """Checkpoints in version order (task outputs are not part of history blobs).
 
         A version that cannot be read raises `DecodeError` naming it; with
         ``skip_corrupt`` it is left out instead (with the deltas that depend on it), so
         one bad version does not hide the rest: compare the versions to see what was.
+        ``min_version`` and ``replica`` as for `load`: a replica's answer will do when it
+        reaches ``min_version`` or fills the page (``limit``).
         """
-        program = programs.history(instance_id, after_version, limit, skip_corrupt)
-        return await self._runner.run(program, writes=False)
+        floor = rp.check_min_version(min_version)
+        return await self._read(
+            lambda: programs.history(instance_id, after_version, limit, skip_corrupt),
+            replica,
+            lambda entries: rp.history_reached(entries, floor, limit),
+        )
 
     async def truncate_all(self) -> None:
         """Empty every table of the schema. For tests."""

@@ -5,6 +5,8 @@ Writes: cancel, pause, unpause,
 send-event, prune and purge (both with --dry-run), migrate. Output is JSON (one
 document per command, for jq), except ls, which prints a table unless given --json.
 The database is --dsn or $SNAPSTORE_DSN; the schema --schema (default: snapstore).
+ls, show, history and task also take --replica DSN (repeatable): a hot standby that
+answers them, as of a moment ago, with the --dsn server answering while it cannot.
 Exit status: 0 on success, 1 on any error (one line on stderr), 3 when check finds a
 problem.
 """
@@ -100,6 +102,7 @@ def _open(args: argparse.Namespace) -> Backend:
         connect_timeout=CONNECT_TIMEOUT,
         open_timeout=CONNECT_TIMEOUT,
         checkout_timeout=CONNECT_TIMEOUT + 2,
+        replicas=getattr(args, "replica", None) or [],
     )
 
 
@@ -290,21 +293,30 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"snapstore {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    def add(name: str, help: str) -> argparse.ArgumentParser:
-        return sub.add_parser(name, help=help, description=help, parents=[common])
+    reads = _Parser(add_help=False)
+    reads.add_argument(
+        "--replica",
+        action="append",
+        metavar="DSN",
+        help="a read replica to ask first (repeatable); --dsn answers while it cannot",
+    )
 
-    ls = add("ls", "list instances (no blob decoding)")
+    def add(name: str, help: str, *, read: bool = False) -> argparse.ArgumentParser:
+        parents = [common, reads] if read else [common]
+        return sub.add_parser(name, help=help, description=help, parents=parents)
+
+    ls = add("ls", "list instances (no blob decoding)", read=True)
     ls.add_argument("--status", action="append", type=_status, help="any case; repeatable")
     ls.add_argument("--limit", type=int, default=50)
     ls.add_argument("--cursor")
     ls.add_argument("--json", action="store_true")
-    show = add("show", "latest checkpoint of an instance, decoded")
+    show = add("show", "latest checkpoint of an instance, decoded", read=True)
     show.add_argument("instance_id")
-    hist = add("history", "all checkpoints of an instance, decoded")
+    hist = add("history", "all checkpoints of an instance, decoded", read=True)
     hist.add_argument("instance_id")
     hist.add_argument("--after", type=int, default=0, help="only versions after this")
     hist.add_argument("--limit", type=int)
-    task = add("task", "one task's stored result")
+    task = add("task", "one task's stored result", read=True)
     task.add_argument("instance_id")
     task.add_argument("task_id")
     mig = add("migrate", "apply pending migrations")

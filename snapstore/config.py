@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, ClassVar, Final, TypedDict
 
+from psycopg import ProgrammingError
 from psycopg.conninfo import conninfo_to_dict
 
 from snapstore import checks, logs
@@ -28,6 +30,10 @@ POOLERS: Final = (None, "session", "transaction")
 """What sits between the backend and PostgreSQL: nothing (or a session pooler, which
 keeps a server connection per client) or a transaction pooler such as PgBouncer's
 ``pool_mode = transaction``."""
+REPLICA_CHECKOUT_TIMEOUT: Final = 1.0
+"""Seconds a read waits for a replica's pooled connection (at most; ``checkout_timeout``
+if shorter) before the primary answers it instead: a replica that is down or saturated
+costs a read this much, not the primary's whole checkout timeout."""
 
 
 def _duration(name: str, value: object) -> timedelta | None:
@@ -60,6 +66,7 @@ class ConnectOptions(TypedDict, total=False):
     pooler: str | None
     slow_statement: float | timedelta | None
     strict_values: bool
+    replicas: Sequence[str]
 
 
 @dataclass(frozen=True)
@@ -70,6 +77,8 @@ class ConnectPlan:
     backend_kwargs: dict[str, Any]
     run_migrations: bool
     open_timeout: float
+    replicas: tuple[tuple[str, dict[str, Any]], ...] = ()
+    """Each read replica's conninfo and the keyword arguments of its pool."""
 
 
 def check_pooler(pooler: object) -> str | None:
@@ -77,6 +86,39 @@ def check_pooler(pooler: object) -> str | None:
     if pooler not in POOLERS:
         raise ConfigurationError(f"pooler must be one of {POOLERS} (got {pooler!r})")
     return pooler
+
+
+def check_replicas(replicas: object) -> tuple[str, ...]:
+    """Replica conninfos: a list or tuple of non-empty strings libpq can parse (one
+    string alone is refused: it would be read as a sequence of one-letter conninfos)."""
+    # Values are not echoed: a conninfo may hold a password.
+    if not isinstance(replicas, list | tuple):
+        kind = type(replicas).__name__
+        raise ConfigurationError(
+            f"replicas must be a list or tuple of conninfo strings, not {kind}"
+        )
+    for i, replica in enumerate(replicas):
+        if not isinstance(replica, str) or not replica.strip():
+            kind = "an empty str" if isinstance(replica, str) else type(replica).__name__
+            raise ConfigurationError(f"replicas[{i}] must be a conninfo string, not {kind}")
+        try:
+            conninfo_to_dict(replica)
+        except ProgrammingError as exc:
+            reason = " ".join(str(exc).split())
+            raise ConfigurationError(f"replicas[{i}] is not a valid conninfo: {reason}") from None
+    return tuple(replicas)
+
+
+def _with_connect_timeout(
+    connection: dict[str, Any], conninfo: str, timeout: timedelta | None, given: bool
+) -> dict[str, Any]:
+    """``connection`` with ``connect_timeout`` added, unless ``conninfo`` or
+    PGCONNECT_TIMEOUT sets one and the option was not ``given`` explicitly."""
+    elsewhere = "connect_timeout" in conninfo_to_dict(conninfo) or "PGCONNECT_TIMEOUT" in os.environ
+    if timeout is None or (elsewhere and not given):
+        return connection
+    # libpq counts whole seconds (and waits at least 2).
+    return {**connection, "connect_timeout": max(2, math.ceil(timeout.total_seconds()))}
 
 
 def plan_connect(options: ConnectOptions, conninfo: str = "") -> ConnectPlan:
@@ -113,6 +155,7 @@ def plan_connect(options: ConnectOptions, conninfo: str = "") -> ConnectPlan:
     for flag in ("run_migrations", "group_commit"):
         if not isinstance(options.get(flag, True), bool | None):
             raise ConfigurationError(f"{flag} must be a bool")
+    replicas = check_replicas(options.get("replicas", ()))
     # Autocommit, so one statement is one commit.
     connection: dict[str, Any] = {
         "autocommit": True,
@@ -127,19 +170,28 @@ def plan_connect(options: ConnectOptions, conninfo: str = "") -> ConnectPlan:
         # or per transaction instead (`runner.ConnectionSetup`, `runner.Runner`).
         connection["options"] = f"-c statement_timeout={ms}"
     # A timeout the conninfo or PGCONNECT_TIMEOUT sets stands, unless one is given here.
-    elsewhere = "connect_timeout" in conninfo_to_dict(conninfo) or "PGCONNECT_TIMEOUT" in os.environ
-    if connect_timeout is not None and ("connect_timeout" in options or not elsewhere):
-        # libpq counts whole seconds (and waits at least 2).
-        connection["connect_timeout"] = max(2, math.ceil(connect_timeout.total_seconds()))
+    given = "connect_timeout" in options
+    checkout = 5.0 if checkout_timeout is None else checkout_timeout.total_seconds()
+    pool_kwargs = {"min_size": min_size, "max_size": max_size, "open": False}
     return ConnectPlan(
         pool_kwargs={
-            "min_size": min_size,
-            "max_size": max_size,
-            "kwargs": connection,
-            "open": False,
-            "timeout": 5.0 if checkout_timeout is None else checkout_timeout.total_seconds(),
+            **pool_kwargs,
+            "kwargs": _with_connect_timeout(connection, conninfo, connect_timeout, given),
+            "timeout": checkout,
             "name": f"snapstore-{schema}",
         },
+        replicas=tuple(
+            (
+                replica,
+                {
+                    **pool_kwargs,
+                    "kwargs": _with_connect_timeout(connection, replica, connect_timeout, given),
+                    "timeout": min(checkout, REPLICA_CHECKOUT_TIMEOUT),
+                    "name": f"snapstore-{schema}-replica{i}",
+                },
+            )
+            for i, replica in enumerate(replicas)
+        ),
         backend_kwargs={
             "schema": schema,
             "codec": options.get("codec"),
@@ -188,5 +240,6 @@ __all__ = [
     "DEFAULT_SCHEMA",
     "CodecBound",
     "ConnectOptions",
+    "check_replicas",
     "plan_connect",
 ]

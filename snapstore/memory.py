@@ -21,6 +21,7 @@ from typing import Any, Self
 from snapstore import checks
 from snapstore import claims as cl
 from snapstore import operations as ops
+from snapstore import replicas as rp
 from snapstore import retention as rt
 from snapstore import rows as rw
 from snapstore import signals as sg
@@ -42,6 +43,13 @@ from snapstore.model import (
 )
 from snapstore.operations import Problem, StoreStats
 from snapstore.signals import Event, EventOutcome, ParkResult, Signal, SignalKind, SignalOutcome
+
+
+def _one_server(min_version: object, replica: object) -> None:
+    """The read-replica options, checked as `PostgresBackend` checks them; one store in
+    memory is always up to date, so they change nothing here."""
+    rp.check_min_version(min_version)
+    checks.check_flag("replica", replica)
 
 
 class MemoryBackend:
@@ -94,15 +102,29 @@ class MemoryBackend:
         return self.store.save_many(requests)
 
     def load(
-        self, instance_id: str, *, input_type: Any = None, output_type: Any = None
+        self,
+        instance_id: str,
+        *,
+        input_type: Any = None,
+        output_type: Any = None,
+        min_version: int | None = None,
+        replica: bool = True,
     ) -> StoredSnapshot | None:
+        _one_server(min_version, replica)
         in_type = rw.check_value_type("input_type", input_type)
         out_type = rw.check_value_type("output_type", output_type)
         return rw.typed_load(self.store.load(instance_id), in_type, out_type)
 
     def load_task_result(
-        self, instance_id: str, task_id: str, *, output_type: Any = None
+        self,
+        instance_id: str,
+        task_id: str,
+        *,
+        output_type: Any = None,
+        min_version: int | None = None,
+        replica: bool = True,
     ) -> TaskResult | None:
+        _one_server(min_version, replica)
         type_ = rw.check_value_type("output_type", output_type)
         found = self.store.load_task_result(instance_id, task_id)
         return rw.typed_result(instance_id, task_id, found, type_)
@@ -119,7 +141,9 @@ class MemoryBackend:
         *,
         limit: int = 100,
         cursor: str | None = None,
+        replica: bool = True,
     ) -> Page:
+        _one_server(None, replica)
         return self.store.list(status, limit, cursor)
 
     def history(
@@ -129,7 +153,10 @@ class MemoryBackend:
         after_version: int = 0,
         limit: int | None = None,
         skip_corrupt: bool = False,
+        min_version: int | None = None,
+        replica: bool = True,
     ) -> builtins.list[HistoryEntry]:
+        _one_server(min_version, replica)
         return self.store.history(instance_id, after_version, limit, skip_corrupt)
 
     def truncate_all(self) -> None:

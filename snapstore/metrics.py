@@ -7,7 +7,8 @@
   outcome ``ok`` or the error's type;
 * ``snapstore_conflicts_total{operation}`` and ``snapstore_claims_lost_total{operation}``;
 * read when scraped: ``snapstore_retries_total``, ``snapstore_lost_connections_total
-  {outcome}``, ``snapstore_poison_total{kind}``, the wakeup listeners' counters
+  {outcome}``, ``snapstore_replica_reads_total``, ``snapstore_replica_fallbacks_total
+  {reason}``, ``snapstore_poison_total{kind}``, the wakeup listeners' counters
   (``snapstore_wakeups_total{event}``, ``snapstore_wakeup_drop_ratio``), group commit
   (``snapstore_group_commit_*``), the pool (``snapstore_pool{figure}``) and, with
   ``store_gauges`` (default on), the store itself from one statement of bounded cost
@@ -150,6 +151,16 @@ class StoreCollector(Collector):
         )
         for outcome in ("committed", "resent", "unknown"):
             lost.add_metric([schema, outcome], counts.get(f"lost_connections_{outcome}", 0))
+        f.counter(
+            "snapstore_replica_reads", "Reads a read replica answered.", ["schema"]
+        ).add_metric([schema], counts.get("replica_reads", 0))
+        fallbacks = f.counter(
+            "snapstore_replica_fallbacks",
+            "Reads the primary answered instead of a replica, by why.",
+            ["schema", "reason"],
+        )
+        for reason in ("behind", "unavailable", "refused", "down"):
+            fallbacks.add_metric([schema, reason], counts.get(f"replica_fallbacks_{reason}", 0))
         poison = b.poison_counts
         bad = f.counter(
             "snapstore_poison",

@@ -70,9 +70,11 @@ class PoisonCounts:
 
 class OperationalCounts:
     """How often a backend had to work around trouble since it started: batches sent
-    again after a deadlock (``retries``), and writes whose connection was lost, by what
-    a fresh connection found (``lost_connections_committed``, ``_resent``, ``_unknown``).
-    Thread-safe; read with `snapshot`."""
+    again after a deadlock (``retries``), writes whose connection was lost, by what a
+    fresh connection found (``lost_connections_committed``, ``_resent``, ``_unknown``),
+    reads a replica answered (``replica_reads``) and those the primary answered instead,
+    by why (``replica_fallbacks_behind``, ``_unavailable``, ``_refused``, ``_down``; see
+    `snapstore.replicas`). Thread-safe; read with `snapshot`."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()

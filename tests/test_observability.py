@@ -71,6 +71,8 @@ def test_operations_are_timed_and_counted_and_the_store_is_gauged(
     assert sample("snapstore_oldest_due_seconds") >= 0
     assert sample("snapstore_poison_total", kind="instance") == 0
     assert sample("snapstore_retries_total") == 0
+    assert sample("snapstore_replica_reads_total") == 0  # no replica: tests/test_replicas.py
+    assert sample("snapstore_replica_fallbacks_total", reason="behind") == 0
     assert sample("snapstore_pool", figure="pool_max") >= 1
     assert ("snapstore_wakeup_drop_ratio", schema) in found
 

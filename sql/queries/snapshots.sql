@@ -84,6 +84,10 @@ LEFT JOIN @schema@.claims AS c ON c.instance_id = q.instance_id
     AND c.token = q.claim_token AND c.expires_at > now()
 ORDER BY q.n;
 
+-- name: instance_version
+-- The version a replica holds, read before a task result (snapstore/replicas.py).
+SELECT version FROM @schema@.snapshots WHERE instance_id = %(instance_id)s;
+
 -- name: backend_running
 -- Whether the server process that ran a lost save is still at it (a client can lose its
 -- socket while the server keeps executing, e.g. waiting for a lock). Asked after a short
