@@ -522,7 +522,7 @@ class PostgresBackend(CodecBound, Generic[C]):
 
     def delete(self, instance_id: str) -> bool:
         """Remove an instance and every row that belongs to it; False if absent."""
-        return self._write(lambda _: programs.delete(instance_id, self.ctx), transaction=False)
+        return self._write(lambda _: programs.delete(instance_id, self.ctx))
 
     def list(
         self,

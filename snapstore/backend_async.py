@@ -524,9 +524,7 @@ class AsyncPostgresBackend(CodecBound, Generic[C]):
 
     async def delete(self, instance_id: str) -> bool:
         """Remove an instance and every row that belongs to it; False if absent."""
-        return await self._write(
-            lambda _: programs.delete(instance_id, self.ctx), transaction=False
-        )
+        return await self._write(lambda _: programs.delete(instance_id, self.ctx))
 
     async def list(
         self,

@@ -254,14 +254,9 @@ def dispatch_branches(
         "ttl": query.ttl,
         "worker_tags": query.tags,
         "token": token,
+        "scan": candidates(query.limit),
     }
-    scan = {**params, "limit": candidates(query.limit)}
-    found = yield Step("branch_candidates", scan, Fetch.ALL, hot=True)
-    if not found:
-        return []
-    params["instance_ids"] = [row[0] for row in found]
-    params["branch_ids"] = [row[1] for row in found]
-    rows = yield Step("lease_branches", params, Fetch.ALL, hot=True)  # oldest first
+    rows = yield Step("dispatch_branches", params, Fetch.ALL, hot=True)  # oldest first
     claims = [
         BranchClaim(
             instance_id=iid,
@@ -369,9 +364,12 @@ def _join_checkpoint(
 
 
 def siblings(claim: BranchClaim, fork: WorkflowSnapshot) -> list[str]:
-    """The other branches of the fork ``claim``'s branch belongs to."""
+    """The other branches of the fork ``claim``'s branch belongs to. A checkpoint at the
+    claim's version that is no fork of that branch (a stale claim from an earlier life of
+    the id) means the lease is lost."""
     position = fork.position
-    assert isinstance(position, AtFork)
+    if not isinstance(position, AtFork) or claim.branch_id not in position.branches:
+        raise lost_branch(claim, "the fork is no longer current")
     return [b for b in position.branches if b != claim.branch_id]
 
 

@@ -300,9 +300,9 @@ def claimed_task(claim: Claim, loaded: rw.Loaded | None) -> ClaimedTask:
 def dispatch_program(
     ctx: Context, query: DispatchQuery, receipt: Receipt
 ) -> Program[list[ClaimedTask]]:
-    """Lease up to ``query.limit`` dispatchable instances and load them: a candidate scan
-    in queue order (of the ids a wakeup named, if given), one statement that leases each
-    candidate by its key, and the loads. One whose checkpoint cannot be read comes back once, its
+    """Lease up to ``query.limit`` dispatchable instances and load them: one statement
+    scans the candidates in queue order (of the ids a wakeup named, if given) and leases
+    each by its key, then the loads. One whose checkpoint cannot be read comes back once, its
     ``error`` set, and is quarantined so that no worker is handed it again.
 
     Run it in one transaction: the snapshot rows stay locked until the loads are done,
@@ -313,13 +313,8 @@ def dispatch_program(
     token = uuid4()  # one per run: a lost run's leases can be found and dropped
     receipt.confirm = functools.partial(_undo_dispatch, token)
     receipt.resend_safe = True  # whatever the lost run did is undone first
-    params = {**query.params(), "token": token}
-    scan = {**params, "limit": candidates(query.limit)}
-    found = yield Step("dispatch_candidates", scan, Fetch.ALL, hot=True)
-    if not found:
-        return []
-    params["instance_ids"] = [row[0] for row in found]
-    rows = yield Step("lease_instances", params, Fetch.ALL, hot=True)
+    params = {**query.params(), "token": token, "scan": candidates(query.limit)}
+    rows = yield Step("dispatch", params, Fetch.ALL, hot=True)
     claims = leased_claims(query.worker_id, rows)
     if not claims:
         return []
@@ -357,7 +352,7 @@ def _report_poison(poison: programs.PoisonCounts, tasks: list[ClaimedTask]) -> N
 
 def dispatchable_ids_program(query: DispatchQuery) -> Program[list[str]]:
     """Ids ``dispatch`` would lease now, in the same order, without leasing them."""
-    rows = yield Step("dispatch_candidates", query.params(), Fetch.ALL)
+    rows = yield Step("dispatch_candidates", {**query.params(), "scan": query.limit}, Fetch.ALL)
     return [row[0] for row in rows]
 
 

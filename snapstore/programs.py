@@ -14,6 +14,7 @@ import logging
 import threading
 from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Final, NamedTuple, Protocol, TypeVar
 
 import msgspec
@@ -429,11 +430,38 @@ def fork(
     return result
 
 
+INSTANCE_ROWS: Final = (
+    "drop_history_rows",
+    "drop_task_rows",
+    "drop_signal_rows",
+    "drop_event_rows",
+    "drop_claim_rows",
+    "drop_dead_event_rows",
+    "drop_applied_signal_rows",
+    "drop_branch_rows",
+)
+"""The statements that delete an instance's rows from every table but snapshots."""
+
+
+def delete_instances(ids: list[str], finished_before: datetime | None = None) -> Program[int]:
+    """Delete instances and every row of theirs, in the caller's transaction; how many
+    existed. ``finished_before`` (purge): only those finished before then. Without it,
+    rows of an id with no snapshot (strays) go too."""
+    gone = yield Step(
+        "drop_snapshots", {"instance_ids": ids, "finished_before": finished_before}, Fetch.ALL
+    )
+    owners = ids if finished_before is None else [row[0] for row in gone]
+    if owners:
+        rows = {"instance_ids": owners}
+        yield Pipeline(tuple(Step(name, rows, Fetch.NONE) for name in INSTANCE_ROWS))
+    return len(gone)
+
+
 def delete(instance_id: str, ctx: Context) -> Program[bool]:
+    """Run it in one transaction (see `delete_instances`)."""
     checks.check_id("instance_id", instance_id)
     ctx.tasks.forget(instance_id)
-    row = yield Step("delete_instances", {"instance_ids": [instance_id], "finished_before": None})
-    return bool(row[0])
+    return bool((yield from delete_instances([instance_id])))
 
 
 def list_snapshots(

@@ -11,8 +11,7 @@ from datetime import datetime, timedelta
 from typing import Any, Final
 
 from snapstore import checks
-from snapstore.programs import Batch, Fetch, Pipeline, Program, Step
-from snapstore.rows import Params, Row
+from snapstore.programs import Batch, Fetch, Program, Step, delete_instances
 
 DEFAULT_BATCH: Final = 1000
 
@@ -35,30 +34,11 @@ def prune_history(
         "after_id": after[0],
         "after_version": after[1],
     }
-    rows = yield Step("prune_candidates", params, Fetch.ALL)
-    if not rows:  # nothing was left to read
+    row = yield Step("prune_history", params)
+    if row is None:  # nothing was left to read
         return Batch(0)
-    *old, (last_id, last_version, *_) = rows
-    gone = [r for r in old if r[3]]
-    hidden = [r for r in old if not r[3] and not r[4]]
-    steps = tuple(
-        Step(query, _history_keys(keys), Fetch.NONE)
-        for query, keys in (("prune_delete", gone), ("prune_hide", hidden))
-        if keys
-    )
-    if steps:
-        yield Pipeline(steps)
-    counted = sum(1 for r in gone if not r[4]) + len(hidden)  # each checkpoint once
-    return Batch(counted, (last_id, int(last_version)))
-
-
-def _history_keys(rows: list[Row]) -> Params:
-    """The keys of history rows (instance id, version, created_at) as column arrays."""
-    return {
-        "instance_ids": [r[0] for r in rows],
-        "versions": [r[1] for r in rows],
-        "created_at": [r[2] for r in rows],
-    }
+    deleted, last_id, last_version = row
+    return Batch(int(deleted), (last_id, int(last_version)))
 
 
 def purge_terminal(older_than: timedelta, batch: int, after: datetime | None) -> Program[Batch]:
@@ -66,9 +46,8 @@ def purge_terminal(older_than: timedelta, batch: int, after: datetime | None) ->
     rows = yield Step("terminal_ids", params, Fetch.ALL)
     if not rows:
         return Batch(0)
-    ids = {"instance_ids": [r[0] for r in rows], "finished_before": rows[0][2]}
-    row = yield Step("delete_instances", ids)
-    return Batch(int(row[0]), rows[-1][1] if len(rows) == batch else None)
+    deleted = yield from delete_instances([r[0] for r in rows], finished_before=rows[0][2])
+    return Batch(deleted, rows[-1][1] if len(rows) == batch else None)
 
 
 BatchFactory = Callable[[Any], Program[Batch]]

@@ -100,7 +100,7 @@ def compact(body: str) -> str:
 def _raw_queries() -> dict[str, str]:
     """Every named statement of sql/queries/*.sql; a name may appear only once. A section
     named ``part_<x>`` is no statement but a shared piece of them: ``@part_<x>@`` in a
-    statement stands for its text."""
+    statement (or in another part) stands for its text."""
     found: dict[str, str] = {}
     folder = sql_dir() / "queries"
     for entry in sorted(folder.iterdir(), key=lambda e: e.name):
@@ -113,8 +113,9 @@ def _raw_queries() -> dict[str, str]:
             found[name] = compact(body)
     pieces = {f"@{name}@": found.pop(name) for name in list(found) if name.startswith("part_")}
     for name, body in found.items():
-        for token, piece in pieces.items():
-            body = body.replace(token, piece)
+        for _ in range(len(pieces)):  # a part may hold parts: expand until none is left
+            for token, piece in pieces.items():
+                body = body.replace(token, piece)
         if "@part_" in body:
             raise RuntimeError(f"statement {name!r} names an unknown part")
         found[name] = body

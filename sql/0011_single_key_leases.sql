@@ -147,34 +147,3 @@ BEGIN
     END LOOP;
 END
 $$;
-
--- Remove an instance and every row that belongs to it, table by table, each by its key;
--- true if its snapshot existed. p_finished_before (purge): only an instance that
--- finished before then, checked on its snapshot row, which the purge's scan read
--- without locking; anything else is left whole.
-CREATE FUNCTION @schema@.delete_instance(p_instance_id text, p_finished_before timestamptz)
-RETURNS boolean
-LANGUAGE plpgsql AS $$
-DECLARE
-    v_found boolean;
-BEGIN
-    DELETE FROM @schema@.snapshots AS s
-    WHERE s.instance_id = p_instance_id
-      AND (p_finished_before IS NULL
-           OR (s.status IN ('Completed', 'Failed', 'Cancelled')
-               AND s.completed_at < p_finished_before));
-    v_found := FOUND;
-    IF NOT v_found AND p_finished_before IS NOT NULL THEN
-        RETURN false;
-    END IF;
-    DELETE FROM @schema@.history AS h WHERE h.instance_id = p_instance_id;
-    DELETE FROM @schema@.tasks AS t WHERE t.instance_id = p_instance_id;
-    DELETE FROM @schema@.signals AS g WHERE g.instance_id = p_instance_id;
-    DELETE FROM @schema@.events AS e WHERE e.instance_id = p_instance_id;
-    DELETE FROM @schema@.claims AS c WHERE c.instance_id = p_instance_id;
-    DELETE FROM @schema@.dead_events AS d WHERE d.instance_id = p_instance_id;
-    DELETE FROM @schema@.applied_signals AS a WHERE a.instance_id = p_instance_id;
-    DELETE FROM @schema@.branches AS b WHERE b.instance_id = p_instance_id;
-    RETURN v_found;
-END
-$$;

@@ -190,6 +190,20 @@ async def test_delete_removes_the_branches(store: Twin) -> None:
     assert await store.count("branches") == 0
 
 
+async def test_a_claim_from_an_earlier_life_of_the_id_is_lost_not_joined(store: Twin) -> None:
+    """Found by the whole-API model test: a branch lease of a deleted instance, whose
+    fork version a new life of the id reached by joining its own fork."""
+    await forked(store)  # the fork at version 2
+    (stale,) = await store.find_available_branches("w", limit=1)
+    assert await store.delete("wf")
+    await store.start_branches(at_fork("wf", ("b1",)), None)  # a new life: its fork at 1
+    (branch,) = await store.find_available_branches("w", limit=1)
+    assert (await store.complete_branch(branch.claim, TaskResult(output=1))).version == 2
+    with pytest.raises(ClaimLostError, match="no longer current"):
+        await store.complete_branch(stale.claim, TaskResult(output=0))
+    assert (await store.load("wf")).snapshot.position == AtJoin("fan")
+
+
 # -- many workers, killed ones among them ---------------------------------------------------
 
 INSTANCES = 12

@@ -23,28 +23,32 @@ SELECT pg_notify(%(channel)s, %(instance_id)s);
 -- work now).
 DELETE FROM @schema@.claims WHERE instance_id = %(instance_id)s AND token = %(token)s::uuid;
 
--- name: branch_candidates
--- Up to %(limit)s open branches oldest first (index order: a call reads about %(limit)s
--- entries of branches_open_idx whatever the backlog), of instances still at the fork
--- that opened them, whose tags the worker has. A branch is open when no result landed
--- and its lease, if any, expired (a killed worker's branch is taken over). Read without
--- locking any: lease_branches then takes each by its key.
-SELECT b.instance_id, b.branch_id
-FROM @schema@.branches AS b
-JOIN @schema@.snapshots AS s ON s.instance_id = b.instance_id
-WHERE b.done_at IS NULL AND (b.expires_at IS NULL OR b.expires_at <= now())
-  AND s.version = b.fork_version AND s.status = 'InProgress'
-  AND (%(worker_tags)s::text[] IS NULL OR s.tags <@ %(worker_tags)s::text[])
-ORDER BY b.created_at, b.instance_id, b.branch_id
-LIMIT %(limit)s;
-
--- name: lease_branches
--- Lease up to %(limit)s of the candidate branches, in their order, each by its key
--- (migration 0011).
-SELECT instance_id, branch_id, fork_version, expires_at, created_at
-FROM @schema@.lease_branches(%(instance_ids)s::text[], %(branch_ids)s::text[],
-    %(limit)s::integer, %(worker_id)s::text, %(token)s::uuid, %(ttl)s::interval,
-    %(worker_tags)s::text[]);
+-- name: dispatch_branches
+-- Lease up to %(limit)s open branches oldest first, in one round trip: a candidate scan
+-- read without locking any (up to %(scan)s open branches in the order of
+-- branches_open_idx: a call reads about that many entries whatever the backlog, of
+-- instances still at the fork that opened them, whose tags the worker has; a branch is
+-- open when no result landed and its lease, if any, expired, so a killed worker's branch
+-- is taken over), then each candidate in that order taken by its key (lease_branches,
+-- migration 0011).
+SELECT l.instance_id, l.branch_id, l.fork_version, l.expires_at, l.created_at
+FROM (
+    SELECT array_agg(c.instance_id ORDER BY c.n) AS instance_ids,
+        array_agg(c.branch_id ORDER BY c.n) AS branch_ids
+    FROM (
+        SELECT b.instance_id, b.branch_id,
+            row_number() OVER (ORDER BY b.created_at, b.instance_id, b.branch_id) AS n
+        FROM @schema@.branches AS b
+        JOIN @schema@.snapshots AS s ON s.instance_id = b.instance_id
+        WHERE b.done_at IS NULL AND (b.expires_at IS NULL OR b.expires_at <= now())
+          AND s.version = b.fork_version AND s.status = 'InProgress'
+          AND (%(worker_tags)s::text[] IS NULL OR s.tags <@ %(worker_tags)s::text[])
+        ORDER BY b.created_at, b.instance_id, b.branch_id
+        LIMIT %(scan)s
+    ) AS c
+) AS k
+CROSS JOIN LATERAL @schema@.lease_branches(k.instance_ids, k.branch_ids, %(limit)s::integer,
+    %(worker_id)s::text, %(token)s::uuid, %(ttl)s::interval, %(worker_tags)s::text[]) AS l;
 
 -- name: undo_branch_dispatch
 -- After a branch dispatch whose connection was lost: give back what it leased (one token

@@ -39,19 +39,20 @@ AND NOT EXISTS (
     SELECT 1 FROM @schema@.claims AS c
     WHERE c.instance_id = s.instance_id AND c.expires_at > now())
 
--- name: dispatch_candidates
--- THE dispatch predicate, shared by find_available_tasks (%(instance_ids)s NULL) and
--- dispatchable_ids (a report, no lease): instances in the order a worker should take
--- them, read without locking any (lease_instances then takes each by its key).
--- Dispatchable = InProgress, due (available_at covers AtDelay timers and retry backoff),
--- no live lease, and the instance's tags a subset of the worker's (%(worker_tags)s NULL:
--- the worker takes anything). Every condition is a filter on rows read in queue order,
--- so rows a worker cannot take never use up its LIMIT.
+-- name: part_candidates
+-- THE dispatch predicate, shared by find_available_tasks (%(instance_ids)s NULL),
+-- claim_notified (the ids a wakeup named) and dispatchable_ids (a report, no lease): up to
+-- %(scan)s instances in the order a worker should take them, read without locking any
+-- (lease_instances then takes each by its key). Dispatchable = InProgress, due
+-- (available_at covers AtDelay timers and retry backoff), no live lease, and the
+-- instance's tags a subset of the worker's (%(worker_tags)s NULL: the worker takes
+-- anything). Every condition is a filter on rows read in queue order, so rows a worker
+-- cannot take never use up its LIMIT.
 -- Order: effective priority = priority (1 = most urgent) minus one level per
 -- %(aging_seconds)s spent due, so old low-priority work eventually overtakes fresh urgent
 -- work; then longest due first. Within one priority that is index order
 -- (snapshots_queue_idx), so the queue is read as five short index scans, one per priority,
--- each stopping after %(limit)s rows: the global first %(limit)s are among them, and the
+-- each stopping after %(scan)s rows: the global first %(scan)s are among them, and the
 -- cost does not depend on the backlog.
 WITH candidates AS (
     SELECT q.* FROM unnest('{1,2,3,4,5}'::smallint[]) AS p(priority)
@@ -59,7 +60,7 @@ WITH candidates AS (
         @part_candidate@
         WHERE s.priority = p.priority AND @part_dispatchable@
         ORDER BY s.available_at, s.instance_id
-        LIMIT %(limit)s
+        LIMIT %(scan)s
     ) AS q
     WHERE %(instance_ids)s::text[] IS NULL
     UNION ALL
@@ -70,13 +71,19 @@ WITH candidates AS (
 )
 SELECT instance_id FROM candidates
 ORDER BY effective_priority, available_at, instance_id
-LIMIT %(limit)s;
+LIMIT %(scan)s
 
--- name: lease_instances
--- Lease up to %(limit)s of the candidates, in their order, each by its key (migration
--- 0011): the leases taken, in that order.
+-- name: dispatch_candidates
+-- What a dispatch would lease now, in its order, leasing nothing (%(scan)s: its limit).
+@part_candidates@;
+
+-- name: dispatch
+-- Lease up to %(limit)s dispatchable instances: the candidate scan, then each candidate
+-- in its order taken by its key (lease_instances, migration 0011), in one round trip. The
+-- scan reads more candidates than wanted (%(scan)s): concurrent dispatchers read the same
+-- queue head unlocked and pass over the rows another one is leasing.
 SELECT instance_id, task_id, token, expires_at
-FROM @schema@.lease_instances(%(instance_ids)s::text[], %(limit)s::integer,
+FROM @schema@.lease_instances(ARRAY(@part_candidates@), %(limit)s::integer,
     %(worker_id)s::text, %(token)s::uuid, %(ttl)s::interval, %(worker_tags)s::text[]);
 
 -- name: quarantine

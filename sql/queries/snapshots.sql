@@ -136,14 +136,41 @@ SELECT status, attempts, worker_id, started_at, completed_at, error, output
 FROM @schema@.tasks
 WHERE instance_id = %(instance_id)s AND task_id = %(task_id)s;
 
--- name: delete_instances
--- Removes instances and every row that belongs to them (delete_instance, migration 0011,
--- per instance by its key); returns how many existed. %(finished_before)s (purge): only
--- those finished before then.
-SELECT count(*) FILTER (WHERE d)
-FROM unnest(%(instance_ids)s::text[]) AS i(instance_id)
-CROSS JOIN LATERAL @schema@.delete_instance(i.instance_id,
-    %(finished_before)s::timestamptz) AS d;
+-- name: drop_snapshots
+-- Deleting instances, in one transaction: their snapshot rows first (a create of the same
+-- id waits for the commit, so no row of a new life lands meanwhile), then their rows in
+-- every other table (drop_*_rows). %(finished_before)s (purge): only instances finished
+-- before then, checked on the row, which the purge's scan read without locking.
+DELETE FROM @schema@.snapshots
+WHERE instance_id = ANY (%(instance_ids)s::text[])
+  AND (%(finished_before)s::timestamptz IS NULL
+       OR (status IN ('Completed', 'Failed', 'Cancelled')
+           AND completed_at < %(finished_before)s::timestamptz))
+RETURNING instance_id;
+
+-- name: drop_history_rows
+DELETE FROM @schema@.history WHERE instance_id = ANY (%(instance_ids)s::text[]);
+
+-- name: drop_task_rows
+DELETE FROM @schema@.tasks WHERE instance_id = ANY (%(instance_ids)s::text[]);
+
+-- name: drop_signal_rows
+DELETE FROM @schema@.signals WHERE instance_id = ANY (%(instance_ids)s::text[]);
+
+-- name: drop_event_rows
+DELETE FROM @schema@.events WHERE instance_id = ANY (%(instance_ids)s::text[]);
+
+-- name: drop_claim_rows
+DELETE FROM @schema@.claims WHERE instance_id = ANY (%(instance_ids)s::text[]);
+
+-- name: drop_dead_event_rows
+DELETE FROM @schema@.dead_events WHERE instance_id = ANY (%(instance_ids)s::text[]);
+
+-- name: drop_applied_signal_rows
+DELETE FROM @schema@.applied_signals WHERE instance_id = ANY (%(instance_ids)s::text[]);
+
+-- name: drop_branch_rows
+DELETE FROM @schema@.branches WHERE instance_id = ANY (%(instance_ids)s::text[]);
 
 -- name: list_snapshots
 -- Keyset pagination on instance_id; a NULL filter means "any".
