@@ -23,22 +23,26 @@ WITH scanned AS MATERIALIZED (
     LIMIT %(batch)s
 ), cutoff AS (  -- NULL: no age limit
     SELECT now() - %(older_than)s::interval AS at
-), current AS MATERIALIZED (
-    -- The current version, the instance's last in history (its row is never pruned): a
-    -- probe per row of the history index (a subquery, never a join the planner could
-    -- turn into a scan per batch), so the statement reads and writes one table, which a
-    -- distributed store runs where the rows are. A row's chain starts at
-    -- COALESCE(base_version, version); when the next whole checkpoint is in the batch, so
-    -- is the end of the chain, and the windows give it without another probe.
-    SELECT d.*,
+), tops AS MATERIALIZED (
+    -- The current version, the instance's last in history (its row is never pruned): one
+    -- probe of the history index per instance in the batch (a subquery, never a join the
+    -- planner could turn into a scan per batch), so the statement reads and writes one
+    -- table, which a distributed store runs where the rows are.
+    SELECT i.instance_id,
         (SELECT max(v.version) FROM @schema@.history AS v
-         WHERE v.instance_id = d.instance_id) - %(keep_last)s::bigint AS last_old,
+         WHERE v.instance_id = i.instance_id) AS version
+    FROM (SELECT DISTINCT instance_id FROM scanned) AS i
+), current AS MATERIALIZED (
+    -- A row's chain starts at COALESCE(base_version, version); when the next whole
+    -- checkpoint is in the batch, so is the end of the chain, and the windows give it
+    -- without another probe.
+    SELECT d.*, t.version - %(keep_last)s::bigint AS last_old,
         min(d.version) FILTER (WHERE d.base_version IS NULL) OVER (
             PARTITION BY d.instance_id ORDER BY d.version
             ROWS BETWEEN 1 FOLLOWING AND UNBOUNDED FOLLOWING) AS next_whole,
         max(d.version) OVER chain AS chain_end,
         max(d.created_at) OVER chain AS chain_end_at
-    FROM scanned AS d
+    FROM scanned AS d JOIN tops AS t ON t.instance_id = d.instance_id
     WINDOW chain AS (PARTITION BY d.instance_id, COALESCE(d.base_version, d.version))
 ), old AS (
     SELECT c.*, k.at AS cutoff
