@@ -59,11 +59,17 @@ DECLARE
 BEGIN
     FOREACH v_id IN ARRAY p_instance_ids LOOP
         EXIT WHEN v_leased >= p_limit;
+        -- One statement per candidate: one leased since the scan read it is passed over
+        -- without locking its row (a lock would hold up the save of the worker that has
+        -- it until this dispatch ends).
         SELECT s.current_task_id INTO v_task
         FROM @schema@.snapshots AS s
         WHERE s.instance_id = v_id AND s.status = 'InProgress' AND s.available_at <= v_now
           AND (p_worker_tags IS NULL OR s.tags <@ p_worker_tags)
-        FOR UPDATE SKIP LOCKED;
+          AND NOT EXISTS (
+              SELECT 1 FROM @schema@.claims AS c
+              WHERE c.instance_id = v_id AND c.expires_at > v_now)
+        FOR UPDATE OF s SKIP LOCKED;
         CONTINUE WHEN NOT FOUND;
         INSERT INTO @schema@.claims AS c (
             instance_id, task_id, worker_id, token, claimed_at, expires_at)
