@@ -97,6 +97,22 @@ class _Families:
     def __init__(self) -> None:
         self.found: dict[str, Metric] = {}
 
+    def labelled(
+        self,
+        name: str,
+        help_: str,
+        schema: str,
+        counts: dict[str, int],
+        label: str,
+        values: tuple[str, ...],
+    ) -> None:
+        """A counter per value of ``label``, read from ``counts`` under
+        ``<name without snapstore_>_<value>``."""
+        family = self.counter(name, help_, ["schema", label])
+        key = name.removeprefix("snapstore_")
+        for value in values:
+            family.add_metric([schema, value], counts.get(f"{key}_{value}", 0))
+
     def counter(self, name: str, help_: str, labels: list[str]) -> CounterMetricFamily:
         family = self.found.setdefault(name, CounterMetricFamily(name, help_, labels=labels))
         assert isinstance(family, CounterMetricFamily)
@@ -144,23 +160,15 @@ class StoreCollector(Collector):
         f.counter(
             "snapstore_retries", "Batches sent again after a deadlock.", ["schema"]
         ).add_metric([schema], counts.get("retries", 0))
-        lost = f.counter(
-            "snapstore_lost_connections",
-            "Writes whose connection was lost, by what a fresh connection found.",
-            ["schema", "outcome"],
-        )
-        for outcome in ("committed", "resent", "unknown"):
-            lost.add_metric([schema, outcome], counts.get(f"lost_connections_{outcome}", 0))
+        lost = ("committed", "resent", "unknown")
+        help_ = "Writes whose connection was lost, by what a fresh connection found."
+        f.labelled("snapstore_lost_connections", help_, schema, counts, "outcome", lost)
         f.counter(
             "snapstore_replica_reads", "Reads a read replica answered.", ["schema"]
         ).add_metric([schema], counts.get("replica_reads", 0))
-        fallbacks = f.counter(
-            "snapstore_replica_fallbacks",
-            "Reads the primary answered instead of a replica, by why.",
-            ["schema", "reason"],
-        )
-        for reason in ("behind", "unavailable", "refused", "down"):
-            fallbacks.add_metric([schema, reason], counts.get(f"replica_fallbacks_{reason}", 0))
+        why = ("behind", "unavailable", "refused", "down")
+        help_ = "Reads the primary answered instead of a replica, by why."
+        f.labelled("snapstore_replica_fallbacks", help_, schema, counts, "reason", why)
         poison = b.poison_counts
         bad = f.counter(
             "snapstore_poison",

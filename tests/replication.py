@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Final, LiteralString
 
 import psycopg
+import pytest
 
 PG_BIN_ENV: Final = "SNAPSTORE_PG_BIN"
 DB_USER: Final = "postgres"  # the superuser initdb creates; not an OS user
@@ -517,3 +518,13 @@ def replicated_pair(*, synchronous: bool = False) -> Iterator[Pair]:
                 with contextlib.suppress(Exception):
                     made.kill()
         shutil.rmtree(home, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def pair_or_skip(*, synchronous: bool = False) -> Iterator[Pair]:
+    """`replicated_pair`, or the test skipped with the reason it cannot be had here."""
+    try:
+        with replicated_pair(synchronous=synchronous) as pair:
+            yield pair
+    except Unavailable as exc:
+        pytest.skip(str(exc))

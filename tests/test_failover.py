@@ -46,7 +46,7 @@ from snapstore import (
 )
 from snapstore.codecs.snapshot import strip_outputs
 from snapstore.programs import LOST_SAVE_WAIT
-from tests.replication import Pair, Unavailable, replicated_pair
+from tests.replication import Pair, pair_or_skip
 from tests.twins import KINDS, Kind, Twin, advance, open_store, with_tasks
 
 T = TypeVar("T")
@@ -79,21 +79,15 @@ def encoded(snapshot: WorkflowSnapshot) -> bytes:
 @pytest.fixture
 def sync_pair() -> Iterator[Pair]:
     """A primary and a synchronous (remote_apply) hot standby."""
-    try:
-        with replicated_pair(synchronous=True) as pair:
-            yield pair
-    except Unavailable as exc:
-        pytest.skip(str(exc))
+    with pair_or_skip(synchronous=True) as pair:
+        yield pair
 
 
 @pytest.fixture
 def async_pair() -> Iterator[Pair]:
     """A primary and an asynchronous hot standby."""
-    try:
-        with replicated_pair(synchronous=False) as pair:
-            yield pair
-    except Unavailable as exc:
-        pytest.skip(str(exc))
+    with pair_or_skip(synchronous=False) as pair:
+        yield pair
 
 
 @dataclass

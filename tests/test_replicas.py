@@ -30,7 +30,7 @@ from snapstore import (
 )
 from snapstore.cli import main
 from snapstore.model import AtTask
-from tests.replication import Pair, Unavailable, replicated_pair
+from tests.replication import Pair, pair_or_skip
 from tests.twins import KINDS, Kind, Twin, advance, new_schema_name, open_store, opened, snap
 
 # The backends of the fixtures live on the session loop (see pyproject.toml), and their
@@ -43,11 +43,8 @@ NOWHERE = "postgresql://postgres@127.0.0.1:1/postgres"
 
 @pytest.fixture(scope="module")
 def pair() -> Iterator[Pair]:
-    try:
-        with replicated_pair() as started:
-            yield started
-    except Unavailable as exc:
-        pytest.skip(str(exc))
+    with pair_or_skip() as started:
+        yield started
 
 
 @pytest.fixture(scope="module")
