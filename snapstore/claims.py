@@ -135,7 +135,8 @@ def token_params(claim: Claim) -> rw.Params:
 class DispatchQuery:
     """The arguments of one run of the ``dispatch`` statement, validated.
 
-    ``instance_ids=None`` considers every instance; ``lease=False`` only reports ids.
+    ``instance_ids=None`` considers every instance; ``lease=False`` only reports ids
+    (`dispatchable_ids_program`; `dispatch_program` always leases).
     """
 
     worker_id: str
@@ -326,7 +327,7 @@ def dispatch_program(
     poisoned = [
         t for t in tasks if t.error is not None and not isinstance(t.error, UnknownCodecError)
     ]
-    if poisoned and query.lease:
+    if poisoned:
         ids = [t.instance_id for t in poisoned]
         yield Step("quarantine", {"instance_ids": ids, "until": rw.PARKED_UNTIL}, Fetch.NONE)
         yield AfterCommit(functools.partial(_report_poison, ctx.poison, poisoned))
