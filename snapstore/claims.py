@@ -284,8 +284,9 @@ workers at limit 10 hold up to 70 rows of it at once; measured with bench dispat
 
 
 def candidates(limit: int) -> int:
-    """The candidate scan's size for a dispatch of ``limit``."""
-    return min(limit * CANDIDATES_PER_LEASE, MAX_DISPATCH * CANDIDATES_PER_LEASE)
+    """The candidate scan's size for a dispatch of ``limit`` (at most `MAX_DISPATCH`, as
+    every dispatch query's limit is checked to be)."""
+    return limit * CANDIDATES_PER_LEASE
 
 
 def claimed_task(claim: Claim, loaded: rw.Loaded | None) -> ClaimedTask:
