@@ -277,16 +277,32 @@ def release_program(ctx: Context, claim: Claim) -> Program[bool]:
 
 
 CANDIDATES_PER_LEASE: Final = 8
-"""How many candidates a dispatch reads per lease it wants: concurrent dispatchers read
-the same queue head without locking it, and pass over what another one is leasing (8
-workers at limit 10 hold up to 70 rows of it at once; measured with bench dispatch_backlog,
-2 and 4 left workers short of candidates)."""
+"""How many candidates an unmarked dispatch reads per lease it wants: concurrent
+dispatchers read the same queue head without row locks, and pass over what another one is
+leasing (8 workers at limit 10 hold up to 70 rows of it at once; measured with bench
+dispatch_backlog, 2 and 4 left workers short of candidates)."""
+
+MARKED_LIMIT: Final = 12
+"""The largest dispatch limit that marks its candidates (``part_mark`` in
+sql/queries/claims.sql): five priority scans mark up to 5 x 12 = 60 instances, within the
+64 lock-table slots PostgreSQL sizes per transaction by default (max_locks_per_transaction),
+so any number of dispatchers at once never runs the shared lock table out. A larger
+dispatch reads `CANDIDATES_PER_LEASE` times as many candidates unmarked instead."""
 
 
 def candidates(limit: int) -> int:
-    """The candidate scan's size for a dispatch of ``limit`` (at most `MAX_DISPATCH`, as
-    every dispatch query's limit is checked to be)."""
+    """The unmarked candidate scan's size for a dispatch of ``limit`` (at most
+    `MAX_DISPATCH`, as every dispatch query's limit is checked to be)."""
     return limit * CANDIDATES_PER_LEASE
+
+
+def scan_params(limit: int) -> rw.Params:
+    """How a dispatch of ``limit`` reads the queue: marked, each priority's scan hands over
+    ``limit`` rows none marked by another dispatcher and reads at most `candidates` rows
+    to find them; unmarked, `candidates` rows go to lease_instances."""
+    depth = candidates(limit)
+    marked = limit <= MARKED_LIMIT
+    return {"mark": marked, "scan": limit if marked else depth, "depth": depth}
 
 
 def claimed_task(claim: Claim, loaded: rw.Loaded | None) -> ClaimedTask:
@@ -317,7 +333,7 @@ def dispatch_program(
     token = uuid4()  # one per run: a lost run's leases can be found and dropped
     receipt.confirm = functools.partial(_undo_dispatch, token)
     receipt.resend_safe = True  # whatever the lost run did is undone first
-    params = {**query.params(), "token": token, "scan": candidates(query.limit)}
+    params = {**query.params(), "token": token, **scan_params(query.limit)}
     rows = yield Step("dispatch", params, Fetch.ALL, hot=True)
     claims = leased_claims(query.worker_id, rows)
     if not claims:
@@ -356,7 +372,8 @@ def _report_poison(poison: programs.PoisonCounts, tasks: list[ClaimedTask]) -> N
 
 def dispatchable_ids_program(query: DispatchQuery) -> Program[list[str]]:
     """Ids ``dispatch`` would lease now, in the same order, without leasing them."""
-    rows = yield Step("dispatch_candidates", {**query.params(), "scan": query.limit}, Fetch.ALL)
+    scan = {"mark": False, "scan": query.limit, "depth": query.limit}
+    rows = yield Step("dispatch_candidates", {**query.params(), **scan}, Fetch.ALL)
     return [row[0] for row in rows]
 
 

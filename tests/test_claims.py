@@ -36,11 +36,11 @@ from snapstore import (
     WorkflowSnapshot,
     WorkflowStatus,
 )
-from snapstore.claims import MAX_DISPATCH, ClaimedTask, DispatchQuery
+from snapstore.claims import MARKED_LIMIT, MAX_DISPATCH, ClaimedTask, DispatchQuery, scan_params
 from snapstore.errors import ClaimLostError
 from snapstore.model import TERMINAL_STATUSES, Claim
 from snapstore.signals import EventOutcome
-from snapstore.sql_catalog import wakeup_channel
+from snapstore.sql_catalog import bind_schema, wakeup_channel
 from tests.twins import KINDS, Kind, Twin, opened, snap, without_timestamps
 
 LONG = 600.0  # seconds: a lease that stays live for the whole test
@@ -573,6 +573,59 @@ async def test_concurrent_workers_never_share_an_instance_and_drain_the_queue(
     }
 
 
+async def marked_elsewhere(dsn: str, schema: str, *instance_ids: str) -> psycopg.AsyncConnection:
+    """A transaction holding dispatch marks on ``instance_ids``, as a concurrent dispatch
+    that has not committed yet does (part_mark in sql/queries/claims.sql)."""
+    conn = await psycopg.AsyncConnection.connect(dsn)
+    for instance_id in instance_ids:
+        statement = bind_schema(
+            "SELECT pg_try_advisory_xact_lock(hashtext('snapstore dispatch @schema@'),"
+            " hashtext(%(i)s))",
+            schema,
+        )
+        row = await (await conn.execute(statement, {"i": instance_id})).fetchone()
+        assert row == (True,)
+    return conn
+
+
+async def test_dispatch_passes_over_instances_another_dispatch_marked(
+    claims: Claims, dsn: str, schema: str
+) -> None:
+    await claims.seed(*(snap(f"wf-{n}", priority=1) for n in range(4)))
+    other = await marked_elsewhere(dsn, schema, "wf-0", "wf-2")
+    try:
+        assert ids(await claims.find("w1", limit=2)) == ["wf-1", "wf-3"]
+        assert await claims.find("w1", limit=2) == []  # the marked ones are passed over
+        assert await claims.claim_notified(["wf-0", "wf-2"], "w1") == []
+        assert await claims.dispatchable_ids() == ["wf-0", "wf-2"]  # a report marks nothing
+    finally:
+        await other.close()  # its transaction ends: the marks go with it
+    assert ids(await claims.find("w1", limit=2)) == ["wf-0", "wf-2"]
+
+
+async def test_a_dispatch_leaves_no_mark_behind(claims: Claims) -> None:
+    await claims.seed(*(snap(f"wf-{n}", priority=1 + n % 5) for n in range(20)))
+    assert len(await claims.find("w1", limit=MARKED_LIMIT)) == MARKED_LIMIT
+    assert await claims.scalar("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'") == 0
+    assert len(await claims.find("w2", limit=8)) == 8  # the rest, none held back
+
+
+async def test_a_dispatch_above_the_marked_limit_leases_unmarked(
+    claims: Claims, dsn: str, schema: str
+) -> None:
+    """Five priority scans of more than MARKED_LIMIT rows would mark more instances than
+    PostgreSQL's lock table holds per transaction: such a dispatch marks nothing and
+    takes a marked instance by its key (nobody has leased it)."""
+    total = MARKED_LIMIT + 1
+    await claims.seed(*(snap(f"wf-{n:02}", priority=1) for n in range(total)))
+    other = await marked_elsewhere(dsn, schema, "wf-00")
+    try:
+        leased = await claims.find("w1", limit=total)
+    finally:
+        await other.close()
+    assert ids(leased) == [f"wf-{n:02}" for n in range(total)]
+
+
 async def test_dispatch_is_served_by_the_partial_index(claims: Claims) -> None:
     await claims.sql(
         "INSERT INTO @schema@.snapshots (instance_id, status, definition_hash, position_kind,"
@@ -583,7 +636,7 @@ async def test_dispatch_is_served_by_the_partial_index(claims: Claims) -> None:
     await claims.sql("ANALYZE @schema@.snapshots")
     statement = claims.backend.queries["dispatch_candidates"].decode()
     query = DispatchQuery.build("w1", limit=10, tags=["gpu"])
-    params = {**query.params(), "scan": 40}  # as dispatch scans for limit=10
+    params = {**query.params(), **scan_params(query.limit)}  # as dispatch scans
     plan = "\n".join(r[0] for r in await claims.sql("EXPLAIN " + statement, params))
     assert "Seq Scan on snapshots" not in plan, plan
     assert "snapshots_dispatch_idx" in plan, plan

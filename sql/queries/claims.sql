@@ -39,10 +39,21 @@ AND NOT EXISTS (
     SELECT 1 FROM @schema@.claims AS c
     WHERE c.instance_id = s.instance_id AND c.expires_at > now())
 
+-- name: part_mark
+-- A dispatch's mark on candidate o: a transaction-level advisory lock on the instance id
+-- (per schema), taken without waiting and held to the dispatch's commit. Marks are no
+-- lease and guard nothing (lease_instances and its ON CONFLICT do): they let concurrent
+-- dispatchers, which read the queue head without row locks, pass over what another is
+-- leasing inside the scan, as SKIP LOCKED did, instead of trying it by key in
+-- lease_instances. %(mark)s false: no mark (a report; or a limit whose marks would
+-- outgrow the lock table, see snapstore.claims.MARKED_LIMIT).
+(NOT %(mark)s OR pg_try_advisory_xact_lock(hashtext('snapstore dispatch @schema@'),
+    hashtext(o.instance_id)))
+
 -- name: part_candidates
 -- THE dispatch predicate, shared by find_available_tasks (%(instance_ids)s NULL),
 -- claim_notified (the ids a wakeup named) and dispatchable_ids (a report, no lease): up to
--- %(scan)s instances in the order a worker should take them, read without locking any
+-- %(scan)s instances in the order a worker should take them, read without row locks
 -- (lease_instances then takes each by its key). Dispatchable = InProgress, due
 -- (available_at covers AtDelay timers and retry backoff), no live lease, and the
 -- instance's tags a subset of the worker's (%(worker_tags)s NULL: the worker takes
@@ -53,35 +64,46 @@ AND NOT EXISTS (
 -- work; then longest due first. Within one priority that is index order
 -- (snapshots_queue_idx), so the queue is read as five short index scans, one per priority,
 -- each stopping after %(scan)s rows: the global first %(scan)s are among them, and the
--- cost does not depend on the backlog.
+-- cost does not depend on the backlog. Each scan marks the rows it hands over
+-- (part_mark, applied above the dispatch predicate so that only dispatchable rows are
+-- marked) and reads at most %(depth)s rows past those another dispatcher marked.
 WITH candidates AS (
     SELECT q.* FROM unnest('{1,2,3,4,5}'::smallint[]) AS p(priority)
     CROSS JOIN LATERAL (
-        @part_candidate@
-        WHERE s.priority = p.priority AND @part_dispatchable@
-        ORDER BY s.available_at, s.instance_id
+        SELECT o.* FROM (
+            @part_candidate@
+            WHERE s.priority = p.priority AND @part_dispatchable@
+            ORDER BY s.available_at, s.instance_id
+            LIMIT %(depth)s
+        ) AS o
+        WHERE @part_mark@
+        ORDER BY o.available_at, o.instance_id
         LIMIT %(scan)s
     ) AS q
     WHERE %(instance_ids)s::text[] IS NULL
     UNION ALL
-    SELECT n.* FROM (
+    SELECT o.* FROM (
         @part_candidate@
         WHERE s.instance_id = ANY (%(instance_ids)s::text[]) AND @part_dispatchable@
-    ) AS n
+        OFFSET 0  -- kept apart (not flattened): the mark is taken above the predicate
+    ) AS o
+    WHERE @part_mark@
 )
 SELECT instance_id FROM candidates
 ORDER BY effective_priority, available_at, instance_id
 LIMIT %(scan)s
 
 -- name: dispatch_candidates
--- What a dispatch would lease now, in its order, leasing nothing (%(scan)s: its limit).
+-- What a dispatch would lease now, in its order, leasing nothing (%(scan)s: its limit,
+-- %(mark)s false).
 @part_candidates@;
 
 -- name: dispatch
 -- Lease up to %(limit)s dispatchable instances: the candidate scan, then each candidate
--- in its order taken by its key (lease_instances, migration 0011), in one round trip. The
--- scan reads more candidates than wanted (%(scan)s): concurrent dispatchers read the same
--- queue head unlocked and pass over the rows another one is leasing.
+-- in its order taken by its key (lease_instances, migration 0011), in one round trip.
+-- Concurrent dispatchers read the same queue head without row locks: marked, each passes
+-- over what another marked; unmarked, the scan reads more candidates than wanted
+-- (%(scan)s) and lease_instances passes over what another is leasing.
 SELECT instance_id, task_id, token, expires_at
 FROM @schema@.lease_instances(ARRAY(@part_candidates@), %(limit)s::integer,
     %(worker_id)s::text, %(token)s::uuid, %(ttl)s::interval, %(worker_tags)s::text[]);
