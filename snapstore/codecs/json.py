@@ -1,9 +1,9 @@
-"""JSON via orjson: the most portable and debuggable format."""
+"""JSON, written by orjson and read by msgspec: the most portable and debuggable format."""
 
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Final, TypeVar
 
 import msgspec
 import orjson
@@ -11,6 +11,11 @@ import orjson
 from snapstore.errors import EncodeError
 
 T = TypeVar("T")
+
+_PARSER: Final = msgspec.json.Decoder()
+"""Reads the payload view in place: orjson's parser copies its input first (a 100 MB
+output held twice over while it is read) and is about half as fast on long strings. Both
+parse what orjson writes to the same values."""
 
 
 def _reject_non_finite(doc: Any) -> None:
@@ -43,4 +48,4 @@ class JsonCodec:
         return payload
 
     def loads(self, payload: bytes | memoryview, type_: type[T]) -> T:
-        return msgspec.convert(orjson.loads(payload), type_)
+        return msgspec.convert(_PARSER.decode(payload), type_)
