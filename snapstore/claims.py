@@ -296,10 +296,13 @@ def candidates(limit: int) -> int:
     return limit * CANDIDATES_PER_LEASE
 
 
-def scan_params(limit: int) -> rw.Params:
+def scan_params(limit: int, *, lease: bool = True) -> rw.Params:
     """How a dispatch of ``limit`` reads the queue: marked, each priority's scan hands over
     ``limit`` rows none marked by another dispatcher and reads at most `candidates` rows
-    to find them; unmarked, `candidates` rows go to lease_instances."""
+    to find them; unmarked, `candidates` rows go to lease_instances. A report
+    (``lease=False``) reads ``limit`` rows and marks none."""
+    if not lease:
+        return {"mark": False, "scan": limit, "depth": limit}
     depth = candidates(limit)
     marked = limit <= MARKED_LIMIT
     return {"mark": marked, "scan": limit if marked else depth, "depth": depth}
@@ -372,7 +375,7 @@ def _report_poison(poison: programs.PoisonCounts, tasks: list[ClaimedTask]) -> N
 
 def dispatchable_ids_program(query: DispatchQuery) -> Program[list[str]]:
     """Ids ``dispatch`` would lease now, in the same order, without leasing them."""
-    scan = {"mark": False, "scan": query.limit, "depth": query.limit}
+    scan = scan_params(query.limit, lease=False)
     rows = yield Step("dispatch_candidates", {**query.params(), **scan}, Fetch.ALL)
     return [row[0] for row in rows]
 
